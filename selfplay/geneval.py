@@ -1,0 +1,128 @@
+"""GenEval's folder layout and scoring.
+
+Layout: `<dir>/<index:05d>/metadata.jsonl` (one record) and `<dir>/<index:05d>/samples/<k:04d>.png`.
+Score: each image is correct or not (the checker, i.e. GenEval's rules); a task's accuracy is the mean
+over its images; overall is the mean of the task accuracies present.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterable, Sequence
+
+import numpy as np
+from PIL import Image, UnidentifiedImageError
+
+from .errors import InputError
+from .shapeworld import TASKS, PromptRecord, check
+
+
+def save_png(image: np.ndarray, path: Path) -> None:
+    Image.fromarray(np.asarray(image, dtype=np.uint8)).save(path, format="PNG")
+
+
+def load_png(path: Path, size: int | None = None) -> np.ndarray:
+    """An RGB uint8 array; InputError naming the file when unreadable or of the wrong size."""
+    try:
+        with Image.open(path) as im:
+            arr = np.asarray(im.convert("RGB"))
+    except (UnidentifiedImageError, OSError) as e:
+        raise InputError(f"{path}: unreadable image ({e.__class__.__name__})") from None
+    if size is not None and arr.shape[:2] != (size, size):
+        raise InputError(f"{path}: image is {arr.shape[1]}x{arr.shape[0]}, expected {size}x{size}")
+    return arr
+
+
+def write_samples(out: Path, items: Iterable[tuple[PromptRecord, Sequence[np.ndarray]]]) -> int:
+    """Write records and their images in GenEval's layout, atomically: the folder appears complete
+    or not at all. Returns the number of records written."""
+    out = Path(out)
+    tmp = out.with_name(out.name + ".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    n = 0
+    for i, (rec, images) in enumerate(items):
+        d = tmp / f"{i:05d}"
+        (d / "samples").mkdir(parents=True)
+        (d / "metadata.jsonl").write_text(json.dumps(rec.to_json()) + "\n")
+        for k, img in enumerate(images):
+            save_png(img, d / "samples" / f"{k:04d}.png")
+        n += 1
+    tmp.mkdir(parents=True, exist_ok=True)
+    if out.exists():
+        shutil.rmtree(out)
+    tmp.rename(out)
+    return n
+
+
+@dataclass
+class Score:
+    """Per-task accuracy (fractions), image counts, and the overall mean of task accuracies."""
+
+    per_task: dict[str, float]
+    counts: dict[str, int]
+
+    @property
+    def overall(self) -> float:
+        return float(np.mean(list(self.per_task.values()))) if self.per_task else 0.0
+
+    def standard_error(self) -> float:
+        """SE of `overall` treating tasks as independent binomials: sqrt(sum p(1-p)/n) / T."""
+        t = len(self.per_task)
+        var = sum(p * (1 - p) / max(self.counts[k], 1) for k, p in self.per_task.items())
+        return float(np.sqrt(var) / t) if t else 0.0
+
+    def to_json(self) -> dict:
+        return {"overall": self.overall, "overall_se": self.standard_error(),
+                "per_task": self.per_task, "counts": self.counts}
+
+    def table(self) -> str:
+        tasks = [t for t in TASKS if t in self.per_task]
+        head = "| " + " | ".join(tasks + ["overall"]) + " |"
+        sep = "|" + "---|" * (len(tasks) + 1)
+        row = "| " + " | ".join(f"{100 * self.per_task[t]:.1f}" for t in tasks) + f" | {100 * self.overall:.1f} |"
+        return "\n".join([head, sep, row])
+
+
+def score_results(results: Iterable[tuple[str, bool]]) -> Score:
+    """Aggregate (task, correct) pairs."""
+    hits: dict[str, list[bool]] = {}
+    for tag, ok in results:
+        hits.setdefault(tag, []).append(ok)
+    order = [t for t in TASKS if t in hits] + sorted(set(hits) - set(TASKS))
+    return Score({t: float(np.mean(hits[t])) for t in order}, {t: len(hits[t]) for t in order})
+
+
+def iter_samples(root: Path, size: int | None = None):
+    """Yield (record, [images]) per record folder of a GenEval-layout directory, in index order."""
+    root = Path(root)
+    if not root.is_dir():
+        raise InputError(f"{root}: no such folder")
+    dirs = sorted(p for p in root.iterdir() if p.is_dir() and p.name.isdigit())
+    if not dirs:
+        raise InputError(f"{root}: no record folders (expected <index:05d>/metadata.jsonl)")
+    for d in dirs:
+        meta = d / "metadata.jsonl"
+        if not meta.is_file():
+            raise InputError(f"{meta}: missing")
+        lines = [line for line in meta.read_text().splitlines() if line.strip()]
+        if not lines:
+            raise InputError(f"{meta}:1: empty metadata")
+        try:
+            raw = json.loads(lines[0])
+        except json.JSONDecodeError as e:
+            raise InputError(f"{meta}:1: malformed JSON ({e.msg})") from None
+        rec = PromptRecord.from_json(raw, f"{meta}:1")
+        pngs = sorted((d / "samples").glob("*.png"))
+        if not pngs:
+            raise InputError(f"{d / 'samples'}: no PNG images")
+        yield rec, [load_png(p, size) for p in pngs]
+
+
+def score_dir(root: Path, size: int = 64) -> Score:
+    """Score a GenEval-layout folder of ShapeWorld images."""
+    return score_results(
+        (rec.tag, not check(rec, img)) for rec, imgs in iter_samples(root, size) for img in imgs
+    )

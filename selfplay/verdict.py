@@ -1,0 +1,58 @@
+"""The verdict schema shared by every judge, the checker, the judge server and the critique builder.
+
+A verdict says whether one trajectory step is aligned, lists the conflicts found (of the paper's two
+sources: the image against its instruction, or the instruction against the prompt) and gives the
+corrective instruction for the `<refine>` segment. It is a Pydantic model so a GPT judge can be asked
+for it as strict structured output and a server can validate it.
+"""
+
+from __future__ import annotations
+
+from enum import Enum
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict
+
+
+class ConflictKind(str, Enum):
+    missing_object = "missing_object"
+    extra_object = "extra_object"
+    wrong_count = "wrong_count"
+    wrong_color = "wrong_color"
+    wrong_shape = "wrong_shape"
+    wrong_relation = "wrong_relation"
+
+
+class Conflict(BaseModel):
+    """One precise disagreement. Objects are named by phrases ('a red circle')."""
+
+    model_config = ConfigDict(frozen=True)
+
+    kind: ConflictKind
+    source: Literal["image", "instruction"]  # image vs its instruction, or instruction vs the prompt
+    subject: str  # the object at fault, as it should be: 'a red circle'
+    expected: str  # what should hold: 'red', 'left of a blue square', 'three circles'
+    found: str  # what holds instead: 'blue', 'right of it', 'two circles', '' when absent
+
+    def sentence(self) -> str:
+        """The conflict as one plain sentence, for inspection texts."""
+        k = self.kind
+        if k is ConflictKind.missing_object:
+            return f"{self.subject} is missing"
+        if k is ConflictKind.extra_object:
+            return f"there is an extra {self.found.removeprefix('a ')} that should not be there"
+        if k is ConflictKind.wrong_count:
+            return f"there should be {self.expected} but there are {self.found}"
+        if k is ConflictKind.wrong_color:
+            return f"{self.subject} is {self.found} instead of {self.expected}"
+        if k is ConflictKind.wrong_shape:
+            return f"{self.subject} is drawn as {self.found}"
+        return f"{self.subject} should be {self.expected} but is {self.found or 'not'}"
+
+
+class Verdict(BaseModel):
+    """A judge's answer about one step."""
+
+    aligned: bool
+    conflicts: list[Conflict]
+    correction: str  # the corrective instruction for <refine>; '' when aligned
