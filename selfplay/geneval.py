@@ -29,7 +29,8 @@ def load_png(path: Path, size: int | None = None) -> np.ndarray:
     try:
         with Image.open(path) as im:
             arr = np.asarray(im.convert("RGB"))
-    except (UnidentifiedImageError, OSError) as e:
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError, Image.DecompressionBombError) as e:
+        # PIL reports some corrupt PNGs (bad chunk names or checksums) as SyntaxError
         raise InputError(f"{path}: unreadable image ({e.__class__.__name__})") from None
     if size is not None and arr.shape[:2] != (size, size):
         raise InputError(f"{path}: image is {arr.shape[1]}x{arr.shape[0]}, expected {size}x{size}")
@@ -43,13 +44,17 @@ def write_samples(out: Path, items: Iterable[tuple[PromptRecord, Sequence[np.nda
     tmp = out.with_name(out.name + ".tmp")
     shutil.rmtree(tmp, ignore_errors=True)
     n = 0
-    for i, (rec, images) in enumerate(items):
-        d = tmp / f"{i:05d}"
-        (d / "samples").mkdir(parents=True)
-        (d / "metadata.jsonl").write_text(json.dumps(rec.to_json()) + "\n")
-        for k, img in enumerate(images):
-            save_png(img, d / "samples" / f"{k:04d}.png")
-        n += 1
+    try:
+        for i, (rec, images) in enumerate(items):
+            d = tmp / f"{i:05d}"
+            (d / "samples").mkdir(parents=True)
+            (d / "metadata.jsonl").write_text(json.dumps(rec.to_json()) + "\n")
+            for k, img in enumerate(images):
+                save_png(img, d / "samples" / f"{k:04d}.png")
+            n += 1
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)  # a failed write leaves nothing behind
+        raise
     tmp.mkdir(parents=True, exist_ok=True)
     if out.exists():
         shutil.rmtree(out)
@@ -107,7 +112,10 @@ def iter_samples(root: Path, size: int | None = None):
         meta = d / "metadata.jsonl"
         if not meta.is_file():
             raise InputError(f"{meta}: missing")
-        lines = [line for line in meta.read_text().splitlines() if line.strip()]
+        try:
+            lines = [line for line in meta.read_text(encoding="utf-8").splitlines() if line.strip()]
+        except UnicodeDecodeError:
+            raise InputError(f"{meta}:1: not UTF-8 text") from None
         if not lines:
             raise InputError(f"{meta}:1: empty metadata")
         try:

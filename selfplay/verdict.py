@@ -37,17 +37,18 @@ class Conflict(BaseModel):
     def sentence(self) -> str:
         """The conflict as one plain sentence, for inspection texts."""
         k = self.kind
+        planned = self.source == "instruction"
         if k is ConflictKind.missing_object:
-            return f"{self.subject} is missing"
+            return f"{self.subject} is {'not planned' if planned else 'missing'}"
         if k is ConflictKind.extra_object:
-            return f"there is an extra {self.found.removeprefix('a ')} that should not be there"
+            return f"there is an extra {self.found.split(' ', 1)[-1]} that should not be there"
         if k is ConflictKind.wrong_count:
             return f"there should be {self.expected} but there are {self.found}"
         if k is ConflictKind.wrong_color:
-            return f"{self.subject} is {self.found} instead of {self.expected}"
+            return f"{self.subject} is {'planned ' if planned else ''}{self.found} instead of {self.expected}"
         if k is ConflictKind.wrong_shape:
-            return f"{self.subject} is drawn as {self.found}"
-        return f"{self.subject} should be {self.expected} but is {self.found or 'not'}"
+            return f"{self.subject} is {'planned' if planned else 'drawn'} as {self.found}"
+        return f"{self.subject} should be {self.expected} but is {'planned ' if planned else ''}{self.found}"
 
 
 class Verdict(BaseModel):

@@ -10,12 +10,15 @@ no group accounts for (GenEval ignores them; a step image must not have them).
 
 from __future__ import annotations
 
+import itertools
+from dataclasses import dataclass
+
 import numpy as np
 
 from ..verdict import Conflict, ConflictKind
 from .records import PromptRecord
 from .render import Detection, detect
-from .scene import noun_phrase, relations
+from .scene import OPPOSITE, noun_phrase, relations
 
 
 def _phrase(d: Detection) -> str:
@@ -110,3 +113,177 @@ def check(rec: PromptRecord, image: np.ndarray, strict: bool = False) -> list[Co
 def is_correct(rec: PromptRecord, image: np.ndarray) -> bool:
     """GenEval's per-image verdict."""
     return not check(rec, image)
+
+
+# ---- step checks: a described scene against an image ---------------------------------------------
+
+@dataclass(frozen=True)
+class Item:
+    """One described object: shape, colour, and optionally a relation to an earlier item."""
+
+    shape: str
+    color: str
+    relation: tuple[str, int] | None = None  # (relation, index of the earlier item it refers to)
+
+    @property
+    def phrase(self) -> str:
+        return noun_phrase(self.shape, 1, self.color)
+
+    @property
+    def the(self) -> str:
+        return f"the {self.color} {self.shape}"
+
+
+def check_items(items: list[Item], dets: list[Detection]) -> list[Conflict]:
+    """Conflicts between a whole-scene description and detections, always strict.
+
+    A step image must show exactly the described objects with the described relations. Unlike
+    GenEval's groups, several objects may share a class here, so items are matched to detections
+    by (shape, colour), choosing among look-alikes the assignment that satisfies most relations;
+    leftovers pair up as wrong colour (same shape), then wrong shape (same colour), then missing and
+    extra objects.
+    """
+    assign = _best_assignment(items, dets)
+    free_items = [i for i in range(len(items)) if i not in assign]
+    free_dets = [j for j in range(len(dets)) if j not in assign.values()]
+    conflicts: list[Conflict] = []
+    for same in ("shape", "color"):
+        for i in list(free_items):
+            j = next((j for j in free_dets if getattr(dets[j], same) == getattr(items[i], same)), None)
+            if j is None:
+                continue
+            free_items.remove(i)
+            free_dets.remove(j)
+            assign[i] = j
+            if same == "shape":
+                conflicts.append(Conflict(kind=ConflictKind.wrong_color, source="image", subject=items[i].phrase,
+                                          expected=items[i].color, found=dets[j].color))
+            else:
+                conflicts.append(Conflict(kind=ConflictKind.wrong_shape, source="image", subject=items[i].phrase,
+                                          expected=items[i].shape, found=_phrase(dets[j])))
+    for i in free_items:
+        conflicts.append(Conflict(kind=ConflictKind.missing_object, source="image", subject=items[i].phrase,
+                                  expected=items[i].phrase, found=""))
+    for j in free_dets:
+        conflicts.append(Conflict(kind=ConflictKind.extra_object, source="image", subject=_phrase(dets[j]),
+                                  expected="", found=_phrase(dets[j])))
+    for i, it in enumerate(items):
+        if it.relation is None or i not in assign or it.relation[1] not in assign:
+            continue
+        rel, k = it.relation
+        held = relations(dets[assign[i]].box, dets[assign[k]].box)
+        if rel not in held:
+            ref = items[k].phrase
+            conflicts.append(Conflict(
+                kind=ConflictKind.wrong_relation, source="image", subject=it.phrase, expected=f"{rel} {ref}",
+                found=(" and ".join(sorted(held)) + f" {ref}") if held else f"level with {ref}"))
+    return conflicts
+
+
+def _best_assignment(items: list[Item], dets: list[Detection]) -> dict[int, int]:
+    """Item index -> detection index over exact (shape, colour) matches, most relations satisfied."""
+    groups: dict[tuple[str, str], tuple[list[int], list[int]]] = {}
+    for i, it in enumerate(items):
+        groups.setdefault((it.shape, it.color), ([], []))[0].append(i)
+    for j, d in enumerate(dets):
+        if (d.shape, d.color) in groups:
+            groups[(d.shape, d.color)][1].append(j)
+    options = []  # per group: every injective assignment of as many items as there are detections
+    for its, ds in groups.values():
+        n = min(len(its), len(ds))
+        options.append([dict(zip(chosen, perm)) for chosen in itertools.combinations(its, n)
+                        for perm in itertools.permutations(ds, n)])
+    best: dict[int, int] = {}
+    best_score = -1
+    for combo in itertools.islice(itertools.product(*options), 5000):
+        assign = {k: v for part in combo for k, v in part.items()}
+        score = sum(
+            1 for i, it in enumerate(items)
+            if it.relation and i in assign and it.relation[1] in assign
+            and it.relation[0] in relations(dets[assign[i]].box, dets[assign[it.relation[1]]].box)
+        )
+        if score > best_score:
+            best, best_score = assign, score
+    return best
+
+
+def plan_conflicts(rec: PromptRecord, items: list[Item], final: bool = False) -> list[Conflict]:
+    """Conflicts between a planned scene description and the prompt (the instruction-vs-prompt kind).
+
+    A plan may be incomplete (later steps add the rest) but never contradictory: no object of a
+    class or colour the prompt rules out, no more objects of a class than it asks for, no stated
+    relation that the prompt's relation forbids. With `final`, whatever is still missing is a
+    conflict too.
+    """
+    out: list[Conflict] = []
+    want: dict[str, int] = {}
+    for r in rec.include:
+        want[r.shape] = want.get(r.shape, 0) + r.count
+    have: dict[str, list[int]] = {}
+    for i, it in enumerate(items):
+        have.setdefault(it.shape, []).append(i)
+    # Class and count: objects beyond what the prompt asks for.
+    spare = {s: list(ix) for s, ix in have.items()}
+    for shape, ix in have.items():
+        extra = ix[want.get(shape, 0):]
+        for i in extra:
+            spare[shape].remove(i)
+        for i in extra:
+            missing_class = next((r.shape for r in rec.include
+                                  if len(have.get(r.shape, [])) < want[r.shape]), None)
+            if shape not in want and missing_class is not None:
+                out.append(Conflict(kind=ConflictKind.wrong_shape, source="instruction",
+                                    subject=noun_phrase(missing_class, 1), expected=missing_class,
+                                    found=items[i].phrase))
+            elif shape not in want:
+                out.append(Conflict(kind=ConflictKind.extra_object, source="instruction",
+                                    subject=items[i].phrase, expected="", found=items[i].phrase))
+            else:
+                out.append(Conflict(kind=ConflictKind.wrong_count, source="instruction",
+                                    subject=noun_phrase(shape, 1), expected=noun_phrase(shape, want[shape]),
+                                    found=noun_phrase(shape, len(ix))))
+    # Colours: each coloured requirement takes matching objects first; others must not remain.
+    groups: list[list[int]] = []
+    for r in rec.include:
+        pool = spare.get(r.shape, [])
+        match = [i for i in pool if r.color is None or items[i].color == r.color][: r.count]
+        for i in match:
+            pool.remove(i)
+        groups.append(match)
+    for r, g in zip(rec.include, groups):
+        if r.color is None:
+            continue
+        for i in list(spare.get(r.shape, [])):
+            if len(g) < r.count:
+                spare[r.shape].remove(i)
+                out.append(Conflict(kind=ConflictKind.wrong_color, source="instruction",
+                                    subject=noun_phrase(r.shape, 1, r.color), expected=r.color,
+                                    found=items[i].color))
+    # Relations: a stated relation between the two groups must agree with the prompt's.
+    for r, g in zip(rec.include, groups):
+        if r.position is None:
+            continue
+        rel, k = r.position
+        for i in g:
+            for j in groups[k]:
+                stated = _stated(items, i, j)
+                if stated is not None and stated != rel:
+                    out.append(Conflict(kind=ConflictKind.wrong_relation, source="instruction",
+                                        subject=items[i].phrase, expected=f"{rel} {items[j].phrase}",
+                                        found=f"{stated} {items[j].phrase}"))
+    if final:
+        for r, g in zip(rec.include, groups):
+            if len(g) < r.count:
+                phrase = noun_phrase(r.shape, r.count - len(g), r.color)
+                out.append(Conflict(kind=ConflictKind.missing_object, source="instruction",
+                                    subject=phrase, expected=phrase, found=""))
+    return out
+
+
+def _stated(items: list[Item], i: int, j: int) -> str | None:
+    """The relation of item i to item j that the description states (directly or inverted)."""
+    if items[i].relation and items[i].relation[1] == j:
+        return items[i].relation[0]
+    if items[j].relation and items[j].relation[1] == i:
+        return OPPOSITE[items[j].relation[0]]
+    return None

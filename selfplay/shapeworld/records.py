@@ -146,7 +146,11 @@ def read_records(path: str | Path) -> list[PromptRecord]:
     if not p.is_file():
         raise InputError(f"{p}: no such file")
     out = []
-    for n, line in enumerate(p.read_text().splitlines(), start=1):
+    for n, raw in enumerate(p.read_bytes().splitlines(), start=1):
+        try:
+            line = raw.decode("utf-8")
+        except UnicodeDecodeError:
+            raise InputError(f"{p}:{n}: not UTF-8 text") from None
         if not line.strip():
             continue
         try:

@@ -29,7 +29,8 @@ GRID = 4  # box corners lie on a 4-px grid
 MIN_GAP = 4  # boxes keep at least this many pixels apart
 POSITION_THRESHOLD = 0.1  # GenEval's shrink factor for relations
 PLURALS = {"circle": "circles", "square": "squares", "triangle": "triangles"}
-NUMBER_WORDS = {1: "one", 2: "two", 3: "three", 4: "four", 5: "five"}
+NUMBER_WORDS = {1: "one", 2: "two", 3: "three", 4: "four", 5: "five", 6: "six", 7: "seven", 8: "eight",
+                9: "nine", 10: "ten"}  # larger counts are written in digits
 
 
 @dataclass(frozen=True)
@@ -130,5 +131,5 @@ def free_slots(scene: Scene) -> list[tuple[int, int]]:
 def noun_phrase(shape: str, count: int = 1, color: str | None = None) -> str:
     """'a circle', 'a red circle', 'three triangles', 'two blue squares'."""
     rest = ([color] if color else []) + [shape if count == 1 else PLURALS[shape]]
-    article = ("an" if rest[0][0] in "aeiou" else "a") if count == 1 else NUMBER_WORDS[count]
+    article = ("an" if rest[0][0] in "aeiou" else "a") if count == 1 else NUMBER_WORDS.get(count, str(count))
     return " ".join([article, *rest])

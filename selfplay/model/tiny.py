@@ -1,0 +1,88 @@
+"""The tiny unified model: a `transformers` Llama over text tokens and image codes, built from a config.
+
+One directory holds everything a policy needs: the model (`save_pretrained`), the text tokenizer
+and the image codebook (the processor), so `Policy.from_pretrained(dir)` restores it offline.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+from .image_tokenizer import ImageTokenizer, fitting_images
+from .processor import Processor, build_text_tokenizer
+
+
+@dataclass
+class ModelConfig:
+    """Shape of the tiny unified model (a LlamaForCausalLM)."""
+
+    hidden_size: int = 256
+    num_layers: int = 6
+    num_heads: int = 4
+    intermediate_size: int = 768
+    max_positions: int = 1024
+    num_codes: int = 256  # codebook size asked of k-means (fewer when the world has fewer patches)
+    image_size: int = 64
+    patch: int = 8
+    seed: int = 0
+
+
+class Policy:
+    """A unified model plus its processor: the thing rollouts sample from and the trainer trains."""
+
+    def __init__(self, model, processor: Processor) -> None:
+        self.model = model
+        self.processor = processor
+
+    @classmethod
+    def build(cls, cfg: ModelConfig, processor: Processor | None = None) -> "Policy":
+        """A freshly initialised model (and, unless given, a processor fitted on random scenes)."""
+        import torch
+        from transformers import LlamaConfig, LlamaForCausalLM
+
+        if processor is None:
+            images = fitting_images(3000, cfg.image_size, cfg.seed)
+            it = ImageTokenizer.fit(images, cfg.num_codes, cfg.patch, cfg.seed)
+            processor = Processor(build_text_tokenizer(it.num_codes), it)
+        torch.manual_seed(cfg.seed)
+        config = LlamaConfig(
+            vocab_size=processor.vocab_size,
+            hidden_size=cfg.hidden_size,
+            intermediate_size=cfg.intermediate_size,
+            num_hidden_layers=cfg.num_layers,
+            num_attention_heads=cfg.num_heads,
+            num_key_value_heads=cfg.num_heads,
+            max_position_embeddings=cfg.max_positions,
+            tie_word_embeddings=True,
+            pad_token_id=processor.pad_id,
+            eos_token_id=processor.eos_id,
+            bos_token_id=processor.special["<prompt>"],
+            rope_theta=10000.0,
+        )
+        model = LlamaForCausalLM(config)
+        model.generation_config.pad_token_id = processor.pad_id
+        return cls(model, processor)
+
+    def save_pretrained(self, folder: str | Path) -> None:
+        self.model.save_pretrained(folder)
+        self.processor.save_pretrained(folder)
+
+    @classmethod
+    def from_pretrained(cls, folder: str | Path, dtype=None) -> "Policy":
+        from transformers import AutoModelForCausalLM
+
+        from ..errors import InputError
+
+        folder = Path(folder)
+        if not (folder / "config.json").is_file():
+            raise InputError(f"{folder}: not a checkpoint (no config.json)")
+        model = AutoModelForCausalLM.from_pretrained(folder, dtype=dtype)
+        return cls(model, Processor.from_pretrained(folder))
+
+    def num_parameters(self) -> int:
+        return sum(p.numel() for p in self.model.parameters())
+
+    @staticmethod
+    def config_dict(cfg: ModelConfig) -> dict:
+        return asdict(cfg)
