@@ -30,7 +30,7 @@ def load_png(path: Path, size: int | None = None) -> np.ndarray:
         with Image.open(path) as im:
             arr = np.asarray(im.convert("RGB"))
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError, Image.DecompressionBombError) as e:
-        # PIL reports some corrupt PNGs (bad chunk names or checksums) as SyntaxError
+        # PIL reports some corrupt PNGs (e.g. a wrong chunk length) as SyntaxError
         raise InputError(f"{path}: unreadable image ({e.__class__.__name__})") from None
     if size is not None and arr.shape[:2] != (size, size):
         raise InputError(f"{path}: image is {arr.shape[1]}x{arr.shape[0]}, expected {size}x{size}")

@@ -59,6 +59,11 @@ class Trajectory:
     def final_image(self) -> np.ndarray | None:
         return self.steps[-1].final_image if self.steps else None
 
+    @property
+    def single_pass(self) -> bool:
+        """A single-pass trajectory is the prompt and one image, with no plan or inspection."""
+        return self.meta.get("mode") == "single_pass"
+
     def images(self) -> list[np.ndarray]:
         """Every visual state in order (sketches and refined states)."""
         out = []
@@ -66,6 +71,10 @@ class Trajectory:
             out.append(s.image)
             out.extend(r.image for r in s.refinements)
         return out
+
+
+def single_pass_trajectory(prompt: str, image: np.ndarray, record: dict | None = None) -> Trajectory:
+    return Trajectory(prompt, [Step("", "", image, "")], record, "single_pass", {"mode": "single_pass"})
 
 
 # ---- rows: the storage form (text + PNG bytes), shared by JSONL and HF datasets ------------------

@@ -26,7 +26,7 @@ class DataConfig:
     """The base data: how much, from which pipelines, over which tasks."""
 
     size: int = 10000  # trajectories in the base dataset
-    mixture: dict[str, float] = field(default_factory=lambda: {"scene_graph": 2.0, "conflict": 1.0, "alignment": 1.0})
+    mixture: dict[str, float] = field(default_factory=lambda: {"scene_graph": 2.0, "conflict": 1.0, "alignment": 1.0, "single_pass": 1.0})
     tasks: dict[str, float] = field(default_factory=lambda: {t: 1.0 for t in TASKS})
     pipelines: PipelineConfig = field(default_factory=PipelineConfig)
     image_size: int = 64

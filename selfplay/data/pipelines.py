@@ -26,10 +26,10 @@ from ..language import Edit, description_text, inspection_text, instruction_text
 from ..shapeworld import COLORS, SHAPES, Obj, PromptRecord, Scene, detect, relations, render, target_scene
 from ..shapeworld.check import Item, check_items, plan_conflicts
 from ..shapeworld.scene import OPPOSITE, free_slots, noun_phrase
-from ..trajectory import Refinement, Step, Trajectory
+from ..trajectory import Refinement, Step, Trajectory, single_pass_trajectory
 from ..verdict import Conflict, ConflictKind, Verdict
 
-SOURCES = ("scene_graph", "conflict", "alignment")
+SOURCES = ("scene_graph", "conflict", "alignment", "single_pass")
 
 
 @dataclass
@@ -116,7 +116,14 @@ class TrajectoryMaker:
             return self.conflict(rec, rng)
         if source == "alignment":
             return self.alignment(rec, rng)
+        if source == "single_pass":
+            return self.single_pass(rec, rng)
         raise ValueError(f"unknown source {source!r} (sources: {', '.join(SOURCES)})")
+
+    def single_pass(self, rec: PromptRecord, rng: random.Random) -> Trajectory:
+        """The prompt and its final image alone: the baseline mode, which shares the model's weights."""
+        scene = Scene(tuple(self.target(rec, rng)[0]), self.size)
+        return single_pass_trajectory(rec.text, render(scene), rec.to_json())
 
     # ---- the target and its order -----------------------------------------------------------
 

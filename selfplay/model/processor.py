@@ -11,6 +11,7 @@ refine more than once and knows when a refinement worked):
       ( <refine> … </refine> <vision_start> codes <vision_end> <inspect> … </inspect> )* )+
     <eos>
 
+A single-pass sequence is `<prompt> … </prompt> <vision_start> codes <vision_end> <eos>`.
 Loss falls on everything after the prompt, except a deliberately wrong plan (its <ins>, <des> and
 sketch) and a deliberately wrong sketch (its codes and vision markers): those exist only to be inspected.
 """
@@ -24,7 +25,7 @@ from pathlib import Path
 import numpy as np
 
 from ..shapeworld.scene import COLORS, NUMBER_WORDS, PLURALS, RELATIONS, SHAPES
-from ..trajectory import Refinement, Step, Trajectory
+from ..trajectory import Refinement, Step, Trajectory, single_pass_trajectory
 from .image_tokenizer import ImageTokenizer
 
 SPECIALS = ["<pad>", "<unk>", "<prompt>", "</prompt>", "<ins>", "</ins>", "<des>", "</des>",
@@ -137,7 +138,9 @@ class Processor:
             put([s["<vision_end>"]], BOUNDARY, trained)
 
         put(self.prompt_ids(t.prompt), PROMPT, False)
-        for st in t.steps:
+        if t.single_pass:
+            image(t.steps[0].image, True)
+        for st in [] if t.single_pass else t.steps:
             text("<ins>", st.instruction, "</ins>", not st.wrong_plan)
             text("<des>", st.description, "</des>", not st.wrong_plan)
             image(st.image, not (st.wrong_plan or st.wrong_image))
@@ -193,6 +196,8 @@ class Processor:
             return self.image_tokenizer.decode([c - self.code_offset for c in codes])
 
         prompt = span("<prompt>", "</prompt>")
+        if pos < len(ids) and ids[pos] == self.special["<vision_start>"]:
+            return single_pass_trajectory(prompt, image())
         steps: list[Step] = []
         try:
             while pos < len(ids) and ids[pos] != self.eos_id:
