@@ -142,9 +142,10 @@ CONFLICT = "conflict."
 PLAN_CONFLICT = "the instruction contradicts the prompt"
 
 
-def inspection_text(verdict: Verdict, missing: list[str] | None = None) -> str:
-    """The paper's two templates: a correct step says so and names what later steps will add;
-    a wrong step says what is wrong (the corrective instruction goes into <refine>)."""
+def inspection_text(verdict: Verdict) -> str:
+    """The paper's two templates: a correct step says so and names what later steps will add
+    (`verdict.missing`); a wrong step says what is wrong (the correction goes into <refine>)."""
+    missing = verdict.missing
     if verdict.aligned:
         if missing:
             return f"{ALIGNED}. still missing: {' and '.join(missing)}."
@@ -159,7 +160,11 @@ def parse_inspection(text: str) -> Verdict | None:
     source and subject. None when the text follows neither template."""
     text = text.strip()
     if text.startswith(ALIGNED):
-        return Verdict(aligned=True, conflicts=[], correction="")
+        rest = text[len(ALIGNED):].strip()
+        missing = []
+        if rest.startswith(". still missing:"):
+            missing = rest[len(". still missing:"):].strip().rstrip(".").split(" and ")
+        return Verdict(aligned=True, conflicts=[], correction="", missing=missing)
     if not text.startswith(CONFLICT):
         return None
     body = text[len(CONFLICT):].strip()

@@ -8,8 +8,11 @@ for it as strict structured output and a server can validate it.
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
 from enum import Enum
-from typing import Literal
+from typing import Literal, Protocol, runtime_checkable
+
+import numpy as np
 
 from pydantic import BaseModel, ConfigDict
 
@@ -57,3 +60,25 @@ class Verdict(BaseModel):
     aligned: bool
     conflicts: list[Conflict]
     correction: str  # the corrective instruction for <refine>; '' when aligned
+    missing: list[str] = []  # what the prompt still needs after this step ('a blue square'); aligned only
+
+
+@dataclass
+class StepContext:
+    """What a judge sees of one step: the prompt (and its record when known), the steps before it,
+    and this step's plan and sketch. `image` is the visual state to judge (a sketch or a refined state)."""
+
+    prompt: str
+    instruction: str
+    description: str
+    image: np.ndarray
+    record: dict | None = None
+    history: list = field(default_factory=list)  # earlier `trajectory.Step`s, in order
+    previous_image: np.ndarray | None = None
+
+
+@runtime_checkable
+class Judge(Protocol):
+    """Anything that turns a batch of step contexts into verdicts (oracle, GPT, self, a server)."""
+
+    def judge(self, contexts: list[StepContext]) -> list[Verdict]: ...

@@ -88,7 +88,7 @@ def missing_parts(rec: PromptRecord, scene: Scene) -> list[str]:
 
 
 def aligned_inspection(rec: PromptRecord, scene: Scene) -> str:
-    return inspection_text(Verdict(aligned=True, conflicts=[], correction=""), missing_parts(rec, scene))
+    return inspection_text(Verdict(aligned=True, conflicts=[], correction="", missing=missing_parts(rec, scene)))
 
 
 def conflict_inspection(conflicts: list[Conflict]) -> str:
