@@ -1,0 +1,192 @@
+"""The critique builder: a round's SFT data from the model's own rollouts and a judge's verdicts.
+
+For each rolled-out trajectory the judge looks at every sketch in order. The first wrong step becomes
+a critique trace (paper §3.2): the model's own prefix, its own wrong step (its wrong sketch kept as
+context with no loss on it; a plan that contradicts the prompt gets no loss either), the judge's
+inspection naming the conflict, `<refine>` with the judge's corrective instruction, the corrected
+state, and an exact continuation to a scene that satisfies the prompt. The corrected state is exact
+when the judge can give it (the oracle); otherwise the policy re-sketches under the correction and
+the judge must accept that sketch, or the example is dropped and counted. Steps the model flagged
+but the judge found fine teach the model not to raise false alarms; fully correct rollouts are kept
+as confirmations. `symbolic` mode (the paper's Table 6 baseline) instead takes corrections from
+scene-graph perturbations of the same prompts.
+"""
+
+from __future__ import annotations
+
+import random
+from collections import Counter
+from dataclasses import dataclass, field
+from typing import Callable
+
+import numpy as np
+
+from .data.continuation import continuation
+from .data.pipelines import TrajectoryMaker, aligned_inspection, missing_parts
+from .language import inspection_text
+from .shapeworld import PromptRecord, Scene, detect, render
+from .shapeworld.render import detections_to_scene
+from .trajectory import Refinement, Step, Trajectory
+from .verdict import StepContext, Verdict
+
+
+@dataclass
+class CritiqueConfig:
+    """How a round's training data is assembled."""
+
+    mode: str = "self"  # "self": the model's own errors; "symbolic": scene-graph perturbations
+    replay_ratio: float = 1.0  # base-data rows mixed in per critique row
+    confirmations: float = 0.5  # share of fully correct rollouts kept as confirmation traces
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        from .errors import InputError
+
+        if self.mode not in ("self", "symbolic"):
+            raise InputError(f"config field 'critique.mode' must be 'self' or 'symbolic', got {self.mode!r}")
+
+
+@dataclass
+class CritiqueStats:
+    """What the builder saw and made, for the round's metrics and report."""
+
+    outcomes: Counter = field(default_factory=Counter)  # per rollout: image_error, plan_error, ...
+    conflicts: Counter = field(default_factory=Counter)  # conflict kinds the judge found
+    corrections_accepted: int = 0
+    corrections_rejected: int = 0
+    unjudged: int = 0
+
+    def to_json(self) -> dict:
+        tried = self.corrections_accepted + self.corrections_rejected
+        return {"outcomes": dict(self.outcomes), "conflicts": dict(self.conflicts),
+                "corrections_accepted": self.corrections_accepted,
+                "corrections_rejected": self.corrections_rejected,
+                "acceptance_rate": self.corrections_accepted / tried if tried else None,
+                "unjudged": self.unjudged}
+
+
+Resketch = Callable[[list[tuple[StepContext, str]]], list[np.ndarray]]
+Exact = Callable[[StepContext, Verdict], "Scene | None"]
+
+
+def step_contexts(t: Trajectory) -> list[StepContext]:
+    """One context per sketch of a rolled-out trajectory, in order."""
+    out, prev = [], None
+    for i, s in enumerate(t.steps):
+        out.append(StepContext(t.prompt, s.instruction, s.description, s.image, t.record, t.steps[:i], prev))
+        prev = s.final_image
+    return out
+
+
+def _aligned(rec: PromptRecord, s: Step) -> Step:
+    """The model's step with the judge's positive inspection and no refinements."""
+    scene = detections_to_scene(detect(s.image), s.image.shape[0])
+    return Step(s.instruction, s.description, s.image, aligned_inspection(rec, scene), edit=s.edit)
+
+
+def build_self_critique(rollouts: list[Trajectory], judge, cfg: CritiqueConfig, exact: Exact | None = None,
+                        resketch: Resketch | None = None) -> tuple[list[Trajectory], CritiqueStats]:
+    """Critique traces from the model's own rollouts (see module docstring). `exact(context, verdict)`
+    gives the exact corrected scene (the oracle's `corrected_scene`); without it, `resketch` lets the
+    policy draw the correction and the judge must accept it."""
+    rng = random.Random(cfg.seed)
+    stats = CritiqueStats()
+    usable = [t for t in rollouts if t.record is not None and t.steps and not t.single_pass]
+    contexts = [step_contexts(t) for t in usable]
+    flat = [c for cs in contexts for c in cs]
+    verdicts = judge.judge(flat) if flat else []
+    out: list[Trajectory] = []
+    pending: list[tuple[Trajectory, int, Verdict, StepContext]] = []
+    pos = 0
+    for t, cs in zip(usable, contexts):
+        vs = verdicts[pos: pos + len(cs)]
+        pos += len(cs)
+        rec = PromptRecord.from_json(t.record)
+        if any(v is None for v in vs):
+            stats.unjudged += 1
+            continue
+        wrong = next((i for i, v in enumerate(vs) if not v.aligned), None)
+        if wrong is None:
+            out.extend(_positive(rec, t, stats, cfg, rng))
+            continue
+        v = vs[wrong]
+        for c in v.conflicts:
+            stats.conflicts[f"{c.source}:{c.kind.value}"] += 1
+        pending.append((t, wrong, v, cs[wrong]))
+    # Corrected states: exact from the judge when it can give them, else re-sketched and re-judged.
+    corrected: list[Scene | None] = []
+    if exact is not None:
+        corrected = [exact(ctx, v) for _, _, v, ctx in pending]
+    elif resketch is not None and pending:
+        images = resketch([(ctx, v.correction) for _, _, v, ctx in pending])
+        checks = judge.judge([StepContext(ctx.prompt, v.correction, ctx.description, img, ctx.record,
+                                          ctx.history, ctx.image) for (_, _, v, ctx), img in zip(pending, images)])
+        corrected = [detections_to_scene(detect(img), img.shape[0]) if ok is not None and ok.aligned else None
+                     for img, ok in zip(images, checks)]
+    else:
+        corrected = [None] * len(pending)
+    for (t, k, v, ctx), scene in zip(pending, corrected):
+        rec = PromptRecord.from_json(t.record)
+        trace = _critique_trace(rec, t, k, v, scene, rng) if scene is not None else None
+        if trace is None:
+            stats.corrections_rejected += 1
+            continue
+        stats.corrections_accepted += 1
+        plan = any(c.source == "instruction" for c in v.conflicts)
+        stats.outcomes["plan_error" if plan else "image_error"] += 1
+        out.append(trace)
+    return out, stats
+
+
+def _critique_trace(rec: PromptRecord, t: Trajectory, k: int, v: Verdict, scene: Scene,
+                    rng: random.Random) -> Trajectory | None:
+    rest = continuation(rec, scene, rng)
+    if rest is None:
+        return None
+    s = t.steps[k]
+    plan = any(c.source == "instruction" for c in v.conflicts)
+    wrong = Step(s.instruction, s.description, s.image, inspection_text(v), wrong_plan=plan,
+                 wrong_image=not plan, edit=s.edit)
+    wrong.refinements.append(Refinement(v.correction, render(scene), aligned_inspection(rec, scene)))
+    steps = [_aligned(rec, p) for p in t.steps[:k]] + [wrong] + rest
+    return Trajectory(t.prompt, steps, t.record, "self", {"outcome": "plan_error" if plan else "image_error",
+                                                          "tag": rec.tag, "step": k})
+
+
+def _positive(rec: PromptRecord, t: Trajectory, stats: CritiqueStats, cfg: CritiqueConfig,
+              rng: random.Random) -> list[Trajectory]:
+    """Every sketch was right: a false alarm to unlearn, an unfinished scene to complete, or a
+    confirmation to keep."""
+    steps = [_aligned(rec, s) for s in t.steps]
+    false_alarm = any(s.refinements for s in t.steps)
+    final = detections_to_scene(detect(t.steps[-1].final_image), t.steps[-1].image.shape[0])
+    if missing_parts(rec, final):
+        rest = continuation(rec, final, rng)
+        if rest is None:
+            stats.outcomes["unfinishable"] += 1
+            return []
+        stats.outcomes["incomplete"] += 1
+        return [Trajectory(t.prompt, steps + rest, t.record, "self", {"outcome": "incomplete", "tag": rec.tag})]
+    if false_alarm:
+        stats.outcomes["false_alarm"] += 1
+        return [Trajectory(t.prompt, steps, t.record, "self", {"outcome": "false_alarm", "tag": rec.tag})]
+    stats.outcomes["correct"] += 1
+    if rng.random() < cfg.confirmations:
+        return [Trajectory(t.prompt, steps, t.record, "self", {"outcome": "confirmation", "tag": rec.tag})]
+    return []
+
+
+def build_symbolic_critique(records: list[PromptRecord], n: int, cfg: CritiqueConfig,
+                            size: int = 64) -> list[Trajectory]:
+    """The Table 6 baseline: as many corrections, made by perturbing scene graphs of the same prompts."""
+    from .data.pipelines import PipelineConfig
+
+    rng = random.Random(cfg.seed)
+    maker = TrajectoryMaker(PipelineConfig(conflict_negative=1.0, alignment_negative=1.0), size)
+    out = []
+    for i in range(n):
+        rec = records[i % len(records)]
+        t = maker.make(rng.choice(["alignment", "conflict"]), rec, rng)
+        t.source = "symbolic"
+        out.append(t)
+    return out

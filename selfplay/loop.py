@@ -1,0 +1,378 @@
+"""The self-improvement loop (DESIGN.md §1), one round after another, resumable at every stage.
+
+    round 0   the base checkpoint (shipped, or trained with --from-scratch) -> eval
+    round r   rollouts of the current policy on training prompts
+              -> judge every step, build critique traces, mix in base-data replay -> data/
+              -> SFT the next policy (from the current one or from the base) -> checkpoint/
+              -> evaluate in process and single-pass mode on the held-out suite -> eval/
+              -> [control: the same steps on base data only -> control/]
+              -> promote the new policy unless it regressed beyond the tolerance
+
+Each stage writes into `<stage>.tmp/` and renames it when complete, then records itself in
+`state.json`; a killed run resumes at the first incomplete stage and, with the same seed, makes the
+same data and metrics. Events go to each stage's `events.jsonl`; the run's `metrics.jsonl` is rebuilt
+from them, so a resumed run never logs twice.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import random
+import shutil
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+from .errors import InputError
+
+
+@dataclass
+class LoopConfig:
+    """The rounds and what each one samples, evaluates and promotes."""
+
+    rounds: int = 2
+    prompts_per_round: int = 300  # training-split prompts rolled out per round
+    samples_per_prompt: int = 1  # rollouts per prompt
+    train_from: str = "current"  # "current": continue the promoted policy; "base": restart from round 0's
+    promote_tolerance: float = 0.02  # promote unless process-mode overall drops by more than this
+    base_checkpoint: str = "checkpoints/base"  # the shipped base model (relative to the project root)
+    base_recipe: str = "configs/base.yaml"  # used by --from-scratch to train the base model
+    control: bool = True  # also train a control arm on base data only, for the same number of steps
+    eval_per_task: int = 50  # held-out test-split records per task (6 tasks)
+    eval_seed: int = 1000
+    eval_modes: list[str] = field(default_factory=lambda: ["process", "single_pass"])
+    strip_prompts: list[str] = field(default_factory=lambda: [
+        "a red circle left of a blue square", "three triangles", "a green square and a purple triangle"])
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if self.train_from not in ("current", "base"):
+            raise InputError(f"config field 'loop.train_from' must be 'current' or 'base', got {self.train_from!r}")
+        bad = [m for m in self.eval_modes if m not in ("process", "single_pass", "judge")]
+        if bad:
+            raise InputError(f"config field 'loop.eval_modes' has unknown mode {bad[0]!r}")
+        if self.rounds < 0 or self.prompts_per_round < 1 or self.eval_per_task < 1:
+            raise InputError("config fields 'loop.rounds' >= 0, 'loop.prompts_per_round' and 'loop.eval_per_task' >= 1")
+
+
+# ---- run state --------------------------------------------------------------------------------------
+
+class RunState:
+    """`state.json`: which stages of which rounds are complete, and which policy is current."""
+
+    def __init__(self, run_dir: Path) -> None:
+        self.path = run_dir / "state.json"
+        self.data = json.loads(self.path.read_text()) if self.path.exists() else {"done": [], "policy": None,
+                                                                                   "promotions": {}}
+
+    def done(self, rnd: int, stage: str) -> bool:
+        return f"{rnd}:{stage}" in self.data["done"]
+
+    def mark(self, rnd: int, stage: str, **extra) -> None:
+        self.data["done"].append(f"{rnd}:{stage}")
+        self.data.update(extra)
+        self.save()
+
+    def save(self) -> None:
+        tmp = self.path.with_name("state.json.tmp")
+        tmp.write_text(json.dumps(self.data, indent=2))
+        os.replace(tmp, self.path)
+
+
+def round_dir(run_dir: Path, rnd: int) -> Path:
+    return run_dir / f"round_{rnd:03d}"
+
+
+def stage(state: RunState, run_dir: Path, rnd: int, name: str, fn: Callable[[Path], None], log=print) -> Path:
+    """Run `fn(tmp)` unless the stage is complete, then rename tmp into place and record it."""
+    final = round_dir(run_dir, rnd) / name
+    if state.done(rnd, name) and final.exists():
+        return final
+    tmp = final.with_name(name + ".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    shutil.rmtree(final, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    t0 = time.time()
+    fn(tmp)
+    write_event(tmp, {"event": "stage", "round": rnd, "stage": name, "seconds": round(time.time() - t0, 2)})
+    os.replace(tmp, final)
+    state.mark(rnd, name)
+    log(f"round {rnd}: {name} done in {time.time() - t0:.0f}s")
+    return final
+
+
+def write_event(folder: Path, event: dict) -> None:
+    with open(folder / "events.jsonl", "a") as f:
+        f.write(json.dumps(event, default=float) + "\n")
+
+
+def rebuild_metrics(run_dir: Path) -> None:
+    """`metrics.jsonl` = every completed stage's events, in round and stage order."""
+    order = ["checkpoint", "rollouts", "data", "eval", "control", "control_eval", "promote"]
+    lines = []
+    for rd in sorted(run_dir.glob("round_[0-9][0-9][0-9]")):
+        for name in order:
+            ev = rd / name / "events.jsonl"
+            if ev.exists():
+                lines.extend(ev.read_text().splitlines())
+    tmp = run_dir / "metrics.jsonl.tmp"
+    tmp.write_text("".join(line + "\n" for line in lines))
+    os.replace(tmp, run_dir / "metrics.jsonl")
+
+
+# ---- stages -------------------------------------------------------------------------------------------
+
+def _policy(path: Path):
+    from .model.tiny import Policy
+
+    return Policy.from_pretrained(path)
+
+
+def rollout_stage(cfg, checkpoint: Path, records: list, mode: str, seed: int, out: Path, judge=None) -> list:
+    """Trajectories of one policy on `records` (Ray actors when `rollout.actors` > 0), saved to `out`."""
+    from .trajectory import write_jsonl
+
+    rcfg = _with(cfg.rollout, mode=mode, seed=seed)
+    trajs = rollout_records(checkpoint, records, rcfg, judge=judge, work_dir=out / "shards")
+    write_jsonl(trajs, out / "trajectories")
+    shutil.rmtree(out / "shards", ignore_errors=True)
+    return trajs
+
+
+def rollout_records(checkpoint: Path, records: list, rcfg, judge=None, work_dir: Path | None = None) -> list:
+    from rollout import Engine
+
+    return Engine(_policy(checkpoint), rcfg, judge).run(records)
+
+
+def _with(cfg, **changes):
+    import dataclasses
+
+    return dataclasses.replace(cfg, **changes)
+
+
+def evaluate(cfg, checkpoint: Path, out: Path, rnd: int, arm: str = "policy") -> dict:
+    """Held-out suite in every eval mode; GenEval layout per mode plus `scores.json`."""
+    from .geneval import score_dir, write_samples
+    from .shapeworld import PromptRecord, make_suite
+
+    suite = make_suite("test", cfg.loop.eval_per_task, cfg.loop.eval_seed)
+    scores = {}
+    for mode in cfg.loop.eval_modes:
+        trajs = rollout_stage(cfg, checkpoint, suite, mode, cfg.loop.eval_seed, out / mode)
+        blank = _blank(cfg)
+        items = [(rec, [t.final_image if t.final_image is not None else blank]) for rec, t in zip(suite, trajs)]
+        write_samples(out / mode / "geneval", items)
+        sc = score_dir(out / mode / "geneval")
+        failed = sum("failed" in t.meta for t in trajs)
+        scores[mode] = {**sc.to_json(), "failed": failed}
+        write_event(out, {"event": "eval", "round": rnd, "arm": arm, "mode": mode, "overall": sc.overall,
+                          "overall_se": sc.standard_error(), **{f"task/{k}": v for k, v in sc.per_task.items()},
+                          "failed": failed})
+    (out / "scores.json").write_text(json.dumps(scores, indent=2))
+    _strips(cfg, checkpoint, out / "strips")
+    return scores
+
+
+def _strips(cfg, checkpoint: Path, out: Path) -> None:
+    """Trajectory strips of the fixed prompts, so rounds can be compared by eye."""
+    from PIL import Image
+
+    from .commands.data import strip_image
+
+    out.mkdir(parents=True, exist_ok=True)
+    trajs = rollout_stage(cfg, checkpoint, list(cfg.loop.strip_prompts), "process", cfg.loop.eval_seed, out / "rollouts")
+    for text, t in zip(cfg.loop.strip_prompts, trajs):
+        if t.steps:
+            Image.fromarray(strip_image(t, 2)).save(out / f"{text.replace(' ', '_')}.png")
+    shutil.rmtree(out / "rollouts")
+
+
+def _blank(cfg):
+    import numpy as np
+
+    return np.full((64, 64, 3), 255, dtype=np.uint8)
+
+
+def make_judge(cfg, checkpoint: Path):
+    from judges import make_judge as build
+
+    inspect_fn = None
+    if cfg.judge.kind == "self":
+        from rollout import Engine
+
+        inspect_fn = Engine(_policy(checkpoint), cfg.rollout).inspect
+    return build(cfg.judge, inspect_fn)
+
+
+def critique_stage(cfg, rnd: int, rollouts: list, checkpoint: Path, out: Path) -> dict:
+    """Judge the rollouts, build critique traces, mix in base-data replay, save the round's dataset."""
+    from .critique import build_self_critique, build_symbolic_critique
+    from .data.build import make_rows
+    from .shapeworld import PromptRecord
+    from .trajectory import from_row, to_dataset, write_jsonl
+
+    judge = make_judge(cfg, checkpoint)
+    crit_cfg = _with(cfg.critique, seed=cfg.critique.seed + rnd)
+    traces, stats = build_self_critique(rollouts, judge, crit_cfg, exact=_exact(cfg))
+    if cfg.critique.mode == "symbolic":  # as many corrections, from perturbed scene graphs instead
+        recs = [PromptRecord.from_json(t.record) for t in rollouts if t.record]
+        traces = build_symbolic_critique(recs, len(traces), crit_cfg)
+    n_replay = int(round(cfg.critique.replay_ratio * len(traces)))
+    replay = [from_row(r) for r in make_rows(_with(cfg.data, size=max(n_replay, 1), seed=cfg.data.seed + 7919 * rnd),
+                                             progress=False)][:n_replay]
+    rows = traces + replay
+    random.Random(cfg.loop.seed + rnd).shuffle(rows)
+    to_dataset(rows).save_to_disk(str(out / "dataset"))
+    write_jsonl(traces[:50], out / "examples")
+    summary = {"critique": len(traces), "replay": len(replay), **stats.to_json()}
+    (out / "summary.json").write_text(json.dumps(summary, indent=2))
+    judge_stats = getattr(judge, "stats", None)
+    write_event(out, {"event": "data", "round": rnd, **summary,
+                      **({"judge": judge_stats.to_json()} if hasattr(judge_stats, "to_json") else {})})
+    return summary
+
+
+def _exact(cfg):
+    """The oracle gives exact corrected states; other judges need the policy to re-sketch."""
+    if cfg.judge.kind == "oracle":
+        from judges import corrected_scene
+
+        return corrected_scene
+    return None
+
+
+def train_stage(cfg, parent: Path, dataset_dir: Path, out: Path, rnd: int, arm: str, max_steps: int = -1) -> dict:
+    import datasets
+
+    from trainer.sft import train
+
+    policy = _policy(parent)
+    ds = datasets.load_from_disk(str(dataset_dir))
+    tcfg = _with(cfg.train, max_steps=max_steps) if max_steps > 0 else cfg.train
+    summary = train(policy, ds, tcfg, out / "train")
+    shutil.move(str(out / "train" / "checkpoint"), str(out / "checkpoint"))
+    for line in (out / "train" / "metrics.jsonl").read_text().splitlines():
+        write_event(out, {**json.loads(line), "round": rnd, "arm": arm})
+    shutil.rmtree(out / "train")
+    (out / "train_summary.json").write_text(json.dumps(summary, indent=2, default=float))
+    return summary
+
+
+# ---- the loop ---------------------------------------------------------------------------------------------
+
+def run(cfg, run_dir: Path, from_scratch: bool = False, log=print) -> dict:
+    """Run (or resume) every round; returns the final state."""
+    from .configuration import dump
+    from .shapeworld import make_suite
+    from .tracking import Tracker
+
+    run_dir.mkdir(parents=True, exist_ok=True)
+    dump(cfg, run_dir / "config.yaml")
+    state = RunState(run_dir)
+    tracker = Tracker(run_dir, cfg.tracking, cfg)
+
+    def init(tmp: Path) -> None:
+        if from_scratch:
+            from .config import load_config
+            from .data.build import build, load
+            from .model.tiny import Policy
+            from trainer.sft import train
+
+            base = load_config(cfg.loop.base_recipe)
+            build(base.data, tmp / "data")
+            train(Policy.build(base.model), load(tmp / "data"), base.train, tmp / "train")
+            shutil.move(str(tmp / "train" / "checkpoint"), str(tmp / "checkpoint"))
+            shutil.rmtree(tmp / "data")
+        else:
+            src = Path(cfg.loop.base_checkpoint)
+            if not (src / "config.json").is_file():
+                raise InputError(f"{src}: no base checkpoint (run with --from-scratch to train one)")
+            shutil.copytree(src, tmp / "checkpoint")
+
+    r0 = stage(state, run_dir, 0, "checkpoint", init, log)
+    if state.data["policy"] is None:
+        state.data["policy"] = str(r0 / "checkpoint")
+        state.save()
+    scores = {0: _eval_round(cfg, state, run_dir, 0, r0 / "checkpoint", tracker, log)}
+    for rnd in range(1, cfg.loop.rounds + 1):
+        parent = Path(state.data["policy"]) if cfg.loop.train_from == "current" else r0 / "checkpoint"
+        suite = make_suite("train", math.ceil(cfg.loop.prompts_per_round / 6), cfg.loop.seed * 1000 + rnd)
+        suite = (suite * cfg.loop.samples_per_prompt)[: cfg.loop.prompts_per_round * cfg.loop.samples_per_prompt]
+        ro = stage(state, run_dir, rnd, "rollouts",
+                   lambda tmp: rollout_stage(cfg, Path(state.data["policy"]), suite, "process",
+                                             cfg.loop.seed * 7 + rnd, tmp), log)
+        data = stage(state, run_dir, rnd, "data", lambda tmp: critique_stage(
+            cfg, rnd, _read(ro), Path(state.data["policy"]), tmp), log)
+        ck = stage(state, run_dir, rnd, "checkpoint",
+                   lambda tmp: train_stage(cfg, parent, data / "dataset", tmp, rnd, "policy"), log)
+        scores[rnd] = _eval_round(cfg, state, run_dir, rnd, ck / "checkpoint", tracker, log)
+        if cfg.loop.control:
+            steps = json.loads((ck / "train_summary.json").read_text())["steps"]
+            n = json.loads((data / "summary.json").read_text())
+            ctl = stage(state, run_dir, rnd, "control", lambda tmp: _control(cfg, rnd, parent, n, steps, tmp), log)
+            stage(state, run_dir, rnd, "control_eval",
+                  lambda tmp: evaluate(cfg, ctl / "checkpoint", tmp, rnd, "control"), log)
+        if not state.done(rnd, "promote"):
+            _promote(cfg, state, run_dir, rnd, ck / "checkpoint", log)
+        tracker.sync(rnd)
+    rebuild_metrics(run_dir)
+    from .report import write_report
+
+    write_report(run_dir)
+    tracker.finish()
+    return state.data
+
+
+def _read(folder: Path) -> list:
+    from .trajectory import read_jsonl
+
+    return read_jsonl(folder / "trajectories")
+
+
+def _eval_round(cfg, state, run_dir, rnd, checkpoint, tracker, log) -> dict:
+    ev = stage(state, run_dir, rnd, "eval", lambda tmp: evaluate(cfg, checkpoint, tmp, rnd), log)
+    rebuild_metrics(run_dir)
+    tracker.sync(rnd)
+    scores = json.loads((ev / "scores.json").read_text())
+    log(f"round {rnd}: " + ", ".join(f"{m} {100 * s['overall']:.1f} ± {100 * s['overall_se']:.1f}"
+                                     for m, s in scores.items()))
+    return scores
+
+
+def _control(cfg, rnd: int, parent: Path, n: dict, steps: int, out: Path) -> None:
+    """Same parent, same number of optimizer steps, base data only (as many rows as the round had)."""
+    from .data.build import make_rows
+    from .trajectory import from_row, to_dataset
+
+    size = max(n["critique"] + n["replay"], 1)
+    rows = [from_row(r) for r in make_rows(_with(cfg.data, size=size, seed=cfg.data.seed + 104729 * rnd),
+                                           progress=False)]
+    to_dataset(rows).save_to_disk(str(out / "dataset"))
+    train_stage(cfg, parent, out / "dataset", out, rnd, "control", max_steps=steps)
+    shutil.rmtree(out / "dataset")
+
+
+def _promote(cfg, state: RunState, run_dir: Path, rnd: int, checkpoint: Path, log) -> None:
+    def overall(r: int) -> float:
+        return json.loads((round_dir(run_dir, r) / "eval" / "scores.json").read_text())["process"]["overall"] \
+            if "process" in cfg.loop.eval_modes else 0.0
+
+    current = Path(state.data["policy"])
+    cur_round = int(current.parent.name.split("_")[1])
+    new, old = overall(rnd), overall(cur_round)
+    promoted = new >= old - cfg.loop.promote_tolerance
+    decision = {"event": "promote", "round": rnd, "promoted": promoted, "new": new, "current": old,
+                "current_round": cur_round, "tolerance": cfg.loop.promote_tolerance}
+    folder = round_dir(run_dir, rnd) / "promote"
+    folder.mkdir(exist_ok=True)
+    (folder / "events.jsonl").write_text(json.dumps(decision) + "\n")
+    state.data["promotions"][str(rnd)] = decision
+    if promoted:
+        state.data["policy"] = str(checkpoint)
+    state.mark(rnd, "promote")
+    log(f"round {rnd}: {'promoted' if promoted else 'kept round ' + str(cur_round)} "
+        f"(process {100 * new:.1f} vs {100 * old:.1f})")

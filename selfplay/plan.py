@@ -1,0 +1,59 @@
+"""`selfplay run --dry-run`: what a config would do, without a cluster or a model.
+
+It validates the config (loading it already did), then prints the plan: rounds and their sizes,
+rollout actors and GPUs, batch sizes, and a memory estimate per rollout actor and for training
+(parameters from the model section, or from `loop.base_checkpoint`'s config.json when it exists).
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict
+from pathlib import Path
+
+
+def _params(cfg) -> tuple[int, dict]:
+    """Parameter count and shape of the policy the run starts from."""
+    cfg_file = Path(cfg.loop.base_checkpoint) / "config.json"
+    if cfg_file.is_file():
+        c = json.loads(cfg_file.read_text())
+        shape = {"hidden": c["hidden_size"], "layers": c["num_hidden_layers"], "vocab": c["vocab_size"],
+                 "intermediate": c["intermediate_size"], "kv_heads": c.get("num_key_value_heads", c["num_attention_heads"]),
+                 "heads": c["num_attention_heads"], "positions": c["max_position_embeddings"]}
+    else:
+        m = cfg.model
+        shape = {"hidden": m.hidden_size, "layers": m.num_layers, "vocab": 16 + 60 + m.num_codes,
+                 "intermediate": m.intermediate_size, "kv_heads": m.num_heads, "heads": m.num_heads,
+                 "positions": m.max_positions}
+    h, L = shape["hidden"], shape["layers"]
+    kv = h * shape["kv_heads"] // shape["heads"]
+    per_layer = 2 * h * h + 2 * h * kv + 3 * h * shape["intermediate"]
+    return L * per_layer + shape["vocab"] * h, shape
+
+
+def plan(cfg) -> dict:
+    n, shape = _params(cfg)
+    r, t = cfg.rollout, cfg.train
+    bytes_w = 2 if r.dtype in ("bfloat16", "float16") or (r.dtype == "auto" and r.num_gpus_per_actor > 0) else 4
+    kv_bytes = 2 * shape["layers"] * shape["hidden"] * shape["kv_heads"] // shape["heads"] * bytes_w
+    kv_per_row = kv_bytes * shape["positions"]
+    trainable = n if not t.lora.enabled else int(2 * t.lora.r * shape["hidden"] * shape["layers"] * len(t.lora.target_modules))
+    train_bytes = n * (2 if t.bf16 == "true" else 4) + trainable * 16  # weights + fp32 grads and Adam moments
+    act = t.batch_size * t.max_length * shape["hidden"] * shape["layers"] * 34 * 2
+    rounds = cfg.loop.rounds
+    return {
+        "rounds": rounds,
+        "per_round": {"rollout_prompts": cfg.loop.prompts_per_round * cfg.loop.samples_per_prompt,
+                      "eval_records": 6 * cfg.loop.eval_per_task, "eval_modes": cfg.loop.eval_modes,
+                      "judge": cfg.judge.kind, "critique": cfg.critique.mode, "control_arm": cfg.loop.control},
+        "policy": {"parameters": n, **shape, "from": cfg.loop.base_checkpoint},
+        "rollout": {"actors": r.actors or 1, "in_process": r.actors == 0, "cpus_per_actor": r.actor_cpus,
+                    "gpus_per_actor": r.num_gpus_per_actor, "ray_address": r.ray_address or "local",
+                    "batch_size": r.batch_size,
+                    "memory_per_actor_gb": round((n * bytes_w + r.batch_size * kv_per_row) / 1e9, 3)},
+        "train": {"batch_size": t.batch_size, "grad_accum": t.grad_accum, "max_length": t.max_length,
+                  "tokens_per_step": t.batch_size * t.grad_accum * t.max_length, "lora": asdict(t.lora),
+                  "trainable_parameters": trainable, "device": t.device, "bf16": t.bf16,
+                  "memory_gb": round((train_bytes + act) / 1e9, 3)},
+        "judge": {"kind": cfg.judge.kind, "base_url": cfg.judge.base_url, "concurrency": cfg.judge.concurrency},
+    }

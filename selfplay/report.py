@@ -1,0 +1,168 @@
+"""`report.html`: one self-contained page (images embedded) that says how the run went.
+
+Per-round accuracy (process vs single-pass, and the control arm), per-task plots, the gaps with
+their standard errors, judge statistics (conflicts found per kind, acceptance of corrections,
+outcomes of the rollouts), promotions, and trajectory strips of fixed prompts round by round.
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+import io
+import json
+import math
+from pathlib import Path
+
+
+def _rounds(run_dir: Path) -> list[Path]:
+    return sorted(p for p in run_dir.glob("round_[0-9][0-9][0-9]") if p.is_dir())
+
+
+def _scores(folder: Path) -> dict:
+    f = folder / "scores.json"
+    return json.loads(f.read_text()) if f.exists() else {}
+
+
+def collect(run_dir: Path) -> dict:
+    """Everything the report shows, as plain data (also used by tests and `ablate`)."""
+    rows = []
+    for rd in _rounds(run_dir):
+        rnd = int(rd.name.split("_")[1])
+        entry = {"round": rnd, "eval": _scores(rd / "eval"), "control": _scores(rd / "control_eval")}
+        if (rd / "data" / "summary.json").exists():
+            entry["data"] = json.loads((rd / "data" / "summary.json").read_text())
+        rows.append(entry)
+    state = json.loads((run_dir / "state.json").read_text()) if (run_dir / "state.json").exists() else {}
+    return {"rounds": rows, "promotions": state.get("promotions", {})}
+
+
+def gap(a: dict, b: dict) -> tuple[float, float]:
+    """Difference of two overall scores and its standard error (independent samples)."""
+    return a["overall"] - b["overall"], math.sqrt(a["overall_se"] ** 2 + b["overall_se"] ** 2)
+
+
+def _png(fig) -> str:
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=110, bbox_inches="tight")
+    return base64.b64encode(buf.getvalue()).decode()
+
+
+def _plots(data: dict) -> list[str]:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rounds = [r for r in data["rounds"] if r["eval"]]
+    if not rounds:
+        return []
+    out = []
+    fig, ax = plt.subplots(figsize=(6, 3.6))
+    for arm, key in (("policy", "eval"), ("control", "control")):
+        for mode, style in (("process", "-o"), ("single_pass", "--s")):
+            xs = [r["round"] for r in rounds if mode in r[key]]
+            if not xs:
+                continue
+            ys = [100 * r[key][mode]["overall"] for r in rounds if mode in r[key]]
+            es = [200 * r[key][mode]["overall_se"] for r in rounds if mode in r[key]]
+            ax.errorbar(xs, ys, yerr=es, fmt=style, capsize=3, label=f"{arm} {mode}",
+                        alpha=1.0 if arm == "policy" else 0.6)
+    ax.set_xlabel("round")
+    ax.set_ylabel("GenEval overall (%), ±2 SE")
+    ax.set_xticks([r["round"] for r in rounds])
+    ax.legend(fontsize=8)
+    ax.grid(alpha=0.3)
+    out.append(_png(fig))
+    plt.close(fig)
+    modes = sorted({m for r in rounds for m in r["eval"]})
+    fig, axes = plt.subplots(1, len(modes), figsize=(5 * len(modes), 3.4), squeeze=False)
+    for ax, mode in zip(axes[0], modes):
+        tasks = list(next(r["eval"][mode]["per_task"] for r in rounds if mode in r["eval"]))
+        for t in tasks:
+            xs = [r["round"] for r in rounds if mode in r["eval"]]
+            ax.plot(xs, [100 * r["eval"][mode]["per_task"][t] for r in rounds if mode in r["eval"]], "-o", label=t)
+        ax.set_title(f"{mode}: per-task accuracy (%)")
+        ax.set_xlabel("round")
+        ax.set_ylim(-2, 102)
+        ax.grid(alpha=0.3)
+    axes[0][-1].legend(fontsize=7, loc="lower right")
+    out.append(_png(fig))
+    plt.close(fig)
+    return out
+
+
+def _table(headers: list[str], rows: list[list]) -> str:
+    head = "".join(f"<th>{html.escape(str(h))}</th>" for h in headers)
+    body = "".join("<tr>" + "".join(f"<td>{html.escape(str(c))}</td>" for c in r) + "</tr>" for r in rows)
+    return f"<table><tr>{head}</tr>{body}</table>"
+
+
+def _pct(s: dict) -> str:
+    return f"{100 * s['overall']:.1f} ± {100 * s['overall_se']:.1f}"
+
+
+def write_report(run_dir: Path) -> Path:
+    run_dir = Path(run_dir)
+    data = collect(run_dir)
+    parts = [f"<h1>strokes run: {html.escape(run_dir.name)}</h1>"]
+    rows = []
+    for r in data["rounds"]:
+        for arm, key in (("policy", "eval"), ("control", "control")):
+            for mode, s in r[key].items():
+                rows.append([r["round"], arm, mode, _pct(s)] + [f"{100 * v:.0f}" for v in s["per_task"].values()])
+    if rows:
+        first = next(r for r in data["rounds"] if r["eval"])
+        tasks = list(next(iter(first["eval"].values()))["per_task"])
+        parts.append("<h2>Accuracy on the held-out suite (GenEval rules, %, ± 1 SE)</h2>")
+        parts.append(_table(["round", "arm", "mode", "overall"] + tasks, rows))
+    parts += [f'<img src="data:image/png;base64,{p}">' for p in _plots(data)]
+    parts.append("<h2>Gaps (overall, points ± SE)</h2>")
+    gaps = []
+    evals = [r for r in data["rounds"] if "process" in r["eval"]]
+    if evals:
+        r0, last = evals[0], evals[-1]
+        d, se = gap(last["eval"]["process"], r0["eval"]["process"])
+        gaps.append([f"round {last['round']} vs round 0 (process)", f"{100 * d:+.1f} ± {100 * se:.1f}", f"{d / se:.1f}" if se else "-"])
+        if "single_pass" in last["eval"]:
+            d, se = gap(last["eval"]["process"], last["eval"]["single_pass"])
+            gaps.append([f"process vs single-pass (round {last['round']})", f"{100 * d:+.1f} ± {100 * se:.1f}", f"{d / se:.1f}" if se else "-"])
+        if "process" in last["control"]:
+            d, se = gap(last["eval"]["process"], last["control"]["process"])
+            gaps.append([f"round {last['round']} vs control (process)", f"{100 * d:+.1f} ± {100 * se:.1f}", f"{d / se:.1f}" if se else "-"])
+    parts.append(_table(["comparison", "gap", "gap / SE"], gaps))
+    judge_rows = []
+    for r in data["rounds"]:
+        d = r.get("data")
+        if d:
+            judge_rows.append([r["round"], d["critique"], d["replay"],
+                               ", ".join(f"{k} {v}" for k, v in sorted(d["outcomes"].items())),
+                               ", ".join(f"{k} {v}" for k, v in sorted(d["conflicts"].items())),
+                               "-" if d["acceptance_rate"] is None else f"{100 * d['acceptance_rate']:.0f}%"])
+    if judge_rows:
+        parts.append("<h2>Judge and critique data per round</h2>")
+        parts.append(_table(["round", "critique traces", "replay rows", "rollout outcomes",
+                             "conflicts found (source:kind)", "corrections accepted"], judge_rows))
+    if data["promotions"]:
+        parts.append("<h2>Promotions</h2>")
+        parts.append(_table(["round", "promoted", "new", "current", "tolerance"],
+                            [[k, v["promoted"], f"{100 * v['new']:.1f}", f"{100 * v['current']:.1f}", v["tolerance"]]
+                             for k, v in sorted(data["promotions"].items(), key=lambda kv: int(kv[0]))]))
+    strips = []
+    for rd in _rounds(run_dir):
+        for p in sorted((rd / "eval" / "strips").glob("*.png")) if (rd / "eval" / "strips").exists() else []:
+            b64 = base64.b64encode(p.read_bytes()).decode()
+            strips.append(f"<p><b>round {int(rd.name[6:])}</b> — {html.escape(p.stem.replace('_', ' '))}<br>"
+                          f'<img src="data:image/png;base64,{b64}"></p>')
+    if strips:
+        parts.append("<h2>Trajectory strips of fixed prompts, round by round</h2>")
+        parts += strips
+    style = ("<style>body{font-family:sans-serif;max-width:1100px;margin:2em auto}table{border-collapse:collapse;"
+             "margin:1em 0}td,th{border:1px solid #ccc;padding:3px 8px;font-size:13px}</style>")
+    page = f"<!doctype html><html><head><meta charset='utf-8'><title>strokes report</title>{style}</head><body>"
+    page += "\n".join(parts) + "</body></html>"
+    out = run_dir / "report.html"
+    tmp = out.with_name("report.html.tmp")
+    tmp.write_text(page)
+    tmp.replace(out)
+    return out
