@@ -1,0 +1,166 @@
+"""Judge quality: precision and recall of a judge's conflicts against the oracle's.
+
+The labelled set comes from the base pipelines: every deliberately wrong step (a plan that
+contradicts the prompt, a sketch that does not follow its plan) is a negative and as many aligned
+steps are positives, spread over the six tasks and both pipelines. The oracle's verdicts on the
+same steps are the reference; a judge is scored on:
+
+- `conflict (any)`: steps flagged as not aligned (the decision that matters most: which steps the
+  critique builder turns into training data);
+- per source (image, instruction) and per conflict kind: conflicts counted with multiplicity, a hit
+  being a conflict of that kind the oracle also reports on that step;
+- how often its corrective instruction equals the oracle's (flagged steps) and how often its
+  "still missing" list does (aligned steps).
+
+A step the judge could not judge (None) counts as judged "no conflict" for recall and is reported.
+"""
+
+from __future__ import annotations
+
+import random
+import time
+from collections import Counter
+from dataclasses import dataclass, field
+
+from selfplay.data.pipelines import PipelineConfig, TrajectoryMaker
+from selfplay.shapeworld import TASKS
+from selfplay.shapeworld.suites import sample_record
+from selfplay.verdict import ConflictKind, Judge, StepContext, Verdict
+
+from .oracle import OracleJudge
+
+
+def labelled_contexts(n: int, seed: int = 0, split: str = "test", size: int = 64) -> list[StepContext]:
+    """`n` step contexts: n//2 wrong steps (from the conflict and alignment pipelines, alternating,
+    over the six tasks in turn) and the rest aligned steps, one drawn at random per trajectory."""
+    maker = TrajectoryMaker(PipelineConfig(conflict_negative=1.0, alignment_negative=1.0), size)
+    rng = random.Random(f"judge-eval:{seed}")
+    want_neg, want_pos = n // 2, n - n // 2
+    neg: list[StepContext] = []
+    pos: list[StepContext] = []
+    i = 0
+    while len(neg) < want_neg or len(pos) < want_pos:
+        rec = sample_record(TASKS[i % len(TASKS)], rng, split)
+        source = ("conflict", "alignment")[(i // len(TASKS)) % 2]
+        i += 1
+        t = maker.make(source, rec, rng)
+        contexts = []
+        for k, s in enumerate(t.steps):
+            prev = t.steps[k - 1].final_image if k else None
+            contexts.append((s.wrong_plan or s.wrong_image,
+                             StepContext(t.prompt, s.instruction, s.description, s.image, t.record, t.steps[:k], prev)))
+        bad = [c for wrong, c in contexts if wrong]
+        good = [c for wrong, c in contexts if not wrong]
+        if bad and len(neg) < want_neg:
+            neg.append(bad[0])
+        if good and len(pos) < want_pos:
+            pos.append(rng.choice(good))
+    out = neg + pos
+    rng.shuffle(out)
+    return out
+
+
+@dataclass
+class Row:
+    name: str
+    reference: int = 0  # what the oracle reports
+    judged: int = 0  # what the judge reports
+    hits: int = 0  # both
+
+    @property
+    def precision(self) -> float | None:
+        return self.hits / self.judged if self.judged else None
+
+    @property
+    def recall(self) -> float | None:
+        return self.hits / self.reference if self.reference else None
+
+    def to_json(self) -> dict:
+        return {"name": self.name, "reference": self.reference, "judged": self.judged, "hits": self.hits,
+                "precision": self.precision, "recall": self.recall}
+
+
+@dataclass
+class EvalReport:
+    judge: str
+    steps: int
+    negatives: int  # steps the oracle flags
+    unjudged: int  # steps the judge returned no verdict for
+    rows: list[Row]
+    correction_match: float | None  # share of steps both flag where the corrections are equal
+    missing_match: float | None  # share of steps both pass where the "still missing" lists are equal
+    seconds: float
+    stats: dict = field(default_factory=dict)
+
+    def row(self, name: str) -> Row:
+        return next(r for r in self.rows if r.name == name)
+
+    def table(self) -> str:
+        def pct(x: float | None) -> str:
+            return "   n/a" if x is None else f"{100 * x:6.1f}"
+
+        lines = [f"judge {self.judge}: {self.steps} steps ({self.negatives} with a conflict, "
+                 f"{self.steps - self.negatives} aligned), {self.unjudged} unjudged, {self.seconds:.1f} s",
+                 f"{'':22} {'oracle':>7} {'judge':>7} {'hits':>7} {'prec %':>7} {'recall %':>9}"]
+        for r in self.rows:
+            lines.append(f"{r.name:22} {r.reference:7d} {r.judged:7d} {r.hits:7d} {pct(r.precision):>7} {pct(r.recall):>9}")
+        lines.append(f"corrections equal to the oracle's: {pct(self.correction_match).strip()} %;  "
+                     f"'still missing' equal: {pct(self.missing_match).strip()} %")
+        return "\n".join(lines)
+
+    def to_json(self) -> dict:
+        return {"judge": self.judge, "steps": self.steps, "negatives": self.negatives, "unjudged": self.unjudged,
+                "rows": [r.to_json() for r in self.rows], "correction_match": self.correction_match,
+                "missing_match": self.missing_match, "seconds": self.seconds, "stats": self.stats}
+
+
+def evaluate(judge: Judge, contexts: list[StepContext], name: str = "", batch_size: int = 64) -> EvalReport:
+    """Score `judge` against the oracle on `contexts` (judged in batches of `batch_size`)."""
+    reference = OracleJudge().judge(contexts)
+    t0 = time.perf_counter()
+    verdicts: list[Verdict | None] = []
+    for i in range(0, len(contexts), batch_size):
+        verdicts.extend(judge.judge(contexts[i: i + batch_size]))
+    seconds = time.perf_counter() - t0
+    return score(reference, verdicts, name or getattr(judge, "name", type(judge).__name__), seconds,
+                 _stats_of(judge))
+
+
+def score(reference: list[Verdict], verdicts: list[Verdict | None], name: str, seconds: float = 0.0,
+          stats: dict | None = None) -> EvalReport:
+    """The report for verdicts against reference verdicts of the same steps."""
+    any_row = Row("conflict (any)")
+    sources = {s: Row(f"source: {s}") for s in ("instruction", "image")}
+    kinds = {k.value: Row(f"kind: {k.value}") for k in ConflictKind}
+    fixes = Counter()
+    for ref, got in zip(reference, verdicts):
+        flagged = got is not None and not got.aligned
+        any_row.reference += not ref.aligned
+        any_row.judged += flagged
+        any_row.hits += flagged and not ref.aligned
+        for rows, key in ((sources, lambda c: c.source), (kinds, lambda c: c.kind.value)):
+            r_count = Counter(key(c) for c in ref.conflicts)
+            g_count = Counter(key(c) for c in got.conflicts) if got is not None else Counter()
+            for k, row in rows.items():
+                row.reference += r_count[k]
+                row.judged += g_count[k]
+                row.hits += min(r_count[k], g_count[k])
+        if flagged and not ref.aligned:
+            fixes["flagged"] += 1
+            fixes["correction"] += got.correction.strip() == ref.correction
+        if got is not None and got.aligned and ref.aligned:
+            fixes["passed"] += 1
+            fixes["missing"] += list(got.missing) == list(ref.missing)
+    return EvalReport(
+        judge=name, steps=len(reference), negatives=any_row.reference,
+        unjudged=sum(v is None for v in verdicts), rows=[any_row, *sources.values(), *kinds.values()],
+        correction_match=fixes["correction"] / fixes["flagged"] if fixes["flagged"] else None,
+        missing_match=fixes["missing"] / fixes["passed"] if fixes["passed"] else None,
+        seconds=seconds, stats=stats or {})
+
+
+def _stats_of(judge: Judge) -> dict:
+    stats = getattr(judge, "stats", None)
+    if stats is None:
+        return {}
+    return stats.to_json() if hasattr(stats, "to_json") else dict(stats)

@@ -1,0 +1,210 @@
+"""The GPT judge: any OpenAI-compatible chat endpoint (OpenAI, vLLM, our own `selfplay judge-serve`).
+
+Each step becomes one chat request (judges/messages.py: the prompt text, the images as base64 PNG
+data URLs) asking for the verdict as strict structured output. Around the `openai` client, whose
+own retries are switched off so the policy here is the only one:
+
+- bounded concurrency (`concurrency` threads, one request each);
+- retries with exponential backoff on timeouts, dropped connections and HTTP 408/409/429/5xx
+  (a Retry-After header wins when it asks for longer); these are infrastructure failures;
+- answers that cannot be read (malformed JSON, no choices, a refusal, a verdict that breaks the
+  schema) are data failures: counted in `stats.unparsable` and skipped (verdict None), never retried
+  and never fatal;
+- a per-round budget of requests and tokens: when it is spent no request is sent and the remaining
+  steps stay unjudged (None, counted in `stats.over_budget`);
+- an on-disk cache keyed by the full request, so a resumed round pays nothing twice for a verdict
+  (unreadable answers are not kept: the next run asks again);
+- a rejected API key (401/403) or an unknown model or path (404) stops the batch with a one-line
+  InputError, because every further request would fail the same way.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import random
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor, as_completed
+from dataclasses import asdict, dataclass
+
+from pydantic import ValidationError
+
+from selfplay.errors import InputError
+from selfplay.verdict import StepContext, Verdict
+
+from .cache import AnswerCache, request_key
+from .config import JudgeConfig
+from .messages import build_messages, load_prompts, response_format
+
+log = logging.getLogger(__name__)
+RETRY_STATUSES = frozenset({408, 409, 429})
+MAX_RETRY_AFTER_S = 60.0
+
+
+@dataclass
+class JudgeStats:
+    """What one round of judging cost and how it went (reset by `start_round`)."""
+
+    steps: int = 0  # steps asked to judge
+    verdicts: int = 0  # steps that got a verdict
+    requests: int = 0  # HTTP requests sent, retries included
+    retries: int = 0
+    timeouts: int = 0  # requests that timed out or lost their connection
+    http_errors: int = 0  # retryable HTTP statuses received
+    cache_hits: int = 0
+    unparsable: int = 0  # answers that could not be read as a verdict (skipped)
+    failed: int = 0  # steps given up on: retries exhausted, or a non-retryable status
+    over_budget: int = 0  # steps left unjudged because the budget was spent
+    tokens: int = 0  # total tokens the endpoint reported
+
+    def to_json(self) -> dict:
+        return asdict(self)
+
+
+class GPTJudge:
+    """Judges steps through an OpenAI-compatible endpoint. Returns None for a step it could not judge."""
+
+    name = "gpt"
+
+    def __init__(self, cfg: JudgeConfig) -> None:
+        from openai import OpenAI
+
+        self.cfg = cfg.validate()
+        self.prompts = load_prompts(cfg.prompts_file)
+        key = os.environ.get(cfg.api_key_env, "")
+        if not key and cfg.base_url is None:
+            raise InputError(f"judge.api_key_env: environment variable {cfg.api_key_env} is not set "
+                             "(the default endpoint, api.openai.com, needs a key)")
+        # A keyless endpoint (a local judge server) ignores the header, but the client wants one.
+        self.client = OpenAI(api_key=key or "no-key", base_url=cfg.base_url, max_retries=0, timeout=cfg.timeout_s)
+        self.cache = AnswerCache(cfg.cache_dir) if cfg.cache_dir else None
+        self.stats = JudgeStats()
+        self._lock = threading.Lock()
+        self._response_format = response_format()
+
+    def start_round(self) -> None:
+        """Reset the budget and the counters: the budget is per round."""
+        with self._lock:
+            self.stats = JudgeStats()
+
+    def request_body(self, ctx: StepContext) -> dict:
+        """The full request for one step; its hash is the cache key."""
+        return {"model": self.cfg.model, "messages": build_messages(ctx, self.prompts),
+                "response_format": self._response_format}
+
+    def judge(self, contexts: list[StepContext]) -> list[Verdict | None]:
+        out: list[Verdict | None] = [None] * len(contexts)
+        with self._lock:
+            self.stats.steps += len(contexts)
+        ex = ThreadPoolExecutor(max_workers=self.cfg.concurrency, thread_name_prefix="gpt-judge")
+        try:
+            futures = {ex.submit(self._judge_one, c): i for i, c in enumerate(contexts)}
+            for f in as_completed(futures):
+                out[futures[f]] = f.result()
+        except BaseException:
+            ex.shutdown(wait=True, cancel_futures=True)
+            raise
+        ex.shutdown(wait=True)
+        return out
+
+    # ---- one step ---------------------------------------------------------------------------------
+
+    def _judge_one(self, ctx: StepContext) -> Verdict | None:
+        body = self.request_body(ctx)
+        key = request_key(body)
+        answer = self.cache.get(key) if self.cache is not None else None
+        if answer is not None:
+            self._count(cache_hits=1)
+            verdict = self._read(answer.get("content"))
+        else:
+            answer = self._ask(body)
+            if answer is None:
+                return None
+            verdict = self._read(answer["content"])
+            # Only answers that gave a verdict are kept: an unreadable one is asked again next time.
+            if self.cache is not None and verdict is not None:
+                self.cache.put(key, answer)
+        if verdict is not None:
+            self._count(verdicts=1)
+        return verdict
+
+    def _read(self, content: str | None) -> Verdict | None:
+        if not content:
+            self._count(unparsable=1)
+            return None
+        try:
+            return Verdict.model_validate_json(content)
+        except ValidationError:
+            self._count(unparsable=1)
+            return None
+
+    def _ask(self, body: dict) -> dict | None:
+        """One answer {"content", "tokens"} for a request, retried as the rules say; None when the
+        step stays unjudged (budget spent, retries exhausted, or a status that retrying cannot fix)."""
+        import openai
+
+        for attempt in range(self.cfg.max_retries + 1):
+            if attempt:
+                self._count(retries=1)
+            if not self._reserve():
+                self._count(over_budget=1)
+                return None
+            retry_after = None
+            try:
+                resp = self.client.chat.completions.create(**body)
+            except (openai.APITimeoutError, openai.APIConnectionError) as e:
+                self._count(timeouts=1)
+                log.info("judge request failed (%s), attempt %d", type(e).__name__, attempt + 1)
+            except openai.APIStatusError as e:
+                status = e.status_code
+                if status in (401, 403):
+                    raise InputError(f"judge: {self.client.base_url} rejected the API key from "
+                                     f"${self.cfg.api_key_env} (HTTP {status})") from None
+                if status == 404:
+                    raise InputError(f"judge: {self.client.base_url} answered 404 for model {self.cfg.model!r}; "
+                                     "check judge.base_url and judge.model") from None
+                if status not in RETRY_STATUSES and status < 500:
+                    self._count(failed=1)
+                    log.warning("judge request rejected with HTTP %d: %s", status, str(e)[:200])
+                    return None
+                self._count(http_errors=1)
+                retry_after = _retry_after(e.response.headers.get("retry-after"))
+            except (json.JSONDecodeError, openai.APIResponseValidationError, ValueError) as e:
+                # A 200 whose body is not the JSON it claims to be: an unreadable answer, not an outage.
+                log.info("judge answer unreadable: %s", str(e)[:200])
+                return {"content": None, "tokens": 0}
+            else:
+                tokens = resp.usage.total_tokens if resp.usage is not None else 0
+                self._count(tokens=tokens)
+                choices = resp.choices or []
+                content = choices[0].message.content if choices and choices[0].message else None
+                return {"content": content, "tokens": tokens}
+            if attempt < self.cfg.max_retries:
+                delay = self.cfg.backoff * 2**attempt * random.uniform(1.0, 1.25)
+                time.sleep(max(delay, retry_after or 0.0))
+        self._count(failed=1)
+        return None
+
+    def _reserve(self) -> bool:
+        """Claim one request from the round's budget; False when it is spent."""
+        with self._lock:
+            s, c = self.stats, self.cfg
+            if (c.budget_requests and s.requests >= c.budget_requests) or (c.budget_tokens and s.tokens >= c.budget_tokens):
+                return False
+            s.requests += 1
+            return True
+
+    def _count(self, **deltas: int) -> None:
+        with self._lock:
+            for k, v in deltas.items():
+                setattr(self.stats, k, getattr(self.stats, k) + v)
+
+
+def _retry_after(value: str | None) -> float | None:
+    """Seconds a Retry-After header asks for (capped), or None."""
+    try:
+        return min(float(value), MAX_RETRY_AFTER_S) if value else None
+    except ValueError:
+        return None

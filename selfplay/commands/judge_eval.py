@@ -1,0 +1,63 @@
+"""`selfplay judge-eval`: a judge's precision and recall of conflicts against the oracle.
+
+The steps come from the base pipelines (half deliberately wrong, half aligned, over all six tasks);
+the table has one row for flagged steps, one per conflict source and one per conflict kind.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+
+from .judge_serve import add_self_judge_args
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("judge-eval", help="measure a judge's precision and recall against the oracle")
+    p.add_argument("--judge", choices=("oracle", "gpt", "self"), default="oracle")
+    p.add_argument("--n", type=int, default=500, help="steps to judge (half with a conflict)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--split", choices=("train", "test"), default="test", help="prompt split the steps come from")
+    p.add_argument("--base-url", default=None, help="endpoint for --judge gpt, e.g. http://127.0.0.1:8000/v1")
+    p.add_argument("--model", default="gpt-4.1-mini", help="model name for --judge gpt")
+    p.add_argument("--api-key-env", default="OPENAI_API_KEY", help="environment variable holding the API key")
+    p.add_argument("--concurrency", type=int, default=8)
+    p.add_argument("--timeout", type=float, default=60.0, help="seconds per request")
+    p.add_argument("--max-retries", type=int, default=4)
+    p.add_argument("--budget-requests", type=int, default=0, help="0: unlimited")
+    p.add_argument("--cache-dir", default="", help="cache answers here (a rerun then pays nothing)")
+    p.add_argument("--prompts-file", default="")
+    add_self_judge_args(p)
+    p.add_argument("--batch-size", type=int, default=64, help="steps per judge() call")
+    p.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from judges import JudgeConfig, OracleJudge
+    from judges.evaluate import evaluate, labelled_contexts
+
+    from ..errors import InputError
+    from .judge_serve import build_judge
+
+    if args.n < 2:
+        raise InputError(f"--n must be at least 2, got {args.n}")
+    if args.batch_size < 1:
+        raise InputError(f"--batch-size must be at least 1, got {args.batch_size}")
+    if args.judge == "gpt":
+        from judges.gpt import GPTJudge
+
+        cfg = JudgeConfig(kind="gpt", base_url=args.base_url, model=args.model, api_key_env=args.api_key_env,
+                          concurrency=args.concurrency, timeout_s=args.timeout, max_retries=args.max_retries,
+                          budget_requests=args.budget_requests, cache_dir=args.cache_dir,
+                          prompts_file=args.prompts_file)
+        judge = GPTJudge(cfg)
+        name = f"gpt ({args.model} at {judge.client.base_url})"
+    elif args.judge == "oracle":
+        judge, name = OracleJudge(), "oracle"
+    else:
+        judge, name = build_judge(args), f"self ({args.checkpoint}, T={args.temperature:g})"
+    contexts = labelled_contexts(args.n, args.seed, args.split)
+    report = evaluate(judge, contexts, name, args.batch_size)
+    print(json.dumps(report.to_json(), indent=2) if args.json else report.table())
+    return 0

@@ -1,0 +1,89 @@
+"""`selfplay judge-serve`: serve a judge as an OpenAI-compatible endpoint on this machine.
+
+Any client that speaks the chat-completions API (our GPT judge included) can then judge steps with
+it over HTTP, so a team can share one judge service. Loopback only unless `--host` says otherwise.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("judge-serve", help="serve a judge as an OpenAI-compatible /v1/chat/completions endpoint")
+    p.add_argument("--judge", choices=("oracle", "self"), default="oracle",
+                   help="oracle: exact ShapeWorld judge; self: a checkpoint's own Inspect")
+    p.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1: this machine only)")
+    p.add_argument("--port", type=int, default=8000, help="port (0 picks a free one)")
+    p.add_argument("--api-key", default=None, help="require 'Authorization: Bearer KEY' on every request")
+    p.add_argument("--api-key-env", default=None,
+                   help="read the required key from this environment variable instead (keeps it out of `ps`)")
+    add_self_judge_args(p)
+    p.add_argument("--model-name", default=None, help="the model id to report (default strokes-<judge>)")
+    p.add_argument("--prompts-file", default="", help="judge prompts file (default: the built-in one)")
+    p.add_argument("--max-batch", type=int, default=32, help="steps judged together at most")
+    p.set_defaults(func=run)
+
+
+def add_self_judge_args(p: argparse.ArgumentParser) -> None:
+    """The options of the self judge (shared with `judge-eval`)."""
+    p.add_argument("--checkpoint", default=None, help="policy checkpoint folder (for --judge self)")
+    p.add_argument("--temperature", type=float, default=1.0,
+                   help="sampling temperature of the self judge's Inspect (0: greedy; default: as rollouts sample)")
+    p.add_argument("--device", default="auto", help="device of the self judge's policy (auto, cpu, cuda)")
+
+
+def build_judge(args: argparse.Namespace):
+    """The judge `args.judge` names: the oracle, or the self judge over a checkpoint's Inspect."""
+    from judges import OracleJudge, SelfJudge
+
+    if args.judge == "oracle":
+        return OracleJudge()
+    return SelfJudge(policy_inspect_fn(args.checkpoint, args.temperature, args.device))
+
+
+def policy_inspect_fn(checkpoint: str | None, temperature: float = 1.0, device: str = "auto"):
+    """The Inspect (+ Refine) of the policy in `checkpoint`, as the self judge's `inspect_fn`: the
+    rollout engine's, so the judge inspects exactly as the policy does inside a rollout."""
+    from rollout.config import RolloutConfig
+    from rollout.engine import Engine
+
+    from ..errors import InputError
+    from ..model.tiny import Policy
+
+    if not checkpoint:
+        raise InputError("--checkpoint is required with --judge self")
+    if temperature < 0:
+        raise InputError(f"--temperature must be >= 0, got {temperature}")
+    return Engine(Policy.from_pretrained(checkpoint), RolloutConfig(temperature=temperature, device=device)).inspect
+
+
+def run(args: argparse.Namespace) -> int:
+    from judges.messages import load_prompts
+    from judges.server import JudgeServer
+
+    from ..errors import InputError
+
+    if args.max_batch < 1:
+        raise InputError(f"--max-batch must be at least 1, got {args.max_batch}")
+    key = args.api_key
+    if args.api_key_env:
+        key = os.environ.get(args.api_key_env)
+        if not key:
+            raise InputError(f"--api-key-env: environment variable {args.api_key_env} is not set")
+    judge = build_judge(args)
+    try:
+        server = JudgeServer(judge, args.host, args.port, key, args.model_name, load_prompts(args.prompts_file),
+                             args.max_batch)
+    except OSError as e:
+        raise InputError(f"--host/--port: cannot listen on {args.host}:{args.port} ({e.strerror or e})") from None
+    print(f"serving the {args.judge} judge at {server.base_url} as model {server.model}"
+          f"{' (API key required)' if key else ''}", flush=True)
+    try:
+        server.serve_forever()
+    except KeyboardInterrupt:
+        pass
+    finally:
+        server.stop()
+    return 0

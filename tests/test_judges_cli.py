@@ -1,0 +1,79 @@
+"""`selfplay judge-serve` and `selfplay judge-eval`, as a user runs them.
+
+The server runs as its own process (the real command, on an ephemeral loopback port); judge-eval
+with the GPT judge against it must score the oracle behind it at 100% precision and recall on
+every row. Bad input ends in one line naming the option.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import subprocess
+import sys
+import time
+
+import pytest
+
+from selfplay.cli import main
+
+
+@pytest.fixture()
+def served_oracle():
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "JUDGE_TEST_KEY": "k3y"}
+    proc = subprocess.Popen([sys.executable, "-m", "selfplay.cli", "judge-serve", "--judge", "oracle", "--port", "0",
+                             "--api-key-env", "JUDGE_TEST_KEY"], stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                            text=True, env=env)
+    try:
+        line = proc.stdout.readline()
+        m = re.search(r"(http://127\.0\.0\.1:\d+/v1)", line)
+        assert m, line
+        yield m.group(1)
+    finally:
+        proc.terminate()
+        proc.wait(timeout=10)
+
+
+def test_judge_eval_of_the_oracle_behind_the_server_is_perfect(served_oracle, capsys, monkeypatch):
+    monkeypatch.setenv("JUDGE_TEST_KEY", "k3y")
+    t0 = time.perf_counter()
+    assert main(["judge-eval", "--judge", "gpt", "--base-url", served_oracle, "--model", "strokes-oracle",
+                 "--api-key-env", "JUDGE_TEST_KEY", "--n", "120", "--concurrency", "4", "--json"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report["steps"] == 120 and report["negatives"] == 60 and report["unjudged"] == 0
+    for row in report["rows"]:
+        if row["reference"]:
+            assert row["precision"] == row["recall"] == 1.0, row
+        else:
+            assert row["judged"] == 0, row
+    assert report["correction_match"] == report["missing_match"] == 1.0
+    assert report["stats"]["requests"] == 120
+    assert time.perf_counter() - t0 < 60
+    # The table form names every row.
+    assert main(["judge-eval", "--judge", "gpt", "--base-url", served_oracle, "--model", "strokes-oracle",
+                 "--api-key-env", "JUDGE_TEST_KEY", "--n", "10"]) == 0
+    table = capsys.readouterr().out
+    assert "conflict (any)" in table and "kind: wrong_relation" in table and "100.0" in table
+
+
+def test_judge_eval_oracle_and_bad_input(capsys):
+    assert main(["judge-eval", "--judge", "oracle", "--n", "20"]) == 0
+    assert "conflict (any)" in capsys.readouterr().out
+    assert main(["judge-eval", "--judge", "self", "--n", "20"]) == 2
+    assert "--checkpoint is required" in capsys.readouterr().err
+    assert main(["judge-eval", "--n", "1"]) == 2
+    assert "--n must be at least 2" in capsys.readouterr().err
+    assert main(["judge-eval", "--judge", "self", "--checkpoint", "/nonexistent/ckpt", "--n", "4"]) == 2
+    assert "not a checkpoint" in capsys.readouterr().err
+
+
+def test_judge_serve_reports_a_busy_port(capsys):
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        s.listen()
+        port = s.getsockname()[1]
+        assert main(["judge-serve", "--port", str(port)]) == 2
+    assert "cannot listen on 127.0.0.1" in capsys.readouterr().err
