@@ -74,7 +74,7 @@ def sft_config(cfg: TrainConfig, out: Path):
         data_seed=cfg.seed,
         bf16=use_bf16(cfg),
         use_cpu=not cuda,
-        gradient_checkpointing=False,  # 21x slower for a tiny model on CPU (measured); no memory pressure
+        activation_checkpointing=cfg.activation_checkpointing,
         logging_steps=cfg.logging_steps,
         save_steps=cfg.save_steps,
         save_total_limit=cfg.save_total_limit,
@@ -126,9 +126,34 @@ def segment_loss(logits, labels, kind, weights, num_items=None):
     return loss, ce, valid, seg
 
 
-# The model's forward gets only these keys; with bfd packing there is no attention_mask, and the
-# model builds a block-diagonal causal mask from the position_ids (transformers' packed-sequence path).
-_MODEL_KEYS = ("input_ids", "attention_mask", "position_ids")
+def packed_rows_collator(pad_token_id: int):
+    """Batches of bfd-packed rows kept as rows (`[batch, <= max_length]`), each with position ids that
+    restart at every packed sequence.
+
+    TRL's default for bfd is padding-free: the whole batch flattened into one row, which only pays
+    off with varlen flash-attention kernels; with SDPA or eager attention that row costs
+    (batch * max_length)^2 attention, 4x slower per token on our CPUs (measured, docs/training.md).
+    Kept as rows, attention costs batch * max_length^2. The model gets no attention mask with these
+    batches, so transformers derives a block-diagonal causal mask from the position ids and packed
+    sequences never see each other (tests/test_trainer.py checks the losses against unpacked ones).
+    """
+    from trl.trainer.sft_trainer import DataCollatorForLanguageModeling
+
+    class PackedRowsCollator(DataCollatorForLanguageModeling):
+        def torch_call(self, examples):
+            out = super().torch_call(examples)
+            out["labels"][out["position_ids"] == 0] = -100  # no target across a sequence border
+            return out
+
+    return PackedRowsCollator(pad_token_id=pad_token_id, padding_free=False, return_position_ids=True)
+
+
+def _model_inputs(inputs: dict) -> dict:
+    """Packed batches carry position ids and no mask may reach the model (see `packed_rows_collator`);
+    unpacked batches carry the padding mask."""
+    if "position_ids" in inputs:
+        return {"input_ids": inputs["input_ids"], "position_ids": inputs["position_ids"]}
+    return {"input_ids": inputs["input_ids"], "attention_mask": inputs["attention_mask"]}
 
 
 def make_trainer(policy, train_dataset, cfg: TrainConfig, out: str | Path, callbacks=()):
@@ -147,7 +172,7 @@ def make_trainer(policy, train_dataset, cfg: TrainConfig, out: str | Path, callb
             if self._window_start is None:
                 self._window_start = time.time()
             labels = inputs.pop("labels")
-            outputs = model(**{k: v for k, v in inputs.items() if k in _MODEL_KEYS}, use_cache=False)
+            outputs = model(**_model_inputs(inputs), use_cache=False)
             table, weights = self._segments
             loss, ce, valid, seg = segment_loss(outputs.logits, labels, table, weights, num_items_in_batch)
             with torch.no_grad():
@@ -180,6 +205,8 @@ def make_trainer(policy, train_dataset, cfg: TrainConfig, out: str | Path, callb
         peft_config=_peft_config(cfg),
         callbacks=list(callbacks),
     )
+    if cfg.packing:
+        trainer.data_collator = packed_rows_collator(trainer.data_collator.pad_token_id)
     trainer._segments = segment_table(policy.processor, cfg.loss_weights, trainer.args.device)
     trainer._useful_tokens = 0  # loss-bearing targets seen in training
     trainer._seen_tokens = 0  # all tokens in training batches, padding included
@@ -248,17 +275,27 @@ def train(policy, dataset, cfg: TrainConfig, out: str | Path) -> dict:
     out.mkdir(parents=True, exist_ok=True)
     if cfg.num_threads > 0:
         torch.set_num_threads(cfg.num_threads)
+    own_wandb_run = False
     if cfg.report_to == "wandb":  # offline unless the user says otherwise; files stay in the run folder
+        import wandb
+
         os.environ.setdefault("WANDB_MODE", "offline")
         os.environ.setdefault("WANDB_DIR", str(out))
         os.environ.setdefault("WANDB_PROJECT", "strokes")
+        own_wandb_run = wandb.run is None  # transformers' callback joins a caller's run, else starts one
     torch.manual_seed(cfg.seed)
     tokenized = tokenize(dataset, policy.processor, cfg.tokenize_workers)
     trainer = make_trainer(policy, tokenized, cfg, out / "trainer",
                            callbacks=_callbacks(out / "metrics.jsonl", cfg.max_minutes))
     resume = any((out / "trainer").glob("checkpoint-*"))
     t0 = time.time()
-    result = trainer.train(resume_from_checkpoint=True if resume else None)
+    try:
+        result = trainer.train(resume_from_checkpoint=True if resume else None)
+    finally:
+        if own_wandb_run:  # flush and close the run we started; a caller's run stays open
+            import wandb
+
+            wandb.finish()
     seconds = time.time() - t0
     model = trainer.model
     if cfg.lora.enabled and cfg.lora.merge:
