@@ -7,8 +7,10 @@ on a shared machine are noisy; run it by hand:
 Each arm trains a fresh model for `--steps` timed steps after one untimed warm-up step, with the same
 data, batch and sequence length as `configs/base.yaml`, and prints a markdown table with the machine.
 "Non-pad" counts every real token (prompts included); "loss-bearing" counts the targets the loss
-falls on (no prompt, no deliberate mistakes, no padding). Packed rows have no padding at all (TRL's
-padding-free bfd packing); without packing each batch pads to its longest row.
+falls on (no prompt, no deliberate mistakes, no padding). Packed rows pad only to the fullest row of
+their batch; without packing each batch pads to its longest trajectory. One more arm runs TRL's own
+padding-free collator (the whole batch flattened into one row), which the trainer replaces because
+SDPA/eager attention over that row costs (batch x max_length)^2; `--skip-flat` leaves it out.
 """
 
 from __future__ import annotations
@@ -56,7 +58,9 @@ def _timer():
     return StepTimer()
 
 
-def run_arm(processor, tokenized, packing: bool, lora: bool, args, tmp: Path) -> dict:
+def run_arm(processor, tokenized, packing: bool, lora: bool, args, tmp: Path, flat: bool = False) -> dict:
+    """One arm; `flat` swaps in TRL's own padding-free collator (the whole batch as one row) for
+    comparison with the packed rows the trainer uses."""
     import torch
 
     from selfplay.model.tiny import ModelConfig, Policy
@@ -68,8 +72,12 @@ def run_arm(processor, tokenized, packing: bool, lora: bool, args, tmp: Path) ->
                       max_length=args.max_length, packing=packing, lora=LoraConfig(enabled=lora),
                       logging_steps=1000, save_steps=10**6, device=args.device, tokenize_workers=1)
     timer = _timer()
-    name = f"{'packed' if packing else 'padded'}-{'lora' if lora else 'full'}"
+    name = f"{'packed' if packing else 'padded'}-{'lora' if lora else 'full'}{'-flat' if flat else ''}"
     trainer = make_trainer(policy, tokenized, cfg, tmp / name, callbacks=[timer])
+    if flat:
+        from trl.trainer.sft_trainer import DataCollatorForLanguageModeling
+
+        trainer.data_collator = DataCollatorForLanguageModeling(pad_token_id=processor.pad_id, padding_free=True)
     timer.trainer = trainer
     trainable = sum(p.numel() for p in trainer.model.parameters() if p.requires_grad)
     torch.manual_seed(0)
@@ -77,7 +85,7 @@ def run_arm(processor, tokenized, packing: bool, lora: bool, args, tmp: Path) ->
     (t0, seen0, real0, useful0), (t1, seen1, real1, useful1) = timer.start, timer.end
     seconds, seen = t1 - t0, seen1 - seen0
     return {
-        "packing": "bfd" if packing else "off",
+        "packing": ("bfd, one flat row (TRL default)" if flat else "bfd, rows") if packing else "off",
         "method": f"LoRA r={cfg.lora.r}" if lora else "full",
         "trainable": trainable,
         "tokens_per_step": seen / args.steps,
@@ -99,6 +107,7 @@ def main() -> None:
     parser.add_argument("--max-length", type=int, default=512)
     parser.add_argument("--threads", type=int, default=1, help="torch threads")
     parser.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
+    parser.add_argument("--skip-flat", action="store_true", help="skip the arm with TRL's padding-free collator")
     args = parser.parse_args()
 
     import datasets
@@ -122,6 +131,8 @@ def main() -> None:
         tokenized = tokenize(load(tmp / "data"), processor, 1)
         rows = [run_arm(processor, tokenized, packing, lora, args, tmp)
                 for packing in (True, False) for lora in (False, True)]
+        if not args.skip_flat:
+            rows.append(run_arm(processor, tokenized, True, False, args, tmp, flat=True))
     load_after = os.getloadavg()[0]
 
     params = sum(p.numel() for p in Policy.build(ModelConfig(**SHAPE), processor=processor).model.parameters())
