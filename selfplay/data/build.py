@@ -92,6 +92,9 @@ def summarize(trajs: list[Trajectory], codes_per_image: int = 64) -> dict:
         errors[f"{t.source}:{t.meta.get('error', t.meta.get('detour', 'none'))}"] += 1
         steps.append(len(t.steps))
         n = 2 + _token_count(t.prompt) + 1
+        if t.single_pass:  # <prompt> … </prompt> <vision_start> codes <vision_end> <eos>: no step text
+            lengths.append(n + codes_per_image + 2)
+            continue
         for s in t.steps:
             edits[s.edit] += 1
             n += 6 + _token_count(s.instruction) + _token_count(s.description) + _token_count(s.inspection)
@@ -107,6 +110,8 @@ def summarize(trajs: list[Trajectory], codes_per_image: int = 64) -> dict:
         "per_edit_kind": dict(sorted(edits.items())),
         "per_variant": dict(sorted(errors.items())),
         "mean_steps": float(np.mean(steps)),
+        "mean_steps_per_source": {src: float(np.mean([n for n, t in zip(steps, trajs) if t.source == src]))
+                                  for src in sorted(sources)},
         "tokens": {"mean": float(lengths_a.mean()), "p50": float(np.median(lengths_a)),
                    "p95": float(np.percentile(lengths_a, 95)), "max": int(lengths_a.max()),
                    "total": int(lengths_a.sum())},

@@ -210,7 +210,11 @@ class TrajectoryMaker:
         else:
             prev = Scene(tuple(objs[:k]), self.size)
             later = [o for o in objs[k + 1:]]
+            rel, ref = rels[k]
+            # The first placement must not already hold the relation, or the move would be a no-op
+            # and the scene could look finished (the inspection saying so) before the move.
             slots = [s for s in free_slots(prev) if s != (obj.x, obj.y)
+                     and rel not in relations(obj.moved(*s).box, objs[ref].box)
                      and all(abs(s[0] - o.x) >= 16 or abs(s[1] - o.y) >= 16 for o in later)]
             first = obj.moved(*rng.choice(slots)) if slots else obj
             no_rel = frozenset({k})
@@ -272,10 +276,7 @@ class TrajectoryMaker:
             taken = {(p.shape, p.color) for p in objs}
             shape = rng.choice([r.shape for r in rec.include if r.color is None] or [objs[-1].shape])
             color = rng.choice([c for c in COLORS if (shape, c) not in taken])
-            slots = free_slots(Scene(tuple(objs), self.size))
-            if not slots:
-                return self.scene_graph(rec, rng)
-            wrong = Obj(shape, color, *rng.choice(slots))
+            wrong = Obj(shape, color, *rng.choice(free_slots(Scene(tuple(objs), self.size))))
             plan_objs, plan_rels = objs + [wrong], rels + [None]
         elif kind == "wrong_color":
             taken = {(p.shape, p.color) for p in objs}
@@ -287,13 +288,8 @@ class TrajectoryMaker:
             plan_objs, plan_rels = objs[:k] + [wrong], rels[: k + 1]
         else:  # wrong_relation: state and draw the opposite of the prompt's relation
             rel, ref = rels[k]
-            opposite = OPPOSITE[rel]
-            prev = Scene(tuple(objs[:k]), self.size)
-            slots = [s for s in free_slots(prev) if opposite in relations(obj.moved(*s).box, objs[ref].box)]
-            if not slots:
-                return self.scene_graph(rec, rng)
-            wrong = obj.moved(*rng.choice(slots))
-            plan_objs, plan_rels = objs[:k] + [wrong], rels[:k] + [(opposite, ref)]
+            wrong = obj.moved(*rng.choice(self._opposite_slots(objs, rels, k)))
+            plan_objs, plan_rels = objs[:k] + [wrong], rels[:k] + [(OPPOSITE[rel], ref)]
         j = len(plan_objs) - 1
         st = _state(plan_objs, plan_rels, self.size)
         conflicts = plan_conflicts(rec, st.items)
@@ -320,7 +316,8 @@ class TrajectoryMaker:
         return Trajectory(rec.text, steps, rec.to_json(), "conflict", {"error": kind, "tag": rec.tag})
 
     def _plan_errors(self, rec: PromptRecord, objs: list[Obj], rels: list) -> list[tuple[str, int]]:
-        """(kind, step) plan errors that contradict this prompt."""
+        """(kind, step) plan errors that contradict this prompt and that the canvas has room for (so
+        a conflict-set trajectory never silently falls back to another source)."""
         colored = {(r.shape, r.color) for r in rec.include if r.color}
         out = []
         prompt_rel = any(r.position for r in rec.include)
@@ -330,11 +327,24 @@ class TrajectoryMaker:
                 out.append(("wrong_color", k))
             if other_shapes:
                 out.append(("wrong_object", k))
-            if prompt_rel and rels[k] is not None and k == len(objs) - 1:
+            if prompt_rel and rels[k] is not None and k == len(objs) - 1 and self._opposite_slots(objs, rels, k):
                 out.append(("wrong_relation", k))
-        if len(objs) < 5:
+        if len(objs) < 5 and free_slots(Scene(tuple(objs), self.size)):
             out.append(("too_many", len(objs)))
         return out
+
+    def _opposite_slots(self, objs: list[Obj], rels: list, k: int) -> list[tuple[int, int]]:
+        """Free places (among the objects before k) where object k holds the opposite of its relation."""
+        rel, ref = rels[k]
+        prev = Scene(tuple(objs[:k]), self.size)
+        return [s for s in free_slots(prev) if OPPOSITE[rel] in relations(objs[k].moved(*s).box, objs[ref].box)]
+
+    def _misplaced_slots(self, objs: list[Obj], relation: tuple[str, int], k: int) -> list[tuple[int, int]]:
+        """Free places for object k that break its stated relation and keep clear of later objects."""
+        rel, ref = relation
+        prev = Scene(tuple(objs[:k]), self.size)
+        return [s for s in free_slots(prev) if rel not in relations(objs[k].moved(*s).box, objs[ref].box)
+                and all(abs(s[0] - o.x) >= 16 or abs(s[1] - o.y) >= 16 for o in objs[k + 1:])]
 
     # ---- image–instruction alignment ---------------------------------------------------------------
 
@@ -349,7 +359,12 @@ class TrajectoryMaker:
         k = rng.randrange(n)
         good = _state(objs[: k + 1], rels, self.size)
         obj = objs[k]
-        kinds = ["wrong_color", "wrong_shape", "missing", "extra"] + (["wrong_position"] if good.items[k].relation else [])
+        # Only perturbations the canvas has room for, so the set never falls back to another source.
+        kinds = ["wrong_color", "wrong_shape", "missing"]
+        if free_slots(Scene(tuple(objs), self.size)):
+            kinds.append("extra")
+        if good.items[k].relation and self._misplaced_slots(objs, good.items[k].relation, k):
+            kinds.append("wrong_position")
         kind = rng.choice(kinds)
         drawn = list(objs[: k + 1])
         taken = {(p.shape, p.color) for p in objs}
@@ -363,20 +378,11 @@ class TrajectoryMaker:
             drawn = drawn[:k]
             fix = _add_edit(good, k)
         elif kind == "extra":
-            slots = free_slots(Scene(tuple(objs), self.size))
-            if not slots:
-                return self.scene_graph(rec, rng)
             shape, color = rng.choice([(s, c) for s in SHAPES for c in COLORS if (s, c) not in taken])
-            drawn.append(Obj(shape, color, *rng.choice(slots)))
+            drawn.append(Obj(shape, color, *rng.choice(free_slots(Scene(tuple(objs), self.size)))))
             fix = Edit("remove", (shape, color))
         else:
-            rel, ref = good.items[k].relation
-            prev = Scene(tuple(objs[:k]), self.size)
-            slots = [s for s in free_slots(prev) if rel not in relations(obj.moved(*s).box, objs[ref].box)
-                     and all(abs(s[0] - o.x) >= 16 or abs(s[1] - o.y) >= 16 for o in objs[k + 1:])]
-            if not slots:
-                return self.scene_graph(rec, rng)
-            drawn[k] = obj.moved(*rng.choice(slots))
+            drawn[k] = obj.moved(*rng.choice(self._misplaced_slots(objs, good.items[k].relation, k)))
             e = _add_edit(good, k)
             fix = Edit("move", e.target, e.relation, e.other)
         wrong_image = render(Scene(tuple(drawn), self.size))

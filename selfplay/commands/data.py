@@ -1,0 +1,218 @@
+"""`selfplay data`: build the base trajectory dataset (`data build`) and look inside it (`data show`).
+
+`data build` reads only the `data:` section of a YAML config, so the same file can hold the whole
+run config; `data show` prints trajectories as text and writes each one's visual states as a strip of
+PNG panels, the quickest way to see what the model will be taught (and what it must learn to reject:
+deliberately wrong states get a red frame).
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+if TYPE_CHECKING:
+    from ..data.build import DataConfig
+    from ..trajectory import Trajectory
+
+SCALE = 3  # strip panels are the canvas scaled up this much (nearest neighbour)
+BORDER = 3  # frame around each panel: red for a deliberately wrong state, grey otherwise
+GAP = 4  # white separator between framed panels
+WRONG = (220, 0, 0)
+FRAME = (190, 190, 190)
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("data", help="build and inspect the base trajectory dataset")
+    actions = p.add_subparsers(dest="data_command", required=True, metavar="ACTION")
+
+    b = actions.add_parser("build", help="make the base dataset (HF dataset on disk + summary.json)")
+    b.add_argument("--config", help="YAML config; only its `data:` section is read (defaults without it)")
+    b.add_argument("--set", dest="overrides", action="append", default=[], metavar="data.KEY=VALUE",
+                   help="override a data field, e.g. --set data.size=2000 (repeatable)")
+    b.add_argument("--out", required=True, help="folder for the dataset (replaced if it holds one)")
+    b.set_defaults(func=run_build)
+
+    s = actions.add_parser("show", help="print trajectories as text and write their image strips")
+    s.add_argument("dir", help="a dataset folder written by `selfplay data build`")
+    s.add_argument("--n", type=int, default=3, help="how many trajectories")
+    s.add_argument("--source", help="only trajectories of this pipeline (scene_graph, conflict, ...)")
+    s.add_argument("--out", help="folder for the PNG strips (default DIR/show)")
+    s.set_defaults(func=run_show)
+
+
+# ---- data build ------------------------------------------------------------------------------------
+
+def load_data_config(path: str | None, overrides: list[str]) -> "DataConfig":
+    """The `data:` section of a YAML config (other sections are left to their own commands), with
+    `--set data.KEY=VALUE` overrides; a bad field fails with one line naming it (`data.mixture.bogus`)."""
+    import yaml
+
+    from ..configuration import apply_overrides, from_dict
+    from ..data.build import DataConfig
+    from ..errors import InputError
+
+    for item in overrides:
+        if not item.startswith("data."):
+            raise InputError(f"--set {item}: `data build` reads only the data section (write data.KEY=VALUE)")
+    raw: Any = {}
+    if path is not None:
+        p = Path(path)
+        if not p.is_file():
+            raise InputError(f"{p}: no such config file")
+        try:
+            raw = yaml.safe_load(p.read_text()) or {}
+        except yaml.YAMLError as e:
+            mark = getattr(e, "problem_mark", None)
+            line = f":{mark.line + 1}" if mark else ""
+            raise InputError(f"{p}{line}: malformed YAML ({getattr(e, 'problem', e)})") from None
+        if not isinstance(raw, dict):
+            raise InputError(f"{p}: a config must be a mapping of sections, got {type(raw).__name__}")
+    raw = apply_overrides(raw, overrides)
+    return from_dict(DataConfig, raw.get("data"), "data")
+
+
+def run_build(args: argparse.Namespace) -> None:
+    import datasets
+
+    from ..data.build import build
+    from ..errors import InputError
+
+    datasets.disable_progress_bars()  # saving takes a blink; our own bar counts trajectories
+    cfg = load_data_config(args.config, args.overrides)
+    if cfg.size < 1:
+        raise InputError(f"config field 'data.size' must be at least 1, got {cfg.size}")
+    if cfg.workers < 1:
+        raise InputError(f"config field 'data.workers' must be at least 1, got {cfg.workers}")
+    out = Path(args.out)
+    # build() replaces `out` wholesale: never let a typo wipe a folder that is not a dataset.
+    if out.exists() and (not out.is_dir() or (not (out / "summary.json").is_file() and any(out.iterdir()))):
+        raise InputError(f"--out {out}: exists and is not a dataset folder; refusing to replace it")
+    summary = build(cfg, out)
+    print(summary_table(summary, out))
+
+
+def _table(headers: list[str], rows: list[list[Any]]) -> str:
+    """Left-aligned first column, right-aligned others."""
+    cells = [headers] + [[str(c) for c in r] for r in rows]
+    widths = [max(len(r[i]) for r in cells) for i in range(len(headers))]
+    lines = []
+    for r in cells:
+        lines.append("  ".join(c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(r, widths))))
+    lines.insert(1, "  ".join("-" * w for w in widths))
+    return "\n".join(lines)
+
+
+def summary_table(summary: dict, out: Path | str) -> str:
+    """The build summary (as written to summary.json) as readable tables."""
+    n = summary["trajectories"]
+    secs = summary.get("seconds_total", 0.0)
+    rate = n / secs if secs else float("nan")
+    steps = summary.get("mean_steps_per_source", {})
+    parts = [
+        f"built {n} trajectories in {secs:.1f} s ({summary.get('seconds_to_make', secs):.1f} s making them, "
+        f"{summary.get('workers', 1)} workers, {rate:.0f} traj/s) -> {out}",
+        _table(["source", "count", "share", "mean steps"],
+               [[s, c, f"{100 * c / n:.1f}%", f"{steps[s]:.2f}" if s in steps else ""]
+                for s, c in sorted(summary["per_source"].items())]),
+        _table(["variant (source:error or detour)", "count", "share of source"],
+               [[v, c, f"{100 * c / summary['per_source'][v.split(':')[0]]:.1f}%"]
+                for v, c in summary["per_variant"].items()]),
+        _table(["edit kind (step / refine:)", "count"], [[k, c] for k, c in summary["per_edit_kind"].items()]),
+    ]
+    tok = summary["tokens"]
+    parts.append(f"mean steps {summary['mean_steps']:.2f}; tokens per trajectory: mean {tok['mean']:.1f}, "
+                 f"p50 {tok['p50']:.0f}, p95 {tok['p95']:.0f}, max {tok['max']}, total {tok['total']}")
+    return "\n\n".join(parts)
+
+
+# ---- data show -------------------------------------------------------------------------------------
+
+def states(t: "Trajectory") -> list[tuple[np.ndarray, bool]]:
+    """Every visual state in order, with whether it is deliberately wrong (a wrong plan's sketch or a
+    misdrawn sketch): the same order as `Trajectory.images()`."""
+    out = []
+    for s in t.steps:
+        out.append((s.image, s.wrong_plan or s.wrong_image))
+        out.extend((r.image, r.wrong_image) for r in s.refinements)
+    return out
+
+
+def strip_image(t: "Trajectory", scale: int = SCALE) -> np.ndarray:
+    """All visual states side by side, scaled up with nearest neighbour, each in a frame (red when
+    deliberately wrong, grey otherwise), separated by white gaps. Panel i's pixels start at
+    (x, y) = (i * (side + 2 * BORDER + GAP) + BORDER, BORDER), with side = canvas * scale."""
+    panels = states(t)
+    side = panels[0][0].shape[0] * scale
+    cell = side + 2 * BORDER
+    width = len(panels) * cell + (len(panels) - 1) * GAP
+    canvas = np.empty((cell, width, 3), np.uint8)
+    canvas[:] = 255
+    for i, (img, wrong) in enumerate(panels):
+        x = i * (cell + GAP)
+        canvas[:, x: x + cell] = WRONG if wrong else FRAME
+        big = np.repeat(np.repeat(np.asarray(img, np.uint8)[..., :3], scale, 0), scale, 1)
+        canvas[BORDER: BORDER + side, x + BORDER: x + BORDER + side] = big
+    return canvas
+
+
+def describe(t: "Trajectory", index: int) -> str:
+    """A trajectory as readable text: prompt; per step the plan, inspection and refinements."""
+    from ..shapeworld import PromptRecord, check
+
+    variant = t.meta.get("error", t.meta.get("detour", "none"))
+    head = f"#{index}  {t.source} ({variant})" + (f"  task {t.meta['tag']}" if "tag" in t.meta else "")
+    lines = [head, f"  prompt:  {t.prompt}"]
+    if t.single_pass:
+        lines.append("  single pass: the prompt, then one image")
+    for k, s in enumerate([] if t.single_pass else t.steps, start=1):
+        flags = []
+        if s.wrong_plan:
+            flags.append("WRONG PLAN (no loss on plan or sketch)")
+        if s.wrong_image:
+            flags.append("WRONG IMAGE (no loss on sketch)")
+        edit = f"  [{s.edit}]" if s.edit != "add" else ""
+        lines.append(f"  step {k}{edit}" + (f"  {'; '.join(flags)}" if flags else ""))
+        lines.append(f"    ins:      {s.instruction}")
+        lines.append(f"    des:      {s.description}")
+        lines.append(f"    inspect:  {s.inspection}")
+        for r in s.refinements:
+            lines.append(f"    refine:   {r.instruction}" + ("  WRONG IMAGE" if r.wrong_image else ""))
+            lines.append(f"    inspect:  {r.inspection}")
+    if t.record is not None and t.final_image is not None:
+        conflicts = check(PromptRecord.from_json(t.record), t.final_image)
+        verdict = "correct" if not conflicts else "WRONG (" + "; ".join(c.sentence() for c in conflicts) + ")"
+        lines.append(f"  final image by the GenEval rules: {verdict}")
+    return "\n".join(lines)
+
+
+def run_show(args: argparse.Namespace) -> None:
+    import datasets
+    from PIL import Image
+
+    from ..data.build import load
+    from ..data.pipelines import SOURCES
+    from ..errors import InputError
+    from ..trajectory import from_dataset
+
+    if args.n < 1:
+        raise InputError(f"--n must be at least 1, got {args.n}")
+    if args.source is not None and args.source not in SOURCES:
+        raise InputError(f"--source {args.source!r} is not one of {', '.join(SOURCES)}")
+    datasets.disable_progress_bars()
+    ds = load(args.dir)
+    picked = [i for i, s in enumerate(ds["source"]) if args.source in (None, s)][: args.n]
+    if not picked:
+        raise InputError(f"{args.dir}: no trajectories" + (f" of source {args.source}" if args.source else ""))
+    out = Path(args.out) if args.out else Path(args.dir) / "show"
+    out.mkdir(parents=True, exist_ok=True)
+    for index, t in zip(picked, from_dataset(ds.select(picked))):
+        path = out / f"{index:05d}.png"
+        tmp = path.with_name(path.name + ".tmp")
+        Image.fromarray(strip_image(t)).save(tmp, format="PNG")
+        tmp.replace(path)
+        print(describe(t, index))
+        print(f"  strip: {path}\n")
