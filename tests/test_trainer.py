@@ -13,6 +13,7 @@ import torch
 
 from selfplay.cli import main
 from selfplay.data.build import DataConfig, build, load
+from selfplay.errors import InputError
 from selfplay.model.tiny import ModelConfig, Policy
 from selfplay.trajectory import from_row
 from trainer.config import LoraConfig, TrainConfig
@@ -288,6 +289,11 @@ def test_cli_rejects_a_malformed_field_in_one_line(tmp_path, capsys, override, f
     rc = main(["train", "--config", str(_empty(tmp_path)), "--out", str(tmp_path / "o"), "--set", override])
     err = capsys.readouterr().err.strip()
     assert rc == 2 and "\n" not in err and field in err
+
+
+def test_an_empty_dataset_is_refused_in_one_line(base, dataset, tmp_path):
+    with pytest.raises(InputError, match="no trajectories"):
+        train(fresh(base), dataset.select([]), cfg(), tmp_path)
 
 
 def test_cli_entry_point_exits_2_on_a_bad_config_file(tmp_path):

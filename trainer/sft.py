@@ -271,6 +271,10 @@ def train(policy, dataset, cfg: TrainConfig, out: str | Path) -> dict:
     """
     import torch
 
+    from selfplay.errors import InputError
+
+    if len(dataset) == 0:
+        raise InputError(f"no trajectories to train on (empty dataset; output folder {out})")
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     if cfg.num_threads > 0:
