@@ -213,7 +213,7 @@ def critique_stage(cfg, rnd: int, rollouts: list, checkpoint: Path, out: Path) -
     from .critique import build_self_critique, build_symbolic_critique
     from .data.build import make_rows
     from .shapeworld import PromptRecord
-    from .trajectory import from_row, to_dataset, write_jsonl
+    from .trajectory import from_row, write_jsonl
 
     judge = make_judge(cfg, checkpoint)
     crit_cfg = _with(cfg.critique, seed=cfg.critique.seed + rnd)
@@ -226,7 +226,7 @@ def critique_stage(cfg, rnd: int, rollouts: list, checkpoint: Path, out: Path) -
                                              progress=False)][:n_replay]
     rows = traces + replay
     random.Random(cfg.loop.seed + rnd).shuffle(rows)
-    to_dataset(rows).save_to_disk(str(out / "dataset"))
+    _save_dataset(rows, out / "dataset")
     write_jsonl(traces[:50], out / "examples")
     summary = {"critique": len(traces), "replay": len(replay), **stats.to_json()}
     (out / "summary.json").write_text(json.dumps(summary, indent=2))
@@ -234,6 +234,18 @@ def critique_stage(cfg, rnd: int, rollouts: list, checkpoint: Path, out: Path) -
     write_event(out, {"event": "data", "round": rnd, **summary,
                       **({"judge": judge_stats.to_json()} if hasattr(judge_stats, "to_json") else {})})
     return summary
+
+
+def _save_dataset(rows: list, path: Path) -> None:
+    """An HF dataset on disk; an empty one is a folder with an EMPTY marker, since `datasets`
+    saves zero rows as zero shards that it cannot load back."""
+    from .trajectory import to_dataset
+
+    if not rows:
+        path.mkdir(parents=True)
+        (path / "EMPTY").touch()
+        return
+    to_dataset(rows).save_to_disk(str(path))
 
 
 def _exact(cfg):
@@ -250,8 +262,14 @@ def train_stage(cfg, parent: Path, dataset_dir: Path, out: Path, rnd: int, arm: 
 
     from trainer.sft import train
 
-    policy = _policy(parent)
+    if (dataset_dir / "EMPTY").exists() or max_steps == 0:  # nothing to learn: the parent carries on
+        shutil.copytree(parent, out / "checkpoint")
+        summary = {"steps": 0, "rows": 0}
+        write_event(out, {"event": "train", "round": rnd, "arm": arm, "steps": 0, "rows": 0})
+        (out / "train_summary.json").write_text(json.dumps(summary))
+        return summary
     ds = datasets.load_from_disk(str(dataset_dir))
+    policy = _policy(parent)
     tcfg = _with(cfg.train, max_steps=max_steps) if max_steps > 0 else cfg.train
     summary = train(policy, ds, tcfg, out / "train")
     shutil.move(str(out / "train" / "checkpoint"), str(out / "checkpoint"))
@@ -346,12 +364,12 @@ def _eval_round(cfg, state, run_dir, rnd, checkpoint, tracker, log) -> dict:
 def _control(cfg, rnd: int, parent: Path, n: dict, steps: int, out: Path) -> None:
     """Same parent, same number of optimizer steps, base data only (as many rows as the round had)."""
     from .data.build import make_rows
-    from .trajectory import from_row, to_dataset
+    from .trajectory import from_row
 
     size = max(n["critique"] + n["replay"], 1)
     rows = [from_row(r) for r in make_rows(_with(cfg.data, size=size, seed=cfg.data.seed + 104729 * rnd),
                                            progress=False)]
-    to_dataset(rows).save_to_disk(str(out / "dataset"))
+    _save_dataset(rows, out / "dataset")
     train_stage(cfg, parent, out / "dataset", out, rnd, "control", max_steps=steps)
     shutil.rmtree(out / "dataset")
 
@@ -361,8 +379,7 @@ def _promote(cfg, state: RunState, run_dir: Path, rnd: int, checkpoint: Path, lo
         return json.loads((round_dir(run_dir, r) / "eval" / "scores.json").read_text())["process"]["overall"] \
             if "process" in cfg.loop.eval_modes else 0.0
 
-    current = Path(state.data["policy"])
-    cur_round = int(current.parent.name.split("_")[1])
+    cur_round = state.data.get("policy_round", 0)
     new, old = overall(rnd), overall(cur_round)
     promoted = new >= old - cfg.loop.promote_tolerance
     decision = {"event": "promote", "round": rnd, "promoted": promoted, "new": new, "current": old,
@@ -373,6 +390,7 @@ def _promote(cfg, state: RunState, run_dir: Path, rnd: int, checkpoint: Path, lo
     state.data["promotions"][str(rnd)] = decision
     if promoted:
         state.data["policy"] = str(checkpoint)
+        state.data["policy_round"] = rnd
     state.mark(rnd, "promote")
     log(f"round {rnd}: {'promoted' if promoted else 'kept round ' + str(cur_round)} "
         f"(process {100 * new:.1f} vs {100 * old:.1f})")
