@@ -221,7 +221,7 @@ def critique_stage(cfg, rnd: int, rollouts: list, checkpoint: Path, out: Path) -
     if cfg.critique.mode == "symbolic":  # as many corrections, from perturbed scene graphs instead
         recs = [PromptRecord.from_json(t.record) for t in rollouts if t.record]
         traces = build_symbolic_critique(recs, len(traces), crit_cfg)
-    n_replay = int(round(cfg.critique.replay_ratio * len(traces)))
+    n_replay = max(int(round(cfg.critique.replay_ratio * len(traces))), cfg.critique.min_replay)
     replay = [from_row(r) for r in make_rows(_with(cfg.data, size=max(n_replay, 1), seed=cfg.data.seed + 7919 * rnd),
                                              progress=False)][:n_replay]
     rows = traces + replay
