@@ -34,6 +34,8 @@ def from_dict(cls: type[T], data: dict | None, where: str = "") -> T:
     kwargs = {k: _coerce(hints[k], v, f"{where}.{k}" if where else k) for k, v in data.items()}
     try:
         return cls(**kwargs)
+    except InputError:
+        raise
     except (TypeError, ValueError) as e:
         raise InputError(f"config '{where or cls.__name__}': {e}") from None
 
@@ -82,9 +84,9 @@ def apply_overrides(data: dict, overrides: list[str]) -> dict:
     return data
 
 
-def load(cls: type[T], path: str | Path | None, overrides: list[str] | None = None) -> T:
-    """Read YAML at `path` (or start empty), apply overrides, build `cls`."""
-    data: dict = {}
+def read(path: str | Path | None, overrides: list[str] | None = None) -> dict:
+    """The YAML at `path` (or nothing) as a dict of sections, with `key=value` overrides applied."""
+    data: Any = {}
     if path is not None:
         p = Path(path)
         if not p.is_file():
@@ -95,8 +97,14 @@ def load(cls: type[T], path: str | Path | None, overrides: list[str] | None = No
             mark = getattr(e, "problem_mark", None)
             line = f":{mark.line + 1}" if mark else ""
             raise InputError(f"{p}{line}: malformed YAML ({getattr(e, 'problem', e)})") from None
-    data = apply_overrides(data, overrides or [])
-    return from_dict(cls, data)
+        if not isinstance(data, dict):
+            raise InputError(f"{p}: a config must be a mapping of sections, got {type(data).__name__}")
+    return apply_overrides(data, overrides or [])
+
+
+def load(cls: type[T], path: str | Path | None, overrides: list[str] | None = None) -> T:
+    """Read YAML at `path` (or start empty), apply overrides, build `cls`."""
+    return from_dict(cls, read(path, overrides))
 
 
 def dump(cfg: Any, path: str | Path) -> None:

@@ -49,29 +49,14 @@ def register(sub: argparse._SubParsersAction) -> None:
 def load_data_config(path: str | None, overrides: list[str]) -> "DataConfig":
     """The `data:` section of a YAML config (other sections are left to their own commands), with
     `--set data.KEY=VALUE` overrides; a bad field fails with one line naming it (`data.mixture.bogus`)."""
-    import yaml
-
-    from ..configuration import apply_overrides, from_dict
+    from ..configuration import from_dict, read
     from ..data.build import DataConfig
     from ..errors import InputError
 
     for item in overrides:
         if not item.startswith("data."):
             raise InputError(f"--set {item}: `data build` reads only the data section (write data.KEY=VALUE)")
-    raw: Any = {}
-    if path is not None:
-        p = Path(path)
-        if not p.is_file():
-            raise InputError(f"{p}: no such config file")
-        try:
-            raw = yaml.safe_load(p.read_text()) or {}
-        except yaml.YAMLError as e:
-            mark = getattr(e, "problem_mark", None)
-            line = f":{mark.line + 1}" if mark else ""
-            raise InputError(f"{p}{line}: malformed YAML ({getattr(e, 'problem', e)})") from None
-        if not isinstance(raw, dict):
-            raise InputError(f"{p}: a config must be a mapping of sections, got {type(raw).__name__}")
-    raw = apply_overrides(raw, overrides)
+    raw = read(path, overrides)
     return from_dict(DataConfig, raw.get("data"), "data")
 
 
