@@ -184,6 +184,18 @@ def test_segment_weights_scale_each_kind(base, tokenized, tmp_path):
     assert abs(eval_loss(plain, other) - eval_loss(plain, batch)) > 1e-3
 
 
+def test_length_grouped_batches_pad_less(base, tokenized, tmp_path):
+    def pad_share(trainer) -> float:
+        masks = [b["attention_mask"] for b in trainer.get_train_dataloader()]
+        return 1 - sum(int(m.sum()) for m in masks) / sum(m.numel() for m in masks)
+
+    random = make_trainer(fresh(base), tokenized, cfg(packing=False), tmp_path / "r")
+    grouped = make_trainer(fresh(base), tokenized, cfg(packing=False, group_by_length=True), tmp_path / "g")
+    assert pad_share(grouped) < pad_share(random) / 2
+    with pytest.raises(InputError, match="train.group_by_length"):
+        cfg(group_by_length=True)  # packing is on: nothing to group
+
+
 def test_lora_trains_only_adapters_and_merges_into_a_plain_checkpoint(base, dataset, tmp_path):
     policy = fresh(base)
     original = {k: v.clone() for k, v in policy.model.state_dict().items()}

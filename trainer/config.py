@@ -38,6 +38,9 @@ class TrainConfig:
     grad_accum: int = 1
     max_length: int = 1024  # tokens per packed row; longer trajectories are truncated (either way)
     packing: bool = True  # TRL's best-fit-decreasing packing ('bfd'); sequences stay isolated
+    # Without packing: draw batches of similar length (transformers' `group_by_length` sampler), which
+    # pads little and keeps attention short; tokens per step then vary with the batch's lengths.
+    group_by_length: bool = False
     epochs: float = 1.0
     max_steps: int = -1  # overrides epochs when > 0
     max_minutes: float = 0.0  # stop (and save a resumable trainer checkpoint) after this much wall time; 0 = no limit
@@ -73,6 +76,8 @@ class TrainConfig:
             raise bad("bf16", f"must be auto, true or false, got {self.bf16!r}")
         if self.report_to not in ("none", "wandb"):
             raise bad("report_to", f"must be none or wandb, got {self.report_to!r}")
+        if self.group_by_length and self.packing:
+            raise bad("group_by_length", "needs packing: false (packed rows are all about max_length long)")
         for name in ("lr", "batch_size", "grad_accum", "max_length", "logging_steps", "save_steps"):
             if getattr(self, name) <= 0:
                 raise bad(name, f"must be positive, got {getattr(self, name)!r}")

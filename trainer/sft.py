@@ -67,6 +67,7 @@ def sft_config(cfg: TrainConfig, out: Path):
         max_steps=cfg.max_steps,
         max_length=cfg.max_length,
         packing=cfg.packing,
+        train_sampling_strategy="group_by_length" if cfg.group_by_length else "random",
         packing_strategy="bfd",  # padding-free: one flat row per batch, sequences isolated by position_ids
         completion_only_loss=True,  # labels = -100 wherever completion_mask is 0
         dataset_kwargs={},
@@ -132,7 +133,7 @@ def packed_rows_collator(pad_token_id: int):
 
     TRL's default for bfd is padding-free: the whole batch flattened into one row, which only pays
     off with varlen flash-attention kernels; with SDPA or eager attention that row costs
-    (batch * max_length)^2 attention, 4x slower per token on our CPUs (measured, docs/training.md).
+    (batch * max_length)^2 attention, about 3x slower per token on our CPUs (docs/training.md).
     Kept as rows, attention costs batch * max_length^2. The model gets no attention mask with these
     batches, so transformers derives a block-diagonal causal mask from the position ids and packed
     sequences never see each other (tests/test_trainer.py checks the losses against unpacked ones).
