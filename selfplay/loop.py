@@ -132,20 +132,22 @@ def _policy(path: Path):
 
 
 def rollout_stage(cfg, checkpoint: Path, records: list, mode: str, seed: int, out: Path, judge=None) -> list:
-    """Trajectories of one policy on `records` (Ray actors when `rollout.actors` > 0), saved to `out`."""
+    """Trajectories of one policy on `records`, saved to `out/trajectories`.
+
+    The rollout writes shard by shard into `<out>.shards/` beside the stage folder, so a killed
+    stage resumes without redoing finished shards; Ray actors are used when `rollout.actors` > 0.
+    """
+    from rollout import RolloutDir, rollout
+
     from .trajectory import write_jsonl
 
     rcfg = _with(cfg.rollout, mode=mode, seed=seed)
-    trajs = rollout_records(checkpoint, records, rcfg, judge=judge, work_dir=out / "shards")
+    shards = out.with_name(out.name.removesuffix(".tmp") + ".shards")
+    rollout(records, shards, rcfg, checkpoint=checkpoint, judge=judge, progress=False)
+    trajs = RolloutDir(shards).trajectories()
     write_jsonl(trajs, out / "trajectories")
-    shutil.rmtree(out / "shards", ignore_errors=True)
+    shutil.rmtree(shards, ignore_errors=True)
     return trajs
-
-
-def rollout_records(checkpoint: Path, records: list, rcfg, judge=None, work_dir: Path | None = None) -> list:
-    from rollout import Engine
-
-    return Engine(_policy(checkpoint), rcfg, judge).run(records)
 
 
 def _with(cfg, **changes):
