@@ -38,7 +38,7 @@ def plan(cfg) -> dict:
     kv_bytes = 2 * shape["layers"] * shape["hidden"] * shape["kv_heads"] // shape["heads"] * bytes_w
     kv_per_row = kv_bytes * shape["positions"]
     trainable = n if not t.lora.enabled else int(2 * t.lora.r * shape["hidden"] * shape["layers"] * len(t.lora.target_modules))
-    train_bytes = n * (2 if t.bf16 == "true" else 4) + trainable * 16  # weights + fp32 grads and Adam moments
+    train_bytes = n * (2 if t.bf16 is True else 4) + trainable * 16  # weights + fp32 grads and Adam moments
     act = t.batch_size * t.max_length * shape["hidden"] * shape["layers"] * 34 * 2
     rounds = cfg.loop.rounds
     return {
