@@ -38,6 +38,7 @@ class CritiqueConfig:
     replay_ratio: float = 1.0  # base-data rows mixed in per critique row
     min_replay: int = 32  # base-data rows mixed in at least, so a round with few traces still trains
     confirmations: float = 0.5  # share of fully correct rollouts kept as confirmation traces
+    max_refines: int = 2  # corrections chained on one wrong step before the example is dropped
     seed: int = 0
 
     def __post_init__(self) -> None:
@@ -67,7 +68,7 @@ class CritiqueStats:
 
 
 Resketch = Callable[[list[tuple[StepContext, str]]], list[np.ndarray]]
-Exact = Callable[[StepContext, Verdict], "Scene | None"]
+Exact = Callable[[StepContext, Verdict], Scene | None]
 
 
 def step_contexts(t: Trajectory) -> list[StepContext]:
@@ -115,20 +116,20 @@ def build_self_critique(rollouts: list[Trajectory], judge, cfg: CritiqueConfig, 
             stats.conflicts[f"{c.source}:{c.kind.value}"] += 1
         pending.append((t, wrong, v, cs[wrong]))
     # Corrected states: exact from the judge when it can give them, else re-sketched and re-judged.
-    corrected: list[Scene | None] = []
+    chains: list[list[tuple[str, np.ndarray, Verdict]] | None]
     if exact is not None:
-        corrected = [exact(ctx, v) for _, _, v, ctx in pending]
+        chains = [_exact_chain(ctx, v, judge, exact, cfg.max_refines) for _, _, v, ctx in pending]
     elif resketch is not None and pending:
         images = resketch([(ctx, v.correction) for _, _, v, ctx in pending])
         checks = judge.judge([StepContext(ctx.prompt, v.correction, ctx.description, img, ctx.record,
                                           ctx.history, ctx.image) for (_, _, v, ctx), img in zip(pending, images)])
-        corrected = [detections_to_scene(detect(img), img.shape[0]) if ok is not None and ok.aligned else None
-                     for img, ok in zip(images, checks)]
+        chains = [[(v.correction, img, ok)] if ok is not None and ok.aligned else None
+                  for (_, _, v, _), img, ok in zip(pending, images, checks)]
     else:
-        corrected = [None] * len(pending)
-    for (t, k, v, ctx), scene in zip(pending, corrected):
+        chains = [None] * len(pending)
+    for (t, k, v, ctx), chain in zip(pending, chains):
         rec = PromptRecord.from_json(t.record)
-        trace = _critique_trace(rec, t, k, v, scene, rng) if scene is not None else None
+        trace = _critique_trace(rec, t, k, v, chain, rng) if chain else None
         if trace is None:
             stats.corrections_rejected += 1
             continue
@@ -139,19 +140,52 @@ def build_self_critique(rollouts: list[Trajectory], judge, cfg: CritiqueConfig, 
     return out, stats
 
 
-def _critique_trace(rec: PromptRecord, t: Trajectory, k: int, v: Verdict, scene: Scene,
-                    rng: random.Random) -> Trajectory | None:
-    rest = continuation(rec, scene, rng)
+def _exact_chain(ctx: StepContext, v: Verdict, judge, exact: Exact,
+                 limit: int) -> list[tuple[str, np.ndarray, Verdict]] | None:
+    """Corrections applied one at a time to exact states, each state judged again, until the judge
+    accepts one: [(correction, corrected image, its verdict), ...]; None when it does not converge
+    within `limit` refinements (a correction fixes one conflict; a step may have several)."""
+    from judges.oracle import edit_items
+
+    from .language import description_text, parse_description, parse_instruction
+
+    chain = []
+    for _ in range(limit):
+        scene = exact(ctx, v)
+        edit = parse_instruction(v.correction)
+        items = parse_description(ctx.description)
+        if scene is None or edit is None or items is None:
+            return None
+        if any(c.source == "instruction" for c in v.conflicts):
+            items = edit_items(items, edit)  # the plan the correction turns the wrong plan into
+        image = render(scene)
+        nxt = StepContext(ctx.prompt, v.correction, description_text(items), image, ctx.record,
+                          ctx.history, ctx.image)
+        verdict = judge.judge([nxt])[0]
+        if verdict is None:
+            return None
+        chain.append((v.correction, image, verdict))
+        if verdict.aligned:
+            return chain
+        ctx, v = nxt, verdict
+    return None
+
+
+def _critique_trace(rec: PromptRecord, t: Trajectory, k: int, v: Verdict,
+                    chain: list[tuple[str, np.ndarray, Verdict]], rng: random.Random) -> Trajectory | None:
+    final = chain[-1][1]
+    rest = continuation(rec, detections_to_scene(detect(final), final.shape[0]), rng)
     if rest is None:
         return None
     s = t.steps[k]
     plan = any(c.source == "instruction" for c in v.conflicts)
     wrong = Step(s.instruction, s.description, s.image, inspection_text(v), wrong_plan=plan,
                  wrong_image=not plan, edit=s.edit)
-    wrong.refinements.append(Refinement(v.correction, render(scene), aligned_inspection(rec, scene)))
+    wrong.refinements = [Refinement(fix, image, inspection_text(after)) for fix, image, after in chain]
     steps = [_aligned(rec, p) for p in t.steps[:k]] + [wrong] + rest
     return Trajectory(t.prompt, steps, t.record, "self", {"outcome": "plan_error" if plan else "image_error",
-                                                          "tag": rec.tag, "step": k})
+                                                          "tag": rec.tag, "step": k,
+                                                          "refines": len(chain)})
 
 
 def _positive(rec: PromptRecord, t: Trajectory, stats: CritiqueStats, cfg: CritiqueConfig,

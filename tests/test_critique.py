@@ -1,0 +1,91 @@
+"""The critique builder on trajectories whose mistakes we know: each kind of rollout becomes the
+training example the paper prescribes."""
+
+from __future__ import annotations
+
+import copy
+import random
+
+import pytest
+
+from judges import OracleJudge, corrected_scene
+from selfplay.critique import CritiqueConfig, build_self_critique, build_symbolic_critique
+from selfplay.data.pipelines import PipelineConfig, TrajectoryMaker
+from selfplay.language import parse_inspection
+from selfplay.shapeworld import TASKS, PromptRecord, check, sample_record
+from selfplay.trajectory import Refinement
+
+
+def as_rollout(t):
+    """What a model that did not notice its mistake would have written: no refinements, and the
+    inspection of every step claims all is well."""
+    t = copy.deepcopy(t)
+    for s in t.steps:
+        s.refinements = []
+        s.wrong_image = s.wrong_plan = False
+        s.inspection = "aligned. the image follows the instruction and the scene matches the prompt."
+    t.source = "rollout"
+    return t
+
+
+@pytest.fixture(scope="module")
+def made():
+    rng = random.Random(7)
+    maker = TrajectoryMaker(PipelineConfig(alignment_negative=1.0, conflict_negative=1.0))
+    records = [sample_record(TASKS[i % 6], rng) for i in range(60)]
+    return {
+        "misdrawn": [maker.alignment(r, rng) for r in records],
+        "misplanned": [maker.conflict(r, rng) for r in records],
+        "clean": [maker.scene_graph(r, rng) for r in records],
+    }
+
+
+def build(trajs, **kw):
+    return build_self_critique(trajs, OracleJudge(), CritiqueConfig(confirmations=1.0, **kw), exact=corrected_scene)
+
+
+def test_a_misdrawn_sketch_becomes_a_masked_mistake_an_inspection_a_refine_and_an_exact_fix(made):
+    rollouts = [as_rollout(t) for t in made["misdrawn"]]
+    traces, stats = build(rollouts)
+    assert stats.outcomes["image_error"] == len(traces) and len(traces) >= 0.9 * len(rollouts)
+    for t in traces:
+        k = t.meta["step"]
+        wrong = t.steps[k]
+        assert wrong.wrong_image and not wrong.wrong_plan  # no loss on the model's own bad sketch
+        assert not parse_inspection(wrong.inspection).aligned
+        assert wrong.refinements and parse_inspection(wrong.refinements[-1].inspection).aligned
+        assert not check(PromptRecord.from_json(t.record), t.final_image, strict=True)
+        assert all(not s.wrong_image and not s.wrong_plan for s in t.steps[:k] + t.steps[k + 1:])
+
+
+def test_a_plan_that_contradicts_the_prompt_is_masked_and_corrected(made):
+    traces, stats = build([as_rollout(t) for t in made["misplanned"]])
+    assert stats.outcomes["plan_error"] > 0.5 * len(made["misplanned"])
+    plan_traces = [t for t in traces if t.meta["outcome"] == "plan_error"]
+    for t in plan_traces:
+        wrong = t.steps[t.meta["step"]]
+        assert wrong.wrong_plan and "contradicts the prompt" in wrong.inspection
+        assert not check(PromptRecord.from_json(t.record), t.final_image, strict=True)
+    assert {c.split(":")[0] for c in stats.conflicts} >= {"instruction"}
+
+
+def test_correct_rollouts_are_confirmed_and_false_alarms_unlearned(made):
+    clean = [as_rollout(t) for t in made["clean"]]
+    traces, stats = build(clean)
+    assert stats.outcomes["correct"] == len(clean) and len(traces) == len(clean)
+    alarmed = copy.deepcopy(clean[:10])
+    for t in alarmed:
+        s = t.steps[0]
+        s.inspection = "conflict. a red circle is missing."
+        s.refinements = [Refinement("add a red circle", s.image, s.inspection)]
+    traces, stats = build(alarmed)
+    assert stats.outcomes["false_alarm"] == 10
+    assert all(not s.refinements and parse_inspection(s.inspection).aligned for t in traces for s in t.steps)
+
+
+def test_symbolic_mode_perturbs_scene_graphs_of_the_same_prompts(made):
+    records = [PromptRecord.from_json(t.record) for t in made["clean"]]
+    traces = build_symbolic_critique(records, 30, CritiqueConfig(mode="symbolic"))
+    assert len(traces) == 30 and all(t.source == "symbolic" for t in traces)
+    assert all(any(s.refinements for s in t.steps) for t in traces)
+    assert {t.prompt for t in traces} <= {r.text for r in records}
