@@ -84,6 +84,7 @@ def _plots(data: dict) -> list[str]:
             ax.plot(xs, [100 * r["eval"][mode]["per_task"][t] for r in rounds if mode in r["eval"]], "-o", label=t)
         ax.set_title(f"{mode}: per-task accuracy (%)")
         ax.set_xlabel("round")
+        ax.set_xticks([r["round"] for r in rounds])
         ax.set_ylim(-2, 102)
         ax.grid(alpha=0.3)
     axes[0][-1].legend(fontsize=7, loc="lower right")

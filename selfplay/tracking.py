@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import uuid
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -32,7 +33,7 @@ class Tracker:
             os.environ.setdefault("WANDB_DIR", str(run_dir))
             os.environ.setdefault("WANDB_DATA_DIR", str(run_dir / "wandb"))
             id_file = run_dir / "wandb_id"
-            run_id = id_file.read_text().strip() if id_file.exists() else wandb.util.generate_id()
+            run_id = id_file.read_text().strip() if id_file.exists() else uuid.uuid4().hex[:8]
             id_file.write_text(run_id)
             self.run = wandb.init(project=cfg.project, mode=cfg.mode, id=run_id, resume="allow",
                                   dir=str(run_dir), name=run_dir.name, config=asdict(run_cfg))
