@@ -60,6 +60,11 @@ class TrainConfig:
     save_total_limit: int = 2
     tokenize_workers: int = 2
     report_to: str = "none"  # "wandb" mirrors the metrics to wandb (offline unless WANDB_MODE says otherwise)
+    # Where SFT runs: "none" = this process; "ray" = `workers` data-parallel processes through Ray Train
+    # (trainer/distributed.py; one per GPU with device cuda). Global batch = batch_size * grad_accum * workers.
+    distributed: str = "none"
+    workers: int = 1
+    worker_cpus: float = 1.0  # CPUs Ray reserves per training worker
 
     def __post_init__(self) -> None:
         def bad(name: str, why: str) -> InputError:
@@ -76,6 +81,12 @@ class TrainConfig:
             raise bad("bf16", f"must be auto, true or false, got {self.bf16!r}")
         if self.report_to not in ("none", "wandb"):
             raise bad("report_to", f"must be none or wandb, got {self.report_to!r}")
+        if self.distributed not in ("none", "ray"):
+            raise bad("distributed", f"must be none or ray, got {self.distributed!r}")
+        if self.workers < 1 or (self.workers > 1 and self.distributed == "none"):
+            raise bad("workers", f"must be 1 without distributed training, and >= 1 with it, got {self.workers!r}")
+        if self.worker_cpus <= 0:
+            raise bad("worker_cpus", f"must be positive, got {self.worker_cpus!r}")
         if self.group_by_length and self.packing:
             raise bad("group_by_length", "needs packing: false (packed rows are all about max_length long)")
         for name in ("lr", "batch_size", "grad_accum", "max_length", "logging_steps", "save_steps"):

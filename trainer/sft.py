@@ -232,6 +232,8 @@ def _callbacks(path: Path, max_minutes: float) -> list:
 
     class MetricsFile(TrainerCallback):
         def on_log(self, args, state, control, logs=None, **kw):
+            if not state.is_world_process_zero:  # data-parallel workers: the first one writes
+                return
             logs = logs or {}
             event = "train_end" if "train_runtime" in logs else "train"
             row = {"event": event, "step": state.global_step, "epoch": state.epoch, **logs, "time": time.time()}
@@ -243,7 +245,17 @@ def _callbacks(path: Path, max_minutes: float) -> list:
             self.t0 = time.time()
 
         def on_step_end(self, args, state, control, **kw):
-            if max_minutes > 0 and time.time() - self.t0 > 60 * max_minutes:
+            if max_minutes <= 0:
+                return
+            stop = time.time() - self.t0 > 60 * max_minutes
+            if args.world_size > 1:  # every worker stops at the same step, or the others wait forever
+                import torch
+                import torch.distributed as dist
+
+                flag = torch.tensor([float(stop)], device=args.device)
+                dist.broadcast(flag, 0)
+                stop = bool(flag.item())
+            if stop:
                 control.should_save = True
                 control.should_training_stop = True
 
@@ -306,7 +318,9 @@ def train(policy, dataset, cfg: TrainConfig, out: str | Path) -> dict:
     if cfg.lora.enabled and cfg.lora.merge:
         model = model.merge_and_unload()
     policy.model = model
-    _save_atomically(policy, out / "checkpoint")
+    main = trainer.is_world_process_zero()  # with data-parallel workers, only the first one writes
+    if main:
+        _save_atomically(policy, out / "checkpoint")
     logs = [h for h in trainer.state.log_history if "loss" in h]
     summary = {
         "steps": trainer.state.global_step,
@@ -319,8 +333,10 @@ def train(policy, dataset, cfg: TrainConfig, out: str | Path) -> dict:
         "tokens_per_s": trainer._seen_tokens / max(seconds, 1e-9),
         "useful_token_share": trainer._useful_tokens / max(trainer._seen_tokens, 1),
         "resumed": resume,
+        "world_size": trainer.args.world_size,  # data-parallel processes (trainer/distributed.py)
     }
-    tmp = out / "train_summary.json.tmp"
-    tmp.write_text(json.dumps(summary, indent=2, default=float))
-    os.replace(tmp, out / "train_summary.json")
+    if main:
+        tmp = out / "train_summary.json.tmp"
+        tmp.write_text(json.dumps(summary, indent=2, default=float))
+        os.replace(tmp, out / "train_summary.json")
     return summary

@@ -28,6 +28,30 @@ class ModelConfig:
     seed: int = 0
 
 
+# Policy classes of real models, by the `processor` name their processor.json records.
+ADAPTERS = {"strokes.emu3": ("selfplay.model.emu3", "Emu3Policy")}
+
+
+def checkpoint_kind(folder: str | Path) -> str:
+    """Which policy class a checkpoint folder belongs to (processor.json's `processor`)."""
+    import json
+
+    meta = Path(folder) / "processor.json"
+    return json.loads(meta.read_text()).get("processor", "strokes.tiny") if meta.is_file() else "strokes.tiny"
+
+
+def adapter(kind: str) -> type:
+    """The policy class for a checkpoint kind; a one-line error for an unknown one."""
+    import importlib
+
+    from ..errors import InputError
+
+    if kind not in ADAPTERS:
+        raise InputError(f"processor.json: unknown policy kind {kind!r} (known: strokes.tiny, {', '.join(ADAPTERS)})")
+    module, name = ADAPTERS[kind]
+    return getattr(importlib.import_module(module), name)
+
+
 class Policy:
     """A unified model plus its processor: the thing rollouts sample from and the trainer trains."""
 
@@ -77,6 +101,9 @@ class Policy:
         folder = Path(folder)
         if not (folder / "config.json").is_file():
             raise InputError(f"{folder}: not a checkpoint (no config.json)")
+        kind = checkpoint_kind(folder)
+        if kind != "strokes.tiny":  # a real model behind an adapter: its own class loads it
+            return adapter(kind).from_pretrained(folder, dtype=dtype)
         model = AutoModelForCausalLM.from_pretrained(folder, dtype=dtype)
         return cls(model, Processor.from_pretrained(folder))
 

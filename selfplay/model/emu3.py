@@ -1,0 +1,387 @@
+"""Emu3 (`transformers.Emu3ForConditionalGeneration`) behind the policy interface.
+
+Emu3 is the closest real model to our grammar: its image tokens are ordinary vocabulary tokens
+(`<|visual token 000000|>` …, one contiguous block of ids in every released checkpoint), so the
+rollout decoder's masks, the trainer's cross-entropy and log-probs apply to them unchanged. The
+adapter is therefore only a processor:
+
+- text goes through Emu3's own tokenizer, with our grammar markers (`<prompt>`, `<ins>`, …,
+  `<vision_start>`, `<eos>`) added as new special tokens (the embeddings grow by those 15 rows);
+- images go through Emu3's own VQ-VAE (`model.model.vqmodel`, shared with the model, never copied):
+  a ShapeWorld canvas is resized to `image_size` (a multiple of the VQ's spatial factor, 8),
+  normalised as Emu3's image processor does, and encoded into (image_size / 8)^2 codes; decoding
+  runs the VQ decoder and resizes back to the canvas the judges expect;
+- the token grammar, the loss mask and the parser are `Processor`'s (selfplay/model/processor.py).
+
+Emu3's own image framing (`<|image start|>H*W<|image token|>`, an end-of-row token after every row
+of codes, `<|extra_201|><|image end|>`) is not used: our `<vision_start>`/`<vision_end>` frame a
+fixed number of codes, the same for every image, which the grammar and the parser need. A fine-tune
+from real weights learns this framing along with the rest of the grammar (docs/adapters.md).
+
+`base` in `Emu3ModelConfig` points at a real checkpoint folder (HF layout); empty, a tiny random
+Emu3 of the real classes is built in memory, with a word-level tokenizer over the ShapeWorld words
+that carries Emu3's own token names, so the tiny path and the real path run the same code.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from ..errors import InputError
+from .processor import SPECIALS, Processor, join_words, vocabulary
+from .tiny import Policy
+
+KIND = "strokes.emu3"
+# Tokens Emu3's tokenizer brings (names as in the released checkpoints). The tiny base carries them
+# too, so that `Emu3ForConditionalGeneration`'s own image helpers find what they look for.
+EMU3_TOKENS = ["<|endoftext|>", "<|extra_200|>", "<|extra_201|>", "<image>", "<|image start|>",
+               "<|image end|>", "<|image token|>"]
+
+
+def visual_token(k: int) -> str:
+    return f"<|visual token {k:06d}|>"
+
+
+@dataclass
+class Emu3ModelConfig:
+    """Where the Emu3 policy comes from, and the image resolution its VQ sees."""
+
+    # A folder holding an Emu3 checkpoint in Hugging Face's layout (`Emu3ForConditionalGeneration`
+    # weights + config with `vocabulary_map` + tokenizer), e.g. a local copy of BAAI/Emu3-Gen-hf.
+    # Empty: build a tiny random Emu3 from the shape fields below (tests, CPU runs).
+    base: str = ""
+    # Side of the square image the VQ encodes; a multiple of the VQ's spatial factor (8). Codes per
+    # image = (image_size / 8)^2: 64 -> 64 codes (ShapeWorld's native size), 128 -> 256 codes.
+    image_size: int = 64
+    canvas: int = 64  # side of the images the world renders and the judges read
+    dtype: str = "auto"  # weights of `base` as loaded: "auto" keeps the checkpoint's (bf16 for Emu3), or float32
+    # Tiny random shape (ignored when `base` is set).
+    hidden_size: int = 256
+    num_layers: int = 6
+    num_heads: int = 4
+    intermediate_size: int = 768
+    max_positions: int = 1024
+    codebook_size: int = 256
+    vq_channels: int = 32  # a multiple of 32 (the VQ's group norms have 32 groups)
+    vq_levels: int = 4  # spatial factor 2^(levels-1): 4 levels -> 8, as in Emu3
+    vq_attention: bool = True  # an attention block at the lowest resolution, as in Emu3
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if self.image_size <= 0 or self.image_size % (2 ** (self.vq_levels - 1)):
+            raise InputError(f"model.image_size must be a positive multiple of {2 ** (self.vq_levels - 1)}, "
+                             f"got {self.image_size}")
+        if self.vq_channels % 32:
+            raise InputError(f"model.vq_channels must be a multiple of 32, got {self.vq_channels}")
+
+
+# ---- images <-> codes with Emu3's VQ --------------------------------------------------------------------
+
+class Emu3ImageCodec:
+    """The `ImageTokenizer` interface (`encode`, `decode`, `num_codes`, `codes_per_image`) over Emu3's
+    VQ-VAE. It holds the model's own `vqmodel` module, so it follows the model to its device and dtype."""
+
+    def __init__(self, vq, image_size: int, canvas: int, mean: list[float], std: list[float]) -> None:
+        factor = int(vq.vision_spatial_factor)
+        if image_size % factor:
+            raise InputError(f"model.image_size must be a multiple of the VQ's spatial factor {factor}, "
+                             f"got {image_size}")
+        self.vq = vq
+        self.image_size = image_size
+        self.canvas = canvas
+        self.side = image_size // factor
+        self.codes_per_image = self.side * self.side
+        self.num_codes = int(vq.config.codebook_size)
+        self.mean = np.asarray(mean, np.float32).reshape(1, 1, 3)
+        self.std = np.asarray(std, np.float32).reshape(1, 1, 3)
+
+    def _where(self):
+        p = next(self.vq.parameters())
+        return p.device, p.dtype
+
+    def encode_batch(self, images: list[np.ndarray]) -> list[list[int]]:
+        import torch
+        from PIL import Image
+
+        arrs = []
+        for im in images:
+            im = np.asarray(im, np.uint8)
+            if im.shape[0] != self.image_size or im.shape[1] != self.image_size:
+                im = np.asarray(Image.fromarray(im).resize((self.image_size, self.image_size), Image.BICUBIC))
+            arrs.append(((im.astype(np.float32) / 255.0 - self.mean) / self.std).transpose(2, 0, 1))
+        device, dtype = self._where()
+        pixels = torch.from_numpy(np.stack(arrs)).to(device=device, dtype=dtype)
+        sizes = torch.tensor([[self.image_size, self.image_size]] * len(arrs))
+        with torch.inference_mode():
+            out = self.vq.encode(pixels, sizes, return_dict=True)
+        return [t.reshape(-1).tolist() for t in out.image_tokens]
+
+    def encode(self, image: np.ndarray) -> list[int]:
+        return self.encode_batch([image])[0]
+
+    def decode_batch(self, codes: list[list[int]]) -> list[np.ndarray]:
+        import torch
+        from PIL import Image
+
+        device, _ = self._where()
+        grid = torch.tensor(codes, dtype=torch.long, device=device).view(-1, self.side, self.side)
+        with torch.inference_mode():
+            pixels = self.vq.decode(grid).float().cpu().numpy()  # [n, 3, h, w], normalised
+        out = []
+        for p in pixels:
+            im = np.clip((p.transpose(1, 2, 0) * self.std + self.mean) * 255.0, 0, 255).round().astype(np.uint8)
+            if im.shape[0] != self.canvas:
+                im = np.asarray(Image.fromarray(im).resize((self.canvas, self.canvas), Image.BICUBIC))
+            out.append(im)
+        return out
+
+    def decode(self, codes: list[int]) -> np.ndarray:
+        return self.decode_batch([list(codes)])[0]
+
+
+# ---- the processor ---------------------------------------------------------------------------------------
+
+def code_block(vocabulary_map: dict[str, int], num_codes: int) -> int:
+    """First id of Emu3's visual tokens, read with Emu3's own mapping; they must form one block."""
+    from transformers.models.emu3.modeling_emu3 import Emu3ImageVocabularyMapping
+
+    img2bpe = Emu3ImageVocabularyMapping(vocabulary_map).img2bpe
+    if not img2bpe:
+        raise InputError("model: the checkpoint's vocabulary_map has no '<|visual token …|>' entries")
+    offset = img2bpe.get(0)
+    if offset is None or any(img2bpe.get(k) != offset + k for k in range(num_codes)):
+        raise InputError("model: Emu3's visual tokens are not one contiguous block of ids "
+                         f"(codes 0..{num_codes - 1}); this adapter needs them to be")
+    return offset
+
+
+class Emu3Processor(Processor):
+    """`Processor` (grammar, loss mask, parser) over Emu3's tokenizer and VQ.
+
+    Differences from the tiny processor, all inside the fields the rest of the code reads: the
+    grammar markers are added tokens at the end of Emu3's vocabulary, the codes are Emu3's visual
+    token block (`code_offset`), and `text_ids` are every ordinary (not added, not visual) token."""
+
+    def __init__(self, tokenizer, vq, vocabulary_map: dict[str, int], image_size: int = 64, canvas: int = 64,
+                 mean: list[float] | None = None, std: list[float] | None = None) -> None:
+        self.tokenizer = tokenizer
+        self.image_tokenizer = Emu3ImageCodec(vq, image_size, canvas, mean or [0.5] * 3, std or [0.5] * 3)
+        ids = tokenizer.convert_tokens_to_ids
+        self.special = {t: ids(t) for t in SPECIALS}
+        missing = [t for t, i in self.special.items() if i is None or tokenizer.convert_ids_to_tokens(i) != t]
+        if missing:
+            raise InputError(f"model: the tokenizer lacks the grammar markers {missing} (build it with add_markers)")
+        self.num_codes = self.image_tokenizer.num_codes
+        self.codes_per_image = self.image_tokenizer.codes_per_image
+        self.code_offset = code_block(vocabulary_map, self.num_codes)
+        added = set(tokenizer.added_tokens_decoder)
+        self.text_ids = [i for i in range(len(tokenizer)) if i not in added and not self.is_code(i)]
+        self.pad_id = self.special["<pad>"]
+        self.eos_id = self.special["<eos>"]
+        backend = getattr(getattr(tokenizer, "backend_tokenizer", None), "model", None)
+        self._word_level = type(backend).__name__ == "WordLevel"  # words join as ShapeWorld text does
+        self._cache: dict[str, list[int]] = {}
+
+    def words(self, ids: list[int]) -> str:
+        if self._word_level:
+            return join_words(self.tokenizer.convert_ids_to_tokens(list(ids)))
+        return self.tokenizer.decode(list(ids)).strip()
+
+    def meta(self) -> dict:
+        c = self.image_tokenizer
+        return {"processor": KIND, "version": 1, "image_size": c.image_size, "canvas": c.canvas,
+                "mean": c.mean.ravel().tolist(), "std": c.std.ravel().tolist()}
+
+    def save_pretrained(self, folder: str | Path) -> None:
+        """Tokenizer and `processor.json`; the VQ's weights live in the model's own files."""
+        folder = Path(folder)
+        folder.mkdir(parents=True, exist_ok=True)
+        self.tokenizer.save_pretrained(folder)
+        (folder / "processor.json").write_text(json.dumps(self.meta()))
+
+    @classmethod
+    def from_pretrained(cls, folder: str | Path, vq=None) -> "Emu3Processor":
+        """The processor of a saved Emu3 policy; `vq` is the loaded model's `vqmodel` (without it, the
+        VQ's weights are read from the checkpoint's files)."""
+        from transformers import AutoTokenizer, Emu3Config
+
+        folder = Path(folder)
+        meta = json.loads((folder / "processor.json").read_text())
+        config = Emu3Config.from_pretrained(folder)
+        vq = vq if vq is not None else load_vq(folder, config)
+        return cls(AutoTokenizer.from_pretrained(folder), vq, config.vocabulary_map, meta["image_size"],
+                   meta["canvas"], meta["mean"], meta["std"])
+
+
+def load_vq(folder: Path, config):
+    """Emu3's VQ-VAE alone, from a checkpoint's safetensors (keys under `vqmodel.`)."""
+    from safetensors import safe_open
+    from transformers import Emu3VQVAE
+
+    vq = Emu3VQVAE(config.vq_config)
+    state = {}
+    for file in sorted(folder.glob("*.safetensors")):
+        with safe_open(str(file), "pt") as f:
+            for k in f.keys():
+                for prefix in ("model.vqmodel.", "vqmodel."):
+                    if k.startswith(prefix):
+                        state[k[len(prefix):]] = f.get_tensor(k)
+    missing, _ = vq.load_state_dict(state, strict=False)
+    if missing:
+        raise InputError(f"{folder}: the checkpoint holds no VQ weights for {missing[0]} (and {len(missing) - 1} more)")
+    return vq.eval().requires_grad_(False)
+
+
+# ---- building and loading policies ----------------------------------------------------------------------
+
+def add_markers(tokenizer) -> int:
+    """Add the grammar markers Emu3's tokenizer lacks, as special tokens; returns how many."""
+    missing = [t for t in SPECIALS if t not in tokenizer.get_vocab()]
+    n = tokenizer.add_tokens(missing, special_tokens=True) if missing else 0
+    tokenizer.pad_token = "<pad>"
+    tokenizer.eos_token = "<eos>"
+    tokenizer.unk_token = "<unk>"
+    return n
+
+
+def tiny_base(cfg: Emu3ModelConfig):
+    """A tiny random Emu3 of the real classes and a word-level tokenizer over the ShapeWorld words
+    that carries Emu3's own token names (its specials, then the visual tokens): a stand-in for a
+    downloaded checkpoint, with no grammar markers yet."""
+    import torch
+    from tokenizers import Tokenizer, models, pre_tokenizers
+    from transformers import Emu3Config, Emu3ForConditionalGeneration, PreTrainedTokenizerFast
+
+    vocab: dict[str, int] = {}
+    for t in EMU3_TOKENS + vocabulary() + [visual_token(k) for k in range(cfg.codebook_size)]:
+        vocab.setdefault(t, len(vocab))
+    tk = Tokenizer(models.WordLevel(vocab=vocab, unk_token="<|endoftext|>"))
+    tk.pre_tokenizer = pre_tokenizers.Whitespace()
+    tokenizer = PreTrainedTokenizerFast(tokenizer_object=tk, pad_token="<|endoftext|>")
+    tokenizer.add_tokens(EMU3_TOKENS, special_tokens=True)
+    levels = cfg.vq_levels
+    config = Emu3Config(
+        vq_config=dict(codebook_size=cfg.codebook_size, embed_dim=4, latent_channels=4,
+                       base_channels=cfg.vq_channels, channel_multiplier=[1] * levels, num_res_blocks=1,
+                       attn_resolutions=[levels - 1] if cfg.vq_attention else [],
+                       temporal_downsample_factor=1, hidden_size=cfg.vq_channels, num_attention_heads=1),
+        text_config=dict(vocab_size=len(tokenizer), hidden_size=cfg.hidden_size,
+                         intermediate_size=cfg.intermediate_size, num_hidden_layers=cfg.num_layers,
+                         num_attention_heads=cfg.num_heads, num_key_value_heads=cfg.num_heads,
+                         max_position_embeddings=cfg.max_positions, attention_dropout=0.0,
+                         pad_token_id=vocab["<|endoftext|>"], bos_token_id=vocab["<|endoftext|>"],
+                         eos_token_id=vocab["<|endoftext|>"]),
+        vocabulary_map=tokenizer.get_vocab())
+    torch.manual_seed(cfg.seed)
+    return Emu3ForConditionalGeneration(config), tokenizer
+
+
+def save_tiny_base(cfg: Emu3ModelConfig, folder: str | Path) -> Path:
+    """Write a tiny random Emu3 checkpoint in Hugging Face's layout (what `base:` points at)."""
+    model, tokenizer = tiny_base(cfg)
+    folder = Path(folder)
+    model.save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    return folder
+
+
+class Emu3Policy(Policy):
+    """An `Emu3ForConditionalGeneration` and its `Emu3Processor`."""
+
+    kind = KIND
+
+    @classmethod
+    def build(cls, cfg: Emu3ModelConfig, processor=None) -> "Emu3Policy":
+        """From `cfg.base` (a real checkpoint), or a tiny random Emu3 when it is empty. Seeded: the
+        new marker embeddings are drawn the same way every time."""
+        import torch
+
+        torch.manual_seed(cfg.seed)
+        if cfg.base:
+            return cls.from_base(cfg.base, cfg.image_size, cfg.canvas, dtype=cfg.dtype)
+        model, tokenizer = tiny_base(cfg)
+        return cls.adapt(model, tokenizer, cfg.image_size, cfg.canvas)
+
+    @classmethod
+    def from_base(cls, folder: str | Path, image_size: int = 64, canvas: int = 64, dtype=None) -> "Emu3Policy":
+        """A policy from an Emu3 checkpoint that has never seen our grammar (real weights)."""
+        from transformers import AutoTokenizer, Emu3ForConditionalGeneration
+
+        folder = Path(folder)
+        if not (folder / "config.json").is_file():
+            raise InputError(f"model.base: {folder} is not a checkpoint folder (no config.json)")
+        model = Emu3ForConditionalGeneration.from_pretrained(folder, dtype=dtype)
+        mean, std = _normalisation(folder)
+        return cls.adapt(model, AutoTokenizer.from_pretrained(folder), image_size, canvas, mean, std)
+
+    @classmethod
+    def adapt(cls, model, tokenizer, image_size: int, canvas: int, mean=None, std=None) -> "Emu3Policy":
+        """Add the grammar markers (growing the embeddings) and wrap model and processor."""
+        if add_markers(tokenizer) or len(tokenizer) > model.get_input_embeddings().num_embeddings:
+            model.resize_token_embeddings(len(tokenizer), mean_resizing=False)
+        _finish(model)
+        return cls(model, Emu3Processor(tokenizer, model.model.vqmodel, model.config.vocabulary_map,
+                                        image_size, canvas, mean, std))
+
+    @classmethod
+    def from_pretrained(cls, folder: str | Path, dtype=None) -> "Emu3Policy":
+        from transformers import Emu3ForConditionalGeneration
+
+        folder = Path(folder)
+        if not (folder / "config.json").is_file():
+            raise InputError(f"{folder}: not a checkpoint (no config.json)")
+        model = Emu3ForConditionalGeneration.from_pretrained(folder, dtype=dtype)
+        _finish(model)
+        return cls(model, Emu3Processor.from_pretrained(folder, vq=model.model.vqmodel))
+
+
+def _finish(model) -> None:
+    """Expose the text model's position limit where generic code looks for it (the rollout decoder
+    reads `model.config.max_position_embeddings`), and freeze the VQ as Emu3 does."""
+    model.config.max_position_embeddings = model.config.get_text_config().max_position_embeddings
+    model.model.vqmodel.requires_grad_(False)
+    model.model.vqmodel.eval()
+
+
+def _normalisation(folder: Path) -> tuple[list[float], list[float]]:
+    """Image mean/std from the checkpoint's image processor config (Emu3's: 0.5, 0.5), else 0.5."""
+    path = folder / "preprocessor_config.json"
+    if path.is_file():
+        c = json.loads(path.read_text())
+        mean, std = c.get("image_mean", [0.5] * 3), c.get("image_std", [0.5] * 3)
+        as3 = lambda v: [float(v)] * 3 if isinstance(v, (int, float)) else [float(x) for x in v]  # noqa: E731
+        return as3(mean), as3(std)
+    return [0.5] * 3, [0.5] * 3
+
+
+def main(argv: list[str] | None = None) -> None:
+    """`python -m selfplay.model.emu3 --base DIR --out DIR`: turn a downloaded Emu3 checkpoint into a
+    policy checkpoint (grammar markers added, processor saved) that `loop.base_checkpoint` can name."""
+    import argparse
+
+    parser = argparse.ArgumentParser(description=main.__doc__.splitlines()[0])
+    parser.add_argument("--base", required=True, help="Emu3 checkpoint folder (Hugging Face layout)")
+    parser.add_argument("--out", required=True, help="policy checkpoint folder to write")
+    parser.add_argument("--image-size", type=int, default=64, help="side the VQ encodes (multiple of 8)")
+    parser.add_argument("--dtype", default="auto", help="auto (the checkpoint's) or float32")
+    args = parser.parse_args(argv)
+    try:
+        policy = Emu3Policy.build(Emu3ModelConfig(base=args.base, image_size=args.image_size, dtype=args.dtype))
+    except InputError as e:
+        raise SystemExit(f"error: {e}") from None
+    out = Path(args.out)
+    tmp = out.with_name(out.name + ".tmp")
+    policy.save_pretrained(tmp)
+    tmp.replace(out)
+    p = policy.processor
+    print(f"{out}: {sum(x.numel() for x in policy.model.parameters()) / 1e9:.2f}B parameters, "
+          f"{p.num_codes} codes at ids {p.code_offset}..{p.code_offset + p.num_codes - 1}, "
+          f"{p.codes_per_image} codes per image, markers at ids {min(p.special.values())}..{max(p.special.values())}")
+
+
+if __name__ == "__main__":
+    main()
