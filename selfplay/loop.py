@@ -260,9 +260,9 @@ def _exact(cfg):
 
 
 def train_stage(cfg, parent: Path, dataset_dir: Path, out: Path, rnd: int, arm: str, max_steps: int = -1) -> dict:
-    import datasets
-
-    from trainer.sft import train
+    """SFT of `parent` on the round's dataset, in this process or on Ray Train workers
+    (`train.distributed`); the checkpoint lands in `out/checkpoint`."""
+    from trainer.distributed import fit
 
     if (dataset_dir / "EMPTY").exists() or max_steps == 0:  # nothing to learn: the parent carries on
         shutil.copytree(parent, out / "checkpoint")
@@ -270,10 +270,8 @@ def train_stage(cfg, parent: Path, dataset_dir: Path, out: Path, rnd: int, arm: 
         write_event(out, {"event": "train", "round": rnd, "arm": arm, "steps": 0, "rows": 0})
         (out / "train_summary.json").write_text(json.dumps(summary))
         return summary
-    ds = datasets.load_from_disk(str(dataset_dir))
-    policy = _policy(parent)
     tcfg = _with(cfg.train, max_steps=max_steps) if max_steps > 0 else cfg.train
-    summary = train(policy, ds, tcfg, out / "train")
+    summary = fit(parent, dataset_dir, tcfg, out / "train", address=cfg.rollout.ray_address)
     shutil.move(str(out / "train" / "checkpoint"), str(out / "checkpoint"))
     for line in (out / "train" / "metrics.jsonl").read_text().splitlines():
         write_event(out, {**json.loads(line), "round": rnd, "arm": arm})

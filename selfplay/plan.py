@@ -17,6 +17,7 @@ def _params(cfg) -> tuple[int, dict]:
     cfg_file = Path(cfg.loop.base_checkpoint) / "config.json"
     if cfg_file.is_file():
         c = json.loads(cfg_file.read_text())
+        c = c.get("text_config") or c  # multimodal models (Emu3) keep the LM's shape there
         shape = {"hidden": c["hidden_size"], "layers": c["num_hidden_layers"], "vocab": c["vocab_size"],
                  "intermediate": c["intermediate_size"], "kv_heads": c.get("num_key_value_heads", c["num_attention_heads"]),
                  "heads": c["num_attention_heads"], "positions": c["max_position_embeddings"]}
@@ -51,8 +52,11 @@ def plan(cfg) -> dict:
                     "gpus_per_actor": r.num_gpus_per_actor, "ray_address": r.ray_address or "local",
                     "batch_size": r.batch_size,
                     "memory_per_actor_gb": round((n * bytes_w + r.batch_size * kv_per_row) / 1e9, 3)},
-        "train": {"batch_size": t.batch_size, "grad_accum": t.grad_accum, "max_length": t.max_length,
-                  "tokens_per_step": t.batch_size * t.grad_accum * t.max_length, "lora": asdict(t.lora),
+        "train": {"distributed": t.distributed, "workers": t.workers if t.distributed == "ray" else 1,
+                  "batch_size": t.batch_size, "grad_accum": t.grad_accum, "max_length": t.max_length,
+                  "global_batch": t.batch_size * t.grad_accum * (t.workers if t.distributed == "ray" else 1),
+                  "tokens_per_step": t.batch_size * t.grad_accum * t.max_length
+                  * (t.workers if t.distributed == "ray" else 1), "lora": asdict(t.lora),
                   "trainable_parameters": trainable, "device": t.device, "bf16": t.bf16,
                   "memory_gb": round((train_bytes + act) / 1e9, 3)},
         "judge": {"kind": cfg.judge.kind, "base_url": cfg.judge.base_url, "concurrency": cfg.judge.concurrency},
