@@ -1,0 +1,42 @@
+"""Connecting to Ray: join a cluster by address, or start a local one that stays on this machine.
+
+A local cluster gets an explicit CPU count and a small object store, and is configured the way
+DESIGN.md §8 found keeps all of Ray's traffic on loopback: `RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0`,
+`RAY_USAGE_STATS_ENABLED=0`, and `$HOME/ray_bootstrap_config.yaml` holding `cluster_name: local`
+and `provider: {type: local}` (without it Ray binds the non-loopback address and probes a cloud
+metadata address). Joining a real cluster (`address`) changes none of this.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+BOOTSTRAP = "ray_bootstrap_config.yaml"
+BOOTSTRAP_TEXT = "cluster_name: local\nprovider:\n  type: local\n"
+LOCAL_ENV = {"RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0", "RAY_USAGE_STATS_ENABLED": "0"}
+
+
+def write_bootstrap_config(home: str | Path) -> Path:
+    """Put the local-provider bootstrap config in `home` (an existing one is left alone)."""
+    path = Path(home) / BOOTSTRAP
+    if not path.exists():
+        tmp = path.with_name(path.name + ".tmp")
+        tmp.write_text(BOOTSTRAP_TEXT)
+        tmp.replace(path)
+    return path
+
+
+def connect(address: str = "", num_cpus: int = 0, object_store_mb: int = 200) -> None:
+    """Make sure this process is connected to Ray (a no-op when it already is)."""
+    import ray
+
+    if ray.is_initialized():
+        return
+    if address:
+        ray.init(address=address, log_to_driver=False)
+        return
+    os.environ.update(LOCAL_ENV)
+    write_bootstrap_config(Path.home())
+    ray.init(num_cpus=num_cpus or os.cpu_count() or 1, object_store_memory=object_store_mb << 20,
+             include_dashboard=False, log_to_driver=False)

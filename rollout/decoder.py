@@ -1,0 +1,402 @@
+"""Batched, cached, grammar-constrained decoding of many contexts at once.
+
+The loop owns the model call: a left-padded batch is prefilled once into a Hugging Face KV cache
+(`DynamicCache`), then every step feeds one token per row with explicit `attention_mask` and
+`position_ids`. That lets rows live independent lives inside one batch:
+
+- a row that finishes leaves: the last rows move into the finished rows' slots (only moved rows are
+  copied), at once or once `compact_fraction` of the rows have finished;
+- waiting contexts join when enough rows are free (`refill_fraction`): they are prefilled on their
+  own and their cache is left-padded to the batch's length, so nobody waits for the longest row;
+- a row can pause after a chosen token (a sketch's `<vision_end>`, a plan's `</des>`); when every
+  live row is paused or done, `on_pause` sees them all at once (one judge call for the whole batch)
+  and answers with edits: tokens to append (fed through the same steps, checked by the grammar) and
+  tokens to drop (masked out of the cache, so nothing is re-encoded);
+- rows that feed nothing in a step (paused or finished) feed padding under a zero mask column and
+  keep their position, so the cache holds holes but every row's attention sees exactly its tokens.
+
+Sampling draws from one `torch.Generator` per run, so a fixed seed, context list and batch size give
+the same outputs. Everything per step stays on the model's device; the host reads a few flags.
+"""
+
+from __future__ import annotations
+
+import inspect
+import math
+from dataclasses import dataclass, field
+from typing import Callable, Sequence
+
+import torch
+
+from .grammar import M_NONE, M_PAD, Grammar
+from . import kvcache
+
+
+@dataclass
+class Edit:
+    """What an intervention does to one paused row: drop its last `drop` generated tokens (masked
+    out of the cache), then append `append` (fed one per step, each checked by the grammar)."""
+
+    drop: int = 0
+    append: list[int] = field(default_factory=list)
+
+
+@dataclass
+class Paused:
+    """A paused row as an intervention sees it."""
+
+    key: int  # index of its context in the run's input
+    ids: list[int]  # the whole sequence so far: context and generated tokens
+    left: int  # tokens it may still emit
+    steps: int
+    refines: int
+
+
+@dataclass
+class Output:
+    ids: list[int]  # context + generated tokens
+    context_length: int
+    error: str = ""  # why the row did not end inside the grammar ("" when it did)
+
+    @property
+    def generated(self) -> list[int]:
+        return self.ids[self.context_length:]
+
+
+class _Rows:
+    """The live batch: per-row tensors on the device plus the shared KV cache."""
+
+    LONG = ("key", "state", "span", "steps", "refines", "left", "pos", "n_out", "f_pos", "f_len")
+    BOOL = ("paused", "done")
+    MATRIX = ("logits", "out", "vcol", "forced", "attn")
+
+    def __init__(self) -> None:
+        self.cache = None
+        self.origin = 0  # virtual column of cache column 0 (trimming and left padding move it)
+        for name in self.LONG + self.BOOL + self.MATRIX:
+            setattr(self, name, None)
+
+    def __len__(self) -> int:
+        return 0 if self.key is None else int(self.key.shape[0])
+
+    @property
+    def columns(self) -> int:
+        return int(self.attn.shape[1])
+
+    def drop(self, gone: torch.Tensor) -> None:
+        """Remove the rows marked `gone`: the last kept rows move into their slots, so only the
+        moved rows' cache is copied (not the whole cache, as a selection would)."""
+        n = len(self) - int(gone.sum())
+        holes = gone[:n].nonzero().flatten()
+        movers = (~gone[n:]).nonzero().flatten() + n
+        order = torch.arange(n, device=gone.device)
+        order[holes] = movers
+        for name in self.LONG + self.BOOL + self.MATRIX:
+            setattr(self, name, getattr(self, name).index_select(0, order))
+        kvcache.move_rows(self.cache, holes, movers, n)
+
+    def pad_left(self, p: int) -> None:
+        """Prepend p empty (masked) cache columns."""
+        if p <= 0:
+            return
+        self.attn = torch.nn.functional.pad(self.attn, (p, 0))
+        kvcache.pad_left(self.cache, p)
+        self.origin -= p
+
+    def trim_left(self) -> None:
+        """Drop leading cache columns that no row attends to any more."""
+        used = self.attn.any(0)
+        first = int(used.to(torch.int8).argmax()) if bool(used.any()) else self.columns
+        if first == 0:
+            return
+        self.attn = self.attn[:, first:]
+        kvcache.trim_left(self.cache, first)
+        self.origin += first
+
+    def append(self, other: "_Rows") -> None:
+        """Concatenate another batch's rows (both already padded to the same cache length)."""
+        for name in self.LONG + self.BOOL + self.MATRIX:
+            a, b = getattr(self, name), getattr(other, name)
+            if a.dim() == 2 and a.shape[1] != b.shape[1]:  # buffers of different widths
+                w = max(a.shape[1], b.shape[1])
+                a = torch.nn.functional.pad(a, (0, w - a.shape[1]))
+                b = torch.nn.functional.pad(b, (0, w - b.shape[1]))
+            setattr(self, name, torch.cat([a, b]))
+        kvcache.concat_rows(self.cache, other.cache)
+
+
+class Decoder:
+    """Decodes contexts under a `Grammar` with one model; see the module docstring."""
+
+    def __init__(self, model, grammar: Grammar, *, temperature: float = 1.0, top_k: int = 0,
+                 top_p: float = 1.0, batch_size: int = 64, max_new_tokens: int = 0,
+                 refill_fraction: float = 0.25, compact_fraction: float = 0.0, kv_cache: str = "growing") -> None:
+        self.model = model
+        self.grammar = grammar
+        self.temperature = temperature
+        self.top_k = top_k
+        self.top_p = top_p
+        self.batch_size = batch_size
+        self.max_positions = int(getattr(model.config, "max_position_embeddings", 1 << 30))
+        self.max_new_tokens = max_new_tokens or self.max_positions
+        self.refill_fraction = refill_fraction
+        self.compact_fraction = compact_fraction
+        self.kv_cache = kv_cache
+        self.device = grammar.device
+        self.pad_id = int(torch.nonzero(grammar.masks[M_PAD])[0])
+        params = inspect.signature(model.forward).parameters
+        self._cache_kw = "cache" if "cache" in params else "past_key_values"
+        # When a list, every fed token's logits go here as (key, index in the sequence, logits): for
+        # tests that compare the cached decoding with a plain forward. Off (None) otherwise.
+        self.trace: list[tuple[int, int, torch.Tensor]] | None = None
+        self.stats = {"steps": 0, "row_steps": 0, "fed_tokens": 0, "prefill_tokens": 0, "compactions": 0,
+                      "refills": 0, "merges": 0, "interventions": 0}
+
+    # ---- model calls -------------------------------------------------------------------------------
+
+    def _forward(self, ids: torch.Tensor, attn: torch.Tensor, pos: torch.Tensor, cache) -> torch.Tensor:
+        out = self.model(input_ids=ids, attention_mask=attn, position_ids=pos, use_cache=True,
+                         logits_to_keep=1, **{self._cache_kw: cache})
+        return out.logits[:, -1].float()
+
+    def _sample(self, logits: torch.Tensor, allowed: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
+        x = logits.masked_fill(~allowed, float("-inf"))
+        if self.temperature == 0:
+            return x.argmax(-1)
+        x = x / self.temperature
+        if self.top_k:
+            kth = x.topk(min(self.top_k, x.shape[-1]), dim=-1).values[:, -1:]
+            x = x.masked_fill(x < kth, float("-inf"))
+        if self.top_p < 1.0:
+            srt, order = x.sort(-1, descending=True)
+            cum = srt.softmax(-1).cumsum(-1)
+            drop = cum - srt.softmax(-1) >= self.top_p  # keep the smallest prefix reaching top_p
+            x = x.masked_fill(torch.zeros_like(drop).scatter(-1, order, drop), float("-inf"))
+        return torch.multinomial(x.softmax(-1), 1, generator=gen).squeeze(1)
+
+    # ---- admission ----------------------------------------------------------------------------------
+
+    def _prefill(self, keys: list[int], contexts: Sequence[list[int]]) -> _Rows:
+        g, dev = self.grammar, self.device
+        n = len(keys)
+        length = max(len(contexts[k]) for k in keys)
+        ids = torch.full((n, length), self.pad_id, dtype=torch.long)
+        attn = torch.zeros((n, length), dtype=torch.long)
+        starts = []
+        for i, k in enumerate(keys):
+            c = contexts[k]
+            ids[i, length - len(c):] = torch.tensor(c, dtype=torch.long)
+            attn[i, length - len(c):] = 1
+            starts.append(g.replay(c))
+        ids, attn = ids.to(dev), attn.to(dev)
+        pos = (attn.cumsum(-1) - 1).clamp(min=0)
+        r = _Rows()
+        r.cache = kvcache.make_cache(self.kv_cache, self.model.config)
+        with torch.inference_mode():
+            r.logits = self._forward(ids, attn, pos, r.cache)
+        self.stats["prefill_tokens"] += int(attn.sum())
+        lens = torch.tensor([len(contexts[k]) for k in keys], dtype=torch.long, device=dev)
+
+        def col(values) -> torch.Tensor:
+            return torch.tensor(values, dtype=torch.long, device=dev)
+
+        r.key = col(keys)
+        r.state = col([s.state for s in starts])
+        r.span = col([s.span for s in starts])
+        r.steps = col([s.steps for s in starts])
+        r.refines = col([s.refines for s in starts])
+        r.left = torch.minimum(torch.full_like(lens, self.max_new_tokens), self.max_positions - lens)
+        r.pos = lens.clone()
+        r.n_out = torch.zeros_like(lens)
+        r.f_pos = torch.zeros_like(lens)
+        r.f_len = torch.zeros_like(lens)
+        r.paused = torch.zeros(n, dtype=torch.bool, device=dev)
+        r.done = torch.zeros(n, dtype=torch.bool, device=dev)
+        width = int(r.left.max().clamp(min=1))
+        r.out = torch.full((n, width), self.pad_id, dtype=torch.long, device=dev)
+        r.vcol = torch.zeros((n, width), dtype=torch.long, device=dev)
+        r.forced = torch.zeros((n, 1), dtype=torch.long, device=dev)
+        r.attn = attn
+        return r
+
+    def _admit(self, rows: _Rows, keys: list[int], contexts: Sequence[list[int]],
+               outputs: dict[int, Output]) -> tuple[_Rows, list[int]]:
+        """Prefill `keys` and merge them into `rows`. Contexts that no token may follow within the
+        budget fail at once: their outputs are written and their keys returned."""
+        g = self.grammar
+        ok, failed = [], []
+        for k in keys:
+            st = g.replay(contexts[k])
+            left = min(self.max_new_tokens, self.max_positions - len(contexts[k]))
+            mid = g.mask_ids(*(torch.tensor([v], device=self.device) for v in
+                               (st.state, st.span, st.steps, st.refines, left)))
+            if int(mid) == M_NONE or left <= 0:
+                outputs[k] = Output(list(contexts[k]), len(contexts[k]), "no legal continuation within the budget")
+                failed.append(k)
+            else:
+                ok.append(k)
+        if not ok:
+            return rows, failed
+        new = self._prefill(ok, contexts)
+        self.stats["refills"] += 1
+        if len(rows) == 0:
+            return new, failed
+        self.stats["merges"] += 1
+        diff = rows.columns - new.columns
+        new.pad_left(diff)
+        rows.pad_left(-diff)
+        new.origin = rows.origin
+        rows.append(new)
+        return rows, failed
+
+    # ---- the loop -----------------------------------------------------------------------------------
+
+    def run(self, contexts: Sequence[list[int]], generator: torch.Generator, *,
+            stop_tokens: Sequence[int] = (), pause_tokens: Sequence[int] = (),
+            on_pause: Callable[[list[Paused]], list[Edit]] | None = None,
+            on_done: Callable[[int, Output], None] | None = None) -> list[Output]:
+        """Decode every context to its end (an `<eos>`, a stop token, or a failure). Outputs come
+        back in context order; `on_done(key, output)` is called as each row finishes."""
+        outputs: dict[int, Output] = {}
+        pending = list(range(len(contexts)))[::-1]  # a stack: pop() takes the next context in order
+        rows = _Rows()
+        stop = torch.tensor(sorted({*stop_tokens, self.grammar.eos_id}), device=self.device)
+        pause = torch.tensor(sorted(set(pause_tokens)), dtype=torch.long, device=self.device)
+        errors: dict[int, str] = {}
+
+        def finish(which: torch.Tensor) -> None:
+            for i in which.nonzero().flatten().tolist():
+                k = int(rows.key[i])
+                ctx = list(contexts[k])
+                gen = rows.out[i, : int(rows.n_out[i])].tolist()
+                outputs[k] = Output(ctx + gen, len(ctx), errors.get(k, ""))
+                if on_done is not None:
+                    on_done(k, outputs[k])
+
+        with torch.inference_mode():
+            while True:
+                live = len(rows) - (int(rows.done.sum()) if len(rows) else 0)
+                free = self.batch_size - live
+                want = min(free, len(pending))
+                if want and (live == 0 or free >= math.ceil(self.refill_fraction * self.batch_size)):
+                    if len(rows):
+                        rows = self._compact(rows, force=True)
+                    rows, failed = self._admit(rows, [pending.pop() for _ in range(want)], contexts, outputs)
+                    for k in failed:
+                        if on_done is not None:
+                            on_done(k, outputs[k])
+                    continue
+                if live == 0:
+                    break
+                active = ~rows.done & ~rows.paused
+                if not bool(active.any()):
+                    self._intervene(rows, contexts, on_pause)
+                    continue
+                newly_done = self._step(rows, active, generator, stop, pause, errors)
+                if bool(newly_done.any()):
+                    finish(newly_done)
+                    rows = self._compact(rows)
+        return [outputs[k] for k in range(len(contexts))]
+
+    def _step(self, r: _Rows, feed: torch.Tensor, gen: torch.Generator, stop: torch.Tensor,
+              pause: torch.Tensor, errors: dict[int, str]) -> torch.Tensor:
+        """Feed one token to every active row (the others get a masked pad); returns rows that
+        finished in this step."""
+        g = self.grammar
+        has_f = r.f_pos < r.f_len
+        mid = g.mask_ids(r.state, r.span, r.steps, r.refines, r.left, forced=has_f)
+        stuck = feed & (mid == M_NONE)
+        mid = torch.where(feed & ~stuck, mid, torch.full_like(mid, M_PAD))
+        allowed = g.masks[mid]
+        tok = self._sample(r.logits, allowed, gen)
+        if r.forced.shape[1] and bool(has_f.any()):
+            ftok = r.forced.gather(1, r.f_pos.clamp(max=r.forced.shape[1] - 1)[:, None]).squeeze(1)
+            tok = torch.where(has_f, ftok, tok)
+        bad = feed & ~allowed.gather(1, tok[:, None]).squeeze(1)  # a forced token the grammar refuses
+        failed = stuck | bad
+        if bool(failed.any()):
+            for i in failed.nonzero().flatten().tolist():
+                why = "no legal token" if bool(stuck[i]) else "an intervention broke the grammar"
+                errors[int(r.key[i])] = why
+        feed = feed & ~failed
+        tok = torch.where(feed, tok, torch.full_like(tok, self.pad_id))
+        if self.trace is not None:
+            for i in feed.nonzero().flatten().tolist():
+                self.trace.append((int(r.key[i]), int(r.pos[i]), r.logits[i].clone()))
+        # Record the token and the cache column it lands in.
+        idx = r.n_out.clamp(max=r.out.shape[1] - 1)[:, None]
+        r.out.scatter_(1, idx, torch.where(feed, tok, r.out.gather(1, idx).squeeze(1))[:, None])
+        vcol = torch.full_like(tok, r.columns + r.origin)
+        r.vcol.scatter_(1, idx, torch.where(feed, vcol, r.vcol.gather(1, idx).squeeze(1))[:, None])
+        r.n_out += feed
+        state, span, steps, refines = g.advance(tok, r.state, r.span, r.steps, r.refines)
+        r.state = torch.where(feed, state, r.state)
+        r.span = torch.where(feed, span, r.span)
+        r.steps = torch.where(feed, steps, r.steps)
+        r.refines = torch.where(feed, refines, r.refines)
+        r.f_pos += feed & has_f
+        r.left -= feed.long()
+        ended = feed & torch.isin(tok, stop)
+        if pause.numel():
+            r.paused |= feed & ~has_f & torch.isin(tok, pause)
+        newly_done = ended | failed
+        r.done |= newly_done
+        pos = r.pos.clone()
+        r.pos += feed.long()
+        # One forward for the batch: rows that fed nothing add a masked column and keep their logits.
+        r.attn = torch.cat([r.attn, feed.long()[:, None]], 1)
+        if bool((feed & ~ended).any()):
+            logits = self._forward(tok[:, None], r.attn, pos[:, None], r.cache)
+            r.logits = torch.where(feed[:, None], logits, r.logits)
+            self.stats["steps"] += 1
+            self.stats["row_steps"] += len(r)
+            self.stats["fed_tokens"] += int(feed.sum())
+        else:  # nothing left to predict: keep the cache in step with the mask
+            kvcache.append_empty_column(r.cache)
+        return newly_done
+
+    def _compact(self, r: _Rows, force: bool = False) -> _Rows:
+        """Drop finished rows from the batch when enough have finished (or when `force`d)."""
+        n_done = int(r.done.sum())
+        if n_done == 0 or (not force and n_done < self.compact_fraction * len(r)):
+            return r
+        if n_done == len(r):
+            return _Rows()
+        r.drop(r.done)
+        r.trim_left()
+        self.stats["compactions"] += 1
+        return r
+
+    def _intervene(self, r: _Rows, contexts: Sequence[list[int]],
+                   on_pause: Callable[[list[Paused]], list[Edit]] | None) -> None:
+        """Every live row is paused: show them to `on_pause` at once and apply its edits."""
+        idx = (r.paused & ~r.done).nonzero().flatten().tolist()
+        views = []
+        for i in idx:
+            k = int(r.key[i])
+            views.append(Paused(k, list(contexts[k]) + r.out[i, : int(r.n_out[i])].tolist(),
+                                int(r.left[i]), int(r.steps[i]), int(r.refines[i])))
+        edits = on_pause(views) if on_pause is not None else [Edit() for _ in views]
+        if len(edits) != len(views):
+            raise ValueError(f"on_pause returned {len(edits)} edits for {len(views)} paused rows")
+        self.stats["interventions"] += 1
+        width = max([r.forced.shape[1]] + [len(e.append) for e in edits])
+        if width > r.forced.shape[1]:
+            r.forced = torch.nn.functional.pad(r.forced, (0, width - r.forced.shape[1]))
+        for i, view, e in zip(idx, views, edits):
+            if e.drop:
+                n = int(r.n_out[i])
+                if not 0 < e.drop <= n or not e.append:
+                    raise ValueError(f"an edit may drop 1..{n} generated tokens and must append some")
+                cols = r.vcol[i, n - e.drop: n] - r.origin
+                r.attn[i, cols] = 0
+                r.n_out[i] = n - e.drop
+                r.pos[i] -= e.drop
+                r.left[i] += e.drop
+                st = self.grammar.replay(view.ids[: len(view.ids) - e.drop])
+                r.state[i], r.span[i], r.steps[i], r.refines[i] = st.state, st.span, st.steps, st.refines
+            if e.append:
+                r.forced[i, : len(e.append)] = torch.tensor(e.append, dtype=torch.long, device=self.device)
+                r.f_pos[i] = 0
+                r.f_len[i] = len(e.append)
+        r.paused[idx] = False

@@ -1,0 +1,212 @@
+"""Running a rollout: shards on this process or on a pool of Ray actors; the driver writes them.
+
+`rollout(prompts, out, cfg, checkpoint=...)` cuts the work into shards (see `shards.py`), skips the
+shards a previous run already finished, and computes the rest, either in this process (`actors=0`)
+or on `cfg.actors` Ray actors that each hold the policy loaded from the checkpoint (fractional
+CPUs, one torch thread each; `num_gpus_per_actor` on a GPU cluster). Failures are classified as the
+design asks: an actor that dies or restarts (infrastructure) costs its shard a retry on another
+actor, up to `max_shard_retries`, and a dead actor is replaced while that budget lasts; a bad
+trajectory (data) is counted in the shard and never retried. Only the driver writes, one shard at a
+time, atomically; a progress bar shows trajectories done, the rate and failures.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections import Counter, deque
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Callable, Sequence
+
+from selfplay.errors import InputError
+from selfplay.trajectory import Trajectory
+
+from .config import RolloutConfig
+from .engine import Engine, Prompt
+from .shards import Manifest, RolloutDir, Shard, label, make_shards
+
+
+class RolloutError(RuntimeError):
+    """The rollout could not finish for an infrastructure reason (shards already written stay)."""
+
+
+@dataclass
+class Summary:
+    trajectories: int = 0
+    failed: int = 0
+    tokens: int = 0
+    shards: int = 0
+    shards_computed: int = 0  # in this run
+    trajectories_computed: int = 0  # in this run
+    shards_skipped: int = 0  # finished by an earlier run
+    retries: int = 0  # shard attempts lost to dead or restarting actors
+    seconds: float = 0.0
+    startup_seconds: float = 0.0  # Ray: until every actor had loaded the policy
+    failures: dict = field(default_factory=dict)  # reason -> count
+
+    def to_json(self) -> dict:
+        d = asdict(self)
+        computed = self.trajectories_computed
+        d["trajectories_per_second"] = computed / self.seconds if self.seconds else 0.0
+        return d
+
+
+class ShardWorker:
+    """Computes shards with an `Engine`. In-process it wraps a given policy; as a Ray actor it loads
+    the checkpoint itself and keeps to one torch thread (DESIGN.md §8: two threads per process
+    collapse when the other core is busy)."""
+
+    def __init__(self, checkpoint: str | None, cfg: RolloutConfig, judge=None, policy=None,
+                 single_thread: bool = False) -> None:
+        import torch
+
+        if single_thread:
+            torch.set_num_threads(1)
+        if policy is None:
+            from selfplay.model.tiny import Policy
+
+            policy = Policy.from_pretrained(checkpoint)
+        self.engine = Engine(policy, cfg, judge)
+
+    def run(self, shard: Shard, on_done: Callable[[int, Trajectory], None] | None = None) -> list[Trajectory]:
+        trajs = self.engine.run(shard.prompts, seed=shard.seed, on_done=on_done)
+        return [label(t, shard, n) for n, t in enumerate(trajs)]
+
+    def pid(self) -> int:
+        return os.getpid()
+
+
+def rollout(prompts: Sequence[Prompt], out: str | Path, cfg: RolloutConfig | None = None, *,
+            checkpoint: str | Path | None = None, policy=None, judge=None, samples: int = 1,
+            progress: bool = True, on_shard: Callable[[int], None] | None = None,
+            on_dispatch: Callable[[int, object], None] | None = None) -> Summary:
+    """Roll `samples` trajectories per prompt into `out`, resuming whatever an earlier run with the
+    same manifest finished. In-process runs use `policy` (or load `checkpoint`); Ray actors load
+    `checkpoint`. `on_shard(index)` runs after each shard is written; `on_dispatch(index, actor)`
+    after each shard is sent to an actor."""
+    cfg = (cfg or RolloutConfig()).validate()
+    if samples < 1:
+        raise InputError(f"samples: must be at least 1, got {samples}")
+    if not prompts:
+        raise InputError("prompts: nothing to roll out")
+    if checkpoint is not None:
+        checkpoint = Path(checkpoint).resolve()
+        if not (checkpoint / "config.json").is_file():
+            raise InputError(f"{checkpoint}: not a checkpoint (no config.json)")
+    if cfg.actors and checkpoint is None:
+        raise InputError("rollout.actors: Ray actors load the policy from a checkpoint; pass one")
+    if not cfg.actors and policy is None and checkpoint is None:
+        raise InputError("rollout: pass a policy or a checkpoint")
+
+    folder = RolloutDir(out)
+    folder.open(Manifest.of(prompts, cfg.mode, cfg.seed, samples, cfg.shard_size))
+    shards = make_shards(prompts, samples, cfg.shard_size, cfg.seed)
+    done = set(folder.finished())
+    todo = [s for s in shards if s.index not in done]
+    summary = Summary(shards=len(shards), shards_skipped=len(shards) - len(todo))
+    t0 = time.perf_counter()
+    from tqdm import tqdm
+
+    total = sum(len(s.items) for s in shards)
+    bar = tqdm(total=total, initial=total - sum(len(s.items) for s in todo), unit="traj", desc="rollout",
+               disable=not progress or None, smoothing=0.1)
+    failed = [0]
+
+    def write(shard: Shard, trajs: list[Trajectory]) -> None:
+        folder.write_shard(shard.index, trajs)
+        summary.shards_computed += 1
+        summary.trajectories_computed += len(trajs)
+        failed[0] += sum("failed" in t.meta for t in trajs)
+        if cfg.actors:
+            bar.update(len(trajs))
+        bar.set_postfix(failed=failed[0], refresh=False)
+        if on_shard is not None:
+            on_shard(shard.index)
+
+    try:
+        if cfg.actors:
+            _run_on_ray(todo, write, cfg, str(checkpoint), judge, summary, on_dispatch)
+        elif todo:
+            worker = ShardWorker(str(checkpoint) if checkpoint else None, cfg, judge, policy)
+            for shard in todo:
+                write(shard, worker.run(shard, on_done=lambda k, t: bar.update(1)))
+    finally:
+        bar.close()
+    summary.seconds = time.perf_counter() - t0
+    reasons: Counter = Counter()
+    for i in folder.finished():
+        for meta in folder.shard_meta(i):
+            summary.trajectories += 1
+            summary.tokens += int(meta.get("tokens", 0))
+            if "failed" in meta:
+                reasons[meta["failed"]] += 1
+    summary.failed = sum(reasons.values())
+    summary.failures = dict(reasons)
+    folder.write_summary(summary.to_json())
+    return summary
+
+
+def _run_on_ray(todo: list[Shard], write: Callable[[Shard, list[Trajectory]], None], cfg: RolloutConfig,
+                checkpoint: str, judge, summary: Summary,
+                on_dispatch: Callable[[int, object], None] | None) -> None:
+    import ray
+    from ray.exceptions import ActorUnavailableError, RayActorError
+
+    from .cluster import connect
+
+    if not todo:
+        return
+    connect(cfg.ray_address, cfg.ray_cpus, cfg.object_store_mb)
+    actor_class = ray.remote(ShardWorker).options(
+        num_cpus=cfg.actor_cpus, num_gpus=cfg.num_gpus_per_actor, max_restarts=1, max_task_retries=0)
+
+    def spawn():
+        return actor_class.remote(checkpoint, cfg, judge, None, True)
+
+    t0 = time.perf_counter()
+    actors = [spawn() for _ in range(min(cfg.actors, len(todo)))]
+    # Wait until they are up (a failed start shows up later, as its first shard fails): the rate is
+    # then the rate of rolling out, and the start-up is reported on its own.
+    ray.wait([a.pid.remote() for a in actors], num_returns=len(actors), timeout=600)
+    summary.startup_seconds = time.perf_counter() - t0
+    spawned = len(actors)
+    idle = deque(actors)
+    queue = deque(todo)
+    attempts: Counter = Counter()
+    inflight: dict = {}
+    try:
+        while queue or inflight:
+            while queue and idle:
+                shard, actor = queue.popleft(), idle.popleft()
+                inflight[actor.run.remote(shard)] = (shard, actor)
+                if on_dispatch is not None:
+                    on_dispatch(shard.index, actor)
+            if not inflight:
+                raise RolloutError("no rollout actor is left alive")
+            ready, _ = ray.wait(list(inflight), num_returns=1, timeout=1.0)
+            for ref in ready:
+                shard, actor = inflight.pop(ref)
+                try:
+                    trajs = ray.get(ref)
+                except (RayActorError, ActorUnavailableError) as e:
+                    attempts[shard.index] += 1
+                    summary.retries += 1
+                    if attempts[shard.index] > cfg.max_shard_retries:
+                        raise RolloutError(f"shard {shard.index} lost its actor {attempts[shard.index]} times: "
+                                           f"{type(e).__name__}") from e
+                    queue.appendleft(shard)  # to the next idle actor: not the one that just failed
+                    if isinstance(e, ActorUnavailableError):
+                        idle.append(actor)  # restarting (max_restarts): it comes back
+                    elif spawned < cfg.actors + cfg.max_shard_retries:
+                        idle.append(spawn())
+                        spawned += 1
+                    continue
+                write(shard, trajs)
+                idle.append(actor)
+    finally:
+        for a in {id(a): a for a in list(idle) + [a for _, a in inflight.values()] + actors}.values():
+            try:
+                ray.kill(a)
+            except Exception:  # already gone
+                pass

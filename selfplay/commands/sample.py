@@ -1,0 +1,113 @@
+"""`selfplay sample`: one prompt through a checkpoint, printed step by step, with its image strip.
+
+`--interactive` stops after each plan (<ins>, <des>) and lets a person keep it or rewrite it before
+the model sketches it; the rewritten plan replaces the model's in the context (nothing re-encoded).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+MODES = {"process": "process", "single-pass": "single_pass", "single_pass": "single_pass"}
+
+
+def add_sampling_args(p: argparse.ArgumentParser) -> None:
+    """Sampling flags shared by `sample` and `eval` (defaults are RolloutConfig's)."""
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--temperature", type=float, default=1.0, help="0 is greedy; below 1 collapses images")
+    p.add_argument("--top-k", type=int, default=0)
+    p.add_argument("--top-p", type=float, default=1.0)
+    p.add_argument("--max-steps", type=int, default=8)
+    p.add_argument("--max-refines", type=int, default=2)
+    p.add_argument("--batch-size", type=int, default=128)
+    p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1, ...")
+
+
+def config_from_args(args: argparse.Namespace, **extra):
+    from rollout import RolloutConfig
+
+    fields = dict(mode=MODES[args.mode], seed=args.seed, temperature=args.temperature, top_k=args.top_k,
+                  top_p=args.top_p, max_steps=args.max_steps, max_refines=args.max_refines,
+                  batch_size=args.batch_size, device=args.device)
+    return RolloutConfig(**{**fields, **extra}).validate()
+
+
+def quiet_loading() -> None:
+    """No weight-loading progress bars: a command's stderr is for its one-line errors."""
+    from transformers.utils import logging
+
+    logging.disable_progress_bar()
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("sample", help="sample one trajectory for a prompt and write its image strip")
+    p.add_argument("checkpoint", help="policy folder (save_pretrained)")
+    p.add_argument("prompt", help='e.g. "a red circle left of a blue square"')
+    p.add_argument("--out", default="strip.png", help="image strip: every visual state side by side")
+    p.add_argument("--interactive", action="store_true", help="accept or rewrite each plan before its sketch")
+    p.add_argument("--mode", choices=sorted(MODES), default="process")
+    p.add_argument("--scale", type=int, default=4, help="upscaling of the strip")
+    add_sampling_args(p)
+    p.set_defaults(func=run)
+
+
+def _unknown_words(processor, text: str) -> list[str]:
+    """Words of `text` outside the model's text vocabulary (or a note that there are none at all)."""
+    words = [w for w, _ in processor.tokenizer.backend_tokenizer.pre_tokenizer.pre_tokenize_str(text)]
+    if not words:
+        return ["(no words)"]
+    known = set(processor.text_ids)
+    return [w for w in words if processor.tokenizer.convert_tokens_to_ids(w) not in known]
+
+
+def _ask_plan(processor, prompt: str, step: int, ins: str, des: str):
+    """The interactive plan hook: Enter keeps a part, a line rewrites it; end of input keeps all."""
+    print(f"\nstep {step} plan\n  <ins> {ins}\n  <des> {des}", flush=True)
+    answer = []
+    for part, current in (("instruction", ins), ("description", des)):
+        while True:
+            try:
+                line = input(f"{part} [Enter keeps it]: ").strip()
+            except EOFError:
+                print()
+                return None if not answer else (answer[0], des)
+            if not line:
+                answer.append(current)
+                break
+            bad = _unknown_words(processor, line)
+            if bad:
+                print(f"  unknown words: {', '.join(bad)}; try again", flush=True)
+                continue
+            answer.append(line)
+            break
+    return tuple(answer)
+
+
+def run(args: argparse.Namespace) -> None:
+    from rollout import Engine, describe, strip
+    from rollout.outputs import save_png_atomic
+
+    from ..errors import InputError
+    from ..model.tiny import Policy
+
+    if args.scale < 1:
+        raise InputError(f"--scale must be at least 1, got {args.scale}")
+    cfg = config_from_args(args, batch_size=1)
+    if args.interactive and cfg.mode != "process":
+        raise InputError("--interactive reviews plans, so it needs --mode process")
+    quiet_loading()
+    policy = Policy.from_pretrained(args.checkpoint)
+    bad = _unknown_words(policy.processor, args.prompt)
+    if bad:
+        raise InputError(f"prompt: words the model does not know: {', '.join(bad)}")
+    engine = Engine(policy, cfg)
+    hook = None
+    if args.interactive:
+        def hook(prompt: str, step: int, ins: str, des: str):
+            return _ask_plan(policy.processor, prompt, step, ins, des)
+    traj = engine.run([args.prompt], plan_hook=hook)[0]
+    print(describe(traj))
+    path = save_png_atomic(strip(traj, args.scale), args.out)
+    print(f"wrote {path}")
+    sys.stdout.flush()
