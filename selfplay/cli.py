@@ -11,7 +11,7 @@ import argparse
 import importlib
 import sys
 
-COMMANDS = ("suite", "render", "score", "data", "judge_serve", "judge_eval", "sample", "eval")
+COMMANDS = ("suite", "render", "score", "data", "train", "sample", "eval", "judge_serve", "judge_eval", "run", "report", "ablate")
 
 
 def build_parser() -> argparse.ArgumentParser:
