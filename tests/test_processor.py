@@ -180,3 +180,14 @@ def test_processor_saves_and_loads_offline(processor, trajectories, tmp_path):
         ids = processor.encode(t).input_ids
         assert again.encode(t).input_ids == ids, seed
         assert np.array_equal(again.decode(ids).final_image, t.final_image), seed
+
+
+def test_generated_runs_of_punctuation_read_back_without_unknown_tokens():
+    """A sampled span may hold '. .' or ': .'; its text must tokenize back to the same ids."""
+    from selfplay.model.processor import build_text_tokenizer, join_words
+
+    tok = build_text_tokenizer(4)
+    words = ["aligned", ".", ".", "the", ":", ".", "image", "."]
+    text = join_words(words)
+    ids = tok(text, add_special_tokens=False)["input_ids"]
+    assert tok.convert_ids_to_tokens(ids) == words

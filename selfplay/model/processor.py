@@ -65,10 +65,14 @@ def build_text_tokenizer(num_codes: int):
 
 
 def join_words(words: list[str]) -> str:
-    """Words back to text: punctuation attaches to the word before it."""
+    """Words back to text: punctuation attaches to the word before it (never to other punctuation,
+    which the word-level pre-tokenizer would read back as one unknown token such as '..')."""
     out = ""
+    prev = ""
     for w in words:
-        out += w if (w in PUNCT or not out) else " " + w
+        attach = w in PUNCT and prev not in PUNCT and out
+        out += w if (attach or not out) else " " + w
+        prev = w
     return out
 
 
