@@ -23,7 +23,7 @@ import numpy as np
 
 from .data.continuation import continuation
 from .data.pipelines import TrajectoryMaker, aligned_inspection, missing_parts
-from .language import inspection_text
+from .language import inspection_text, parse_description
 from .shapeworld import PromptRecord, Scene, detect, render
 from .shapeworld.render import detections_to_scene
 from .trajectory import Refinement, Step, Trajectory
@@ -81,9 +81,11 @@ def step_contexts(t: Trajectory) -> list[StepContext]:
 
 
 def _aligned(rec: PromptRecord, s: Step) -> Step:
-    """The model's step with the judge's positive inspection and no refinements."""
+    """The model's own step as context (no loss on its plan or sketch: an unstated relation is not
+    wrong, but it is not the recipe to imitate either), with the judge's positive inspection and
+    no refinements; the inspection is trained."""
     scene = detections_to_scene(detect(s.image), s.image.shape[0])
-    return Step(s.instruction, s.description, s.image, aligned_inspection(rec, scene), edit=s.edit)
+    return Step(s.instruction, s.description, s.image, aligned_inspection(rec, scene), edit=s.edit, context=True)
 
 
 def build_self_critique(rollouts: list[Trajectory], judge, cfg: CritiqueConfig, exact: Exact | None = None,
@@ -116,15 +118,15 @@ def build_self_critique(rollouts: list[Trajectory], judge, cfg: CritiqueConfig, 
             stats.conflicts[f"{c.source}:{c.kind.value}"] += 1
         pending.append((t, wrong, v, cs[wrong]))
     # Corrected states: exact from the judge when it can give them, else re-sketched and re-judged.
-    chains: list[list[tuple[str, np.ndarray, Verdict]] | None]
+    chains: list[list[tuple[str, np.ndarray, Verdict, str]] | None]
     if exact is not None:
         chains = [_exact_chain(ctx, v, judge, exact, cfg.max_refines) for _, _, v, ctx in pending]
     elif resketch is not None and pending:
         images = resketch([(ctx, v.correction) for _, _, v, ctx in pending])
         checks = judge.judge([StepContext(ctx.prompt, v.correction, ctx.description, img, ctx.record,
                                           ctx.history, ctx.image) for (_, _, v, ctx), img in zip(pending, images)])
-        chains = [[(v.correction, img, ok)] if ok is not None and ok.aligned else None
-                  for (_, _, v, _), img, ok in zip(pending, images, checks)]
+        chains = [[(v.correction, img, ok, ctx.description)] if ok is not None and ok.aligned else None
+                  for (_, _, v, ctx), img, ok in zip(pending, images, checks)]
     else:
         chains = [None] * len(pending)
     for (t, k, v, ctx), chain in zip(pending, chains):
@@ -141,9 +143,10 @@ def build_self_critique(rollouts: list[Trajectory], judge, cfg: CritiqueConfig, 
 
 
 def _exact_chain(ctx: StepContext, v: Verdict, judge, exact: Exact,
-                 limit: int) -> list[tuple[str, np.ndarray, Verdict]] | None:
+                 limit: int) -> list[tuple[str, np.ndarray, Verdict, str]] | None:
     """Corrections applied one at a time to exact states, each state judged again, until the judge
-    accepts one: [(correction, corrected image, its verdict), ...]; None when it does not converge
+    accepts one: [(correction, corrected image, its verdict, the description it was judged against),
+    ...]; None when it does not converge
     within `limit` refinements (a correction fixes one conflict; a step may have several)."""
     from judges.oracle import edit_items
 
@@ -164,7 +167,7 @@ def _exact_chain(ctx: StepContext, v: Verdict, judge, exact: Exact,
         verdict = judge.judge([nxt])[0]
         if verdict is None:
             return None
-        chain.append((v.correction, image, verdict))
+        chain.append((v.correction, image, verdict, nxt.description))
         if verdict.aligned:
             return chain
         ctx, v = nxt, verdict
@@ -172,7 +175,7 @@ def _exact_chain(ctx: StepContext, v: Verdict, judge, exact: Exact,
 
 
 def _critique_trace(rec: PromptRecord, t: Trajectory, k: int, v: Verdict,
-                    chain: list[tuple[str, np.ndarray, Verdict]], rng: random.Random) -> Trajectory | None:
+                    chain: list[tuple[str, np.ndarray, Verdict, str]], rng: random.Random) -> Trajectory | None:
     final = chain[-1][1]
     rest = continuation(rec, detections_to_scene(detect(final), final.shape[0]), rng)
     if rest is None:
@@ -180,8 +183,8 @@ def _critique_trace(rec: PromptRecord, t: Trajectory, k: int, v: Verdict,
     s = t.steps[k]
     plan = any(c.source == "instruction" for c in v.conflicts)
     wrong = Step(s.instruction, s.description, s.image, inspection_text(v), wrong_plan=plan,
-                 wrong_image=not plan, edit=s.edit)
-    wrong.refinements = [Refinement(fix, image, inspection_text(after)) for fix, image, after in chain]
+                 wrong_image=not plan, edit=s.edit, context=True)
+    wrong.refinements = [Refinement(fix, image, inspection_text(after)) for fix, image, after, _ in chain]
     steps = [_aligned(rec, p) for p in t.steps[:k]] + [wrong] + rest
     return Trajectory(t.prompt, steps, t.record, "self", {"outcome": "plan_error" if plan else "image_error",
                                                           "tag": rec.tag, "step": k,

@@ -4,7 +4,9 @@ A trajectory is a prompt and ordered steps. A step is a Plan (`instruction` for 
 of the whole scene so far for <des>), a Sketch (`image`), an Inspect (`inspection` text), and zero or
 more Refines (corrective instruction, re-drawn image, its own inspection). Two flags mark deliberate
 mistakes that exist only to be inspected: `wrong_plan` (no loss on the plan or its sketch) and
-`wrong_image` (no loss on the sketch). Only a policy's processor turns this into tokens.
+`wrong_image` (no loss on the sketch). A third, `context`, marks a model's own plan and sketch kept in a
+self-sampled trace as context: not wrong, but not to be imitated either (no loss on them; its
+inspection is still trained). Only a policy's processor turns this into tokens.
 """
 
 from __future__ import annotations
@@ -37,6 +39,7 @@ class Step:
     wrong_plan: bool = False
     wrong_image: bool = False
     edit: str = "add"  # the kind of edit the instruction makes (metadata only)
+    context: bool = False  # the model's own plan and sketch, kept as context only
 
     @property
     def final_image(self) -> np.ndarray:
@@ -100,7 +103,7 @@ def to_row(t: Trajectory) -> dict:
     for s in t.steps:
         steps.append({
             "instruction": s.instruction, "description": s.description, "inspection": s.inspection,
-            "wrong_plan": s.wrong_plan, "wrong_image": s.wrong_image, "edit": s.edit,
+            "wrong_plan": s.wrong_plan, "wrong_image": s.wrong_image, "edit": s.edit, "context": s.context,
             "refinements": [{"instruction": r.instruction, "inspection": r.inspection,
                              "wrong_image": r.wrong_image} for r in s.refinements],
         })
@@ -122,7 +125,7 @@ def from_row(row: dict) -> Trajectory:
         refs = [Refinement(r["instruction"], next(images), r["inspection"], r["wrong_image"])
                 for r in s["refinements"]]
         steps.append(Step(s["instruction"], s["description"], image, s["inspection"], refs,
-                          s["wrong_plan"], s["wrong_image"], s["edit"]))
+                          s["wrong_plan"], s["wrong_image"], s["edit"], s.get("context", False)))
     return Trajectory(row["prompt"], steps, json.loads(row["record"]) if row["record"] else None,
                       row["source"], json.loads(row["meta"]))
 

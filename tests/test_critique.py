@@ -56,6 +56,8 @@ def test_a_misdrawn_sketch_becomes_a_masked_mistake_an_inspection_a_refine_and_a
         assert wrong.refinements and parse_inspection(wrong.refinements[-1].inspection).aligned
         assert not check(PromptRecord.from_json(t.record), t.final_image, strict=True)
         assert all(not s.wrong_image and not s.wrong_plan for s in t.steps[:k] + t.steps[k + 1:])
+        # the model's own plans and sketches are context, never imitated; the exact continuation is
+        assert all(s.context for s in t.steps[: k + 1]) and not any(s.context for s in t.steps[k + 1:])
 
 
 def test_a_plan_that_contradicts_the_prompt_is_masked_and_corrected(made):

@@ -6,19 +6,28 @@ import random
 
 from ..language import instruction_text
 from ..shapeworld import COLORS, Obj, PromptRecord, Scene, relations, render
+from ..shapeworld.check import Item
 from ..shapeworld.scene import free_slots
 from ..trajectory import Step
 from .pipelines import _add_edit, _state, aligned_inspection, missing_parts
 
 
-def continuation(rec: PromptRecord, scene: Scene, rng: random.Random) -> list[Step] | None:
+def continuation(rec: PromptRecord, scene: Scene, rng: random.Random,
+                 items: list[Item] | None = None) -> list[Step] | None:
     """Clean `add` steps that complete `scene` (whatever drew it) into a scene satisfying `rec`.
 
-    The model's own prefix ends in a corrected state; these steps finish the scene exactly. None
-    when the scene cannot be completed (no room, or an existing object already breaks a relation
-    the prompt needs).
+    The model's own prefix ends in a corrected state; these steps finish the scene exactly. When
+    `items` (the description of that state) name the scene's objects, the new descriptions extend it
+    in its own order and with its relations, so the description reads on as the model wrote it.
+    None when the scene cannot be completed (no room, or an existing object already breaks a
+    relation the prompt needs).
     """
     objs = list(scene.objects)
+    rels: list = [None] * len(objs)
+    order = _in_described_order(objs, items)
+    if order is not None:
+        objs = [objs[i] for i in order]
+        rels = [it.relation for it in items]
     pool = list(range(len(objs)))
     groups: list[list[int]] = []
     for r in rec.include:
@@ -26,7 +35,6 @@ def continuation(rec: PromptRecord, scene: Scene, rng: random.Random) -> list[St
         for i in got:
             pool.remove(i)
         groups.append(got)
-    rels: list = [None] * len(objs)
     steps: list[Step] = []
     for g, r in enumerate(rec.include):
         while len(groups[g]) < r.count:
@@ -55,3 +63,19 @@ def continuation(rec: PromptRecord, scene: Scene, rng: random.Random) -> list[St
     if missing_parts(rec, Scene(tuple(objs), scene.size)):
         return None
     return steps
+
+
+def _in_described_order(objs: list[Obj], items: list[Item] | None) -> list[int] | None:
+    """Indices of `objs` in the order `items` describes them (matched by shape and colour), or None
+    when the description does not name exactly these objects."""
+    if not items or len(items) != len(objs):
+        return None
+    left = list(range(len(objs)))
+    order = []
+    for it in items:
+        k = next((i for i in left if (objs[i].shape, objs[i].color) == (it.shape, it.color)), None)
+        if k is None:
+            return None
+        left.remove(k)
+        order.append(k)
+    return order

@@ -145,9 +145,10 @@ class Processor:
         if t.single_pass:
             image(t.steps[0].image, True)
         for st in [] if t.single_pass else t.steps:
-            text("<ins>", st.instruction, "</ins>", not st.wrong_plan)
-            text("<des>", st.description, "</des>", not st.wrong_plan)
-            image(st.image, not (st.wrong_plan or st.wrong_image))
+            plan_trained = not (st.wrong_plan or st.context)
+            text("<ins>", st.instruction, "</ins>", plan_trained)
+            text("<des>", st.description, "</des>", plan_trained)
+            image(st.image, not (st.wrong_plan or st.wrong_image or st.context))
             text("<inspect>", st.inspection, "</inspect>", True)
             for r in st.refinements:
                 text("<refine>", r.instruction, "</refine>", True)
