@@ -1,4 +1,5 @@
-"""What a rollout hands to people and to evaluation: GenEval folders and image strips."""
+"""What a rollout hands to evaluation: final images in GenEval folders (strips and text for people
+are in `selfplay.visualize`)."""
 
 from __future__ import annotations
 
@@ -31,21 +32,6 @@ def write_geneval(trajectories: Sequence[Trajectory], records: Sequence[PromptRe
     return write_samples(Path(out), items)
 
 
-def strip(traj: Trajectory, scale: int = 4, gap: int = 4) -> np.ndarray:
-    """Every visual state of a trajectory side by side (sketches and refined states, in order),
-    upscaled `scale` times with nearest neighbours and separated by grey gaps."""
-    images = traj.images() or [final_image(traj)]
-    big = [np.repeat(np.repeat(np.asarray(im, np.uint8), scale, 0), scale, 1) for im in images]
-    h = max(b.shape[0] for b in big)
-    sep = np.full((h, gap, 3), 160, np.uint8)
-    parts = []
-    for n, b in enumerate(big):
-        if n:
-            parts.append(sep)
-        parts.append(b)
-    return np.concatenate(parts, 1)
-
-
 def save_png_atomic(image: np.ndarray, path: str | Path) -> Path:
     from PIL import Image
 
@@ -55,25 +41,3 @@ def save_png_atomic(image: np.ndarray, path: str | Path) -> Path:
     Image.fromarray(np.asarray(image, np.uint8)).save(tmp, format="PNG")
     tmp.replace(path)
     return path
-
-
-def describe(traj: Trajectory) -> str:
-    """The trajectory as text, step by step (what `selfplay sample` prints)."""
-    lines = [f"prompt: {traj.prompt}"]
-    if traj.single_pass:
-        lines.append("  (single pass: one image)")
-    else:
-        for n, s in enumerate(traj.steps, 1):
-            lines.append(f"step {n}")
-            lines.append(f"  plan     <ins> {s.instruction}")
-            lines.append(f"           <des> {s.description}")
-            lines.append(f"  sketch   image {n}.0")
-            lines.append(f"  inspect  {s.inspection}")
-            for m, r in enumerate(s.refinements, 1):
-                lines.append(f"  refine   {r.instruction}")
-                lines.append(f"  sketch   image {n}.{m}")
-                lines.append(f"  inspect  {r.inspection}")
-    if "failed" in traj.meta:
-        lines.append(f"failed: {traj.meta['failed']}")
-    lines.append(f"{len(traj.images())} visual states, {traj.meta.get('tokens', '?')} tokens")
-    return "\n".join(lines)

@@ -183,7 +183,7 @@ def _strips(cfg, checkpoint: Path, out: Path) -> None:
     """Trajectory strips of the fixed prompts, so rounds can be compared by eye."""
     from PIL import Image
 
-    from .commands.data import strip_image
+    from .visualize import strip_image
 
     out.mkdir(parents=True, exist_ok=True)
     trajs = rollout_stage(cfg, checkpoint, list(cfg.loop.strip_prompts), "process", cfg.loop.eval_seed, out / "rollouts")

@@ -21,7 +21,7 @@ import pytest
 from PIL import Image
 
 from selfplay.cli import main
-from selfplay.commands.data import BORDER, GAP, SCALE, WRONG, strip_image
+from selfplay.visualize import BORDER, GAP, SCALE, WRONG, strip_image
 from selfplay.data.build import DataConfig, make_rows
 from selfplay.data.pipelines import SOURCES, PipelineConfig, TrajectoryMaker
 from selfplay.language import EDIT_KINDS, parse_description, parse_inspection, parse_instruction
@@ -278,7 +278,7 @@ def test_data_show_prints_and_writes_strips(built, tmp_path, capsys):
                          "--out", str(tmp_path / "show"))
     assert code == 0, err
     strips = sorted((tmp_path / "show").glob("*.png"))
-    assert len(strips) == 3 and out.count("prompt:") == 3 and out.count("ins:") >= 3
+    assert len(strips) == 3 and out.count("prompt:") == 3 and out.count("<ins>") >= 3
     assert "final image by the GenEval rules: correct" in out and "WRONG (" not in out
     code, out, _ = run(capsys, "data", "show", str(built), "--n", "2")
     assert code == 0 and len(list((built / "show").glob("*.png"))) == 2

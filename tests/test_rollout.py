@@ -15,7 +15,8 @@ import pytest
 import torch
 from test_rollout_support import tiny_checkpoint
 
-from rollout import Engine, RolloutConfig, RolloutDir, rollout, strip, write_geneval
+from rollout import Engine, RolloutConfig, RolloutDir, rollout, write_geneval
+from selfplay.visualize import BORDER, GAP, strip_image
 from rollout.decoder import Output
 from rollout.grammar import Grammar
 from rollout.interventions import JudgeInTheLoop, PlanReview
@@ -507,13 +508,14 @@ def test_sample_prints_steps_and_writes_the_strip(checkpoint, tmp_path, capsys, 
     with Image.open(out) as im:
         w, h = im.size
     states = int(text.split(" visual states")[0].rsplit("\n", 1)[-1])
-    assert h == 256 and w == states * 256 + (states - 1) * 4
+    cell = 64 * 4 + 2 * BORDER  # --scale 4, framed panels
+    assert h == cell and w == states * cell + (states - 1) * GAP
     # Interactive: rewrite the first plan, keep the rest (end of input keeps everything).
     monkeypatch.setattr("sys.stdin", io.StringIO("add a blue square\na blue square\n"))
     code = main(["sample", str(checkpoint), "a blue square", "--out", str(tmp_path / "s2.png"),
                  "--interactive", "--max-steps", "2"])
     text = capsys.readouterr().out
-    assert code == 0 and "<ins> add a blue square" in text.split("prompt: a blue square")[1]
+    assert code == 0 and "<ins>     add a blue square" in text.split("prompt:  a blue square")[-1]
     assert main(["sample", str(checkpoint), "a pink elephant"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "pink, elephant" in err[0]
@@ -536,7 +538,8 @@ def test_eval_generates_scores_and_resumes(checkpoint, tmp_path, capsys):
 
 def test_strip_shows_every_visual_state(policy, suite):
     t = Engine(policy, RolloutConfig(max_steps=2, max_refines=1, max_text_tokens=6)).run(suite[:1])[0]
-    img = strip(t, scale=2, gap=3)
+    img = strip_image(t, scale=2)
     n = len(t.images())
-    assert img.shape == (128, n * 128 + (n - 1) * 3, 3)
-    assert np.array_equal(img[::2, :128:2], t.images()[0])
+    cell = 128 + 2 * BORDER
+    assert img.shape == (cell, n * cell + (n - 1) * GAP, 3)
+    assert np.array_equal(img[BORDER:BORDER + 128:2, BORDER:BORDER + 128:2], t.images()[0])

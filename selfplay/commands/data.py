@@ -18,11 +18,6 @@ if TYPE_CHECKING:
     from ..data.build import DataConfig
     from ..trajectory import Trajectory
 
-SCALE = 3  # strip panels are the canvas scaled up this much (nearest neighbour)
-BORDER = 3  # frame around each panel: red for a deliberately wrong state, grey otherwise
-GAP = 4  # white separator between framed panels
-WRONG = (220, 0, 0)
-FRAME = (190, 190, 190)
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -116,65 +111,8 @@ def summary_table(summary: dict, out: Path | str) -> str:
 
 # ---- data show -------------------------------------------------------------------------------------
 
-def states(t: "Trajectory") -> list[tuple[np.ndarray, bool]]:
-    """Every visual state in order, with whether it is deliberately wrong (a wrong plan's sketch or a
-    misdrawn sketch): the same order as `Trajectory.images()`."""
-    out = []
-    for s in t.steps:
-        out.append((s.image, s.wrong_plan or s.wrong_image))
-        out.extend((r.image, r.wrong_image) for r in s.refinements)
-    return out
-
-
-def strip_image(t: "Trajectory", scale: int = SCALE) -> np.ndarray:
-    """All visual states side by side, scaled up with nearest neighbour, each in a frame (red when
-    deliberately wrong, grey otherwise), separated by white gaps. Panel i's pixels start at
-    (x, y) = (i * (side + 2 * BORDER + GAP) + BORDER, BORDER), with side = canvas * scale."""
-    panels = states(t)
-    side = panels[0][0].shape[0] * scale
-    cell = side + 2 * BORDER
-    width = len(panels) * cell + (len(panels) - 1) * GAP
-    canvas = np.empty((cell, width, 3), np.uint8)
-    canvas[:] = 255
-    for i, (img, wrong) in enumerate(panels):
-        x = i * (cell + GAP)
-        canvas[:, x: x + cell] = WRONG if wrong else FRAME
-        big = np.repeat(np.repeat(np.asarray(img, np.uint8)[..., :3], scale, 0), scale, 1)
-        canvas[BORDER: BORDER + side, x + BORDER: x + BORDER + side] = big
-    return canvas
-
-
-def describe(t: "Trajectory", index: int) -> str:
-    """A trajectory as readable text: prompt; per step the plan, inspection and refinements."""
-    from ..shapeworld import PromptRecord, check
-
-    variant = t.meta.get("error", t.meta.get("detour", "none"))
-    head = f"#{index}  {t.source} ({variant})" + (f"  task {t.meta['tag']}" if "tag" in t.meta else "")
-    lines = [head, f"  prompt:  {t.prompt}"]
-    if t.single_pass:
-        lines.append("  single pass: the prompt, then one image")
-    for k, s in enumerate([] if t.single_pass else t.steps, start=1):
-        flags = []
-        if s.wrong_plan:
-            flags.append("WRONG PLAN (no loss on plan or sketch)")
-        if s.wrong_image:
-            flags.append("WRONG IMAGE (no loss on sketch)")
-        edit = f"  [{s.edit}]" if s.edit != "add" else ""
-        lines.append(f"  step {k}{edit}" + (f"  {'; '.join(flags)}" if flags else ""))
-        lines.append(f"    ins:      {s.instruction}")
-        lines.append(f"    des:      {s.description}")
-        lines.append(f"    inspect:  {s.inspection}")
-        for r in s.refinements:
-            lines.append(f"    refine:   {r.instruction}" + ("  WRONG IMAGE" if r.wrong_image else ""))
-            lines.append(f"    inspect:  {r.inspection}")
-    if t.record is not None and t.final_image is not None:
-        conflicts = check(PromptRecord.from_json(t.record), t.final_image)
-        verdict = "correct" if not conflicts else "WRONG (" + "; ".join(c.sentence() for c in conflicts) + ")"
-        lines.append(f"  final image by the GenEval rules: {verdict}")
-    return "\n".join(lines)
-
-
 def run_show(args: argparse.Namespace) -> None:
+    from ..visualize import describe, strip_image
     import datasets
     from PIL import Image
 

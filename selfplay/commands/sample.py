@@ -85,7 +85,9 @@ def _ask_plan(processor, prompt: str, step: int, ins: str, des: str):
 
 
 def run(args: argparse.Namespace) -> None:
-    from rollout import Engine, describe, strip
+    from rollout import Engine
+
+    from ..visualize import describe, strip_image
     from rollout.outputs import save_png_atomic
 
     from ..errors import InputError
@@ -108,6 +110,6 @@ def run(args: argparse.Namespace) -> None:
             return _ask_plan(policy.processor, prompt, step, ins, des)
     traj = engine.run([args.prompt], plan_hook=hook)[0]
     print(describe(traj))
-    path = save_png_atomic(strip(traj, args.scale), args.out)
+    path = save_png_atomic(strip_image(traj, args.scale), args.out)
     print(f"wrote {path}")
     sys.stdout.flush()
