@@ -251,12 +251,12 @@ def _save_dataset(rows: list, path: Path) -> None:
 
 
 def _exact(cfg):
-    """The oracle gives exact corrected states; other judges need the policy to re-sketch."""
-    if cfg.judge.kind == "oracle":
-        from judges import corrected_scene
+    """ShapeWorld executes any judge's corrective instruction exactly (`corrected_scene` applies the
+    edit to the detected scene), and the critique builder has the same judge accept the result;
+    a world without an exact renderer would have the policy re-sketch instead (`resketch`)."""
+    from judges import corrected_scene
 
-        return corrected_scene
-    return None
+    return corrected_scene
 
 
 def train_stage(cfg, parent: Path, dataset_dir: Path, out: Path, rnd: int, arm: str, max_steps: int = -1) -> dict:
