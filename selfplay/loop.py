@@ -43,6 +43,7 @@ class LoopConfig:
     control: bool = True  # also train a control arm on base data only, for the same number of steps
     eval_per_task: int = 50  # held-out test-split records per task (6 tasks)
     eval_seed: int = 1000
+    eval_samples: int = 1  # images per eval record (each an independent sample)
     eval_modes: list[str] = field(default_factory=lambda: ["process", "single_pass"])
     strip_prompts: list[str] = field(default_factory=lambda: [
         "a red circle left of a blue square", "three triangles", "a green square and a purple triangle"])
@@ -54,8 +55,9 @@ class LoopConfig:
         bad = [m for m in self.eval_modes if m not in ("process", "single_pass", "judge")]
         if bad:
             raise InputError(f"config field 'loop.eval_modes' has unknown mode {bad[0]!r}")
-        if self.rounds < 0 or self.prompts_per_round < 1 or self.eval_per_task < 1:
-            raise InputError("config fields 'loop.rounds' >= 0, 'loop.prompts_per_round' and 'loop.eval_per_task' >= 1")
+        if self.rounds < 0 or self.prompts_per_round < 1 or self.eval_per_task < 1 or self.eval_samples < 1:
+            raise InputError("config fields 'loop.rounds' >= 0, and 'loop.prompts_per_round', "
+                             "'loop.eval_per_task', 'loop.eval_samples' >= 1")
 
 
 # ---- run state --------------------------------------------------------------------------------------
@@ -131,7 +133,8 @@ def _policy(path: Path):
     return Policy.from_pretrained(path)
 
 
-def rollout_stage(cfg, checkpoint: Path, records: list, mode: str, seed: int, out: Path, judge=None) -> list:
+def rollout_stage(cfg, checkpoint: Path, records: list, mode: str, seed: int, out: Path, judge=None,
+                  samples: int = 1) -> list:
     """Trajectories of one policy on `records`, saved to `out/trajectories`.
 
     The rollout writes shard by shard into `<out>.shards/` beside the stage folder, so a killed
@@ -143,7 +146,7 @@ def rollout_stage(cfg, checkpoint: Path, records: list, mode: str, seed: int, ou
 
     rcfg = _with(cfg.rollout, mode=mode, seed=seed)
     shards = out.with_name(out.name.removesuffix(".tmp") + ".shards")
-    rollout(records, shards, rcfg, checkpoint=checkpoint, judge=judge, progress=False)
+    rollout(records, shards, rcfg, checkpoint=checkpoint, judge=judge, samples=samples, progress=False)
     trajs = RolloutDir(shards).trajectories()
     write_jsonl(trajs, out / "trajectories")
     shutil.rmtree(shards, ignore_errors=True)
@@ -157,17 +160,19 @@ def _with(cfg, **changes):
 
 
 def evaluate(cfg, checkpoint: Path, out: Path, rnd: int, arm: str = "policy") -> dict:
-    """Held-out suite in every eval mode; GenEval layout per mode plus `scores.json`."""
-    from .geneval import score_dir, write_samples
-    from .shapeworld import PromptRecord, make_suite
+    """Held-out suite in every eval mode, `loop.eval_samples` images per record (sampling at T=1 makes
+    one image per record a noisy estimate); GenEval layout per mode plus `scores.json`."""
+    from rollout import write_geneval
+
+    from .geneval import score_dir
+    from .shapeworld import make_suite
 
     suite = make_suite("test", cfg.loop.eval_per_task, cfg.loop.eval_seed)
     scores = {}
     for mode in cfg.loop.eval_modes:
-        trajs = rollout_stage(cfg, checkpoint, suite, mode, cfg.loop.eval_seed, out / mode)
-        blank = _blank(cfg)
-        items = [(rec, [t.final_image if t.final_image is not None else blank]) for rec, t in zip(suite, trajs)]
-        write_samples(out / mode / "geneval", items)
+        trajs = rollout_stage(cfg, checkpoint, suite, mode, cfg.loop.eval_seed, out / mode,
+                              samples=cfg.loop.eval_samples)
+        write_geneval(trajs, suite, out / mode / "geneval")
         sc = score_dir(out / mode / "geneval")
         failed = sum("failed" in t.meta for t in trajs)
         scores[mode] = {**sc.to_json(), "failed": failed}
@@ -191,12 +196,6 @@ def _strips(cfg, checkpoint: Path, out: Path) -> None:
         if t.steps:
             Image.fromarray(strip_image(t, 2)).save(out / f"{text.replace(' ', '_')}.png")
     shutil.rmtree(out / "rollouts")
-
-
-def _blank(cfg):
-    import numpy as np
-
-    return np.full((64, 64, 3), 255, dtype=np.uint8)
 
 
 def make_judge(cfg, checkpoint: Path):
