@@ -37,7 +37,7 @@ class CritiqueConfig:
     mode: str = "self"  # "self": the model's own errors; "symbolic": scene-graph perturbations
     replay_ratio: float = 1.0  # base-data rows mixed in per critique row
     min_replay: int = 32  # base-data rows mixed in at least, so a round with few traces still trains
-    confirmations: float = 0.5  # share of fully correct rollouts kept as confirmation traces
+    confirmations: float = 1.0  # share of fully correct rollouts kept (fewer skews the inspect prior to "conflict")
     max_refines: int = 2  # corrections chained on one wrong step before the example is dropped
     seed: int = 0
 
