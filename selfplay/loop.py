@@ -170,7 +170,8 @@ def evaluate(cfg, checkpoint: Path, out: Path, rnd: int, arm: str = "policy") ->
     suite = make_suite("test", cfg.loop.eval_per_task, cfg.loop.eval_seed)
     scores = {}
     for mode in cfg.loop.eval_modes:
-        trajs = rollout_stage(cfg, checkpoint, suite, mode, cfg.loop.eval_seed, out / mode,
+        judge = make_judge(cfg, checkpoint) if mode == "judge" else None  # the external-inspector arm
+        trajs = rollout_stage(cfg, checkpoint, suite, mode, cfg.loop.eval_seed, out / mode, judge=judge,
                               samples=cfg.loop.eval_samples)
         write_geneval(trajs, suite, out / mode / "geneval")
         sc = score_dir(out / mode / "geneval")

@@ -59,8 +59,11 @@ def _plots(data: dict) -> list[str]:
         return []
     out = []
     fig, ax = plt.subplots(figsize=(6, 3.6))
+    modes = sorted({m for r in rounds for m in r["eval"]})
+    styles = {"process": "-o", "single_pass": "--s", "judge": ":^"}
     for arm, key in (("policy", "eval"), ("control", "control")):
-        for mode, style in (("process", "-o"), ("single_pass", "--s")):
+        for mode in modes:
+            style = styles.get(mode, "-.")
             xs = [r["round"] for r in rounds if mode in r[key]]
             if not xs:
                 continue

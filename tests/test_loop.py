@@ -135,3 +135,15 @@ def test_a_round_with_the_gpt_judge_against_the_local_judge_server(tmp_path, bas
     judged = [e for e in events if e.get("event") == "data"][0]
     assert judged["judge"]["requests"] > 0
     assert summary["unjudged"] == 0
+
+
+def test_the_external_inspector_arm_evaluates_with_the_judge_writing_every_inspection(tmp_path, base_checkpoint):
+    """loop.eval_modes [judge]: the oracle writes each inspection and correction (paper Table 4)."""
+    cfg = tiny_config(tmp_path, base_checkpoint, loop={"rounds": 0, "eval_modes": ["judge"]})
+    assert main(["run", str(cfg), "--runs", str(tmp_path), "--name", "j"]) == 0
+    from selfplay.trajectory import read_jsonl
+
+    trajs = read_jsonl(tmp_path / "j" / "round_000" / "eval" / "judge" / "trajectories")
+    assert trajs and all(t.meta["mode"] == "judge" for t in trajs)
+    assert any(t.meta.get("verdicts") for t in trajs)
+    assert "judge" in json.loads((tmp_path / "j" / "round_000" / "eval" / "scores.json").read_text())
