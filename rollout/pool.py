@@ -187,6 +187,18 @@ def _run_on_ray(todo: list[Shard], write: Callable[[Shard, list[Trajectory]], No
             ready, _ = ray.wait(list(inflight), num_returns=1, timeout=1.0)
             for ref in ready:
                 shard, actor = inflight.pop(ref)
+                if shard is None:  # the readiness probe of a restarting actor
+                    try:
+                        ray.get(ref)
+                        idle.append(actor)
+                    except ActorUnavailableError:  # still restarting: probe again shortly
+                        time.sleep(0.2)
+                        inflight[actor.pid.remote()] = (None, actor)
+                    except RayActorError:  # it did not come back
+                        if spawned < cfg.actors + cfg.max_shard_retries:
+                            idle.append(spawn())
+                            spawned += 1
+                    continue
                 try:
                     trajs = ray.get(ref)
                 except (RayActorError, ActorUnavailableError) as e:
@@ -197,7 +209,9 @@ def _run_on_ray(todo: list[Shard], write: Callable[[Shard, list[Trajectory]], No
                                            f"{type(e).__name__}") from e
                     queue.appendleft(shard)  # to the next idle actor: not the one that just failed
                     if isinstance(e, ActorUnavailableError):
-                        idle.append(actor)  # restarting (max_restarts): it comes back
+                        # restarting (max_restarts): it rejoins the idle pool once it answers again, so
+                        # the shard is not handed straight back to an actor that is still down
+                        inflight[actor.pid.remote()] = (None, actor)
                     elif spawned < cfg.actors + cfg.max_shard_retries:
                         idle.append(spawn())
                         spawned += 1
