@@ -150,7 +150,7 @@ def _exact_chain(ctx: StepContext, v: Verdict, judge, exact: Exact,
     within `limit` refinements (a correction fixes one conflict; a step may have several)."""
     from judges.oracle import edit_items
 
-    from .language import description_text, parse_description, parse_instruction
+    from .language import description_text, parse_instruction
 
     chain = []
     for _ in range(limit):

@@ -12,12 +12,8 @@ import argparse
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-import numpy as np
-
 if TYPE_CHECKING:
     from ..data.build import DataConfig
-    from ..trajectory import Trajectory
-
 
 
 def register(sub: argparse._SubParsersAction) -> None:

@@ -27,7 +27,7 @@ from ..shapeworld import COLORS, SHAPES, Obj, PromptRecord, Scene, detect, relat
 from ..shapeworld.check import Item, check_items, plan_conflicts
 from ..shapeworld.scene import OPPOSITE, free_slots, noun_phrase
 from ..trajectory import Refinement, Step, Trajectory, single_pass_trajectory
-from ..verdict import Conflict, ConflictKind, Verdict
+from ..verdict import Conflict, Verdict
 
 SOURCES = ("scene_graph", "conflict", "alignment", "single_pass")
 
