@@ -391,11 +391,11 @@ def run_ablation(path: str | Path, runs: str | Path = "runs", only: list[str] | 
     path = Path(path)
     cfg = load_ablation(path)
     root = Path(runs) / path.stem
+    bad = [a for a in only or [] if a not in cfg.arms]
+    if bad:
+        raise InputError(f"--only: no arm {bad[0]!r} (arms: {', '.join(cfg.arms)})")
     root.mkdir(parents=True, exist_ok=True)
     if only:
-        bad = [a for a in only if a not in cfg.arms]
-        if bad:
-            raise InputError(f"--only: no arm {bad[0]!r} (arms: {', '.join(cfg.arms)})")
         for name in only:
             for k in ([seed] if seed is not None else _seeds(cfg, cfg.arms[name])):
                 if cfg.arms[name].kind == "eval":
