@@ -7,8 +7,10 @@ This package never imports `judges/`, `trainer/` or selfplay's loop: a judge is 
 
 from .config import RolloutConfig
 from .engine import Engine
+from .fleet import RolloutFleet
 from .outputs import write_geneval
 from .pool import RolloutError, Summary, rollout
 from .shards import RolloutDir
 
-__all__ = ["Engine", "RolloutConfig", "RolloutDir", "RolloutError", "Summary", "rollout", "write_geneval"]
+__all__ = ["Engine", "RolloutConfig", "RolloutDir", "RolloutError", "RolloutFleet", "Summary", "rollout",
+           "write_geneval"]

@@ -2,22 +2,25 @@
 
 `rollout(prompts, out, cfg, checkpoint=...)` cuts the work into shards (see `shards.py`), skips the
 shards a previous run already finished, and computes the rest, either in this process (`actors=0`)
-or on `cfg.actors` Ray actors that each hold the policy loaded from the checkpoint (fractional
-CPUs, one torch thread each; `num_gpus_per_actor` on a GPU cluster). Failures are classified as the
-design asks: an actor that dies or restarts (infrastructure) costs its shard a retry on another
-actor, up to `max_shard_retries`, and a dead actor is replaced while that budget lasts; a bad
-trajectory (data) is counted in the shard and never retried. Only the driver writes, one shard at a
-time, atomically; a progress bar shows trajectories done, the rate and failures.
+or on Ray actors that each hold the policy (fractional CPUs, one torch thread each;
+`num_gpus_per_actor` on a GPU cluster). The actors are a `RolloutFleet` (`fleet.py`): passed in,
+it outlives the call and only reloads when `checkpoint` differs from what it holds; otherwise one
+is started for this call and closed after it. Failures are classified as the design asks: an actor
+that dies or restarts (infrastructure) costs its shard a retry on another actor, up to
+`max_shard_retries`, and a dead actor is replaced while that budget lasts; a bad trajectory (data)
+is counted in the shard and never retried. Only the driver writes, one shard at a time,
+atomically; a progress bar shows trajectories done, the rate and failures.
 """
 
 from __future__ import annotations
 
 import os
 import time
+import uuid
 from collections import Counter, deque
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import TYPE_CHECKING, Callable, Sequence
 
 from selfplay.errors import InputError
 from selfplay.trajectory import Trajectory
@@ -25,6 +28,10 @@ from selfplay.trajectory import Trajectory
 from .config import RolloutConfig
 from .engine import Engine, Prompt
 from .shards import Manifest, RolloutDir, Shard, label, make_shards
+from .weights import PolicySlot, checkpoint_path
+
+if TYPE_CHECKING:
+    from .fleet import RolloutFleet
 
 
 class RolloutError(RuntimeError):
@@ -42,7 +49,7 @@ class Summary:
     shards_skipped: int = 0  # finished by an earlier run
     retries: int = 0  # shard attempts lost to dead or restarting actors
     seconds: float = 0.0
-    startup_seconds: float = 0.0  # Ray: until every actor had loaded the policy
+    startup_seconds: float = 0.0  # Ray: until every actor held the checkpoint (start and/or reload)
     failures: dict = field(default_factory=dict)  # reason -> count
 
     def to_json(self) -> dict:
@@ -52,10 +59,24 @@ class Summary:
         return d
 
 
+@dataclass
+class Setup:
+    """What a rollout call asks of every actor: the checkpoint to hold and the engine settings.
+    Each shard carries it, so an actor that restarted (and came back empty) catches up before it
+    computes. `judge` is `[ObjectRef]` or `[]`: nested in a list so Ray does not fetch the judge
+    with every shard; the actor fetches it once per `version` (one per call)."""
+
+    checkpoint: str
+    cfg: RolloutConfig
+    judge: list
+    version: str
+
+
 class ShardWorker:
-    """Computes shards with an `Engine`. In-process it wraps a given policy; as a Ray actor it loads
-    the checkpoint itself and keeps to one torch thread (DESIGN.md §8: two threads per process
-    collapse when the other core is busy)."""
+    """Computes shards with an `Engine`. In-process it wraps a given policy or loads `checkpoint`;
+    as a Ray actor (in a `RolloutFleet`) it starts empty, `load`s checkpoints into the policy it
+    holds (`weights.PolicySlot`: in place, or an adapter swap), and keeps to one torch thread
+    (DESIGN.md §8: two threads per process collapse when the other core is busy)."""
 
     def __init__(self, checkpoint: str | None, cfg: RolloutConfig, judge=None, policy=None,
                  single_thread: bool = False) -> None:
@@ -63,13 +84,36 @@ class ShardWorker:
 
         if single_thread:
             torch.set_num_threads(1)
-        if policy is None:
-            from selfplay.model.tiny import Policy
+        self.slot = PolicySlot(policy)
+        if policy is None and checkpoint is not None:
+            self.slot.load(checkpoint)
+        self.engine = Engine(self.slot.policy, cfg, judge) if self.slot.policy is not None else None
+        self.version = ""
 
-            policy = Policy.from_pretrained(checkpoint)
-        self.engine = Engine(policy, cfg, judge)
+    def load(self, checkpoint: str) -> str:
+        """Hold `checkpoint` (see `PolicySlot.load` for how it is brought in); the engine is rebuilt
+        at the next shard."""
+        how = self.slot.load(checkpoint)
+        if how != "same":
+            self.engine, self.version = None, ""
+        return how
 
-    def run(self, shard: Shard, on_done: Callable[[int, Trajectory], None] | None = None) -> list[Trajectory]:
+    def prepare(self, setup: Setup) -> None:
+        if self.slot.checkpoint != Path(setup.checkpoint):
+            self.load(setup.checkpoint)
+        if self.engine is None or self.version != setup.version:
+            judge = None
+            if setup.judge:
+                import ray
+
+                judge = ray.get(setup.judge[0])
+            self.engine = Engine(self.slot.policy, setup.cfg, judge)
+            self.version = setup.version
+
+    def run(self, shard: Shard, on_done: Callable[[int, Trajectory], None] | None = None,
+            setup: Setup | None = None) -> list[Trajectory]:
+        if setup is not None:
+            self.prepare(setup)
         trajs = self.engine.run(shard.prompts, seed=shard.seed, on_done=on_done)
         return [label(t, shard, n) for n, t in enumerate(trajs)]
 
@@ -80,23 +124,26 @@ class ShardWorker:
 def rollout(prompts: Sequence[Prompt], out: str | Path, cfg: RolloutConfig | None = None, *,
             checkpoint: str | Path | None = None, policy=None, judge=None, samples: int = 1,
             progress: bool = True, on_shard: Callable[[int], None] | None = None,
-            on_dispatch: Callable[[int, object], None] | None = None) -> Summary:
+            on_dispatch: Callable[[int, object], None] | None = None,
+            fleet: RolloutFleet | None = None) -> Summary:
     """Roll `samples` trajectories per prompt into `out`, resuming whatever an earlier run with the
-    same manifest finished. In-process runs use `policy` (or load `checkpoint`); Ray actors load
-    `checkpoint`. `on_shard(index)` runs after each shard is written; `on_dispatch(index, actor)`
-    after each shard is sent to an actor."""
+    same manifest finished. In-process runs use `policy` (or load `checkpoint`); Ray actors hold
+    `checkpoint`: those of `fleet` when given (reloaded first if they hold another checkpoint; with
+    no `checkpoint`, what they hold), else `cfg.actors` actors started for this call. A checkpoint is
+    a full one or a LoRA adapter folder (`weights.py`). `on_shard(index)` runs after each shard is
+    written; `on_dispatch(index, actor)` after each shard is sent to an actor."""
     cfg = (cfg or RolloutConfig()).validate()
     if samples < 1:
         raise InputError(f"samples: must be at least 1, got {samples}")
     if not prompts:
         raise InputError("prompts: nothing to roll out")
     if checkpoint is not None:
-        checkpoint = Path(checkpoint).resolve()
-        if not (checkpoint / "config.json").is_file():
-            raise InputError(f"{checkpoint}: not a checkpoint (no config.json)")
-    if cfg.actors and checkpoint is None:
+        checkpoint = checkpoint_path(checkpoint)
+    if fleet is not None and checkpoint is None and fleet.checkpoint is None:
+        raise InputError("rollout: the fleet holds no checkpoint yet; pass one")
+    if fleet is None and cfg.actors and checkpoint is None:
         raise InputError("rollout.actors: Ray actors load the policy from a checkpoint; pass one")
-    if not cfg.actors and policy is None and checkpoint is None:
+    if fleet is None and not cfg.actors and policy is None and checkpoint is None:
         raise InputError("rollout: pass a policy or a checkpoint")
 
     folder = RolloutDir(out)
@@ -112,21 +159,33 @@ def rollout(prompts: Sequence[Prompt], out: str | Path, cfg: RolloutConfig | Non
     bar = tqdm(total=total, initial=total - sum(len(s.items) for s in todo), unit="traj", desc="rollout",
                disable=not progress or None, smoothing=0.1)
     failed = [0]
+    on_ray = fleet is not None or bool(cfg.actors)
 
     def write(shard: Shard, trajs: list[Trajectory]) -> None:
         folder.write_shard(shard.index, trajs)
         summary.shards_computed += 1
         summary.trajectories_computed += len(trajs)
         failed[0] += sum("failed" in t.meta for t in trajs)
-        if cfg.actors:
+        if on_ray:
             bar.update(len(trajs))
         bar.set_postfix(failed=failed[0], refresh=False)
         if on_shard is not None:
             on_shard(shard.index)
 
     try:
-        if cfg.actors:
-            _run_on_ray(todo, write, cfg, str(checkpoint), judge, summary, on_dispatch)
+        if on_ray and todo:
+            from .fleet import RolloutFleet
+
+            own = fleet is None
+            actors = fleet or RolloutFleet(replace(cfg, actors=min(cfg.actors, len(todo))))
+            try:
+                t_load = time.perf_counter()
+                actors.hold(checkpoint or actors.checkpoint)
+                summary.startup_seconds = time.perf_counter() - t_load
+                _run_on_ray(todo, write, actors, cfg, judge, summary, on_dispatch)
+            finally:
+                if own:
+                    actors.close()
         elif todo:
             worker = ShardWorker(str(checkpoint) if checkpoint else None, cfg, judge, policy)
             for shard in todo:
@@ -147,80 +206,66 @@ def rollout(prompts: Sequence[Prompt], out: str | Path, cfg: RolloutConfig | Non
     return summary
 
 
-def _run_on_ray(todo: list[Shard], write: Callable[[Shard, list[Trajectory]], None], cfg: RolloutConfig,
-                checkpoint: str, judge, summary: Summary,
+def _run_on_ray(todo: list[Shard], write: Callable[[Shard, list[Trajectory]], None], fleet: RolloutFleet,
+                cfg: RolloutConfig, judge, summary: Summary,
                 on_dispatch: Callable[[int, object], None] | None) -> None:
+    """Hand the shards to the fleet's actors; a lost shard goes back to the queue for another actor,
+    and an actor that died for good is replaced in the fleet (at most `max_shard_retries` per call)."""
     import ray
     from ray.exceptions import ActorUnavailableError, RayActorError
 
-    from .cluster import connect
-
-    if not todo:
-        return
-    connect(cfg.ray_address, cfg.ray_cpus, cfg.object_store_mb)
-    actor_class = ray.remote(ShardWorker).options(
-        num_cpus=cfg.actor_cpus, num_gpus=cfg.num_gpus_per_actor, max_restarts=1, max_task_retries=0)
-
-    def spawn():
-        return actor_class.remote(checkpoint, cfg, judge, None, True)
-
-    t0 = time.perf_counter()
-    actors = [spawn() for _ in range(min(cfg.actors, len(todo)))]
-    # Wait until they are up (a failed start shows up later, as its first shard fails): the rate is
-    # then the rate of rolling out, and the start-up is reported on its own.
-    ray.wait([a.pid.remote() for a in actors], num_returns=len(actors), timeout=600)
-    summary.startup_seconds = time.perf_counter() - t0
-    spawned = len(actors)
-    idle = deque(actors)
+    setup = Setup(str(fleet.checkpoint), cfg, [ray.put(judge)] if judge is not None else [], uuid.uuid4().hex)
+    replaced = 0
+    idle = deque(fleet.actors)
     queue = deque(todo)
     attempts: Counter = Counter()
     inflight: dict = {}
-    try:
-        while queue or inflight:
-            while queue and idle:
-                shard, actor = queue.popleft(), idle.popleft()
-                inflight[actor.run.remote(shard)] = (shard, actor)
-                if on_dispatch is not None:
-                    on_dispatch(shard.index, actor)
-            if not inflight:
-                raise RolloutError("no rollout actor is left alive")
-            ready, _ = ray.wait(list(inflight), num_returns=1, timeout=1.0)
-            for ref in ready:
-                shard, actor = inflight.pop(ref)
-                if shard is None:  # the readiness probe of a restarting actor
-                    try:
-                        ray.get(ref)
-                        idle.append(actor)
-                    except ActorUnavailableError:  # still restarting: probe again shortly
-                        time.sleep(0.2)
-                        inflight[actor.pid.remote()] = (None, actor)
-                    except RayActorError:  # it did not come back
-                        if spawned < cfg.actors + cfg.max_shard_retries:
-                            idle.append(spawn())
-                            spawned += 1
-                    continue
+
+    def replace(actor) -> None:
+        nonlocal replaced
+        if replaced < cfg.max_shard_retries:
+            idle.append(fleet.replace(actor))
+            replaced += 1
+        else:
+            fleet.retire(actor)
+
+    while queue or inflight:
+        while queue and idle:
+            shard, actor = queue.popleft(), idle.popleft()
+            inflight[actor.run.remote(shard, None, setup)] = (shard, actor)
+            if on_dispatch is not None:
+                on_dispatch(shard.index, actor)
+        if not inflight:
+            raise RolloutError("no rollout actor is left alive")
+        ready, _ = ray.wait(list(inflight), num_returns=1, timeout=1.0)
+        for ref in ready:
+            shard, actor = inflight.pop(ref)
+            if shard is None:  # the readiness probe of a restarting actor
                 try:
-                    trajs = ray.get(ref)
-                except (RayActorError, ActorUnavailableError) as e:
-                    attempts[shard.index] += 1
-                    summary.retries += 1
-                    if attempts[shard.index] > cfg.max_shard_retries:
-                        raise RolloutError(f"shard {shard.index} lost its actor {attempts[shard.index]} times: "
-                                           f"{type(e).__name__}") from e
-                    queue.appendleft(shard)  # to the next idle actor: not the one that just failed
-                    if isinstance(e, ActorUnavailableError):
-                        # restarting (max_restarts): it rejoins the idle pool once it answers again, so
-                        # the shard is not handed straight back to an actor that is still down
-                        inflight[actor.pid.remote()] = (None, actor)
-                    elif spawned < cfg.actors + cfg.max_shard_retries:
-                        idle.append(spawn())
-                        spawned += 1
-                    continue
-                write(shard, trajs)
-                idle.append(actor)
-    finally:
-        for a in {id(a): a for a in list(idle) + [a for _, a in inflight.values()] + actors}.values():
+                    ray.get(ref)
+                    idle.append(actor)
+                except ActorUnavailableError:  # still restarting: probe again shortly
+                    time.sleep(0.2)
+                    inflight[actor.pid.remote()] = (None, actor)
+                except RayActorError:  # it did not come back
+                    replace(actor)
+                continue
             try:
-                ray.kill(a)
-            except Exception:  # already gone
-                pass
+                trajs = ray.get(ref)
+            except (RayActorError, ActorUnavailableError) as e:
+                attempts[shard.index] += 1
+                summary.retries += 1
+                if attempts[shard.index] > cfg.max_shard_retries:
+                    raise RolloutError(f"shard {shard.index} lost its actor {attempts[shard.index]} times: "
+                                       f"{type(e).__name__}") from e
+                queue.appendleft(shard)  # to the next idle actor: not the one that just failed
+                if isinstance(e, ActorUnavailableError):
+                    # restarting (max_restarts): it rejoins the idle pool once it answers again, so
+                    # the shard is not handed straight back to an actor that is still down; it came
+                    # back empty and loads `setup.checkpoint` with its next shard
+                    inflight[actor.pid.remote()] = (None, actor)
+                else:
+                    replace(actor)
+                continue
+            write(shard, trajs)
+            idle.append(actor)

@@ -87,3 +87,70 @@ def test_killed_actor_loses_no_trajectory(ray_cluster, checkpoint, tmp_path, no_
     assert sorted((t.meta["index"], t.meta["sample"]) for t in trajs) == [(i, 0) for i in range(12)]
     rollout(records, tmp_path / "local", replace(CFG, actors=0), checkpoint=checkpoint, progress=False)
     assert same_trajectories(trajs, RolloutDir(tmp_path / "local").trajectories())
+
+
+# ---- a fleet: actors that outlive a rollout call --------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def checkpoints(checkpoint, tmp_path_factory):
+    """Two more checkpoints beside the shared one: a policy with other weights (same architecture
+    and processor: a later round), and a LoRA adapter on that policy saved the way `trainer.sft.train`
+    saves with `lora.merge: false` (`policy.model` is the PeftModel; `policy.save_pretrained` writes
+    adapter_config.json + adapter_model.safetensors + the processor, and peft records the folder the
+    base was loaded from). Random LoRA weights (not peft's zero init), so the adapter changes outputs."""
+    import torch
+    from peft import LoraConfig, get_peft_model
+    from test_rollout_support import TINY
+
+    from selfplay.model.tiny import Policy
+
+    torch.set_num_threads(1)
+    root = tmp_path_factory.mktemp("fleet")
+    Policy.build(replace(TINY, seed=1), processor=Policy.from_pretrained(checkpoint).processor).save_pretrained(root / "b")
+    b = Policy.from_pretrained(root / "b")
+    torch.manual_seed(2)
+    b.model = get_peft_model(b.model, LoraConfig(r=4, lora_alpha=16, target_modules=["q_proj", "v_proj"],
+                                                 init_lora_weights=False))
+    b.save_pretrained(root / "b-lora")
+    return {"a": checkpoint, "b": root / "b", "b-lora": root / "b-lora"}
+
+
+@pytest.mark.slow
+def test_a_fleet_reloads_checkpoints_into_the_same_processes(ray_cluster, checkpoints, tmp_path):
+    """One fleet, one rollout per checkpoint: the same two processes serve every call, each call's
+    trajectories equal an in-process rollout from that checkpoint token for token (so a reload
+    leaves nothing of the previous weights behind), full checkpoints are copied into the loaded
+    model, and a LoRA adapter goes on top of its base and comes off again. An actor killed for good
+    is replaced by one that loads the checkpoint the fleet holds now, not the first one."""
+    from rollout.fleet import RolloutFleet
+
+    records = make_suite("test", 1, 0)  # 6 records, 3 shards
+    expected = {}
+    for name, ck in checkpoints.items():
+        rollout(records, tmp_path / f"local-{name}", replace(CFG, actors=0), checkpoint=ck, progress=False)
+        expected[name] = RolloutDir(tmp_path / f"local-{name}").trajectories()
+    assert not same_trajectories(expected["a"], expected["b"]) and not same_trajectories(expected["b"], expected["b-lora"])
+
+    def roll(name: str, fleet, **kw):
+        out = tmp_path / f"{name}-{len(list(tmp_path.iterdir()))}"
+        summary = rollout(records, out, CFG, checkpoint=checkpoints[name], fleet=fleet, progress=False, **kw)
+        assert summary.shards_computed == 3
+        return RolloutDir(out).trajectories()
+
+    with RolloutFleet(CFG) as fleet:
+        assert same_trajectories(roll("a", fleet), expected["a"])  # starts the actors
+        pids = fleet.pids()
+        assert fleet.reload(checkpoints["b"])["how"] == {"in_place": 2}
+        assert same_trajectories(roll("b", fleet), expected["b"])  # held already: no reload
+        assert same_trajectories(roll("b-lora", fleet), expected["b-lora"])  # rollout reloads by itself
+        assert same_trajectories(roll("a", fleet), expected["a"])  # the adapter came off, a's weights went in
+        assert fleet.pids() == pids and dict(fleet.loads) == {"fresh": 2, "in_place": 4, "in_place+adapter": 2}
+        killed = []
+
+        def kill_first(index: int, actor) -> None:
+            if not killed:
+                ray.kill(actor, no_restart=True)
+                killed.append(index)
+
+        assert same_trajectories(roll("b", fleet, on_dispatch=kill_first), expected["b"])
+        assert killed and len(fleet.actors) == 2 and len(set(fleet.pids()) & set(pids)) == 1
