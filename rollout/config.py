@@ -25,6 +25,11 @@ class RolloutConfig:
     temperature: float = 1.0  # 0 means greedy
     top_k: int = 0  # 0: off
     top_p: float = 1.0  # 1.0: off
+    # Classifier-free guidance in image spans (Emu3 samples images with it): logits =
+    # uncond + cfg_scale * (cond - uncond), the unconditional branch being the same trajectory with
+    # an empty prompt. 1.0: off. Each trajectory then takes two rows of `batch_size`. Only a model
+    # trained with dropped prompts has a meaningful unconditional branch (docs/adapters.md).
+    cfg_scale: float = 1.0
     seed: int = 0  # results are reproducible for a fixed seed, prompt list and batch composition
     # Caps: every trajectory ends with <eos> inside them.
     max_steps: int = 8  # Plan->Sketch->Inspect steps per trajectory (ShapeWorld data needs <= 5)
@@ -62,11 +67,14 @@ class RolloutConfig:
         need(self.temperature >= 0, "temperature", "must be >= 0")
         need(self.top_k >= 0, "top_k", "must be >= 0")
         need(0 < self.top_p <= 1, "top_p", "must be in (0, 1]")
+        need(self.cfg_scale >= 0, "cfg_scale", "must be >= 0")
         need(self.max_steps >= 1, "max_steps", "must be >= 1")
         need(self.max_refines >= 0, "max_refines", "must be >= 0")
         need(self.max_text_tokens >= 1, "max_text_tokens", "must be >= 1")
         need(self.max_new_tokens >= 0, "max_new_tokens", "must be >= 0")
         need(self.batch_size >= 1, "batch_size", "must be >= 1")
+        need(self.cfg_scale == 1 or self.batch_size >= 2, "batch_size",
+             "must be >= 2 with cfg_scale != 1 (a trajectory and its unconditional twin)")
         need(0 <= self.refill_fraction <= 1, "refill_fraction", "must be in [0, 1]")
         need(0 <= self.compact_fraction <= 1, "compact_fraction", "must be in [0, 1]")
         need(self.kv_cache in ("growing", "dynamic"), "kv_cache", "must be growing or dynamic")

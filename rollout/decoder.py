@@ -15,6 +15,16 @@ The loop owns the model call: a left-padded batch is prefilled once into a Huggi
 - rows that feed nothing in a step (paused or finished) feed padding under a zero mask column and
   keep their position, so the cache holds holes but every row's attention sees exactly its tokens.
 
+Classifier-free guidance (`uncond` contexts given to `run`, mixed by `guidance_scale`): every
+context gets a twin row, admitted, fed and dropped with it, that holds the unconditional context
+(Emu3's own CFG drops the prompt: an empty or negative prompt) followed by exactly the tokens its
+lead generates. Inside image spans the lead samples from `cond + (scale - 1) * (cond - uncond)`
+(= `uncond + scale * (cond - uncond)`, written so that scale 1 gives `cond` bit for bit); elsewhere
+from its own logits. A twin never decides anything: it takes its lead's token, mask, forced
+tokens, pauses and drops, and it is never shown to a pause handler or returned. Twins are ordinary
+rows of the batch (one forward for both branches, as Hugging Face's CFG doubles the batch), so
+`batch_size` counts them: half the rows are twins.
+
 Sampling draws from one `torch.Generator` per run, so a fixed seed, context list and batch size give
 the same outputs. Everything per step stays on the model's device; the host reads a few flags.
 """
@@ -28,7 +38,7 @@ from typing import Callable, Sequence
 
 import torch
 
-from .grammar import M_NONE, M_PAD, Grammar
+from .grammar import IMAGE, M_NONE, M_PAD, Grammar
 from . import kvcache
 
 
@@ -130,7 +140,8 @@ class Decoder:
 
     def __init__(self, model, grammar: Grammar, *, temperature: float = 1.0, top_k: int = 0,
                  top_p: float = 1.0, batch_size: int = 64, max_new_tokens: int = 0,
-                 refill_fraction: float = 0.25, compact_fraction: float = 0.0, kv_cache: str = "growing") -> None:
+                 refill_fraction: float = 0.25, compact_fraction: float = 0.0, kv_cache: str = "growing",
+                 guidance_scale: float = 1.0) -> None:
         self.model = model
         self.grammar = grammar
         self.temperature = temperature
@@ -142,9 +153,13 @@ class Decoder:
         self.refill_fraction = refill_fraction
         self.compact_fraction = compact_fraction
         self.kv_cache = kv_cache
+        self.guidance_scale = guidance_scale
+        self._leads = 0  # with guidance: rows with key >= _leads are twins of key - _leads (see run)
         self.device = grammar.device
         self.pad_id = int(torch.nonzero(grammar.masks[M_PAD])[0])
-        params = inspect.signature(model.forward).parameters
+        # The cache keyword of the model itself (a peft wrapper passes keywords through to it).
+        inner = model.get_base_model() if hasattr(model, "get_base_model") else model
+        params = inspect.signature(inner.forward).parameters
         self._cache_kw = "cache" if "cache" in params else "past_key_values"
         # When a list, every fed token's logits go here as (key, index in the sequence, logits): for
         # tests that compare the cached decoding with a plain forward. Off (None) otherwise.
@@ -237,7 +252,7 @@ class Decoder:
                 ok.append(k)
         if not ok:
             return rows, failed
-        new = self._prefill(ok, contexts)
+        new = self._prefill(ok + [k + self._leads for k in ok] if self._leads else ok, contexts)
         self.stats["refills"] += 1
         if len(rows) == 0:
             return new, failed
@@ -254,11 +269,22 @@ class Decoder:
     def run(self, contexts: Sequence[list[int]], generator: torch.Generator, *,
             stop_tokens: Sequence[int] = (), pause_tokens: Sequence[int] = (),
             on_pause: Callable[[list[Paused]], list[Edit]] | None = None,
-            on_done: Callable[[int, Output], None] | None = None) -> list[Output]:
+            on_done: Callable[[int, Output], None] | None = None,
+            uncond: Sequence[list[int]] | None = None) -> list[Output]:
         """Decode every context to its end (an `<eos>`, a stop token, or a failure). Outputs come
-        back in context order; `on_done(key, output)` is called as each row finishes."""
+        back in context order; `on_done(key, output)` is called as each row finishes. `uncond[k]`,
+        when given, is context k's unconditional context for classifier-free guidance in image
+        spans (module docstring; the engine passes them only when its `cfg_scale` != 1)."""
         outputs: dict[int, Output] = {}
-        pending = list(range(len(contexts)))[::-1]  # a stack: pop() takes the next context in order
+        n = len(contexts)
+        if uncond is not None and (len(uncond) != n or self.batch_size < 2):
+            raise ValueError(f"guidance needs one unconditional context per context ({len(uncond)} for {n}) "
+                             f"and batch_size >= 2 (got {self.batch_size})")
+        self._leads = n if uncond is not None else 0
+        per = 2 if self._leads else 1  # rows per context
+        if self._leads:
+            contexts = list(contexts) + list(uncond)
+        pending = list(range(n))[::-1]  # a stack: pop() takes the next context in order
         rows = _Rows()
         stop = torch.tensor(sorted({*stop_tokens, self.grammar.eos_id}), device=self.device)
         pause = torch.tensor(sorted(set(pause_tokens)), dtype=torch.long, device=self.device)
@@ -267,6 +293,8 @@ class Decoder:
         def finish(which: torch.Tensor) -> None:
             for i in which.nonzero().flatten().tolist():
                 k = int(rows.key[i])
+                if k >= n:  # a twin
+                    continue
                 ctx = list(contexts[k])
                 gen = rows.out[i, : int(rows.n_out[i])].tolist()
                 outputs[k] = Output(ctx + gen, len(ctx), errors.get(k, ""))
@@ -277,7 +305,7 @@ class Decoder:
             while True:
                 live = len(rows) - (int(rows.done.sum()) if len(rows) else 0)
                 free = self.batch_size - live
-                want = min(free, len(pending))
+                want = min(free // per, len(pending))
                 if want and (live == 0 or free >= math.ceil(self.refill_fraction * self.batch_size)):
                     if len(rows):
                         rows = self._compact(rows, force=True)
@@ -296,7 +324,7 @@ class Decoder:
                 if bool(newly_done.any()):
                     finish(newly_done)
                     rows = self._compact(rows)
-        return [outputs[k] for k in range(len(contexts))]
+        return [outputs[k] for k in range(n)]
 
     def _step(self, r: _Rows, feed: torch.Tensor, gen: torch.Generator, stop: torch.Tensor,
               pause: torch.Tensor, errors: dict[int, str]) -> torch.Tensor:
@@ -305,13 +333,22 @@ class Decoder:
         g = self.grammar
         has_f = r.f_pos < r.f_len
         mid = g.mask_ids(r.state, r.span, r.steps, r.refines, r.left, forced=has_f)
+        logits = r.logits
+        if self._leads:  # twins take their lead's mask (and token, below), so they fail and end with it
+            lead, twin = self._pairs(r)
+            has_f, mid = has_f[lead], mid[lead]
+            image = (r.key < self._leads) & (r.state == IMAGE)
+            guided = logits + (self.guidance_scale - 1.0) * (logits - logits[twin])
+            logits = torch.where(image[:, None], guided, logits)
         stuck = feed & (mid == M_NONE)
         mid = torch.where(feed & ~stuck, mid, torch.full_like(mid, M_PAD))
         allowed = g.masks[mid]
-        tok = self._sample(r.logits, allowed, gen)
+        tok = self._sample(logits, allowed, gen)
         if r.forced.shape[1] and bool(has_f.any()):
             ftok = r.forced.gather(1, r.f_pos.clamp(max=r.forced.shape[1] - 1)[:, None]).squeeze(1)
             tok = torch.where(has_f, ftok, tok)
+        if self._leads:
+            tok = tok[lead]
         bad = feed & ~allowed.gather(1, tok[:, None]).squeeze(1)  # a forced token the grammar refuses
         failed = stuck | bad
         if bool(failed.any()):
@@ -322,7 +359,7 @@ class Decoder:
         tok = torch.where(feed, tok, torch.full_like(tok, self.pad_id))
         if self.trace is not None:
             for i in feed.nonzero().flatten().tolist():
-                self.trace.append((int(r.key[i]), int(r.pos[i]), r.logits[i].clone()))
+                self.trace.append((int(r.key[i]), int(r.pos[i]), logits[i].clone()))
         # Record the token and the cache column it lands in.
         idx = r.n_out.clamp(max=r.out.shape[1] - 1)[:, None]
         r.out.scatter_(1, idx, torch.where(feed, tok, r.out.gather(1, idx).squeeze(1))[:, None])
@@ -370,7 +407,10 @@ class Decoder:
     def _intervene(self, r: _Rows, contexts: Sequence[list[int]],
                    on_pause: Callable[[list[Paused]], list[Edit]] | None) -> None:
         """Every live row is paused: show them to `on_pause` at once and apply its edits."""
-        idx = (r.paused & ~r.done).nonzero().flatten().tolist()
+        shown = r.paused & ~r.done
+        if self._leads:  # twins follow their leads' edits; handlers never see them
+            shown &= r.key < self._leads
+        idx = shown.nonzero().flatten().tolist()
         views = []
         for i in idx:
             k = int(r.key[i])
@@ -383,16 +423,14 @@ class Decoder:
         width = max([r.forced.shape[1]] + [len(e.append) for e in edits])
         if width > r.forced.shape[1]:
             r.forced = torch.nn.functional.pad(r.forced, (0, width - r.forced.shape[1]))
+        twin = self._pairs(r)[1] if self._leads else None
         for i, view, e in zip(idx, views, edits):
             if e.drop:
                 n = int(r.n_out[i])
                 if not 0 < e.drop <= n or not e.append:
                     raise ValueError(f"an edit may drop 1..{n} generated tokens and must append some")
-                cols = r.vcol[i, n - e.drop: n] - r.origin
-                r.attn[i, cols] = 0
-                r.n_out[i] = n - e.drop
-                r.pos[i] -= e.drop
-                r.left[i] += e.drop
+                for row in (i,) if twin is None else (i, int(twin[i])):
+                    self._rewind(r, row, e.drop)
                 st = self.grammar.replay(view.ids[: len(view.ids) - e.drop])
                 r.state[i], r.span[i], r.steps[i], r.refines[i] = st.state, st.span, st.steps, st.refines
             if e.append:
@@ -400,3 +438,24 @@ class Decoder:
                 r.f_pos[i] = 0
                 r.f_len[i] = len(e.append)
         r.paused[idx] = False
+        if twin is not None:
+            r.paused[twin[idx]] = False
+
+    @staticmethod
+    def _rewind(r: _Rows, i: int, drop: int) -> None:
+        """Forget row i's last `drop` generated tokens: mask their cache columns, step back."""
+        n = int(r.n_out[i])
+        r.attn[i, r.vcol[i, n - drop: n] - r.origin] = 0
+        r.n_out[i] = n - drop
+        r.pos[i] -= drop
+        r.left[i] += drop
+
+    def _pairs(self, r: _Rows) -> tuple[torch.Tensor, torch.Tensor]:
+        """With guidance: for every row, the row of its lead (a lead's is itself) and the row of
+        its twin (a twin's is itself). Leads and twins enter and leave the batch together."""
+        n = self._leads
+        where = torch.full((2 * n,), -1, dtype=torch.long, device=self.device)
+        where[r.key] = torch.arange(len(r), device=self.device)
+        lead = where[torch.where(r.key >= n, r.key - n, r.key)]
+        twin = where[torch.where(r.key >= n, r.key, r.key + n)]
+        return lead, twin

@@ -78,7 +78,7 @@ class Engine:
                        batch_size=c.batch_size, max_new_tokens=c.max_new_tokens,
                        refill_fraction=c.refill_fraction or (0.25 if self.device.type == "cuda" else 1.0),
                        compact_fraction=c.compact_fraction,
-                       kv_cache=c.kv_cache)
+                       kv_cache=c.kv_cache, guidance_scale=c.cfg_scale)
 
     def generator(self, seed: int) -> torch.Generator:
         return torch.Generator(device=self.device).manual_seed(int(seed))
@@ -107,9 +107,11 @@ class Engine:
             built[k] = self._trajectory(out, k, texts[k], records[k], handler)
             on_done(k, built[k])
 
+        # Classifier-free guidance: the unconditional branch is the same trajectory without the prompt.
+        uncond = [self.processor.prompt_ids("")] * len(contexts) if self.cfg.cfg_scale != 1 else None
         outs = self.decoder.run(contexts, self.generator(self.cfg.seed if seed is None else seed),
                                 pause_tokens=handler.pause_tokens if handler else (),
-                                on_pause=handler, on_done=done if on_done else None)
+                                on_pause=handler, on_done=done if on_done else None, uncond=uncond)
         trajs = [built[k] if k in built else self._trajectory(o, k, texts[k], records[k], handler)
                  for k, o in enumerate(outs)]
         self.stats["trajectories"] += len(trajs)

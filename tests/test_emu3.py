@@ -205,3 +205,131 @@ def test_a_downloaded_checkpoint_converts_the_same_way_every_time(base_dir, tmp_
     assert isinstance(a, Emu3Policy)
     sa, sb = a.model.state_dict(), b.model.state_dict()
     assert sa.keys() == sb.keys() and all(torch.equal(sa[k], sb[k]) for k in sa)
+
+
+# ---- classifier-free guidance in image spans ----------------------------------------------------------
+
+@pytest.mark.parametrize("scale", [1.0, 3.0])
+def test_guidance_mixes_the_promptless_branch_into_image_spans_only(policy, scale):
+    """Each trajectory decodes beside a twin whose prompt is empty and which is fed every token the
+    trajectory gets. At every sampled image position the logits sampled from are
+    cond + (scale - 1) * (cond - uncond), with cond a plain forward over the final trajectory and uncond
+    one over the same tokens after an empty prompt; text positions keep cond. Scale 1 therefore
+    samples exactly the unguided distribution. Rows refill and compact, and a plan review drops and
+    rewrites each first plan, so the twins follow their leads through all of it."""
+    from rollout import Engine, RolloutConfig
+    from rollout.grammar import IMAGE
+    from rollout.interventions import PlanReview
+
+    torch.set_num_threads(1)
+    engine = Engine(policy, RolloutConfig(batch_size=4, refill_fraction=0.5, max_steps=2, max_refines=1,
+                                          max_text_tokens=12, device="cpu", cfg_scale=scale))
+    p, s, grammar, model = policy.processor, policy.processor.special, engine.decoder.grammar, engine.model
+    prompts = [r.text for r in make_suite("test", 1, 3)]  # 6 prompts through a batch of 2 pairs
+    review = PlanReview(lambda prompt, step, ins, des: ("add " + prompt, prompt) if step == 1 else None,
+                        p, grammar)
+    engine.decoder.trace = []
+    empty = p.prompt_ids("")
+    outs = engine.decoder.run([p.prompt_ids(t) for t in prompts], engine.generator(0), on_pause=review,
+                              pause_tokens=review.pause_tokens, uncond=[empty] * len(prompts))
+    assert engine.decoder.stats["merges"] >= 1 and engine.decoder.stats["interventions"] >= 1
+    seen = {(k, t): lg for k, t, lg in engine.decoder.trace}  # the last record wins after a rewind
+    checked = {"image": 0, "text": 0}
+    moved = gap = 0.0  # total variation over the codes: guided vs cond, cond vs uncond
+
+    def tv(a: torch.Tensor, b: torch.Tensor) -> float:
+        codes = slice(p.code_offset, p.code_offset + p.num_codes)
+        return 0.5 * float((a[codes].softmax(-1) - b[codes].softmax(-1)).abs().sum())
+
+    for k, o in enumerate(outs):
+        assert not o.error and p.decode(o.ids).steps[0].instruction == "add " + prompts[k]
+        first_plan = range(o.ids.index(s["<ins>"]), o.ids.index(s["</des>"]) + 1)  # written, not sampled
+        shift = o.context_length - len(empty)
+        with torch.no_grad():
+            cond = model(input_ids=torch.tensor([o.ids])).logits[0].float()
+            uncond = model(input_ids=torch.tensor([empty + o.generated])).logits[0].float()
+        for t in range(o.context_length, len(o.ids)):
+            if t in first_plan:
+                continue
+            c = cond[t - 1]
+            if grammar.replay(o.ids[:t]).state == IMAGE:
+                u = uncond[t - 1 - shift]
+                expected = c + (scale - 1) * (c - u)
+                moved, gap = moved + tv(expected, c), gap + tv(c, u)
+                checked["image"] += 1
+            else:
+                expected = c
+                checked["text"] += 1
+            assert torch.allclose(seen[(k, t)], expected, atol=1e-4, rtol=1e-4), f"row {k} position {t}"
+    assert checked["image"] >= 6 * 64 and checked["text"] > 6 * 5
+    # Scale 1 leaves the code distribution exactly as it is; scale 3 moves it further from the
+    # promptless one than the prompt itself does.
+    assert gap > 0 and (moved == 0 if scale == 1.0 else moved > gap)
+
+
+def test_cfg_scale_runs_through_the_engine(policy):
+    """`rollout.cfg_scale` is all it takes: 1 (the default) passes no twins to the decoder and gives
+    the plain path's trajectories; 3 samples other sketches from the same seed, every one well formed."""
+    from dataclasses import replace
+
+    from rollout import Engine, RolloutConfig
+
+    torch.set_num_threads(1)
+    records = make_suite("test", 1, 5)
+    cfg = RolloutConfig(mode="single_pass", batch_size=12, device="cpu", seed=4)
+    plain = Engine(policy, cfg).run(records)
+    one = Engine(policy, replace(cfg, cfg_scale=1.0)).run(records)
+    guided = Engine(policy, replace(cfg, cfg_scale=3.0)).run(records)
+    assert all(np.array_equal(a.images()[0], b.images()[0]) for a, b in zip(plain, one))
+    assert all("failed" not in t.meta and len(t.images()) == 1 for t in guided)
+    assert any(not np.array_equal(a.images()[0], b.images()[0]) for a, b in zip(plain, guided))
+    with pytest.raises(InputError, match="rollout.batch_size"):
+        RolloutConfig(cfg_scale=3.0, batch_size=1).validate()
+
+
+# ---- checkpoints loaded into a live policy (what a rollout actor does between rounds) -----------------
+
+def test_checkpoints_load_in_place_and_adapters_go_on_and_off(policy, tmp_path):
+    """`rollout.weights.PolicySlot` on Emu3, whose saved names differ from its module names
+    (`text_model.*` on disk, `model.text_model.*` in memory): a later checkpoint is copied into the
+    same model object, a LoRA adapter (as the trainer saves it with `merge: false`) goes on top of its
+    base, and taking it off gives the base back exactly. The processor keeps the model's own VQ."""
+    from dataclasses import replace
+
+    from peft import LoraConfig, get_peft_model
+
+    from rollout.weights import PolicySlot
+
+    torch.set_num_threads(1)
+    policy.save_pretrained(tmp_path / "a")
+    Emu3Policy.build(replace(TINY, seed=1)).save_pretrained(tmp_path / "b")
+    tuned = Policy.from_pretrained(tmp_path / "b")
+    torch.manual_seed(3)
+    tuned.model = get_peft_model(tuned.model, LoraConfig(r=4, lora_alpha=16, init_lora_weights=False,
+                                                         target_modules=r".*text_model.*\.(q_proj|v_proj)"))
+    tuned.save_pretrained(tmp_path / "b-lora")
+    ids = torch.tensor([policy.processor.prompt_ids("a red circle") + [policy.processor.code_offset + 3]])
+
+    def logits(model) -> torch.Tensor:
+        with torch.no_grad():
+            return model.eval()(input_ids=ids).logits
+
+    slot = PolicySlot()
+    assert slot.load(tmp_path / "a") == "fresh"
+    model = slot.policy.model
+    assert slot.load(tmp_path / "b") == "in_place" and slot.policy.model is model
+    plain = logits(model)
+    assert torch.equal(plain, logits(Policy.from_pretrained(tmp_path / "b").model))
+    assert slot.load(tmp_path / "b-lora") == "in_place+adapter"  # b is in memory already
+    assert torch.equal(logits(slot.policy.model), logits(tuned.model))
+    assert not torch.equal(logits(slot.policy.model), plain)
+    assert slot.load(tmp_path / "a") == "in_place" and slot.policy.model is model
+    assert torch.equal(logits(model), logits(policy.model))
+    assert slot.policy.processor.image_tokenizer.vq is model.model.vqmodel
+    assert slot.load(tmp_path / "a") == "same"
+    with pytest.raises(InputError, match="not a checkpoint"):
+        slot.load(tmp_path / "nowhere")
+    (tmp_path / "orphan").mkdir()
+    (tmp_path / "orphan" / "adapter_config.json").write_text(json.dumps({"base_model_name_or_path": "/gone"}))
+    with pytest.raises(InputError, match="base_model_name_or_path"):
+        slot.load(tmp_path / "orphan")
