@@ -122,7 +122,8 @@ class RolloutFleet:
         return ray.get([a.pid.remote() for a in self.actors])
 
     def close(self) -> None:
-        """End the actors."""
+        """End the actors. The fleet stays usable: the next `hold` (or rollout) starts new ones, so a
+        loop can close it while training needs the GPUs the actors hold."""
         import ray
 
         for a in self.actors:

@@ -121,7 +121,8 @@ def test_a_fleet_reloads_checkpoints_into_the_same_processes(ray_cluster, checkp
     trajectories equal an in-process rollout from that checkpoint token for token (so a reload
     leaves nothing of the previous weights behind), full checkpoints are copied into the loaded
     model, and a LoRA adapter goes on top of its base and comes off again. An actor killed for good
-    is replaced by one that loads the checkpoint the fleet holds now, not the first one."""
+    is replaced by one that loads the checkpoint the fleet holds now, not the first one; a closed
+    fleet starts afresh at its next rollout."""
     from rollout.fleet import RolloutFleet
 
     records = make_suite("test", 1, 0)  # 6 records, 3 shards
@@ -154,3 +155,6 @@ def test_a_fleet_reloads_checkpoints_into_the_same_processes(ray_cluster, checkp
 
         assert same_trajectories(roll("b", fleet, on_dispatch=kill_first), expected["b"])
         assert killed and len(fleet.actors) == 2 and len(set(fleet.pids()) & set(pids)) == 1
+        fleet.close()  # e.g. to hand the GPUs to training; the next rollout starts new actors
+        assert not fleet.actors and same_trajectories(roll("b-lora", fleet), expected["b-lora"])
+        assert len(fleet.actors) == 2 and not set(fleet.pids()) & set(pids)
