@@ -39,6 +39,8 @@ class CritiqueConfig:
     min_replay: int = 32  # base-data rows mixed in at least, so a round with few traces still trains
     confirmations: float = 1.0  # share of fully correct rollouts kept (fewer skews the inspect prior to "conflict")
     max_refines: int = 2  # corrections chained on one wrong step before the example is dropped
+    learn_own_steps: bool = False  # also train on the plans and sketches of the model's own judged-correct steps
+    # (rejection-sampling fine-tuning); False keeps them as context and trains only their inspections
     seed: int = 0
 
     def __post_init__(self) -> None:
@@ -80,12 +82,13 @@ def step_contexts(t: Trajectory) -> list[StepContext]:
     return out
 
 
-def _aligned(rec: PromptRecord, s: Step) -> Step:
-    """The model's own step as context (no loss on its plan or sketch: an unstated relation is not
-    wrong, but it is not the recipe to imitate either), with the judge's positive inspection and
-    no refinements; the inspection is trained."""
+def _aligned(rec: PromptRecord, s: Step, learn: bool) -> Step:
+    """The model's own judged-correct step with the judge's positive inspection and no refinements.
+    The inspection is always trained; the plan and sketch only with `learn` (else they are context:
+    an unstated relation is not wrong, but it is not the base recipe either)."""
     scene = detections_to_scene(detect(s.image), s.image.shape[0])
-    return Step(s.instruction, s.description, s.image, aligned_inspection(rec, scene), edit=s.edit, context=True)
+    return Step(s.instruction, s.description, s.image, aligned_inspection(rec, scene), edit=s.edit,
+                context=not learn)
 
 
 def build_self_critique(rollouts: list[Trajectory], judge, cfg: CritiqueConfig, exact: Exact | None = None,
@@ -131,7 +134,7 @@ def build_self_critique(rollouts: list[Trajectory], judge, cfg: CritiqueConfig, 
         chains = [None] * len(pending)
     for (t, k, v, ctx), chain in zip(pending, chains):
         rec = PromptRecord.from_json(t.record)
-        trace = _critique_trace(rec, t, k, v, chain, rng) if chain else None
+        trace = _critique_trace(rec, t, k, v, chain, rng, cfg.learn_own_steps) if chain else None
         if trace is None:
             stats.corrections_rejected += 1
             continue
@@ -175,7 +178,8 @@ def _exact_chain(ctx: StepContext, v: Verdict, judge, exact: Exact,
 
 
 def _critique_trace(rec: PromptRecord, t: Trajectory, k: int, v: Verdict,
-                    chain: list[tuple[str, np.ndarray, Verdict, str]], rng: random.Random) -> Trajectory | None:
+                    chain: list[tuple[str, np.ndarray, Verdict, str]], rng: random.Random,
+                    learn_own: bool) -> Trajectory | None:
     final = chain[-1][1]
     rest = continuation(rec, detections_to_scene(detect(final), final.shape[0]), rng)
     if rest is None:
@@ -185,7 +189,7 @@ def _critique_trace(rec: PromptRecord, t: Trajectory, k: int, v: Verdict,
     wrong = Step(s.instruction, s.description, s.image, inspection_text(v), wrong_plan=plan,
                  wrong_image=not plan, edit=s.edit, context=True)
     wrong.refinements = [Refinement(fix, image, inspection_text(after)) for fix, image, after, _ in chain]
-    steps = [_aligned(rec, p) for p in t.steps[:k]] + [wrong] + rest
+    steps = [_aligned(rec, p, learn_own) for p in t.steps[:k]] + [wrong] + rest
     return Trajectory(t.prompt, steps, t.record, "self", {"outcome": "plan_error" if plan else "image_error",
                                                           "tag": rec.tag, "step": k,
                                                           "refines": len(chain)})
@@ -195,7 +199,7 @@ def _positive(rec: PromptRecord, t: Trajectory, stats: CritiqueStats, cfg: Criti
               rng: random.Random) -> list[Trajectory]:
     """Every sketch was right: a false alarm to unlearn, an unfinished scene to complete, or a
     confirmation to keep."""
-    steps = [_aligned(rec, s) for s in t.steps]
+    steps = [_aligned(rec, s, cfg.learn_own_steps) for s in t.steps]
     false_alarm = any(s.refinements for s in t.steps)
     final = detections_to_scene(detect(t.steps[-1].final_image), t.steps[-1].image.shape[0])
     if missing_parts(rec, final):

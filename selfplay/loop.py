@@ -5,7 +5,8 @@
               -> judge every step, build critique traces, mix in base-data replay -> data/
               -> SFT the next policy (from the current one or from the base) -> checkpoint/
               -> evaluate in process and single-pass mode on the held-out suite -> eval/
-              -> [control: the same steps on base data only -> control/]
+              -> [control: the same steps on base data only, continuing the control of the
+                  round the parent came from -> control/]
               -> promote the new policy unless it regressed beyond the tolerance
 
 Each stage writes into `<stage>.tmp/` and renames it when complete, then records itself in
@@ -134,11 +135,13 @@ def _policy(path: Path):
 
 
 def rollout_stage(cfg, checkpoint: Path, records: list, mode: str, seed: int, out: Path, judge=None,
-                  samples: int = 1) -> list:
+                  samples: int = 1, fleet=None) -> list:
     """Trajectories of one policy on `records`, saved to `out/trajectories`.
 
     The rollout writes shard by shard into `<out>.shards/` beside the stage folder, so a killed
-    stage resumes without redoing finished shards; Ray actors are used when `rollout.actors` > 0.
+    stage resumes without redoing finished shards; Ray actors are used when `rollout.actors` > 0,
+    those of `fleet` (a `RolloutFleet` that lives as long as the run and reloads checkpoints in
+    place) when one is given.
     """
     from rollout import RolloutDir, rollout
 
@@ -146,7 +149,7 @@ def rollout_stage(cfg, checkpoint: Path, records: list, mode: str, seed: int, ou
 
     rcfg = _with(cfg.rollout, mode=mode, seed=seed)
     shards = out.with_name(out.name.removesuffix(".tmp") + ".shards")
-    rollout(records, shards, rcfg, checkpoint=checkpoint, judge=judge, samples=samples, progress=False)
+    rollout(records, shards, rcfg, checkpoint=checkpoint, judge=judge, samples=samples, progress=False, fleet=fleet)
     trajs = RolloutDir(shards).trajectories()
     write_jsonl(trajs, out / "trajectories")
     shutil.rmtree(shards, ignore_errors=True)
@@ -159,7 +162,7 @@ def _with(cfg, **changes):
     return dataclasses.replace(cfg, **changes)
 
 
-def evaluate(cfg, checkpoint: Path, out: Path, rnd: int, arm: str = "policy") -> dict:
+def evaluate(cfg, checkpoint: Path, out: Path, rnd: int, arm: str = "policy", fleet=None) -> dict:
     """Held-out suite in every eval mode, `loop.eval_samples` images per record (sampling at T=1 makes
     one image per record a noisy estimate); GenEval layout per mode plus `scores.json`."""
     from rollout import write_geneval
@@ -172,7 +175,7 @@ def evaluate(cfg, checkpoint: Path, out: Path, rnd: int, arm: str = "policy") ->
     for mode in cfg.loop.eval_modes:
         judge = make_judge(cfg, checkpoint) if mode == "judge" else None  # the external-inspector arm
         trajs = rollout_stage(cfg, checkpoint, suite, mode, cfg.loop.eval_seed, out / mode, judge=judge,
-                              samples=cfg.loop.eval_samples)
+                              samples=cfg.loop.eval_samples, fleet=None if judge else fleet)
         write_geneval(trajs, suite, out / mode / "geneval")
         sc = score_dir(out / mode / "geneval")
         failed = sum("failed" in t.meta for t in trajs)
@@ -181,18 +184,19 @@ def evaluate(cfg, checkpoint: Path, out: Path, rnd: int, arm: str = "policy") ->
                           "overall_se": sc.standard_error(), **{f"task/{k}": v for k, v in sc.per_task.items()},
                           "failed": failed})
     (out / "scores.json").write_text(json.dumps(scores, indent=2))
-    _strips(cfg, checkpoint, out / "strips")
+    _strips(cfg, checkpoint, out / "strips", fleet)
     return scores
 
 
-def _strips(cfg, checkpoint: Path, out: Path) -> None:
+def _strips(cfg, checkpoint: Path, out: Path, fleet=None) -> None:
     """Trajectory strips of the fixed prompts, so rounds can be compared by eye."""
     from PIL import Image
 
     from .visualize import strip_image
 
     out.mkdir(parents=True, exist_ok=True)
-    trajs = rollout_stage(cfg, checkpoint, list(cfg.loop.strip_prompts), "process", cfg.loop.eval_seed, out / "rollouts")
+    trajs = rollout_stage(cfg, checkpoint, list(cfg.loop.strip_prompts), "process", cfg.loop.eval_seed,
+                          out / "rollouts", fleet=fleet)
     for text, t in zip(cfg.loop.strip_prompts, trajs):
         if t.steps:
             Image.fromarray(strip_image(t, 2)).save(out / f"{text.replace(' ', '_')}.png")
@@ -285,13 +289,32 @@ def train_stage(cfg, parent: Path, dataset_dir: Path, out: Path, rnd: int, arm: 
 def run(cfg, run_dir: Path, from_scratch: bool = False, log=print) -> dict:
     """Run (or resume) every round; returns the final state."""
     from .configuration import dump
-    from .shapeworld import make_suite
     from .tracking import Tracker
 
     run_dir.mkdir(parents=True, exist_ok=True)
     dump(cfg, run_dir / "config.yaml")
     state = RunState(run_dir)
     tracker = Tracker(run_dir, cfg.tracking, cfg)
+    fleet = _fleet(cfg)
+    try:
+        return _rounds(cfg, run_dir, state, tracker, fleet, from_scratch, log)
+    finally:
+        if fleet is not None:
+            fleet.close()
+
+
+def _fleet(cfg):
+    """Rollout actors for the whole run (`rollout.actors` > 0): started at the first rollout, they
+    reload each round's checkpoint in place instead of restarting; None rolls out in this process."""
+    if not cfg.rollout.actors:
+        return None
+    from rollout import RolloutFleet
+
+    return RolloutFleet(cfg.rollout)
+
+
+def _rounds(cfg, run_dir: Path, state: RunState, tracker, fleet, from_scratch: bool, log) -> dict:
+    from .shapeworld import make_suite
 
     def init(tmp: Path) -> None:
         if from_scratch:
@@ -315,25 +338,28 @@ def run(cfg, run_dir: Path, from_scratch: bool = False, log=print) -> dict:
     if state.data["policy"] is None:
         state.data["policy"] = str(r0 / "checkpoint")
         state.save()
-    scores = {0: _eval_round(cfg, state, run_dir, 0, r0 / "checkpoint", tracker, log)}
+    scores = {0: _eval_round(cfg, state, run_dir, 0, r0 / "checkpoint", tracker, log, fleet)}
     for rnd in range(1, cfg.loop.rounds + 1):
         parent = Path(state.data["policy"]) if cfg.loop.train_from == "current" else r0 / "checkpoint"
         suite = make_suite("train", math.ceil(cfg.loop.prompts_per_round / 6), cfg.loop.seed * 1000 + rnd)
         suite = (suite * cfg.loop.samples_per_prompt)[: cfg.loop.prompts_per_round * cfg.loop.samples_per_prompt]
         ro = stage(state, run_dir, rnd, "rollouts",
                    lambda tmp: rollout_stage(cfg, Path(state.data["policy"]), suite, "process",
-                                             cfg.loop.seed * 7 + rnd, tmp), log)
+                                             cfg.loop.seed * 7 + rnd, tmp, fleet=fleet), log)
         data = stage(state, run_dir, rnd, "data", lambda tmp: critique_stage(
             cfg, rnd, _read(ro), Path(state.data["policy"]), tmp), log)
+        if fleet is not None and cfg.train.distributed == "ray":
+            fleet.close()  # Ray holds a live actor's GPUs: free them for Ray Train; the next rollout restarts it
         ck = stage(state, run_dir, rnd, "checkpoint",
                    lambda tmp: train_stage(cfg, parent, data / "dataset", tmp, rnd, "policy"), log)
-        scores[rnd] = _eval_round(cfg, state, run_dir, rnd, ck / "checkpoint", tracker, log)
+        scores[rnd] = _eval_round(cfg, state, run_dir, rnd, ck / "checkpoint", tracker, log, fleet)
         if cfg.loop.control:
             steps = json.loads((ck / "train_summary.json").read_text())["steps"]
             n = json.loads((data / "summary.json").read_text())
-            ctl = stage(state, run_dir, rnd, "control", lambda tmp: _control(cfg, rnd, parent, n, steps, tmp), log)
+            twin = _control_parent(cfg, state, run_dir, r0)
+            ctl = stage(state, run_dir, rnd, "control", lambda tmp: _control(cfg, rnd, twin, n, steps, tmp), log)
             stage(state, run_dir, rnd, "control_eval",
-                  lambda tmp: evaluate(cfg, ctl / "checkpoint", tmp, rnd, "control"), log)
+                  lambda tmp: evaluate(cfg, ctl / "checkpoint", tmp, rnd, "control", fleet), log)
         if not state.done(rnd, "promote"):
             _promote(cfg, state, run_dir, rnd, ck / "checkpoint", log)
         tracker.sync(rnd)
@@ -351,14 +377,22 @@ def _read(folder: Path) -> list:
     return read_jsonl(folder / "trajectories")
 
 
-def _eval_round(cfg, state, run_dir, rnd, checkpoint, tracker, log) -> dict:
-    ev = stage(state, run_dir, rnd, "eval", lambda tmp: evaluate(cfg, checkpoint, tmp, rnd), log)
+def _eval_round(cfg, state, run_dir, rnd, checkpoint, tracker, log, fleet=None) -> dict:
+    ev = stage(state, run_dir, rnd, "eval", lambda tmp: evaluate(cfg, checkpoint, tmp, rnd, fleet=fleet), log)
     rebuild_metrics(run_dir)
     tracker.sync(rnd)
     scores = json.loads((ev / "scores.json").read_text())
     log(f"round {rnd}: " + ", ".join(f"{m} {100 * s['overall']:.1f} ± {100 * s['overall_se']:.1f}"
                                      for m, s in scores.items()))
     return scores
+
+
+def _control_parent(cfg, state: RunState, run_dir: Path, r0: Path) -> Path:
+    """The control arm's twin of this round's parent: the control checkpoint of the round the parent
+    came from, so that round r and its control have trained the same number of steps in all and
+    differ only in what the extra steps saw (critique data vs base data)."""
+    p = state.data.get("policy_round", 0) if cfg.loop.train_from == "current" else 0
+    return r0 / "checkpoint" if p == 0 else round_dir(run_dir, p) / "control" / "checkpoint"
 
 
 def _control(cfg, rnd: int, parent: Path, n: dict, steps: int, out: Path) -> None:
@@ -370,6 +404,7 @@ def _control(cfg, rnd: int, parent: Path, n: dict, steps: int, out: Path) -> Non
     rows = [from_row(r) for r in make_rows(_with(cfg.data, size=size, seed=cfg.data.seed + 104729 * rnd),
                                            progress=False)]
     _save_dataset(rows, out / "dataset")
+    write_event(out, {"event": "control", "round": rnd, "parent": str(parent), "steps": steps})
     train_stage(cfg, parent, out / "dataset", out, rnd, "control", max_steps=steps)
     shutil.rmtree(out / "dataset")
 

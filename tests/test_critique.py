@@ -85,6 +85,16 @@ def test_correct_rollouts_are_confirmed_and_false_alarms_unlearned(made):
     assert all(not s.refinements and parse_inspection(s.inspection).aligned for t in traces for s in t.steps)
 
 
+def test_learn_own_steps_trains_on_the_models_correct_plans_and_sketches_but_never_its_mistakes(made):
+    confirmed, _ = build([as_rollout(t) for t in made["clean"]], learn_own_steps=True)
+    assert confirmed and not any(s.context for t in confirmed for s in t.steps)
+    traces, _ = build([as_rollout(t) for t in made["misdrawn"]], learn_own_steps=True)
+    for t in traces:
+        k = t.meta["step"]
+        assert t.steps[k].context and t.steps[k].wrong_image  # the mistake itself stays masked
+        assert not any(s.context for s in t.steps[:k] + t.steps[k + 1:])
+
+
 def test_symbolic_mode_perturbs_scene_graphs_of_the_same_prompts(made):
     records = [PromptRecord.from_json(t.record) for t in made["clean"]]
     traces = build_symbolic_critique(records, 30, CritiqueConfig(mode="symbolic"))

@@ -62,6 +62,12 @@ def test_two_rounds_end_to_end(tmp_path, base_checkpoint):
     events = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
     assert {e["event"] for e in events} >= {"stage", "eval", "data", "train", "promote"}
     assert (run / "round_002" / "checkpoint" / "checkpoint" / "config.json").is_file()
+    # the control arm mirrors the policy's lineage: round 2's control continues the control twin
+    # of round 2's parent, so both arms have trained the same steps in all
+    state = json.loads((run / "state.json").read_text())
+    twin = run / "round_001" / "control" if state["promotions"]["1"]["promoted"] else run / "round_000"
+    control = [e for e in events if e["event"] == "control" and e["round"] == 2]
+    assert control and Path(control[0]["parent"]) == twin / "checkpoint"
     html = (run / "report.html").read_text()
     assert "data:image/png;base64" in html and "round 2" in html
 
@@ -147,3 +153,19 @@ def test_the_external_inspector_arm_evaluates_with_the_judge_writing_every_inspe
     assert trajs and all(t.meta["mode"] == "judge" for t in trajs)
     assert any(t.meta.get("verdicts") for t in trajs)
     assert "judge" in json.loads((tmp_path / "j" / "round_000" / "eval" / "scores.json").read_text())
+
+
+@pytest.mark.slow
+def test_ray_rollout_actors_live_through_the_run_and_match_in_process_rollouts(tmp_path, base_checkpoint):
+    """rollout.actors > 0: one fleet of Ray actors rolls out every round and eval, reloading each
+    new checkpoint in place; with the same seeds it makes exactly the data of an in-process run."""
+    runs = {}
+    for actors in (0, 1):
+        (tmp_path / str(actors)).mkdir()
+        cfg = tiny_config(tmp_path / str(actors), base_checkpoint, rollout={"actors": actors},
+                          loop={"rounds": 2, "control": False})
+        assert main(["run", str(cfg), "--runs", str(tmp_path), "--name", f"a{actors}"]) == 0
+        runs[actors] = tmp_path / f"a{actors}"
+    for rnd in (1, 2):
+        assert _dataset_rows(runs[0], rnd) == _dataset_rows(runs[1], rnd)
+    assert _eval_scores(runs[0]) == _eval_scores(runs[1])

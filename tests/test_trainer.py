@@ -252,6 +252,9 @@ def test_metrics_file_has_segment_losses_lr_and_throughput(straight_run):
     assert rows[-1]["event"] == "train_end"
     summary = json.loads((out / "train_summary.json").read_text())
     assert summary["complete"] and summary["tokens_per_s"] > 0
+    from PIL import Image
+
+    assert Image.open(out / "loss.png").size[0] > 500  # the curve, drawn from the same file
 
 
 def test_wandb_offline_mirrors_the_metrics(base, dataset, tmp_path, monkeypatch):

@@ -286,6 +286,8 @@ def train(policy, dataset, cfg: TrainConfig, out: str | Path) -> dict:
 
     from selfplay.errors import InputError
 
+    from .plots import plot_losses
+
     if len(dataset) == 0:
         raise InputError(f"no trajectories to train on (empty dataset; output folder {out})")
     out = Path(out)
@@ -321,6 +323,7 @@ def train(policy, dataset, cfg: TrainConfig, out: str | Path) -> dict:
     main = trainer.is_world_process_zero()  # with data-parallel workers, only the first one writes
     if main:
         _save_atomically(policy, out / "checkpoint")
+        plot_losses(out / "metrics.jsonl", out / "loss.png")
     logs = [h for h in trainer.state.log_history if "loss" in h]
     summary = {
         "steps": trainer.state.global_step,
