@@ -38,6 +38,8 @@ class CritiqueConfig:
     replay_ratio: float = 1.0  # base-data rows mixed in per critique row
     min_replay: int = 32  # base-data rows mixed in at least, so a round with few traces still trains
     confirmations: float = 1.0  # share of fully correct rollouts kept (fewer skews the inspect prior to "conflict")
+    confirmations_per_prompt: int = 0  # at most this many confirmations of one prompt (0: no cap); with several
+    # samples per prompt a cap of 1 weights prompts the model rarely gets right as much as easy ones
     max_refines: int = 2  # corrections chained on one wrong step before the example is dropped
     learn_own_steps: bool = False  # also train on the plans and sketches of the model's own judged-correct steps
     # (rejection-sampling fine-tuning); False keeps them as context and trains only their inspections
@@ -103,6 +105,7 @@ def build_self_critique(rollouts: list[Trajectory], judge, cfg: CritiqueConfig, 
     flat = [c for cs in contexts for c in cs]
     verdicts = judge.judge(flat) if flat else []
     out: list[Trajectory] = []
+    confirmed: Counter = Counter()  # confirmations kept per prompt
     pending: list[tuple[Trajectory, int, Verdict, StepContext]] = []
     pos = 0
     for t, cs in zip(usable, contexts):
@@ -114,7 +117,11 @@ def build_self_critique(rollouts: list[Trajectory], judge, cfg: CritiqueConfig, 
             continue
         wrong = next((i for i, v in enumerate(vs) if not v.aligned), None)
         if wrong is None:
-            out.extend(_positive(rec, t, stats, cfg, rng))
+            kept = _positive(rec, t, stats, cfg, rng)
+            capped = cfg.confirmations_per_prompt and confirmed[t.prompt] >= cfg.confirmations_per_prompt
+            kept = [k for k in kept if not (k.meta["outcome"] == "confirmation" and capped)]
+            confirmed[t.prompt] += sum(k.meta["outcome"] == "confirmation" for k in kept)
+            out.extend(kept)
             continue
         v = vs[wrong]
         for c in v.conflicts:

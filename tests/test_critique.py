@@ -95,6 +95,14 @@ def test_learn_own_steps_trains_on_the_models_correct_plans_and_sketches_but_nev
         assert not any(s.context for s in t.steps[:k] + t.steps[k + 1:])
 
 
+def test_a_per_prompt_cap_keeps_one_confirmation_of_each_prompt(made):
+    clean = [as_rollout(t) for t in made["clean"][:10]] * 3  # three correct samples of each of 10 prompts
+    traces, stats = build(clean, confirmations_per_prompt=1)
+    assert stats.outcomes["correct"] == 30
+    prompts = [t.prompt for t in traces]
+    assert len(prompts) == len(set(prompts)) and set(prompts) == {t.prompt for t in clean}
+
+
 def test_symbolic_mode_perturbs_scene_graphs_of_the_same_prompts(made):
     records = [PromptRecord.from_json(t.record) for t in made["clean"]]
     traces = build_symbolic_critique(records, 30, CritiqueConfig(mode="symbolic"))
