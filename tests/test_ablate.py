@@ -64,7 +64,7 @@ def test_arms_share_one_run_and_evaluate_checkpoints_without_training(tmp_path, 
     assert json.loads((planner_eval / "planner" / "planner.json").read_text())["planned"] > 0
     assert not (root / "external_inspector" / "seed0" / "round_000" / "checkpoint").exists()  # nothing trained
     table = (root / "table.md").read_text()
-    assert "| borrowed | not yet run | not yet run | 0 |" in table
+    assert "| borrowed | not yet run | not yet run | - |" in table and "| external planner | " in table
     assert "- none: arm 'self', control_eval, last round, process mode" in table
 
 
