@@ -24,12 +24,28 @@ def _scores(folder: Path) -> dict:
     return json.loads(f.read_text()) if f.exists() else {}
 
 
-def collect(run_dir: Path) -> dict:
-    """Everything the report shows, as plain data (also used by tests and `ablate`)."""
+def _inspect(folder: Path) -> dict | None:
+    """Inspect/Refine behaviour on the process-mode eval rollouts in `folder`, by the exact judge."""
+    trajs = folder / "process" / "trajectories"
+    if not trajs.exists():
+        return None
+    from judges import OracleJudge
+
+    from .inspect_stats import inspect_stats
+    from .trajectory import read_jsonl
+
+    return inspect_stats(read_jsonl(trajs), OracleJudge()).to_json()
+
+
+def collect(run_dir: Path, inspect: bool = False) -> dict:
+    """Everything the report shows, as plain data (also used by tests and `ablate`); `inspect` adds
+    the Inspect/Refine statistics of each eval (a few seconds per eval)."""
     rows = []
     for rd in _rounds(run_dir):
         rnd = int(rd.name.split("_")[1])
         entry = {"round": rnd, "eval": _scores(rd / "eval"), "control": _scores(rd / "control_eval")}
+        if inspect:
+            entry["inspect"] = {arm: _inspect(rd / f) for arm, f in (("policy", "eval"), ("control", "control_eval"))}
         if (rd / "data" / "summary.json").exists():
             entry["data"] = json.loads((rd / "data" / "summary.json").read_text())
         rows.append(entry)
@@ -102,13 +118,17 @@ def _table(headers: list[str], rows: list[list]) -> str:
     return f"<table><tr>{head}</tr>{body}</table>"
 
 
+def _share(x: float | None) -> str:
+    return "-" if x is None else f"{100 * x:.0f}%"
+
+
 def _pct(s: dict) -> str:
     return f"{100 * s['overall']:.1f} ± {100 * s['overall_se']:.1f}"
 
 
 def write_report(run_dir: Path) -> Path:
     run_dir = Path(run_dir)
-    data = collect(run_dir)
+    data = collect(run_dir, inspect=True)
     parts = [f"<h1>strokes run: {html.escape(run_dir.name)}</h1>"]
     rows = []
     for r in data["rounds"]:
@@ -135,6 +155,14 @@ def write_report(run_dir: Path) -> Path:
             d, se = gap(last["eval"]["process"], last["control"]["process"])
             gaps.append([f"round {last['round']} vs control (process)", f"{100 * d:+.1f} ± {100 * se:.1f}", f"{d / se:.1f}" if se else "-"])
     parts.append(_table(["comparison", "gap", "gap / SE"], gaps))
+    inspect_rows = [[r["round"], arm, st["wrong"], _share(st["recall"]), _share(st["false_alarm_rate"]),
+                     _share(st["fix_rate"])]
+                    for r in data["rounds"] for arm, st in r.get("inspect", {}).items() if st]
+    if inspect_rows:
+        parts.append("<h2>The model's own Inspect and Refine on the eval rollouts (process mode, exact judge)</h2>")
+        parts.append(_table(["round", "arm", "wrong sketches", "flagged by the model (recall)",
+                             "right sketches flagged (false alarms)", "flagged wrong ones fixed by its refinement"],
+                            inspect_rows))
     judge_rows = []
     for r in data["rounds"]:
         d = r.get("data")

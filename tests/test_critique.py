@@ -103,6 +103,21 @@ def test_a_per_prompt_cap_keeps_one_confirmation_of_each_prompt(made):
     assert len(prompts) == len(set(prompts)) and set(prompts) == {t.prompt for t in clean}
 
 
+def test_inspect_stats_count_caught_mistakes_false_alarms_and_fixes(made):
+    from selfplay.inspect_stats import inspect_stats
+
+    clean = [as_rollout(t) for t in made["clean"][:20]]
+    silent = [as_rollout(t) for t in made["misdrawn"][:20]]  # a mistake per rollout, never flagged
+    st = inspect_stats(clean + silent, OracleJudge())
+    assert st.wrong >= 18 and st.wrong_flagged == 0 and st.right_flagged == 0
+    caught = [copy.deepcopy(t) for t in made["misdrawn"][:20]]  # flagged, and refined to the right image
+    alarmed = copy.deepcopy(clean[:5])
+    for t in alarmed:
+        t.steps[0].refinements = [Refinement("add a red circle", t.steps[0].image, "conflict.")]
+    st = inspect_stats(caught + alarmed, OracleJudge()).to_json()
+    assert st["recall"] > 0.9 and st["fix_rate"] > 0.9 and st["right_flagged"] == 5
+
+
 def test_symbolic_mode_perturbs_scene_graphs_of_the_same_prompts(made):
     records = [PromptRecord.from_json(t.record) for t in made["clean"]]
     traces = build_symbolic_critique(records, 30, CritiqueConfig(mode="symbolic"))
