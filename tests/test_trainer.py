@@ -324,3 +324,10 @@ def _empty(tmp_path):
     path = tmp_path / "empty.yaml"
     path.write_text("{}\n")
     return path
+
+
+def test_exponent_numbers_without_a_dot_are_numbers():
+    """YAML 1.1 reads `2e-4` as a string; a float field takes it as the number it is."""
+    from selfplay.config import load_config
+
+    assert load_config(None, ["train.lr=2e-4"]).train.lr == 2e-4
