@@ -322,18 +322,12 @@ def evaluate_checkpoint(cfg, checkpoint: Path, mode: str, seed: int, out: Path) 
     from rollout import write_geneval
 
     from .geneval import score_dir
-    from .loop import make_judge, rollout_stage
-    from .planner import planner_rollout
+    from .loop import eval_rollouts
     from .shapeworld import make_suite
 
     suite = make_suite("test", cfg.loop.eval_per_task, cfg.loop.eval_seed)
     sample_seed = cfg.loop.eval_seed + EVAL_SEED_STRIDE * seed
-    if mode == "planner":
-        trajs = planner_rollout(cfg, checkpoint, suite, sample_seed, out / mode, samples=cfg.loop.eval_samples)
-    else:
-        judge = make_judge(cfg, checkpoint) if mode == "judge" else None
-        trajs = rollout_stage(cfg, checkpoint, suite, mode, sample_seed, out / mode, judge=judge,
-                              samples=cfg.loop.eval_samples)
+    trajs = eval_rollouts(cfg, checkpoint, suite, mode, sample_seed, out / mode)
     write_geneval(trajs, suite, out / mode / "geneval")
     sc = score_dir(out / mode / "geneval")
     scores = {mode: {**sc.to_json(), "failed": sum("failed" in t.meta for t in trajs)}}

@@ -45,6 +45,7 @@ class LoopConfig:
     eval_per_task: int = 50  # held-out test-split records per task (6 tasks)
     eval_seed: int = 1000
     eval_samples: int = 1  # images per eval record (each an independent sample)
+    # process | single_pass | judge (the judge as external inspector) | planner (the oracle as external planner)
     eval_modes: list[str] = field(default_factory=lambda: ["process", "single_pass"])
     strip_prompts: list[str] = field(default_factory=lambda: [
         "a red circle left of a blue square", "three triangles", "a green square and a purple triangle"])
@@ -53,7 +54,7 @@ class LoopConfig:
     def __post_init__(self) -> None:
         if self.train_from not in ("current", "base"):
             raise InputError(f"config field 'loop.train_from' must be 'current' or 'base', got {self.train_from!r}")
-        bad = [m for m in self.eval_modes if m not in ("process", "single_pass", "judge")]
+        bad = [m for m in self.eval_modes if m not in ("process", "single_pass", "judge", "planner")]
         if bad:
             raise InputError(f"config field 'loop.eval_modes' has unknown mode {bad[0]!r}")
         if self.rounds < 0 or self.prompts_per_round < 1 or self.eval_per_task < 1 or self.eval_samples < 1:
@@ -173,9 +174,7 @@ def evaluate(cfg, checkpoint: Path, out: Path, rnd: int, arm: str = "policy", fl
     suite = make_suite("test", cfg.loop.eval_per_task, cfg.loop.eval_seed)
     scores = {}
     for mode in cfg.loop.eval_modes:
-        judge = make_judge(cfg, checkpoint) if mode == "judge" else None  # the external-inspector arm
-        trajs = rollout_stage(cfg, checkpoint, suite, mode, cfg.loop.eval_seed, out / mode, judge=judge,
-                              samples=cfg.loop.eval_samples, fleet=None if judge else fleet)
+        trajs = eval_rollouts(cfg, checkpoint, suite, mode, cfg.loop.eval_seed, out / mode, fleet)
         write_geneval(trajs, suite, out / mode / "geneval")
         sc = score_dir(out / mode / "geneval")
         failed = sum("failed" in t.meta for t in trajs)
@@ -186,6 +185,21 @@ def evaluate(cfg, checkpoint: Path, out: Path, rnd: int, arm: str = "policy", fl
     (out / "scores.json").write_text(json.dumps(scores, indent=2))
     _strips(cfg, checkpoint, out / "strips", fleet)
     return scores
+
+
+def eval_rollouts(cfg, checkpoint: Path, suite: list, mode: str, seed: int, out: Path, fleet=None) -> list:
+    """`loop.eval_samples` trajectories per suite record in one eval mode, saved under `out`.
+
+    process / single_pass: the policy alone (on the fleet if there is one); judge: the configured judge
+    writes every inspection and correction (paper Table 4's external inspector); planner: the oracle
+    writes every plan (Table 4's external planner)."""
+    if mode == "planner":
+        from .planner import planner_rollout
+
+        return planner_rollout(cfg, checkpoint, suite, seed, out, samples=cfg.loop.eval_samples)
+    judge = make_judge(cfg, checkpoint) if mode == "judge" else None
+    return rollout_stage(cfg, checkpoint, suite, mode, seed, out, judge=judge, samples=cfg.loop.eval_samples,
+                         fleet=None if judge else fleet)
 
 
 def _strips(cfg, checkpoint: Path, out: Path, fleet=None) -> None:

@@ -144,20 +144,25 @@ def test_a_round_with_the_gpt_judge_against_the_local_judge_server(tmp_path, bas
     assert summary["unjudged"] == 0
 
 
-def test_the_external_inspector_arm_evaluates_with_the_judge_writing_every_inspection(tmp_path, base_checkpoint):
-    """loop.eval_modes [judge]: the oracle writes each inspection and correction (paper Table 4)."""
-    cfg = tiny_config(tmp_path, base_checkpoint, loop={"rounds": 0, "eval_modes": ["judge"]})
+def test_the_external_inspector_and_planner_arms_evaluate_with_the_oracle_in_the_loop(tmp_path, base_checkpoint):
+    """loop.eval_modes [judge, planner]: the oracle writes each inspection and correction, or each plan
+    (paper Table 4's external inspector and external planner)."""
+    cfg = tiny_config(tmp_path, base_checkpoint, loop={"rounds": 0, "eval_modes": ["judge", "planner"]})
     assert main(["run", str(cfg), "--runs", str(tmp_path), "--name", "j"]) == 0
     from selfplay.trajectory import read_jsonl
 
-    trajs = read_jsonl(tmp_path / "j" / "round_000" / "eval" / "judge" / "trajectories")
-    assert trajs and all(t.meta["mode"] == "judge" for t in trajs)
-    assert any(t.meta.get("verdicts") for t in trajs)
-    assert "judge" in json.loads((tmp_path / "j" / "round_000" / "eval" / "scores.json").read_text())
+    evals = tmp_path / "j" / "round_000" / "eval"
+    judged = read_jsonl(evals / "judge" / "trajectories")
+    assert judged and all(t.meta["mode"] == "judge" for t in judged)
+    assert any(t.meta.get("verdicts") for t in judged)
+    planned = read_jsonl(evals / "planner" / "trajectories")
+    assert planned and all(t.meta["mode"] == "planner" for t in planned)
+    assert json.loads((evals / "planner" / "planner.json").read_text())["planned"] > 0
+    assert set(json.loads((evals / "scores.json").read_text())) == {"judge", "planner"}
 
 
 @pytest.mark.slow
-def test_ray_rollout_actors_live_through_the_run_and_match_in_process_rollouts(tmp_path, base_checkpoint):
+def test_ray_rollout_actors_live_through_the_run_and_match_in_process_rollouts(ray_cluster, tmp_path, base_checkpoint):
     """rollout.actors > 0: one fleet of Ray actors rolls out every round and eval, reloading each
     new checkpoint in place; with the same seeds it makes exactly the data of an in-process run."""
     runs = {}

@@ -1,12 +1,10 @@
 """Rollouts on Ray actors: one local cluster per test session, kept on loopback (DESIGN.md §8).
 
-The cluster is started by the project's own `rollout.cluster.connect` with `HOME` pointed at a
-temporary folder, so the fixture also checks the local path writes the bootstrap config there.
+The cluster is the test session's one `ray_cluster` (tests/conftest.py).
 """
 
 from __future__ import annotations
 
-import os
 from dataclasses import replace
 
 import numpy as np
@@ -14,30 +12,9 @@ import pytest
 from test_rollout_support import tiny_checkpoint
 
 from rollout import RolloutConfig, RolloutDir, rollout
-from rollout.cluster import BOOTSTRAP, BOOTSTRAP_TEXT, connect
 from selfplay.shapeworld import make_suite
 
 ray = pytest.importorskip("ray")
-
-
-@pytest.fixture(scope="session")
-def ray_cluster(tmp_path_factory):
-    if ray.is_initialized():
-        ray.shutdown()
-    home = tmp_path_factory.mktemp("ray-home")
-    old = os.environ.get("HOME")
-    os.environ["HOME"] = str(home)
-    try:
-        connect(num_cpus=2, object_store_mb=100)
-    finally:
-        if old is None:
-            del os.environ["HOME"]
-        else:
-            os.environ["HOME"] = old
-    assert (home / BOOTSTRAP).read_text() == BOOTSTRAP_TEXT
-    assert os.environ["RAY_USAGE_STATS_ENABLED"] == "0" and os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] == "0"
-    yield ray
-    ray.shutdown()
 
 
 @pytest.fixture(scope="module")
