@@ -110,6 +110,9 @@ def test_inspect_stats_count_caught_mistakes_false_alarms_and_fixes(made):
     silent = [as_rollout(t) for t in made["misdrawn"][:20]]  # a mistake per rollout, never flagged
     st = inspect_stats(clean + silent, OracleJudge())
     assert st.wrong >= 18 and st.wrong_flagged == 0 and st.right_flagged == 0
+    assert st.plan_errors == 0  # misdrawn: the plans are right, the sketches are not
+    misplanned = inspect_stats([as_rollout(t) for t in made["misplanned"][:20]], OracleJudge())
+    assert misplanned.plan_errors >= 18 and misplanned.to_json()["plan_recall"] == 0
     caught = [copy.deepcopy(t) for t in made["misdrawn"][:20]]  # flagged, and refined to the right image
     alarmed = copy.deepcopy(clean[:5])
     for t in alarmed:

@@ -70,7 +70,7 @@ def test_two_rounds_end_to_end(tmp_path, base_checkpoint):
     assert control and Path(control[0]["parent"]) == twin / "checkpoint"
     html = (run / "report.html").read_text()
     assert "data:image/png;base64" in html and "round 2" in html
-    assert "Inspect and Refine on the eval rollouts" in html
+    assert "Inspect and Refine on the eval rollouts" in html and "recall: plan / image errors" in html
 
 
 def test_existing_run_needs_resume_and_bad_field_fails_in_one_line(tmp_path, base_checkpoint, capsys):
