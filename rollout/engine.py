@@ -24,7 +24,7 @@ from selfplay.verdict import Judge, StepContext
 from .config import RolloutConfig
 from .decoder import Decoder, Output
 from .grammar import Grammar
-from .interventions import JudgeInTheLoop, PlanHook, PlanReview
+from .interventions import JudgeInTheLoop, PlanHook, PlanReview, RetryOnConflict
 
 Prompt = PromptRecord | str
 
@@ -95,11 +95,15 @@ class Engine:
         contexts = [self.processor.prompt_ids(t) for t in texts]
         handler = None
         if self.cfg.mode == "judge":
-            handler = JudgeInTheLoop(self.judge, self.processor, self.decoder.grammar, records)
+            handler = JudgeInTheLoop(self.judge, self.processor, self.decoder.grammar, records, self.cfg.retries)
             if plan_hook is not None:
                 raise InputError("rollout.mode: plan review works in process mode, not judge mode")
         elif plan_hook is not None:
+            if self.cfg.retries:
+                raise InputError("rollout.retries: plan review and step retries do not combine yet")
             handler = PlanReview(plan_hook, self.processor, self.decoder.grammar)
+        elif self.cfg.retries:
+            handler = RetryOnConflict(self.processor, self.cfg.retries)
 
         built: dict[int, Trajectory] = {}
 
@@ -136,6 +140,8 @@ class Engine:
         traj.meta["tokens"] = len(out.generated)
         if isinstance(handler, JudgeInTheLoop):
             traj.meta["verdicts"] = handler.verdicts.get(key, [])
+        if isinstance(handler, (JudgeInTheLoop, RetryOnConflict)) and handler.retries.used.get(key):
+            traj.meta["retries"] = handler.retries.used[key]
         if error:
             traj.meta["failed"] = error
         return traj

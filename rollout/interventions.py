@@ -1,4 +1,5 @@
-"""What can step into a trajectory while it is decoded: an external judge, or a person's plan.
+"""What can step into a trajectory while it is decoded: an external judge, a person's plan, or a
+retry of a step whose inspection found a conflict.
 
 Both are `Decoder` pause handlers: they read the paused rows' sequences, decide, and answer with
 `Edit`s. Nothing is re-encoded: appended text goes through the same cached decoding steps, and a
@@ -9,7 +10,7 @@ from __future__ import annotations
 
 from typing import Callable, Sequence
 
-from selfplay.language import inspection_text
+from selfplay.language import CONFLICT, inspection_text
 from selfplay.model.processor import Processor
 from selfplay.trajectory import Trajectory
 from selfplay.verdict import Judge, StepContext
@@ -50,16 +51,64 @@ def step_context(processor: Processor, ids: list[int], record: dict | None) -> S
     return StepContext(traj.prompt, step.instruction, step.description, states[-1], record, history, previous)
 
 
+class StepRetries:
+    """Counts, per trajectory and step, how often a step was forgotten and drawn again, and makes the
+    edit that does it: drop everything from the step's `<ins>` on (plan, sketch, inspection, any
+    refinements; masked out of the cache) and start the step afresh with `<ins>`."""
+
+    def __init__(self, processor: Processor, limit: int) -> None:
+        self.processor = processor
+        self.limit = limit
+        self.used: dict[int, int] = {}  # per context: retries over all its steps
+        self.per_step: dict[tuple[int, int], int] = {}  # per (context, step number)
+
+    def retry(self, row: Paused) -> Edit | None:
+        """The retry edit for `row`, or None once its current step has had `limit` retries."""
+        key = (row.key, row.ids.count(self.processor.special["<ins>"]))
+        done = self.per_step.get(key, 0)
+        if done >= self.limit:
+            return None
+        self.per_step[key] = done + 1
+        self.used[row.key] = self.used.get(row.key, 0) + 1
+        start = len(row.ids) - 1 - row.ids[::-1].index(self.processor.special["<ins>"])
+        return Edit(drop=len(row.ids) - start, append=[self.processor.special["<ins>"]])
+
+
+class RetryOnConflict:
+    """Pauses every row after each inspection the model writes; when it names a conflict and the step
+    has retries left, the step is drawn again from its plan (`rollout.retries`)."""
+
+    def __init__(self, processor: Processor, retries: int) -> None:
+        self.processor = processor
+        self.retries = StepRetries(processor, retries)
+
+    @property
+    def pause_tokens(self) -> list[int]:
+        return [self.processor.special["</inspect>"]]
+
+    def __call__(self, rows: list[Paused]) -> list[Edit]:
+        s = self.processor.special
+        edits = []
+        for r in rows:
+            start = len(r.ids) - 1 - r.ids[::-1].index(s["<inspect>"])
+            conflict = self.processor.words(r.ids[start + 1: -1]).strip().startswith(CONFLICT)
+            edits.append((self.retries.retry(r) if conflict else None) or Edit())
+        return edits
+
+
 class JudgeInTheLoop:
     """Pauses every row after each visual state, asks the judge about the whole batch at once, and
     writes `<inspect> verdict </inspect>` plus, for a conflict with refinements left and room in the
-    budget, `<refine> correction </refine>`; the model then draws the corrected state."""
+    budget, `<refine> correction </refine>`; the model then draws the corrected state. With
+    `retries`, a conflict first makes the model draw the whole step again (its verdict is kept)."""
 
-    def __init__(self, judge: Judge, processor: Processor, grammar: Grammar, records: Sequence[dict | None]) -> None:
+    def __init__(self, judge: Judge, processor: Processor, grammar: Grammar, records: Sequence[dict | None],
+                 retries: int = 0) -> None:
         self.judge = judge
         self.processor = processor
         self.grammar = grammar
         self.records = records
+        self.retries = StepRetries(processor, retries)  # a conflict first redraws the step (rollout.retries)
         self.verdicts: dict[int, list[dict]] = {}  # per context: every verdict, in order
         self.lost_words = 0  # judge words outside the vocabulary or past the span cap
 
@@ -76,6 +125,10 @@ class JudgeInTheLoop:
         edits = []
         for r, v in zip(rows, verdicts):
             self.verdicts.setdefault(r.key, []).append(v.model_dump(mode="json"))
+            retry = None if v.aligned else self.retries.retry(r)
+            if retry is not None:
+                edits.append(retry)
+                continue
             text, lost = words_of(p, inspection_text(v), g.cap)
             if not text:  # a span holds at least one word
                 text = p.text_ids_of("aligned." if v.aligned else "conflict.")

@@ -141,3 +141,16 @@ def test_table5_additive_only_arm_makes_scene_graph_data_without_other_edits():
 
     assert edits(0.0) == {"add"}
     assert edits(0.4) > {"add"}
+
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.mark.parametrize("path", sorted((ROOT / "configs" / "ablations").glob("*.yaml")), ids=lambda p: p.stem)
+def test_every_shipped_ablation_file_is_valid(path, monkeypatch):
+    """Each table's file checks out field by field (arms, modes, every arm's run config) before any compute."""
+    from selfplay.ablate import load_ablation
+
+    monkeypatch.chdir(ROOT)  # the files name their base config relative to the project root
+    cfg = load_ablation(path)
+    assert cfg.arms and cfg.columns

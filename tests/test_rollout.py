@@ -356,6 +356,60 @@ def test_judge_in_the_loop_writes_the_judges_verdicts(policy, suite):
                 assert h.inspection  # earlier steps are complete
 
 
+def test_a_conflict_first_redraws_the_whole_step_while_retries_last(policy, suite):
+    """rollout.retries: a judged conflict forgets the step (its verdict stays on record) and the model
+    draws it again, at most `retries` times per step; only then is it refined in context."""
+    judge = ShapeJudge()
+    cfg = RolloutConfig(mode="judge", batch_size=8, max_steps=3, max_refines=1, max_text_tokens=48, retries=2)
+    trajs = Engine(policy, cfg, judge=judge).run(suite[:12])
+    redrawn = 0
+    for t in trajs:
+        assert "failed" not in t.meta
+        verdicts = [Verdict(**v) for v in t.meta["verdicts"]]
+        n = forgotten = 0
+        for st in t.steps:
+            conflicts = next((i for i, v in enumerate(verdicts[n:]) if v.aligned), len(verdicts) - n)
+            gone = min(conflicts, cfg.retries)  # the step's forgotten attempts: conflicts, at most `retries`
+            n += gone
+            forgotten += gone
+            kept = [st.inspection] + [r.inspection for r in st.refinements]
+            assert kept == [inspection_text(v) for v in verdicts[n: n + len(kept)]]
+            assert not st.refinements or gone == cfg.retries, "refined before its retries were spent"
+            n += len(kept)
+        assert n == len(verdicts) and t.meta.get("retries", 0) == forgotten
+        redrawn += forgotten
+    assert redrawn, "no step was ever redrawn"
+
+
+def test_the_models_own_conflict_redraws_the_step_from_its_plan(policy):
+    """In process mode the retry follows the model's own Inspect: a conflict rewinds to the step's
+    <ins> (`retries` times per step), an aligned inspection goes on."""
+    import random
+
+    from rollout.decoder import Paused
+    from rollout.interventions import RetryOnConflict
+
+    maker, rng = TrajectoryMaker(), random.Random(3)
+    t = next(t for t in (maker.alignment(r, rng) for r in make_suite("train", 3, 2) * 5)
+             if any(st.refinements for st in t.steps[1:]))
+    p, s = policy.processor, policy.processor.special
+    ids = p.encode(t, with_eos=False).input_ids
+    k = next(i for i, st in enumerate(t.steps) if i and st.refinements)  # step k's sketch is wrong
+    starts = [i for i, x in enumerate(ids) if x == s["<ins>"]]
+    inspect_ends = [i for i, x in enumerate(ids) if x == s["</inspect>"]]
+    per_step = [1 + len(st.refinements) for st in t.steps]
+    wrong = inspect_ends[sum(per_step[:k])]  # the </inspect> naming step k's conflict
+    right = inspect_ends[sum(per_step[:k - 1])]  # step k-1's positive inspection
+    handler = RetryOnConflict(p, retries=2)
+    paused = lambda cut: Paused(key=0, ids=ids[: cut + 1], left=100, steps=k + 1, refines=0)  # noqa: E731
+    assert handler([paused(right)])[0].drop == 0
+    for _ in range(2):
+        edit = handler([paused(wrong)])[0]
+        assert edit.drop == wrong + 1 - starts[k] and edit.append == [s["<ins>"]]
+    assert handler([paused(wrong)])[0].drop == 0  # retries spent: the model refines as trained
+    assert handler.retries.used == {0: 2}
+
+
 def test_judge_sees_history_plan_state_and_previous_state(policy):
     """What the judge is shown, on a real base trajectory cut after a sketch and after a refinement."""
     import random
@@ -488,7 +542,8 @@ def test_resumed_rollout_redoes_no_finished_shard(policy, suite, tmp_path):
 
 def test_config_errors_name_the_field(policy):
     for bad, field in [(dict(top_p=0.0), "top_p"), (dict(mode="dream"), "mode"), (dict(batch_size=0), "batch_size"),
-                       (dict(kv_cache="paged"), "kv_cache")]:
+                       (dict(kv_cache="paged"), "kv_cache"), (dict(retries=-1), "retries"),
+                       (dict(mode="single_pass", retries=1), "retries")]:
         with pytest.raises(InputError, match=f"rollout.{field}"):
             RolloutConfig(**bad).validate()
     with pytest.raises(InputError, match="judge"):
