@@ -36,7 +36,8 @@ class RolloutConfig:
     max_refines: int = 2  # refinements per step
     # On an inspection that names a conflict (the model's own in process mode, the judge's in judge
     # mode), forget the whole step (plan, sketch, inspection) and draw it again, up to this many times
-    # per step, before refining in context. 0: refine only, as the paper does.
+    # per step, before refining in context. 0: refine only, as the paper does. single_pass has no
+    # Inspect and ignores it.
     retries: int = 0
     max_text_tokens: int = 48  # words per text span (<ins>, <des>, <inspect>, <refine>); data needs <= 34
     max_new_tokens: int = 0  # tokens generated per trajectory; 0: up to the model's position limit
@@ -75,7 +76,6 @@ class RolloutConfig:
         need(self.max_steps >= 1, "max_steps", "must be >= 1")
         need(self.max_refines >= 0, "max_refines", "must be >= 0")
         need(self.retries >= 0, "retries", "must be >= 0")
-        need(self.retries == 0 or self.mode != "single_pass", "retries", "needs an Inspect: process or judge mode")
         need(self.max_text_tokens >= 1, "max_text_tokens", "must be >= 1")
         need(self.max_new_tokens >= 0, "max_new_tokens", "must be >= 0")
         need(self.batch_size >= 1, "batch_size", "must be >= 1")

@@ -102,7 +102,7 @@ class Engine:
             if self.cfg.retries:
                 raise InputError("rollout.retries: plan review and step retries do not combine yet")
             handler = PlanReview(plan_hook, self.processor, self.decoder.grammar)
-        elif self.cfg.retries:
+        elif self.cfg.retries and self.cfg.mode == "process":
             handler = RetryOnConflict(self.processor, self.cfg.retries)
 
         built: dict[int, Trajectory] = {}
