@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import random
 from collections import Counter
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Callable
 
 import numpy as np
@@ -43,6 +43,9 @@ class CritiqueConfig:
     max_refines: int = 2  # corrections chained on one wrong step before the example is dropped
     learn_own_steps: bool = False  # also train on the plans and sketches of the model's own judged-correct steps
     # (rejection-sampling fine-tuning); False keeps them as context and trains only their inspections
+    train_repairs: bool = True  # train each error trace's <refine> chain and exact continuation; False keeps
+    # them as context, so the trace trains inspections only, above all the one naming the model's own
+    # mistake (for inference with rollout.retries, which redraws a flagged step instead of repairing it)
     seed: int = 0
 
     def __post_init__(self) -> None:
@@ -141,7 +144,7 @@ def build_self_critique(rollouts: list[Trajectory], judge, cfg: CritiqueConfig, 
         chains = [None] * len(pending)
     for (t, k, v, ctx), chain in zip(pending, chains):
         rec = PromptRecord.from_json(t.record)
-        trace = _critique_trace(rec, t, k, v, chain, rng, cfg.learn_own_steps) if chain else None
+        trace = _critique_trace(rec, t, k, v, chain, rng, cfg.learn_own_steps, cfg.train_repairs) if chain else None
         if trace is None:
             stats.corrections_rejected += 1
             continue
@@ -186,7 +189,7 @@ def _exact_chain(ctx: StepContext, v: Verdict, judge, exact: Exact,
 
 def _critique_trace(rec: PromptRecord, t: Trajectory, k: int, v: Verdict,
                     chain: list[tuple[str, np.ndarray, Verdict, str]], rng: random.Random,
-                    learn_own: bool) -> Trajectory | None:
+                    learn_own: bool, repairs: bool = True) -> Trajectory | None:
     final = chain[-1][1]
     rest = continuation(rec, detections_to_scene(detect(final), final.shape[0]), rng)
     if rest is None:
@@ -195,7 +198,10 @@ def _critique_trace(rec: PromptRecord, t: Trajectory, k: int, v: Verdict,
     plan = any(c.source == "instruction" for c in v.conflicts)
     wrong = Step(s.instruction, s.description, s.image, inspection_text(v), wrong_plan=plan,
                  wrong_image=not plan, edit=s.edit, context=True)
-    wrong.refinements = [Refinement(fix, image, inspection_text(after)) for fix, image, after, _ in chain]
+    wrong.refinements = [Refinement(fix, image, inspection_text(after), context=not repairs)
+                         for fix, image, after, _ in chain]
+    if not repairs:
+        rest = [replace(s, context=True) for s in rest]
     steps = [_aligned(rec, p, learn_own) for p in t.steps[:k]] + [wrong] + rest
     return Trajectory(t.prompt, steps, t.record, "self", {"outcome": "plan_error" if plan else "image_error",
                                                           "tag": rec.tag, "step": k,

@@ -6,7 +6,8 @@ more Refines (corrective instruction, re-drawn image, its own inspection). Two f
 mistakes that exist only to be inspected: `wrong_plan` (no loss on the plan or its sketch) and
 `wrong_image` (no loss on the sketch). A third, `context`, marks a model's own plan and sketch kept in a
 self-sampled trace as context: not wrong, but not to be imitated either (no loss on them; its
-inspection is still trained). Only a policy's processor turns this into tokens.
+inspection is still trained); on a refinement it keeps all of its tokens as context. Only a policy's
+processor turns this into tokens.
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ class Refinement:
     image: np.ndarray  # the corrected visual state
     inspection: str  # inspection of the corrected state
     wrong_image: bool = False
+    context: bool = False  # kept as context only: no loss on any of its tokens
 
 
 @dataclass
@@ -105,7 +107,7 @@ def to_row(t: Trajectory) -> dict:
             "instruction": s.instruction, "description": s.description, "inspection": s.inspection,
             "wrong_plan": s.wrong_plan, "wrong_image": s.wrong_image, "edit": s.edit, "context": s.context,
             "refinements": [{"instruction": r.instruction, "inspection": r.inspection,
-                             "wrong_image": r.wrong_image} for r in s.refinements],
+                             "wrong_image": r.wrong_image, "context": r.context} for r in s.refinements],
         })
     return {
         "prompt": t.prompt,
@@ -122,7 +124,7 @@ def from_row(row: dict) -> Trajectory:
     steps = []
     for s in json.loads(row["steps"]):
         image = next(images)
-        refs = [Refinement(r["instruction"], next(images), r["inspection"], r["wrong_image"])
+        refs = [Refinement(r["instruction"], next(images), r["inspection"], r["wrong_image"], r.get("context", False))
                 for r in s["refinements"]]
         steps.append(Step(s["instruction"], s["description"], image, s["inspection"], refs,
                           s["wrong_plan"], s["wrong_image"], s["edit"], s.get("context", False)))

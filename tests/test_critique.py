@@ -95,6 +95,32 @@ def test_learn_own_steps_trains_on_the_models_correct_plans_and_sketches_but_nev
         assert not any(s.context for s in t.steps[:k] + t.steps[k + 1:])
 
 
+def test_without_repairs_a_trace_trains_inspections_only(made):
+    """critique.train_repairs: false — the <refine> chain and the exact continuation become context:
+    the only tokens with loss are inspections, among them the one naming the model's own mistake."""
+    from pathlib import Path
+
+    from selfplay.model.processor import Processor
+    from selfplay.trajectory import from_row, to_row
+
+    rollouts = [as_rollout(t) for t in made["misdrawn"][:20]]
+    with_repairs, _ = build(rollouts)
+    inspect_only, stats = build(rollouts, train_repairs=False)
+    assert len(inspect_only) == len(with_repairs) and stats.outcomes["image_error"] == len(inspect_only)
+    processor = Processor.from_pretrained(Path(__file__).resolve().parents[1] / "checkpoints" / "base")
+    s = processor.special
+    for t in inspect_only:
+        t = from_row(to_row(t))  # the flag survives storage
+        k = t.meta["step"]
+        assert all(r.context for r in t.steps[k].refinements) and all(st.context for st in t.steps)
+        enc = processor.encode(t)
+        trained = [i for i, m in zip(enc.input_ids, enc.completion_mask) if m]
+        assert s["<refine>"] not in trained and s["<ins>"] not in trained and s["<vision_start>"] not in trained
+        assert trained.count(s["<inspect>"]) == len(t.steps)  # one per step: the refined states' are context
+    assert sum(processor.encode(t).completion_mask.count(1) for t in inspect_only) < \
+        sum(processor.encode(t).completion_mask.count(1) for t in with_repairs)
+
+
 def test_a_per_prompt_cap_keeps_one_confirmation_of_each_prompt(made):
     clean = [as_rollout(t) for t in made["clean"][:10]] * 3  # three correct samples of each of 10 prompts
     traces, stats = build(clean, confirmations_per_prompt=1)

@@ -151,9 +151,9 @@ class Processor:
             image(st.image, not (st.wrong_plan or st.wrong_image or st.context))
             text("<inspect>", st.inspection, "</inspect>", True)
             for r in st.refinements:
-                text("<refine>", r.instruction, "</refine>", True)
-                image(r.image, not r.wrong_image)
-                text("<inspect>", r.inspection, "</inspect>", True)
+                text("<refine>", r.instruction, "</refine>", not r.context)
+                image(r.image, not (r.wrong_image or r.context))
+                text("<inspect>", r.inspection, "</inspect>", not r.context)
         if with_eos:
             put([s["<eos>"]], TEXT, True)
         return Encoded(ids, mask, seg)
