@@ -1,9 +1,9 @@
 """What can step into a trajectory while it is decoded: an external judge, a person's plan, or a
 retry of a step whose inspection found a conflict.
 
-Both are `Decoder` pause handlers: they read the paused rows' sequences, decide, and answer with
+Each is a `Decoder` pause handler: it reads the paused rows' sequences, decides, and answers with
 `Edit`s. Nothing is re-encoded: appended text goes through the same cached decoding steps, and a
-rewritten plan is masked out of the cache rather than recomputed.
+rewritten plan or a forgotten step is masked out of the cache rather than recomputed.
 """
 
 from __future__ import annotations
@@ -17,6 +17,11 @@ from selfplay.verdict import Judge, StepContext
 
 from .decoder import Edit, Paused
 from .grammar import Grammar
+
+
+def last_index(ids: list[int], token: int) -> int:
+    """Where `token` last occurs in `ids`."""
+    return len(ids) - 1 - ids[::-1].index(token)
 
 
 def words_of(processor: Processor, text: str, cap: int) -> tuple[list[int], int]:
@@ -34,7 +39,7 @@ def open_step(processor: Processor, ids: list[int]) -> tuple[Trajectory, int]:
     s = processor.special
     closed = list(ids) + [s["<inspect>"], s["</inspect>"]]
     traj = processor.decode(closed)
-    return traj, len(ids) - 1 - ids[::-1].index(s["<ins>"])
+    return traj, last_index(ids, s["<ins>"])
 
 
 def step_context(processor: Processor, ids: list[int], record: dict | None) -> StepContext:
@@ -70,7 +75,7 @@ class StepRetries:
             return None
         self.per_step[key] = done + 1
         self.used[row.key] = self.used.get(row.key, 0) + 1
-        start = len(row.ids) - 1 - row.ids[::-1].index(self.processor.special["<ins>"])
+        start = last_index(row.ids, self.processor.special["<ins>"])
         return Edit(drop=len(row.ids) - start, append=[self.processor.special["<ins>"]])
 
 
@@ -90,7 +95,7 @@ class RetryOnConflict:
         s = self.processor.special
         edits = []
         for r in rows:
-            start = len(r.ids) - 1 - r.ids[::-1].index(s["<inspect>"])
+            start = last_index(r.ids, s["<inspect>"])
             conflict = self.processor.words(r.ids[start + 1: -1]).strip().startswith(CONFLICT)
             edits.append((self.retries.retry(r) if conflict else None) or Edit())
         return edits
@@ -163,7 +168,7 @@ class PlanReview:
         p, s = self.processor, self.processor.special
         edits = []
         for r in rows:
-            start = len(r.ids) - 1 - r.ids[::-1].index(s["<ins>"])
+            start = last_index(r.ids, s["<ins>"])
             mid = r.ids.index(s["<des>"], start)
             ins, des = p.words(r.ids[start + 1: mid - 1]), p.words(r.ids[mid + 1: -1])
             prompt = p.words(r.ids[1: r.ids.index(s["</prompt>"])])

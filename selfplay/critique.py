@@ -201,7 +201,7 @@ def _critique_trace(rec: PromptRecord, t: Trajectory, k: int, v: Verdict,
     wrong.refinements = [Refinement(fix, image, inspection_text(after), context=not repairs)
                          for fix, image, after, _ in chain]
     if not repairs:
-        rest = [replace(s, context=True) for s in rest]
+        rest = [replace(step, context=True) for step in rest]
     steps = [_aligned(rec, p, learn_own) for p in t.steps[:k]] + [wrong] + rest
     return Trajectory(t.prompt, steps, t.record, "self", {"outcome": "plan_error" if plan else "image_error",
                                                           "tag": rec.tag, "step": k,

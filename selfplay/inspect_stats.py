@@ -2,9 +2,9 @@
 
 A self-critique round can only pay off through these numbers: the share of its wrong sketches the
 model flags (recall; split by plan errors, where its `<ins>`/`<des>` already contradict the prompt,
-and image errors, where the sketch misdraws a right plan), the share of its right sketches it flags anyway (false alarms, each one a
-refinement that can break a correct scene), and the share of flagged wrong sketches its refinement
-actually fixes. The report shows them per round so a run that does not improve says why.
+and image errors, where the sketch misdraws a right plan), the share of its right sketches it flags
+anyway (false alarms, each one a refinement that can break a correct scene), and the share of
+flagged wrong sketches its refinement actually fixes. The report shows them per round so a run that does not improve says why.
 """
 
 from __future__ import annotations

@@ -155,8 +155,8 @@ def write_report(run_dir: Path) -> Path:
             d, se = gap(last["eval"]["process"], last["control"]["process"])
             gaps.append([f"round {last['round']} vs control (process)", f"{100 * d:+.1f} ± {100 * se:.1f}", f"{d / se:.1f}" if se else "-"])
     parts.append(_table(["comparison", "gap", "gap / SE"], gaps))
-    inspect_rows = [[r["round"], arm, f"{st['wrong']} ({st.get('plan_errors', 0)} plan errors)", _share(st["recall"]),
-                     f"{_share(st.get('plan_recall'))} / {_share(st.get('image_recall'))}",
+    inspect_rows = [[r["round"], arm, f"{st['wrong']} ({st['plan_errors']} plan errors)", _share(st["recall"]),
+                     f"{_share(st['plan_recall'])} / {_share(st['image_recall'])}",
                      _share(st["false_alarm_rate"]), _share(st["fix_rate"])]
                     for r in data["rounds"] for arm, st in r.get("inspect", {}).items() if st]
     if inspect_rows:
