@@ -28,7 +28,7 @@ def main() -> None:
 
     import datasets
 
-    from selfplay.data.build import DataConfig, build
+    from strokes.data.build import DataConfig, build
 
     datasets.disable_progress_bars()
     cfg = DataConfig(size=args.size, workers=args.workers, seed=args.seed)

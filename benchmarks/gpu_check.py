@@ -132,12 +132,12 @@ def main() -> None:
 
     import torch
 
-    from selfplay.data.build import DataConfig, make_rows
-    from selfplay.model.image_tokenizer import ImageTokenizer, fitting_images
-    from selfplay.model.processor import Processor, build_text_tokenizer
-    from selfplay.model.tiny import Policy
-    from selfplay.shapeworld import make_suite
-    from selfplay.trajectory import from_row, to_dataset
+    from strokes.data.build import DataConfig, make_rows
+    from strokes.model.image_tokenizer import ImageTokenizer, fitting_images
+    from strokes.model.processor import Processor, build_text_tokenizer
+    from strokes.model.tiny import Policy
+    from strokes.shapeworld import make_suite
+    from strokes.trajectory import from_row, to_dataset
     from trainer.sft import tokenize
 
     if args.tiny:

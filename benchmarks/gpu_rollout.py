@@ -131,8 +131,8 @@ def main() -> None:
 
     from rollout import Engine, RolloutConfig
     from rollout.grammar import Grammar
-    from selfplay.model.tiny import ModelConfig, Policy
-    from selfplay.shapeworld import make_suite
+    from strokes.model.tiny import ModelConfig, Policy
+    from strokes.shapeworld import make_suite
 
     if args.tiny:
         torch.set_num_threads(1)

@@ -92,8 +92,8 @@ def main() -> None:
     torch.set_num_threads(1)
     from rollout import Engine, RolloutConfig, rollout
     from rollout.cluster import connect
-    from selfplay.model.tiny import ModelConfig, Policy
-    from selfplay.shapeworld import make_suite
+    from strokes.model.tiny import ModelConfig, Policy
+    from strokes.shapeworld import make_suite
 
     skip = set(filter(None, args.skip.split(",")))
     tiny = ModelConfig(hidden_size=64, num_layers=2, num_heads=2, intermediate_size=128)

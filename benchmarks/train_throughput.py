@@ -75,7 +75,7 @@ ARMS = {
 def run_arm(processor, tokenized, arm: str, lora: bool, args, tmp: Path) -> dict:
     import torch
 
-    from selfplay.model.tiny import Policy
+    from strokes.model.tiny import Policy
     from trainer.config import LoraConfig, TrainConfig
     from trainer.sft import make_trainer, use_bf16, use_cuda
 
@@ -130,8 +130,8 @@ def main() -> None:
     import transformers
 
     from selfplay.config import load_config
-    from selfplay.data.build import DataConfig, build, load
-    from selfplay.model.tiny import Policy
+    from strokes.data.build import DataConfig, build, load
+    from strokes.model.tiny import Policy
     from trainer.sft import tokenize
 
     run = load_config(args.config)

@@ -6,7 +6,7 @@
 - `JudgeServer`: any judge behind an OpenAI-compatible endpoint (`selfplay judge-serve`).
 - `evaluate` / `labelled_contexts`: precision and recall against the oracle (`selfplay judge-eval`).
 
-Every judge answers `judge(contexts) -> verdicts` with the shared `selfplay.verdict.Verdict`; a
+Every judge answers `judge(contexts) -> verdicts` with the shared `strokes.verdict.Verdict`; a
 verdict is None for a step the judge could not judge (an unreadable answer, a spent budget).
 This package imports only selfplay's shared modules, never rollout/, trainer/ or the loop.
 """
@@ -20,7 +20,7 @@ from .self_judge import InspectFn, SelfJudge
 
 def make_judge(cfg: JudgeConfig, inspect_fn: InspectFn | None = None):
     """The judge a config asks for. Kind "self" needs the policy's `inspect_fn`."""
-    from selfplay.errors import InputError
+    from strokes.errors import InputError
 
     cfg.validate()
     if cfg.kind == "oracle":

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from selfplay.errors import InputError
+from strokes.errors import InputError
 
 KINDS = ("oracle", "gpt", "self")
 

@@ -22,10 +22,10 @@ import time
 from collections import Counter
 from dataclasses import dataclass, field
 
-from selfplay.data.pipelines import PipelineConfig, TrajectoryMaker
-from selfplay.shapeworld import TASKS
-from selfplay.shapeworld.suites import sample_record
-from selfplay.verdict import ConflictKind, Judge, StepContext, Verdict
+from strokes.data.pipelines import PipelineConfig, TrajectoryMaker
+from strokes.shapeworld import TASKS
+from strokes.shapeworld.suites import sample_record
+from strokes.verdict import ConflictKind, Judge, StepContext, Verdict
 
 from .oracle import OracleJudge
 

@@ -31,8 +31,8 @@ from dataclasses import asdict, dataclass
 
 from pydantic import ValidationError
 
-from selfplay.errors import InputError
-from selfplay.verdict import StepContext, Verdict
+from strokes.errors import InputError
+from strokes.verdict import StepContext, Verdict
 
 from .cache import AnswerCache, request_key
 from .config import JudgeConfig

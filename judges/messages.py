@@ -19,9 +19,9 @@ from typing import Any
 import numpy as np
 import yaml
 
-from selfplay.errors import InputError
-from selfplay.trajectory import Refinement, Step, png_array, png_bytes
-from selfplay.verdict import StepContext, Verdict
+from strokes.errors import InputError
+from strokes.trajectory import Refinement, Step, png_array, png_bytes
+from strokes.verdict import StepContext, Verdict
 
 DEFAULT_PROMPTS = Path(__file__).with_name("prompts.yaml")
 _FIELDS = ("prompt", "record", "history", "instruction", "description")

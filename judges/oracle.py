@@ -15,15 +15,16 @@ from __future__ import annotations
 
 import re
 from collections import Counter
+
 import numpy as np
 
-from selfplay.data.pipelines import missing_parts
-from selfplay.language import Edit, inspection_text, instruction_text, parse_description, parse_instruction
-from selfplay.shapeworld import COLORS, SHAPES, Obj, PromptRecord, Scene, detect
-from selfplay.shapeworld.check import Item, check_items, plan_conflicts
-from selfplay.shapeworld.render import Detection, detections_to_scene
-from selfplay.shapeworld.scene import NUMBER_WORDS, OPPOSITE, PLURALS, RELATIONS, free_slots, relations
-from selfplay.verdict import Conflict, ConflictKind, StepContext, Verdict
+from strokes.language import Edit, inspection_text, instruction_text, parse_description, parse_instruction
+from strokes.shapeworld import COLORS, SHAPES, Obj, PromptRecord, Scene, detect
+from strokes.shapeworld.check import Item, check_items, plan_conflicts
+from strokes.shapeworld.queries import missing_parts
+from strokes.shapeworld.render import Detection, detections_to_scene
+from strokes.shapeworld.scene import NUMBER_WORDS, OPPOSITE, PLURALS, RELATIONS, free_slots, relations
+from strokes.verdict import Conflict, ConflictKind, StepContext, Verdict
 
 _SINGULAR = {p: s for s, p in PLURALS.items()}
 _NUMBERS = {w: n for n, w in NUMBER_WORDS.items()}

@@ -12,8 +12,8 @@ from __future__ import annotations
 from collections import Counter
 from typing import Callable
 
-from selfplay.language import parse_inspection
-from selfplay.verdict import StepContext, Verdict
+from strokes.language import parse_inspection
+from strokes.verdict import StepContext, Verdict
 
 # (contexts) -> one (inspection text, refine text) per context; refine text is "" when aligned.
 InspectFn = Callable[[list[StepContext]], list[tuple[str, str]]]

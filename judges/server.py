@@ -26,7 +26,7 @@ import uuid
 from concurrent.futures import Future
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
-from selfplay.verdict import Judge, StepContext
+from strokes.verdict import Judge, StepContext
 
 from .messages import Prompts, load_prompts, parse_messages
 

@@ -2,7 +2,7 @@
 or many Ray actors. See docs/rollout.md.
 
 This package never imports `judges/`, `trainer/` or selfplay's loop: a judge is any object with
-`judge(list[StepContext]) -> list[Verdict]`, and the policy is `selfplay.model`'s `Policy`.
+`judge(list[StepContext]) -> list[Verdict]`, and the policy is `strokes.model`'s `Policy`.
 """
 
 from .config import RolloutConfig

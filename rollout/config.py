@@ -1,6 +1,6 @@
 """Rollout settings: sampling, caps, batching, and the Ray pool, in one dataclass with defaults.
 
-It is a plain dataclass so `selfplay.configuration` can load it from the run's YAML (`rollout:`
+It is a plain dataclass so `strokes.config_loader` can load it from the run's YAML (`rollout:`
 section) and `validate` gives the one-line error that names the field.
 """
 
@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from selfplay.errors import InputError
+from strokes.errors import InputError
 
 from .grammar import MODES
 

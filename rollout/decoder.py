@@ -38,8 +38,8 @@ from typing import Callable, Sequence
 
 import torch
 
-from .grammar import IMAGE, M_NONE, M_PAD, Grammar
 from . import kvcache
+from .grammar import IMAGE, M_NONE, M_PAD, Grammar
 
 
 @dataclass

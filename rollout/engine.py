@@ -16,10 +16,10 @@ from typing import Callable, Sequence
 
 import torch
 
-from selfplay.errors import InputError
-from selfplay.shapeworld import PromptRecord
-from selfplay.trajectory import Trajectory
-from selfplay.verdict import Judge, StepContext
+from strokes.errors import InputError
+from strokes.shapeworld import PromptRecord
+from strokes.trajectory import Trajectory
+from strokes.verdict import Judge, StepContext
 
 from .config import RolloutConfig
 from .decoder import Decoder, Output

@@ -3,7 +3,7 @@
 Each round's rollouts, every eval mode and the strips used to start their own Ray actors and load
 the policy, so a run paid a process start, the imports and a full model load (on a GPU: a CUDA
 context and a fresh allocation) per call. A `RolloutFleet` holds `cfg.actors` actors
-(`pool.ShardWorker`) for as long as the caller keeps it:
+(`worker.ShardWorker`) for as long as the caller keeps it:
 
     fleet = RolloutFleet(cfg.rollout)                       # no process starts yet
     rollout(records, out, cfg, checkpoint=ck0, fleet=fleet) # starts the actors, each loads ck0
@@ -28,7 +28,7 @@ from collections import Counter
 from dataclasses import replace
 from pathlib import Path
 
-from selfplay.errors import InputError
+from strokes.errors import InputError
 
 from .config import RolloutConfig
 from .weights import checkpoint_path
@@ -56,7 +56,7 @@ class RolloutFleet:
             import ray
 
             from .cluster import connect
-            from .pool import ShardWorker
+            from .worker import ShardWorker
 
             connect(self.cfg.ray_address, self.cfg.ray_cpus, self.cfg.object_store_mb)
             self._class = ray.remote(ShardWorker).options(

@@ -1,6 +1,6 @@
 """The token grammar as a state machine that runs on whole batches, and the logits masks it allows.
 
-The grammar is the one in `selfplay/model/processor.py`'s docstring:
+The grammar is the one in `strokes/model/processor.py`'s docstring:
 
     <prompt> … </prompt>
     ( <ins> … </ins> <des> … </des> <vision_start> codes <vision_end> <inspect> … </inspect>

@@ -10,10 +10,10 @@ from __future__ import annotations
 
 from typing import Callable, Sequence
 
-from selfplay.language import CONFLICT, inspection_text
-from selfplay.model.processor import Processor
-from selfplay.trajectory import Trajectory
-from selfplay.verdict import Judge, StepContext
+from strokes.language import CONFLICT, inspection_text
+from strokes.model.processor import Processor
+from strokes.trajectory import Trajectory
+from strokes.verdict import Judge, StepContext
 
 from .decoder import Edit, Paused
 from .grammar import Grammar

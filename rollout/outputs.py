@@ -8,9 +8,9 @@ from typing import Sequence
 
 import numpy as np
 
-from selfplay.geneval import write_samples
-from selfplay.shapeworld import PromptRecord
-from selfplay.trajectory import Trajectory
+from strokes.geneval import write_samples
+from strokes.shapeworld import PromptRecord
+from strokes.trajectory import Trajectory
 
 
 def final_image(traj: Trajectory, size: int = 64) -> np.ndarray:

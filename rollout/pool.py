@@ -14,24 +14,22 @@ atomically; a progress bar shows trajectories done, the rate and failures.
 
 from __future__ import annotations
 
-import os
 import time
 import uuid
 from collections import Counter, deque
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
-from typing import TYPE_CHECKING, Callable, Sequence
+from typing import Callable, Sequence
 
-from selfplay.errors import InputError
-from selfplay.trajectory import Trajectory
+from strokes.errors import InputError
+from strokes.trajectory import Trajectory
 
 from .config import RolloutConfig
-from .engine import Engine, Prompt
-from .shards import Manifest, RolloutDir, Shard, label, make_shards
-from .weights import PolicySlot, checkpoint_path
-
-if TYPE_CHECKING:
-    from .fleet import RolloutFleet
+from .engine import Prompt
+from .fleet import RolloutFleet
+from .shards import Manifest, RolloutDir, Shard, make_shards
+from .weights import checkpoint_path
+from .worker import Setup, ShardWorker
 
 
 class RolloutError(RuntimeError):
@@ -57,68 +55,6 @@ class Summary:
         computed = self.trajectories_computed
         d["trajectories_per_second"] = computed / self.seconds if self.seconds else 0.0
         return d
-
-
-@dataclass
-class Setup:
-    """What a rollout call asks of every actor: the checkpoint to hold and the engine settings.
-    Each shard carries it, so an actor that restarted (and came back empty) catches up before it
-    computes. `judge` is `[ObjectRef]` or `[]`: nested in a list so Ray does not fetch the judge
-    with every shard; the actor fetches it once per `version` (one per call)."""
-
-    checkpoint: str
-    cfg: RolloutConfig
-    judge: list
-    version: str
-
-
-class ShardWorker:
-    """Computes shards with an `Engine`. In-process it wraps a given policy or loads `checkpoint`;
-    as a Ray actor (in a `RolloutFleet`) it starts empty, `load`s checkpoints into the policy it
-    holds (`weights.PolicySlot`: in place, or an adapter swap), and keeps to one torch thread
-    (DESIGN.md §8: two threads per process collapse when the other core is busy)."""
-
-    def __init__(self, checkpoint: str | None, cfg: RolloutConfig, judge=None, policy=None,
-                 single_thread: bool = False) -> None:
-        import torch
-
-        if single_thread:
-            torch.set_num_threads(1)
-        self.slot = PolicySlot(policy)
-        if policy is None and checkpoint is not None:
-            self.slot.load(checkpoint)
-        self.engine = Engine(self.slot.policy, cfg, judge) if self.slot.policy is not None else None
-        self.version = ""
-
-    def load(self, checkpoint: str) -> str:
-        """Hold `checkpoint` (see `PolicySlot.load` for how it is brought in); the engine is rebuilt
-        at the next shard."""
-        how = self.slot.load(checkpoint)
-        if how != "same":
-            self.engine, self.version = None, ""
-        return how
-
-    def prepare(self, setup: Setup) -> None:
-        if self.slot.checkpoint != Path(setup.checkpoint):
-            self.load(setup.checkpoint)
-        if self.engine is None or self.version != setup.version:
-            judge = None
-            if setup.judge:
-                import ray
-
-                judge = ray.get(setup.judge[0])
-            self.engine = Engine(self.slot.policy, setup.cfg, judge)
-            self.version = setup.version
-
-    def run(self, shard: Shard, on_done: Callable[[int, Trajectory], None] | None = None,
-            setup: Setup | None = None) -> list[Trajectory]:
-        if setup is not None:
-            self.prepare(setup)
-        trajs = self.engine.run(shard.prompts, seed=shard.seed, on_done=on_done)
-        return [label(t, shard, n) for n, t in enumerate(trajs)]
-
-    def pid(self) -> int:
-        return os.getpid()
 
 
 def rollout(prompts: Sequence[Prompt], out: str | Path, cfg: RolloutConfig | None = None, *,
@@ -174,8 +110,6 @@ def rollout(prompts: Sequence[Prompt], out: str | Path, cfg: RolloutConfig | Non
 
     try:
         if on_ray and todo:
-            from .fleet import RolloutFleet
-
             own = fleet is None
             actors = fleet or RolloutFleet(replace(cfg, actors=min(cfg.actors, len(todo))))
             try:

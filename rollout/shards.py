@@ -2,7 +2,7 @@
 
     <out>/manifest.json      what is being rolled out (mode, seed, prompts' hash, samples, shard size);
                              a resumed rollout must match it
-    <out>/shards/<i:05d>/    a finished shard: trajectories.jsonl + images/ (selfplay.trajectory's
+    <out>/shards/<i:05d>/    a finished shard: trajectories.jsonl + images/ (strokes.trajectory's
                              JSONL+PNG rows), written atomically by the driver alone
     <out>/summary.json       counts, written when every shard is done
 
@@ -20,9 +20,9 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Sequence
 
-from selfplay.errors import InputError
-from selfplay.shapeworld import PromptRecord
-from selfplay.trajectory import Trajectory, read_jsonl, write_jsonl
+from strokes.errors import InputError
+from strokes.shapeworld import PromptRecord
+from strokes.trajectory import Trajectory, read_jsonl, write_jsonl
 
 from .engine import Prompt, prompt_record, prompt_text
 

@@ -27,7 +27,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from selfplay.errors import InputError
+from strokes.errors import InputError
 
 ADAPTER_CONFIG = "adapter_config.json"
 # config.json fields that differ between checkpoints of one model without changing its forward pass
@@ -127,7 +127,7 @@ class PolicySlot:
         if self.policy is not None and self.base is not None and self._same_model(folder) and self._copy_weights(folder):
             self.base = folder
             return "in_place"
-        from selfplay.model.tiny import Policy
+        from strokes.model.tiny import Policy
 
         self.base = None
         self.policy = None  # let the old model go before the new one loads

@@ -49,7 +49,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .errors import InputError
+from strokes.errors import InputError
 
 MODES = ("process", "single_pass", "judge", "planner")
 SOURCES = ("eval", "control_eval")
@@ -125,7 +125,7 @@ class AblationConfig:
 def load_ablation(path: str | Path) -> AblationConfig:
     """The ablation file at `path`, checked field by field (one-line InputError naming the field),
     including every arm's run config, so a typo fails before any compute is spent."""
-    from .configuration import from_dict, read
+    from strokes.config_loader import from_dict, read
 
     raw = read(path)
     arms = raw.get("arms")
@@ -143,8 +143,9 @@ def load_ablation(path: str | Path) -> AblationConfig:
 
 
 def _check(cfg: AblationConfig) -> None:
+    from strokes.shapeworld import TASKS
+
     from .config import load_config
-    from .shapeworld import TASKS
 
     def need(ok: bool, where: str, what: str) -> None:
         if not ok:
@@ -320,10 +321,10 @@ def evaluate_checkpoint(cfg, checkpoint: Path, mode: str, seed: int, out: Path) 
     mode, GenEval layout in `out/<mode>/geneval` and `out/scores.json` as the loop writes them.
     Seed k samples with `loop.eval_seed + EVAL_SEED_STRIDE * k`: seed 0 is the loop's own eval."""
     from rollout import write_geneval
+    from strokes.geneval import score_dir
+    from strokes.shapeworld import make_suite
 
-    from .geneval import score_dir
     from .loop import eval_rollouts
-    from .shapeworld import make_suite
 
     suite = make_suite("test", cfg.loop.eval_per_task, cfg.loop.eval_seed)
     sample_seed = cfg.loop.eval_seed + EVAL_SEED_STRIDE * seed

@@ -23,7 +23,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from .errors import InputError
+    from strokes.errors import InputError
 
     args = build_parser().parse_args(argv)
     try:

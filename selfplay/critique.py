@@ -21,13 +21,14 @@ from typing import Callable
 
 import numpy as np
 
-from .data.continuation import continuation
-from .data.pipelines import TrajectoryMaker, aligned_inspection, missing_parts
-from .language import inspection_text, parse_description
-from .shapeworld import PromptRecord, Scene, detect, render
-from .shapeworld.render import detections_to_scene
-from .trajectory import Refinement, Step, Trajectory
-from .verdict import StepContext, Verdict
+from strokes.data.continuation import continuation
+from strokes.data.pipelines import TrajectoryMaker, aligned_inspection
+from strokes.language import inspection_text, parse_description
+from strokes.shapeworld import PromptRecord, Scene, detect, render
+from strokes.shapeworld.queries import missing_parts
+from strokes.shapeworld.render import detections_to_scene
+from strokes.trajectory import Refinement, Step, Trajectory
+from strokes.verdict import StepContext, Verdict
 
 
 @dataclass
@@ -49,7 +50,7 @@ class CritiqueConfig:
     seed: int = 0
 
     def __post_init__(self) -> None:
-        from .errors import InputError
+        from strokes.errors import InputError
 
         if self.mode not in ("self", "symbolic"):
             raise InputError(f"config field 'critique.mode' must be 'self' or 'symbolic', got {self.mode!r}")
@@ -162,8 +163,7 @@ def _exact_chain(ctx: StepContext, v: Verdict, judge, exact: Exact,
     ...]; None when it does not converge
     within `limit` refinements (a correction fixes one conflict; a step may have several)."""
     from judges.oracle import edit_items
-
-    from .language import description_text, parse_instruction
+    from strokes.language import description_text, parse_instruction
 
     chain = []
     for _ in range(limit):
@@ -234,7 +234,7 @@ def _positive(rec: PromptRecord, t: Trajectory, stats: CritiqueStats, cfg: Criti
 def build_symbolic_critique(records: list[PromptRecord], n: int, cfg: CritiqueConfig,
                             size: int = 64) -> list[Trajectory]:
     """The Table 6 baseline: as many corrections, made by perturbing scene graphs of the same prompts."""
-    from .data.pipelines import PipelineConfig
+    from strokes.data.pipelines import PipelineConfig
 
     rng = random.Random(cfg.seed)
     maker = TrajectoryMaker(PipelineConfig(conflict_negative=1.0, alignment_negative=1.0), size)

@@ -11,9 +11,10 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass
 
+from strokes.trajectory import Trajectory
+from strokes.verdict import StepContext
+
 from .critique import step_contexts
-from .trajectory import Trajectory
-from .verdict import StepContext
 
 
 @dataclass

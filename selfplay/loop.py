@@ -23,44 +23,10 @@ import os
 import random
 import shutil
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
-from .errors import InputError
-
-
-@dataclass
-class LoopConfig:
-    """The rounds and what each one samples, evaluates and promotes."""
-
-    rounds: int = 2
-    prompts_per_round: int = 300  # training-split prompts rolled out per round
-    samples_per_prompt: int = 1  # rollouts per prompt
-    train_from: str = "current"  # "current": continue the promoted policy; "base": restart from round 0's
-    promote_tolerance: float = 0.02  # promote unless process-mode overall drops by more than this
-    base_checkpoint: str = "checkpoints/base"  # the shipped base model (relative to the project root)
-    base_recipe: str = "configs/base.yaml"  # used by --from-scratch to train the base model
-    control: bool = True  # also train a control arm on base data only, for the same number of steps
-    eval_per_task: int = 50  # held-out test-split records per task (6 tasks)
-    eval_seed: int = 1000
-    eval_samples: int = 1  # images per eval record (each an independent sample)
-    # process | single_pass | judge (the judge as external inspector) | planner (the oracle as external planner)
-    eval_modes: list[str] = field(default_factory=lambda: ["process", "single_pass"])
-    strip_prompts: list[str] = field(default_factory=lambda: [
-        "a red circle left of a blue square", "three triangles", "a green square and a purple triangle"])
-    seed: int = 0
-
-    def __post_init__(self) -> None:
-        if self.train_from not in ("current", "base"):
-            raise InputError(f"config field 'loop.train_from' must be 'current' or 'base', got {self.train_from!r}")
-        bad = [m for m in self.eval_modes if m not in ("process", "single_pass", "judge", "planner")]
-        if bad:
-            raise InputError(f"config field 'loop.eval_modes' has unknown mode {bad[0]!r}")
-        if self.rounds < 0 or self.prompts_per_round < 1 or self.eval_per_task < 1 or self.eval_samples < 1:
-            raise InputError("config fields 'loop.rounds' >= 0, and 'loop.prompts_per_round', "
-                             "'loop.eval_per_task', 'loop.eval_samples' >= 1")
-
+from strokes.errors import InputError
 
 # ---- run state --------------------------------------------------------------------------------------
 
@@ -130,7 +96,7 @@ def rebuild_metrics(run_dir: Path) -> None:
 # ---- stages -------------------------------------------------------------------------------------------
 
 def _policy(path: Path):
-    from .model.tiny import Policy
+    from strokes.model.tiny import Policy
 
     return Policy.from_pretrained(path)
 
@@ -145,8 +111,7 @@ def rollout_stage(cfg, checkpoint: Path, records: list, mode: str, seed: int, ou
     place) when one is given.
     """
     from rollout import RolloutDir, rollout
-
-    from .trajectory import write_jsonl
+    from strokes.trajectory import write_jsonl
 
     rcfg = _with(cfg.rollout, mode=mode, seed=seed)
     shards = out.with_name(out.name.removesuffix(".tmp") + ".shards")
@@ -167,9 +132,8 @@ def evaluate(cfg, checkpoint: Path, out: Path, rnd: int, arm: str = "policy", fl
     """Held-out suite in every eval mode, `loop.eval_samples` images per record (sampling at T=1 makes
     one image per record a noisy estimate); GenEval layout per mode plus `scores.json`."""
     from rollout import write_geneval
-
-    from .geneval import score_dir
-    from .shapeworld import make_suite
+    from strokes.geneval import score_dir
+    from strokes.shapeworld import make_suite
 
     suite = make_suite("test", cfg.loop.eval_per_task, cfg.loop.eval_seed)
     scores = {}
@@ -194,7 +158,7 @@ def eval_rollouts(cfg, checkpoint: Path, suite: list, mode: str, seed: int, out:
     writes every inspection and correction (paper Table 4's external inspector); planner: the oracle
     writes every plan (Table 4's external planner)."""
     if mode == "planner":
-        from .planner import planner_rollout
+        from .oracle_planner import planner_rollout
 
         return planner_rollout(cfg, checkpoint, suite, seed, out, samples=cfg.loop.eval_samples)
     judge = make_judge(cfg, checkpoint) if mode == "judge" else None
@@ -230,10 +194,11 @@ def make_judge(cfg, checkpoint: Path):
 
 def critique_stage(cfg, rnd: int, rollouts: list, checkpoint: Path, out: Path) -> dict:
     """Judge the rollouts, build critique traces, mix in base-data replay, save the round's dataset."""
+    from strokes.data.build import make_rows
+    from strokes.shapeworld import PromptRecord
+    from strokes.trajectory import from_row, write_jsonl
+
     from .critique import build_self_critique, build_symbolic_critique
-    from .data.build import make_rows
-    from .shapeworld import PromptRecord
-    from .trajectory import from_row, write_jsonl
 
     judge = make_judge(cfg, checkpoint)
     crit_cfg = _with(cfg.critique, seed=cfg.critique.seed + rnd)
@@ -259,7 +224,7 @@ def critique_stage(cfg, rnd: int, rollouts: list, checkpoint: Path, out: Path) -
 def _save_dataset(rows: list, path: Path) -> None:
     """An HF dataset on disk; an empty one is a folder with an EMPTY marker, since `datasets`
     saves zero rows as zero shards that it cannot load back."""
-    from .trajectory import to_dataset
+    from strokes.trajectory import to_dataset
 
     if not rows:
         path.mkdir(parents=True)
@@ -302,7 +267,8 @@ def train_stage(cfg, parent: Path, dataset_dir: Path, out: Path, rnd: int, arm: 
 
 def run(cfg, run_dir: Path, from_scratch: bool = False, log=print) -> dict:
     """Run (or resume) every round; returns the final state."""
-    from .configuration import dump
+    from strokes.config_loader import dump
+
     from .tracking import Tracker
 
     run_dir.mkdir(parents=True, exist_ok=True)
@@ -328,14 +294,15 @@ def _fleet(cfg):
 
 
 def _rounds(cfg, run_dir: Path, state: RunState, tracker, fleet, from_scratch: bool, log) -> dict:
-    from .shapeworld import make_suite
+    from strokes.shapeworld import make_suite
 
     def init(tmp: Path) -> None:
         if from_scratch:
-            from .config import load_config
-            from .data.build import build, load
-            from .model.tiny import Policy
+            from strokes.data.build import build, load
+            from strokes.model.tiny import Policy
             from trainer.sft import train
+
+            from .config import load_config
 
             base = load_config(cfg.loop.base_recipe)
             build(base.data, tmp / "data")
@@ -386,7 +353,7 @@ def _rounds(cfg, run_dir: Path, state: RunState, tracker, fleet, from_scratch: b
 
 
 def _read(folder: Path) -> list:
-    from .trajectory import read_jsonl
+    from strokes.trajectory import read_jsonl
 
     return read_jsonl(folder / "trajectories")
 
@@ -411,8 +378,8 @@ def _control_parent(cfg, state: RunState, run_dir: Path, r0: Path) -> Path:
 
 def _control(cfg, rnd: int, parent: Path, n: dict, steps: int, out: Path) -> None:
     """Same parent, same number of optimizer steps, base data only (as many rows as the round had)."""
-    from .data.build import make_rows
-    from .trajectory import from_row
+    from strokes.data.build import make_rows
+    from strokes.trajectory import from_row
 
     size = max(n["critique"] + n["replay"], 1)
     rows = [from_row(r) for r in make_rows(_with(cfg.data, size=size, seed=cfg.data.seed + 104729 * rnd),

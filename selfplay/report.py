@@ -30,9 +30,9 @@ def _inspect(folder: Path) -> dict | None:
     if not trajs.exists():
         return None
     from judges import OracleJudge
+    from strokes.trajectory import read_jsonl
 
     from .inspect_stats import inspect_stats
-    from .trajectory import read_jsonl
 
     return inspect_stats(read_jsonl(trajs), OracleJudge()).to_json()
 

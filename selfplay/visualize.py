@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from .trajectory import Trajectory
+from strokes.trajectory import Trajectory
 
 SCALE = 3  # strip panels are the canvas scaled up this much (nearest neighbour)
 BORDER = 3  # frame around each panel: red for a deliberately wrong state, grey otherwise
@@ -45,7 +45,7 @@ def strip_image(t: Trajectory, scale: int = SCALE) -> np.ndarray:
 def describe(t: Trajectory, index: int | None = None) -> str:
     """A trajectory as readable text: prompt; per step the plan (<ins>, <des>), inspection and
     refinements, with the loss flags; the final image's GenEval verdict when the record is known."""
-    from .shapeworld import PromptRecord, check
+    from strokes.shapeworld import PromptRecord, check
 
     variant = t.meta.get("error", t.meta.get("detour", t.meta.get("outcome", "none")))
     head = (f"#{index}  " if index is not None else "") + f"{t.source} ({variant})"

@@ -110,8 +110,8 @@ def test_a_malformed_ablation_fails_in_one_line_naming_the_field(tmp_path, base_
 def test_the_external_planner_writes_every_plan_the_model_follows(base_checkpoint, tmp_path):  # noqa: F811
     """The oracle's plan replaces the model's own <ins>/<des> at every step the plan covers."""
     from selfplay.config import load_config
-    from selfplay.planner import OraclePlanner, planner_rollout
-    from selfplay.shapeworld import make_suite
+    from selfplay.oracle_planner import OraclePlanner, planner_rollout
+    from strokes.shapeworld import make_suite
 
     suite = make_suite("test", 1, 3)
     cfg = load_config(tiny_config(tmp_path, base_checkpoint), ["rollout.max_steps=4", "rollout.max_text_tokens=40"])
@@ -130,9 +130,9 @@ def test_the_external_planner_writes_every_plan_the_model_follows(base_checkpoin
 
 def test_table5_additive_only_arm_makes_scene_graph_data_without_other_edits():
     """`data.pipelines.detour_prob=0.0` is Table 5's knob: scene-graph trajectories then only add."""
-    from selfplay.data.build import DataConfig, make_rows
-    from selfplay.data.pipelines import PipelineConfig
-    from selfplay.trajectory import from_row
+    from strokes.data.build import DataConfig, make_rows
+    from strokes.data.pipelines import PipelineConfig
+    from strokes.trajectory import from_row
 
     def edits(detour_prob: float) -> set[str]:
         cfg = DataConfig(size=60, mixture={"scene_graph": 1.0}, pipelines=PipelineConfig(detour_prob=detour_prob),

@@ -138,8 +138,8 @@ def test_failed_render_leaves_no_output(tmp_path, capsys):
 
 def test_interrupted_write_leaves_nothing_behind(tmp_path):
     """`write_samples` is atomic: a failure part way leaves neither the folder nor its temporary."""
-    from selfplay.geneval import write_samples
-    from selfplay.shapeworld import PromptRecord
+    from strokes.geneval import write_samples
+    from strokes.shapeworld import PromptRecord
 
     rec = PromptRecord.from_json(GOOD)
 

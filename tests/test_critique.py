@@ -10,10 +10,10 @@ import pytest
 
 from judges import OracleJudge, corrected_scene
 from selfplay.critique import CritiqueConfig, build_self_critique, build_symbolic_critique
-from selfplay.data.pipelines import PipelineConfig, TrajectoryMaker
-from selfplay.language import parse_inspection
-from selfplay.shapeworld import TASKS, PromptRecord, check, sample_record
-from selfplay.trajectory import Refinement
+from strokes.data.pipelines import PipelineConfig, TrajectoryMaker
+from strokes.language import parse_inspection
+from strokes.shapeworld import TASKS, PromptRecord, check, sample_record
+from strokes.trajectory import Refinement
 
 
 def as_rollout(t):
@@ -100,8 +100,8 @@ def test_without_repairs_a_trace_trains_inspections_only(made):
     the only tokens with loss are inspections, among them the one naming the model's own mistake."""
     from pathlib import Path
 
-    from selfplay.model.processor import Processor
-    from selfplay.trajectory import from_row, to_row
+    from strokes.model.processor import Processor
+    from strokes.trajectory import from_row, to_row
 
     rollouts = [as_rollout(t) for t in made["misdrawn"][:20]]
     with_repairs, _ = build(rollouts)

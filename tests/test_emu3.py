@@ -14,10 +14,10 @@ import numpy as np
 import pytest
 import torch
 
-from selfplay.errors import InputError
-from selfplay.model.emu3 import Emu3ModelConfig, Emu3Policy, Emu3Processor, save_tiny_base
-from selfplay.model.tiny import Policy
-from selfplay.shapeworld import make_suite
+from strokes.errors import InputError
+from strokes.model.emu3 import Emu3ModelConfig, Emu3Policy, Emu3Processor, save_tiny_base
+from strokes.model.tiny import Policy
+from strokes.shapeworld import make_suite
 
 TINY = Emu3ModelConfig(hidden_size=64, num_layers=2, num_heads=2, intermediate_size=128, codebook_size=64,
                        max_positions=1024)
@@ -37,7 +37,7 @@ def policy(base_dir):
 
 @pytest.fixture(scope="module")
 def rows():
-    from selfplay.data.build import DataConfig, make_rows
+    from strokes.data.build import DataConfig, make_rows
 
     return make_rows(DataConfig(size=12, seed=3, workers=1), progress=False)
 
@@ -62,9 +62,9 @@ def test_processor_keeps_the_grammar_and_loss_mask_of_the_tiny_processor(policy,
     """Same trajectory, same token structure: the masks and segment kinds of the Emu3 processor
     equal the tiny processor's position by position, and the text round-trips through Emu3's
     tokenizer. The grammar markers were added after Emu3's vocabulary; codes are its visual block."""
-    from selfplay.model.image_tokenizer import ImageTokenizer, fitting_images
-    from selfplay.model.processor import Processor, build_text_tokenizer
-    from selfplay.trajectory import from_row
+    from strokes.model.image_tokenizer import ImageTokenizer, fitting_images
+    from strokes.model.processor import Processor, build_text_tokenizer
+    from strokes.trajectory import from_row
 
     p = policy.processor
     vocab = json.loads((policy.model.config.to_json_string()))["vocabulary_map"]
@@ -91,9 +91,9 @@ def test_a_round_runs_end_to_end(policy, tmp_path):
     from judges import OracleJudge, corrected_scene
     from rollout import Engine, RolloutConfig, RolloutDir, rollout, write_geneval
     from selfplay.critique import CritiqueConfig, build_self_critique
-    from selfplay.data.build import DataConfig, make_rows
-    from selfplay.geneval import score_dir
-    from selfplay.trajectory import from_row, to_dataset
+    from strokes.data.build import DataConfig, make_rows
+    from strokes.geneval import score_dir
+    from strokes.trajectory import from_row, to_dataset
     from trainer.config import LoraConfig, TrainConfig
     from trainer.sft import train
 
@@ -148,7 +148,7 @@ def test_a_round_runs_end_to_end(policy, tmp_path):
 
 
 def test_saved_policy_reloads_exactly_and_its_processor_loads_alone(policy, rows, tmp_path):
-    from selfplay.trajectory import from_row
+    from strokes.trajectory import from_row
 
     policy.save_pretrained(tmp_path)
     loaded = Policy.from_pretrained(tmp_path)
@@ -195,9 +195,9 @@ def test_packed_rows_stay_isolated_as_the_trainer_feeds_them(policy):
 
 
 def test_a_downloaded_checkpoint_converts_the_same_way_every_time(base_dir, tmp_path):
-    """`python -m selfplay.model.emu3 --base DIR --out DIR` (what `loop.base_checkpoint` then names):
+    """`python -m strokes.model.emu3 --base DIR --out DIR` (what `loop.base_checkpoint` then names):
     the marker embeddings it adds are seeded, so two conversions give the same policy."""
-    from selfplay.model.emu3 import main
+    from strokes.model.emu3 import main
 
     for name in ("a", "b"):
         main(["--base", str(base_dir), "--out", str(tmp_path / name)])

@@ -27,8 +27,8 @@ from judges.evaluate import labelled_contexts
 from judges.gpt import GPTJudge
 from judges.messages import build_messages, image_url, load_prompts, parse_messages, verdict_schema
 from judges.server import JudgeServer
-from selfplay.errors import InputError
-from selfplay.verdict import Verdict
+from strokes.errors import InputError
+from strokes.verdict import Verdict
 
 
 @pytest.fixture(scope="module")

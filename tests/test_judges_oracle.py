@@ -17,11 +17,11 @@ import pytest
 from judges import OracleJudge, SelfJudge, corrected_scene
 from judges.evaluate import evaluate, labelled_contexts
 from judges.oracle import edit_items
-from selfplay.data.pipelines import TrajectoryMaker
-from selfplay.language import description_text, inspection_text, parse_description, parse_instruction
-from selfplay.shapeworld import TASKS, Obj, Scene, render, sample_record
-from selfplay.shapeworld.check import Item
-from selfplay.verdict import ConflictKind, StepContext
+from strokes.data.pipelines import TrajectoryMaker
+from strokes.language import description_text, inspection_text, parse_description, parse_instruction
+from strokes.shapeworld import TASKS, Obj, Scene, render, sample_record
+from strokes.shapeworld.check import Item
+from strokes.verdict import ConflictKind, StepContext
 
 SOURCES = ("scene_graph", "conflict", "alignment")
 

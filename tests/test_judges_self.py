@@ -17,10 +17,10 @@ from judges.gpt import GPTJudge
 from judges.server import JudgeServer
 from rollout.config import RolloutConfig
 from rollout.engine import Engine
-from selfplay.model.image_tokenizer import ImageTokenizer, fitting_images
-from selfplay.model.processor import Processor, build_text_tokenizer
-from selfplay.model.tiny import ModelConfig, Policy
-from selfplay.verdict import Verdict
+from strokes.model.image_tokenizer import ImageTokenizer, fitting_images
+from strokes.model.processor import Processor, build_text_tokenizer
+from strokes.model.tiny import ModelConfig, Policy
+from strokes.verdict import Verdict
 
 
 @pytest.fixture(scope="module")

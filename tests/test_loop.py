@@ -19,7 +19,7 @@ from selfplay.cli import main
 @pytest.fixture(scope="module")
 def base_checkpoint(tmp_path_factory) -> Path:
     """A tiny untrained policy standing in for the shipped base model."""
-    from selfplay.model.tiny import ModelConfig, Policy
+    from strokes.model.tiny import ModelConfig, Policy
 
     path = tmp_path_factory.mktemp("base") / "checkpoint"
     Policy.build(ModelConfig(hidden_size=32, num_layers=1, num_heads=2, intermediate_size=64)).save_pretrained(path)
@@ -149,7 +149,7 @@ def test_the_external_inspector_and_planner_arms_evaluate_with_the_oracle_in_the
     (paper Table 4's external inspector and external planner)."""
     cfg = tiny_config(tmp_path, base_checkpoint, loop={"rounds": 0, "eval_modes": ["judge", "planner"]})
     assert main(["run", str(cfg), "--runs", str(tmp_path), "--name", "j"]) == 0
-    from selfplay.trajectory import read_jsonl
+    from strokes.trajectory import read_jsonl
 
     evals = tmp_path / "j" / "round_000" / "eval"
     judged = read_jsonl(evals / "judge" / "trajectories")

@@ -22,12 +22,12 @@ from PIL import Image
 
 from selfplay.cli import main
 from selfplay.visualize import BORDER, GAP, SCALE, WRONG, strip_image
-from selfplay.data.build import DataConfig, make_rows
-from selfplay.data.pipelines import SOURCES, PipelineConfig, TrajectoryMaker
-from selfplay.language import EDIT_KINDS, parse_description, parse_inspection, parse_instruction
-from selfplay.shapeworld import TASKS, PromptRecord, check, detect, sample_record
-from selfplay.shapeworld.check import Item, check_items, plan_conflicts
-from selfplay.trajectory import Trajectory, from_row
+from strokes.data.build import DataConfig, make_rows
+from strokes.data.pipelines import SOURCES, PipelineConfig, TrajectoryMaker
+from strokes.language import EDIT_KINDS, parse_description, parse_inspection, parse_instruction
+from strokes.shapeworld import TASKS, PromptRecord, check, detect, sample_record
+from strokes.shapeworld.check import Item, check_items, plan_conflicts
+from strokes.trajectory import Trajectory, from_row
 
 PER_TASK = 50  # 300 trajectories per source
 

@@ -14,12 +14,12 @@ import numpy as np
 import pytest
 from test_pipelines import make
 
-from selfplay.data.build import summarize
-from selfplay.data.pipelines import SOURCES, PipelineConfig, TrajectoryMaker
-from selfplay.model.processor import BOUNDARY, IMAGE, PROMPT, TEXT, Processor
-from selfplay.model.tiny import ModelConfig, Policy
-from selfplay.shapeworld import TASKS, check, make_suite, render, target_scene
-from selfplay.trajectory import Trajectory
+from strokes.data.build import summarize
+from strokes.data.pipelines import SOURCES, PipelineConfig, TrajectoryMaker
+from strokes.model.processor import BOUNDARY, IMAGE, PROMPT, TEXT, Processor
+from strokes.model.tiny import ModelConfig, Policy
+from strokes.shapeworld import TASKS, check, make_suite, render, target_scene
+from strokes.trajectory import Trajectory
 
 PER_TASK = 10  # 60 trajectories per source
 
@@ -184,7 +184,7 @@ def test_processor_saves_and_loads_offline(processor, trajectories, tmp_path):
 
 def test_generated_runs_of_punctuation_read_back_without_unknown_tokens():
     """A sampled span may hold '. .' or ': .'; its text must tokenize back to the same ids."""
-    from selfplay.model.processor import build_text_tokenizer, join_words
+    from strokes.model.processor import build_text_tokenizer, join_words
 
     tok = build_text_tokenizer(4)
     words = ["aligned", ".", ".", "the", ":", ".", "image", "."]

@@ -17,7 +17,7 @@ import pytest
 import torch
 from test_rollout_support import tiny_checkpoint
 
-from selfplay.errors import InputError
+from strokes.errors import InputError
 from trainer.config import TrainConfig
 
 ray = pytest.importorskip("ray")
@@ -42,8 +42,8 @@ def _drive(parent: str, dataset: str, out: str, home: str) -> dict:
 
 @pytest.fixture(scope="module")
 def dataset_dir(tmp_path_factory):
-    from selfplay.data.build import DataConfig, make_rows
-    from selfplay.trajectory import from_row, to_dataset
+    from strokes.data.build import DataConfig, make_rows
+    from strokes.trajectory import from_row, to_dataset
 
     path = tmp_path_factory.mktemp("ray-train-data") / "dataset"
     rows = make_rows(DataConfig(size=16, seed=2, workers=1), progress=False)
@@ -73,8 +73,8 @@ def test_two_ray_workers_train_one_checkpoint(dataset_dir, tmp_path_factory, tmp
     import multiprocessing
     from concurrent.futures import ProcessPoolExecutor
 
-    from selfplay.model.tiny import Policy
-    from selfplay.trajectory import from_row
+    from strokes.model.tiny import Policy
+    from strokes.trajectory import from_row
 
     parent = tiny_checkpoint(tmp_path_factory)
     home = tmp_path_factory.mktemp("ray-home")

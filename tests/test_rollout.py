@@ -16,19 +16,19 @@ import torch
 from test_rollout_support import tiny_checkpoint
 
 from rollout import Engine, RolloutConfig, RolloutDir, rollout, write_geneval
-from selfplay.visualize import BORDER, GAP, strip_image
 from rollout.decoder import Output
 from rollout.grammar import Grammar
 from rollout.interventions import JudgeInTheLoop, PlanReview
 from selfplay.cli import main
-from selfplay.data.pipelines import TrajectoryMaker
-from selfplay.errors import InputError
-from selfplay.language import inspection_text, parse_description
-from selfplay.model.tiny import Policy
-from selfplay.shapeworld import detect, make_suite, write_records
-from selfplay.shapeworld.check import check_items
-from selfplay.shapeworld.scene import noun_phrase
-from selfplay.verdict import Conflict, ConflictKind, StepContext, Verdict
+from selfplay.visualize import BORDER, GAP, strip_image
+from strokes.data.pipelines import TrajectoryMaker
+from strokes.errors import InputError
+from strokes.language import inspection_text, parse_description
+from strokes.model.tiny import Policy
+from strokes.shapeworld import detect, make_suite, write_records
+from strokes.shapeworld.check import check_items
+from strokes.shapeworld.scene import noun_phrase
+from strokes.verdict import Conflict, ConflictKind, StepContext, Verdict
 
 
 @pytest.fixture(scope="module")
@@ -286,7 +286,7 @@ def test_rewritten_plans_are_masked_out_not_reencoded(policy, suite):
 def test_rewind_after_the_rows_cache_was_left_padded(policy):
     """The bookkeeping case the test above may miss: a row is mid-plan when a much longer context
     joins (its cache gets left-padded), then its plan is rewritten (the dropped columns moved)."""
-    from selfplay.trajectory import Refinement, Step, Trajectory
+    from strokes.trajectory import Refinement, Step, Trajectory
 
     p, s = policy.processor, policy.processor.special
     blank = np.full((64, 64, 3), 255, np.uint8)

@@ -12,7 +12,7 @@ import pytest
 from test_rollout_support import tiny_checkpoint
 
 from rollout import RolloutConfig, RolloutDir, rollout
-from selfplay.shapeworld import make_suite
+from strokes.shapeworld import make_suite
 
 ray = pytest.importorskip("ray")
 
@@ -79,7 +79,7 @@ def checkpoints(checkpoint, tmp_path_factory):
     from peft import LoraConfig, get_peft_model
     from test_rollout_support import TINY
 
-    from selfplay.model.tiny import Policy
+    from strokes.model.tiny import Policy
 
     torch.set_num_threads(1)
     root = tmp_path_factory.mktemp("fleet")

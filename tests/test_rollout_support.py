@@ -9,7 +9,7 @@ from __future__ import annotations
 import shutil
 from pathlib import Path
 
-from selfplay.model.tiny import ModelConfig, Policy
+from strokes.model.tiny import ModelConfig, Policy
 
 TINY = ModelConfig(hidden_size=64, num_layers=2, num_heads=2, intermediate_size=128)
 

@@ -12,8 +12,8 @@ import random
 import pytest
 from geneval_reference import evaluate, relative_position
 
-from selfplay.geneval import score_results
-from selfplay.shapeworld import (
+from strokes.geneval import score_results
+from strokes.shapeworld import (
     COLORS,
     SHAPES,
     TASKS,
@@ -30,8 +30,8 @@ from selfplay.shapeworld import (
     render,
     target_scene,
 )
-from selfplay.shapeworld.scene import free_slots, grid_positions, noun_phrase
-from selfplay.verdict import ConflictKind as K
+from strokes.shapeworld.scene import free_slots, grid_positions, noun_phrase
+from strokes.verdict import ConflictKind as K
 
 
 def kinds(rec, scene, strict=False):

@@ -16,8 +16,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from selfplay.errors import InputError
-from selfplay.shapeworld import (
+from strokes.errors import InputError
+from strokes.shapeworld import (
     COLORS,
     RELATIONS,
     SHAPES,
@@ -37,9 +37,9 @@ from selfplay.shapeworld import (
     sample_record,
     target_scene,
 )
-from selfplay.shapeworld.records import prompt_text
-from selfplay.shapeworld.render import FILL, MASKS
-from selfplay.shapeworld.suites import color_attr_pairs
+from strokes.shapeworld.records import prompt_text
+from strokes.shapeworld.render import FILL, MASKS
+from strokes.shapeworld.suites import color_attr_pairs
 
 FAST = settings(max_examples=150, deadline=None)
 

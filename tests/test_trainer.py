@@ -12,10 +12,10 @@ import pytest
 import torch
 
 from selfplay.cli import main
-from selfplay.data.build import DataConfig, build, load
-from selfplay.errors import InputError
-from selfplay.model.tiny import ModelConfig, Policy
-from selfplay.trajectory import from_row
+from strokes.data.build import DataConfig, build, load
+from strokes.errors import InputError
+from strokes.model.tiny import ModelConfig, Policy
+from strokes.trajectory import from_row
 from trainer.config import LoraConfig, TrainConfig
 from trainer.sft import make_trainer, segment_table, sft_config, tokenize, train, use_bf16, use_cuda
 

@@ -13,11 +13,11 @@ import numpy as np
 import pytest
 from test_pipelines import make
 
-from selfplay.data.build import DataConfig, build, load, make_rows
-from selfplay.data.pipelines import SOURCES, PipelineConfig, TrajectoryMaker
-from selfplay.errors import InputError
-from selfplay.shapeworld import TASKS
-from selfplay.trajectory import (
+from strokes.data.build import DataConfig, build, load, make_rows
+from strokes.data.pipelines import SOURCES, PipelineConfig, TrajectoryMaker
+from strokes.errors import InputError
+from strokes.shapeworld import TASKS
+from strokes.trajectory import (
     Refinement,
     Step,
     Trajectory,

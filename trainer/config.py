@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from selfplay.errors import InputError
+from strokes.errors import InputError
 
 SEGMENTS = ("text", "image", "boundary")  # segment kinds that carry loss, each with its own weight
 

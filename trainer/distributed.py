@@ -34,7 +34,7 @@ def _worker(config: dict) -> None:
     import ray.train
     import torch
 
-    from selfplay.model.tiny import Policy
+    from strokes.model.tiny import Policy
 
     from .sft import train
 
@@ -91,7 +91,7 @@ def train_on_ray(parent: str | Path, dataset: str | Path, cfg: TrainConfig, out:
     from ray.train import RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
 
-    from selfplay.errors import InputError
+    from strokes.errors import InputError
 
     parent, dataset, out = Path(parent).resolve(), Path(dataset).resolve(), Path(out).resolve()
     if not (parent / "config.json").is_file():
@@ -124,7 +124,7 @@ def fit(parent: str | Path, dataset: str | Path, cfg: TrainConfig, out: str | Pa
         return train_on_ray(parent, dataset, cfg, out, address)
     import datasets
 
-    from selfplay.model.tiny import Policy
+    from strokes.model.tiny import Policy
 
     from .sft import train
 

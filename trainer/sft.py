@@ -24,7 +24,7 @@ def tokenize(dataset, processor, workers: int = 1):
     """Trajectory rows -> `input_ids` + `completion_mask` (the processor's grammar and loss mask)."""
     import datasets
 
-    from selfplay.trajectory import from_row
+    from strokes.trajectory import from_row
 
     def encode(row: dict) -> dict:
         enc = processor.encode(from_row(row))
@@ -284,7 +284,7 @@ def train(policy, dataset, cfg: TrainConfig, out: str | Path) -> dict:
     """
     import torch
 
-    from selfplay.errors import InputError
+    from strokes.errors import InputError
 
     from .plots import plot_losses
 

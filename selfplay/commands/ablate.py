@@ -19,8 +19,9 @@ def register(sub: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     from pathlib import Path
 
+    from strokes.errors import InputError
+
     from ..ablate import load_ablation, run_ablation, tabulate
-    from ..errors import InputError
 
     root = Path(args.runs) / Path(args.config).stem
     if args.seed is not None and not args.only:

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from ..data.build import DataConfig
+    from strokes.data.build import DataConfig
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -40,9 +40,9 @@ def register(sub: argparse._SubParsersAction) -> None:
 def load_data_config(path: str | None, overrides: list[str]) -> "DataConfig":
     """The `data:` section of a YAML config (other sections are left to their own commands), with
     `--set data.KEY=VALUE` overrides; a bad field fails with one line naming it (`data.mixture.bogus`)."""
-    from ..configuration import from_dict, read
-    from ..data.build import DataConfig
-    from ..errors import InputError
+    from strokes.config_loader import from_dict, read
+    from strokes.data.build import DataConfig
+    from strokes.errors import InputError
 
     for item in overrides:
         if not item.startswith("data."):
@@ -54,8 +54,8 @@ def load_data_config(path: str | None, overrides: list[str]) -> "DataConfig":
 def run_build(args: argparse.Namespace) -> None:
     import datasets
 
-    from ..data.build import build
-    from ..errors import InputError
+    from strokes.data.build import build
+    from strokes.errors import InputError
 
     datasets.disable_progress_bars()  # saving takes a blink; our own bar counts trajectories
     cfg = load_data_config(args.config, args.overrides)
@@ -108,14 +108,15 @@ def summary_table(summary: dict, out: Path | str) -> str:
 # ---- data show -------------------------------------------------------------------------------------
 
 def run_show(args: argparse.Namespace) -> None:
-    from ..visualize import describe, strip_image
     import datasets
     from PIL import Image
 
-    from ..data.build import load
-    from ..data.pipelines import SOURCES
-    from ..errors import InputError
-    from ..trajectory import from_dataset
+    from strokes.data.build import load
+    from strokes.data.pipelines import SOURCES
+    from strokes.errors import InputError
+    from strokes.trajectory import from_dataset
+
+    from ..visualize import describe, strip_image
 
     if args.n < 1:
         raise InputError(f"--n must be at least 1, got {args.n}")

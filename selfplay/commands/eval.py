@@ -31,10 +31,9 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> None:
     from rollout import RolloutDir, rollout, write_geneval
-
-    from ..errors import InputError
-    from ..geneval import score_dir
-    from ..shapeworld import read_records
+    from strokes.errors import InputError
+    from strokes.geneval import score_dir
+    from strokes.shapeworld import read_records
 
     if args.samples < 1:
         raise InputError(f"--samples must be at least 1, got {args.samples}")

@@ -36,8 +36,8 @@ def register(sub: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     from judges import JudgeConfig, OracleJudge
     from judges.evaluate import evaluate, labelled_contexts
+    from strokes.errors import InputError
 
-    from ..errors import InputError
     from .judge_serve import build_judge
 
     if args.n < 2:

@@ -48,9 +48,8 @@ def policy_inspect_fn(checkpoint: str | None, temperature: float = 1.0, device: 
     rollout engine's, so the judge inspects exactly as the policy does inside a rollout."""
     from rollout.config import RolloutConfig
     from rollout.engine import Engine
-
-    from ..errors import InputError
-    from ..model.tiny import Policy
+    from strokes.errors import InputError
+    from strokes.model.tiny import Policy
 
     if not checkpoint:
         raise InputError("--checkpoint is required with --judge self")
@@ -62,8 +61,7 @@ def policy_inspect_fn(checkpoint: str | None, temperature: float = 1.0, device: 
 def run(args: argparse.Namespace) -> int:
     from judges.messages import load_prompts
     from judges.server import JudgeServer
-
-    from ..errors import InputError
+    from strokes.errors import InputError
 
     if args.max_batch < 1:
         raise InputError(f"--max-batch must be at least 1, got {args.max_batch}")

@@ -20,9 +20,9 @@ def run(args: argparse.Namespace) -> None:
 
     from tqdm import tqdm
 
-    from ..errors import InputError
-    from ..geneval import write_samples
-    from ..shapeworld import read_records, render, target_scene
+    from strokes.errors import InputError
+    from strokes.geneval import write_samples
+    from strokes.shapeworld import read_records, render, target_scene
 
     if args.samples < 1:
         raise InputError(f"--samples must be at least 1, got {args.samples}")

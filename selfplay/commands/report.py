@@ -14,7 +14,8 @@ def register(sub: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> None:
     from pathlib import Path
 
-    from ..errors import InputError
+    from strokes.errors import InputError
+
     from ..report import write_report
 
     run_dir = Path(args.run)

@@ -23,14 +23,15 @@ def run(args: argparse.Namespace) -> None:
     import time
     from pathlib import Path
 
+    from strokes.errors import InputError
+
     from ..config import load_config
-    from ..errors import InputError
 
     cfg = load_config(args.config, args.set)
     name = args.name or Path(args.config).stem
     run_dir = Path(args.runs) / name
     if args.dry_run:
-        from ..plan import plan
+        from ..dry_run import plan
 
         print(json.dumps(plan(cfg), indent=2))
         return

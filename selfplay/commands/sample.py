@@ -86,12 +86,11 @@ def _ask_plan(processor, prompt: str, step: int, ins: str, des: str):
 
 def run(args: argparse.Namespace) -> None:
     from rollout import Engine
+    from rollout.outputs import save_png_atomic
+    from strokes.errors import InputError
+    from strokes.model.tiny import Policy
 
     from ..visualize import describe, strip_image
-    from rollout.outputs import save_png_atomic
-
-    from ..errors import InputError
-    from ..model.tiny import Policy
 
     if args.scale < 1:
         raise InputError(f"--scale must be at least 1, got {args.scale}")

@@ -15,7 +15,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> None:
-    from ..geneval import score_dir
+    from strokes.geneval import score_dir
 
     score = score_dir(args.dir, args.size)
     if args.json:

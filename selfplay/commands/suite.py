@@ -15,8 +15,8 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> None:
-    from ..errors import InputError
-    from ..shapeworld import make_suite, write_records
+    from strokes.errors import InputError
+    from strokes.shapeworld import make_suite, write_records
 
     if args.per_task < 1:
         raise InputError(f"--per-task must be at least 1, got {args.per_task}")

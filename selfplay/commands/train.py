@@ -20,10 +20,11 @@ def run(args: argparse.Namespace) -> None:
     import json
     from pathlib import Path
 
+    from strokes.config_loader import dump
+    from strokes.data.build import build, load
+    from strokes.model.tiny import Policy
+
     from ..config import load_config
-    from ..configuration import dump
-    from ..data.build import build, load
-    from ..model.tiny import Policy
 
     cfg = load_config(args.config, args.set)
     out = Path(args.out)

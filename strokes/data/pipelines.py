@@ -25,7 +25,8 @@ from dataclasses import dataclass, field, replace
 from ..language import Edit, description_text, inspection_text, instruction_text
 from ..shapeworld import COLORS, SHAPES, Obj, PromptRecord, Scene, detect, relations, render, target_scene
 from ..shapeworld.check import Item, check_items, plan_conflicts
-from ..shapeworld.scene import OPPOSITE, free_slots, noun_phrase
+from ..shapeworld.queries import missing_parts
+from ..shapeworld.scene import OPPOSITE, free_slots
 from ..trajectory import Refinement, Step, Trajectory, single_pass_trajectory
 from ..verdict import Conflict, Verdict
 
@@ -63,28 +64,6 @@ def _state(objs: list[Obj], rels: list, size: int, no_rel: frozenset = frozenset
             rel = None
         items.append(Item(o.shape, o.color, rel))
     return _State(Scene(tuple(objs), size), items)
-
-
-def missing_parts(rec: PromptRecord, scene: Scene) -> list[str]:
-    """What the prompt still needs, as phrases for the inspection ('a blue square', 'two circles',
-    'a triangle left of a circle')."""
-    out = []
-    objs = list(scene.objects)
-    groups = []
-    for r in rec.include:
-        got = [o for o in objs if o.shape == r.shape and (r.color is None or o.color == r.color)][: r.count]
-        for o in got:
-            objs.remove(o)
-        groups.append(got)
-        if len(got) < r.count:
-            out.append(noun_phrase(r.shape, r.count - len(got), r.color))
-    for r, g in zip(rec.include, groups):
-        if r.position and len(g) == r.count and len(groups[r.position[1]]) == rec.include[r.position[1]].count:
-            rel, k = r.position
-            if not all(rel in relations(o.box, t.box) for o in g for t in groups[k]):
-                ref = rec.include[k]
-                out.append(f"{noun_phrase(r.shape, 1, r.color)} {rel} {noun_phrase(ref.shape, 1, ref.color)}")
-    return out
 
 
 def aligned_inspection(rec: PromptRecord, scene: Scene) -> str:

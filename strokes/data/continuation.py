@@ -7,9 +7,10 @@ import random
 from ..language import instruction_text
 from ..shapeworld import COLORS, Obj, PromptRecord, Scene, relations, render
 from ..shapeworld.check import Item
+from ..shapeworld.queries import missing_parts
 from ..shapeworld.scene import free_slots
 from ..trajectory import Step
-from .pipelines import _add_edit, _state, aligned_inspection, missing_parts
+from .pipelines import _add_edit, _state, aligned_inspection
 
 
 def continuation(rec: PromptRecord, scene: Scene, rng: random.Random,

@@ -29,7 +29,7 @@ class ModelConfig:
 
 
 # Policy classes of real models, by the `processor` name their processor.json records.
-ADAPTERS = {"strokes.emu3": ("selfplay.model.emu3", "Emu3Policy")}
+ADAPTERS = {"strokes.emu3": ("strokes.model.emu3", "Emu3Policy")}
 
 
 def checkpoint_kind(folder: str | Path) -> str:

@@ -23,9 +23,9 @@ from collections import Counter
 from collections.abc import Sequence
 from pathlib import Path
 
-from .data.pipelines import PipelineConfig, TrajectoryMaker
-from .errors import InputError
-from .shapeworld import PromptRecord
+from strokes.data.pipelines import PipelineConfig, TrajectoryMaker
+from strokes.errors import InputError
+from strokes.shapeworld import PromptRecord
 
 
 class OraclePlanner:
@@ -72,9 +72,8 @@ def planner_rollout(cfg, checkpoint: Path, records: Sequence[PromptRecord], seed
 
     from rollout import Engine
     from rollout.shards import label, make_shards
-
-    from .model.tiny import Policy
-    from .trajectory import write_jsonl
+    from strokes.model.tiny import Policy
+    from strokes.trajectory import write_jsonl
 
     rcfg = dataclasses.replace(cfg.rollout, mode="process", seed=seed)
     engine = Engine(Policy.from_pretrained(checkpoint), rcfg)

@@ -11,7 +11,7 @@ adapter is therefore only a processor:
   a ShapeWorld canvas is resized to `image_size` (a multiple of the VQ's spatial factor, 8),
   normalised as Emu3's image processor does, and encoded into (image_size / 8)^2 codes; decoding
   runs the VQ decoder and resizes back to the canvas the judges expect;
-- the token grammar, the loss mask and the parser are `Processor`'s (selfplay/model/processor.py).
+- the token grammar, the loss mask and the parser are `Processor`'s (strokes/model/processor.py).
 
 Emu3's own image framing (`<|image start|>H*W<|image token|>`, an end-of-row token after every row
 of codes, `<|extra_201|><|image end|>`) is not used: our `<vision_start>`/`<vision_end>` frame a
@@ -359,7 +359,7 @@ def _normalisation(folder: Path) -> tuple[list[float], list[float]]:
 
 
 def main(argv: list[str] | None = None) -> None:
-    """`python -m selfplay.model.emu3 --base DIR --out DIR`: turn a downloaded Emu3 checkpoint into a
+    """`python -m strokes.model.emu3 --base DIR --out DIR`: turn a downloaded Emu3 checkpoint into a
     policy checkpoint (grammar markers added, processor saved) that `loop.base_checkpoint` can name."""
     import argparse
 

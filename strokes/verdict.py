@@ -13,7 +13,6 @@ from enum import Enum
 from typing import Literal, Protocol, runtime_checkable
 
 import numpy as np
-
 from pydantic import BaseModel, ConfigDict
 
 
