@@ -10,9 +10,9 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
-import threading
 from pathlib import Path
+
+from strokes.io import write_atomic
 
 
 def request_key(body: dict) -> str:
@@ -38,11 +38,7 @@ class AnswerCache:
             return None
 
     def put(self, key: str, answer: dict) -> None:
-        p = self._path(key)
-        p.parent.mkdir(parents=True, exist_ok=True)
-        tmp = p.with_name(f".{p.name}.{os.getpid()}.{threading.get_ident()}.tmp")
-        tmp.write_text(json.dumps(answer))
-        os.replace(tmp, p)
+        write_atomic(self._path(key), json.dumps(answer))  # a per-thread temporary: concurrent writers are safe
 
     def count(self) -> int:
         """How many answers are stored."""

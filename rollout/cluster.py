@@ -12,6 +12,8 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+from strokes.io import write_atomic
+
 BOOTSTRAP = "ray_bootstrap_config.yaml"
 BOOTSTRAP_TEXT = "cluster_name: local\nprovider:\n  type: local\n"
 LOCAL_ENV = {"RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0", "RAY_USAGE_STATS_ENABLED": "0"}
@@ -21,9 +23,7 @@ def write_bootstrap_config(home: str | Path) -> Path:
     """Put the local-provider bootstrap config in `home` (an existing one is left alone)."""
     path = Path(home) / BOOTSTRAP
     if not path.exists():
-        tmp = path.with_name(path.name + ".tmp")
-        tmp.write_text(BOOTSTRAP_TEXT)
-        tmp.replace(path)
+        write_atomic(path, BOOTSTRAP_TEXT)
     return path
 
 

@@ -9,6 +9,7 @@ from typing import Sequence
 import numpy as np
 
 from strokes.geneval import write_samples
+from strokes.io import atomic_path
 from strokes.shapeworld import PromptRecord
 from strokes.trajectory import Trajectory
 
@@ -36,8 +37,6 @@ def save_png_atomic(image: np.ndarray, path: str | Path) -> Path:
     from PIL import Image
 
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    Image.fromarray(np.asarray(image, np.uint8)).save(tmp, format="PNG")
-    tmp.replace(path)
+    with atomic_path(path) as tmp:
+        Image.fromarray(np.asarray(image, np.uint8)).save(tmp, format="PNG")
     return path

@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Sequence
 
 from strokes.errors import InputError
+from strokes.io import write_atomic
 from strokes.shapeworld import PromptRecord
 from strokes.trajectory import Trajectory, read_jsonl, write_jsonl
 
@@ -126,9 +127,7 @@ class RolloutDir:
 
 
 def _write_json(path: Path, data: dict) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(data, indent=2) + "\n")
-    tmp.replace(path)
+    write_atomic(path, json.dumps(data, indent=2) + "\n")
 
 
 def records_of(prompts: Sequence[Prompt]) -> list[PromptRecord]:

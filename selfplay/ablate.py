@@ -50,6 +50,7 @@ from pathlib import Path
 import numpy as np
 
 from strokes.errors import InputError
+from strokes.io import atomic_path
 
 MODES = ("process", "single_pass", "judge", "planner")
 SOURCES = ("eval", "control_eval")
@@ -304,15 +305,11 @@ def eval_arm(cfg: AblationConfig, root: Path, name: str, seed: int) -> Path:
     checkpoint = Path(arm.checkpoint.replace("{seed}", str(seed)))
     if not (checkpoint / "config.json").is_file():
         raise InputError(f"arms.{name}.checkpoint: {checkpoint} is not a checkpoint (no config.json)")
-    tmp = final.with_name("eval.tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
     t0 = time.time()
-    scores = evaluate_checkpoint(run_cfg, checkpoint, arm.mode or cfg.mode, seed, tmp)
-    (tmp / "events.jsonl").write_text(json.dumps({"event": "eval", "arm": name, "seed": seed,
-                                                  "seconds": round(time.time() - t0, 2), **scores}) + "\n")
-    shutil.rmtree(final, ignore_errors=True)
-    os.replace(tmp, final)
+    with atomic_path(final, folder=True) as tmp:
+        scores = evaluate_checkpoint(run_cfg, checkpoint, arm.mode or cfg.mode, seed, tmp)
+        (tmp / "events.jsonl").write_text(json.dumps({"event": "eval", "arm": name, "seed": seed,
+                                                      "seconds": round(time.time() - t0, 2), **scores}) + "\n")
     return final
 
 

@@ -14,6 +14,10 @@ import json
 import math
 from pathlib import Path
 
+from strokes.io import write_atomic
+
+from .run_state import RunState
+
 
 def _rounds(run_dir: Path) -> list[Path]:
     return sorted(p for p in run_dir.glob("round_[0-9][0-9][0-9]") if p.is_dir())
@@ -49,8 +53,7 @@ def collect(run_dir: Path, inspect: bool = False) -> dict:
         if (rd / "data" / "summary.json").exists():
             entry["data"] = json.loads((rd / "data" / "summary.json").read_text())
         rows.append(entry)
-    state = json.loads((run_dir / "state.json").read_text()) if (run_dir / "state.json").exists() else {}
-    return {"rounds": rows, "promotions": state.get("promotions", {})}
+    return {"rounds": rows, "promotions": RunState.load(run_dir).promotions}
 
 
 def gap(a: dict, b: dict) -> tuple[float, float]:
@@ -194,8 +197,4 @@ def write_report(run_dir: Path) -> Path:
              "margin:1em 0}td,th{border:1px solid #ccc;padding:3px 8px;font-size:13px}</style>")
     page = f"<!doctype html><html><head><meta charset='utf-8'><title>strokes report</title>{style}</head><body>"
     page += "\n".join(parts) + "</body></html>"
-    out = run_dir / "report.html"
-    tmp = out.with_name("report.html.tmp")
-    tmp.write_text(page)
-    tmp.replace(out)
-    return out
+    return write_atomic(run_dir / "report.html", page)

@@ -16,6 +16,7 @@ from typing import Any, TypeVar
 import yaml
 
 from .errors import InputError
+from .io import write_atomic
 
 T = TypeVar("T")
 
@@ -113,7 +114,4 @@ def load(cls: type[T], path: str | Path | None, overrides: list[str] | None = No
 
 
 def dump(cfg: Any, path: str | Path) -> None:
-    p = Path(path)
-    tmp = p.with_name(p.name + ".tmp")
-    tmp.write_text(yaml.safe_dump(to_dict(cfg), sort_keys=False))
-    tmp.replace(p)
+    write_atomic(path, yaml.safe_dump(to_dict(cfg), sort_keys=False))

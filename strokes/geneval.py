@@ -8,7 +8,6 @@ over its images; overall is the mean of the task accuracies present.
 from __future__ import annotations
 
 import json
-import shutil
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable, Sequence
@@ -17,6 +16,7 @@ import numpy as np
 from PIL import Image, UnidentifiedImageError
 
 from .errors import InputError
+from .io import atomic_path
 from .shapeworld import TASKS, PromptRecord, check
 
 
@@ -40,11 +40,8 @@ def load_png(path: Path, size: int | None = None) -> np.ndarray:
 def write_samples(out: Path, items: Iterable[tuple[PromptRecord, Sequence[np.ndarray]]]) -> int:
     """Write records and their images in GenEval's layout, atomically: the folder appears complete
     or not at all. Returns the number of records written."""
-    out = Path(out)
-    tmp = out.with_name(out.name + ".tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
     n = 0
-    try:
+    with atomic_path(out, folder=True) as tmp:  # a failed write leaves nothing behind
         for i, (rec, images) in enumerate(items):
             d = tmp / f"{i:05d}"
             (d / "samples").mkdir(parents=True)
@@ -52,13 +49,6 @@ def write_samples(out: Path, items: Iterable[tuple[PromptRecord, Sequence[np.nda
             for k, img in enumerate(images):
                 save_png(img, d / "samples" / f"{k:04d}.png")
             n += 1
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)  # a failed write leaves nothing behind
-        raise
-    tmp.mkdir(parents=True, exist_ok=True)
-    if out.exists():
-        shutil.rmtree(out)
-    tmp.rename(out)
     return n
 
 

@@ -21,6 +21,8 @@ from typing import Iterable
 import numpy as np
 from PIL import Image
 
+from .io import atomic_path
+
 
 @dataclass
 class Refinement:
@@ -136,14 +138,9 @@ def from_row(row: dict) -> Trajectory:
 
 def write_jsonl(trajectories: Iterable[Trajectory], folder: str | Path) -> int:
     """`folder/trajectories.jsonl` plus `folder/images/<n:06d>_<k:02d>.png`, written atomically."""
-    import shutil
-
-    folder = Path(folder)
-    tmp = folder.with_name(folder.name + ".tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
-    (tmp / "images").mkdir(parents=True)
     n = 0
-    with open(tmp / "trajectories.jsonl", "w") as f:
+    with atomic_path(folder, folder=True) as tmp, open(tmp / "trajectories.jsonl", "w") as f:
+        (tmp / "images").mkdir()
         for n, t in enumerate(trajectories, start=1):
             row = to_row(t)
             names = []
@@ -153,8 +150,6 @@ def write_jsonl(trajectories: Iterable[Trajectory], folder: str | Path) -> int:
                 names.append(name)
             row["images"] = names
             f.write(json.dumps(row) + "\n")
-    shutil.rmtree(folder, ignore_errors=True)
-    tmp.rename(folder)
     return n
 
 

@@ -17,7 +17,8 @@ from strokes.errors import InputError
 from strokes.model.tiny import ModelConfig, Policy
 from strokes.trajectory import from_row
 from trainer.config import LoraConfig, TrainConfig
-from trainer.sft import make_trainer, segment_table, sft_config, tokenize, train, use_bf16, use_cuda
+from trainer.losses import segment_table
+from trainer.sft import make_trainer, sft_config, tokenize, train, use_bf16, use_cuda
 
 torch.set_num_threads(1)
 TINY = ModelConfig(hidden_size=32, num_layers=2, num_heads=2, intermediate_size=64)

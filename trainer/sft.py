@@ -6,18 +6,20 @@ prompt and on the deliberately wrong plans and images). The only thing we change
 cross-entropy weighted per segment kind (text, image codes, vision markers), the kind read off each
 target token's id, with each kind's loss logged on its own, plus tokens/s and the share of
 loss-bearing tokens in every log. Everything else — packing, schedules, checkpoints, resume, LoRA —
-is TRL's and transformers'. docs/training.md explains the choices.
+is TRL's and transformers'. The trainer class is `sft_trainer.SegmentWeightedSFTTrainer`, the loss
+`losses.segment_loss`; docs/training.md explains the choices.
 """
 
 from __future__ import annotations
 
 import json
 import os
-import shutil
 import time
 from pathlib import Path
 
-from .config import SEGMENTS, TrainConfig
+from strokes.io import atomic_path, write_atomic
+
+from .config import TrainConfig
 
 
 def tokenize(dataset, processor, workers: int = 1):
@@ -88,115 +90,11 @@ def sft_config(cfg: TrainConfig, out: Path):
     )
 
 
-def segment_table(processor, weights: dict[str, float], device=None):
-    """Per-token-id segment index (0 text, 1 image code, 2 vision marker) and each segment's weight.
-
-    The kind is a property of the target token's id, so packed, padded or truncated batches need no
-    side channel: `<eos>` and all words are text, `<img_k>` are image, `<vision_start/end>` boundary.
-    """
-    import torch
-
-    kind = torch.zeros(processor.vocab_size, dtype=torch.long)
-    kind[processor.code_offset: processor.code_offset + processor.num_codes] = 1
-    kind[processor.special["<vision_start>"]] = 2
-    kind[processor.special["<vision_end>"]] = 2
-    w = torch.tensor([float(weights.get(s, 1.0)) for s in SEGMENTS])
-    return kind.to(device), w.to(device)
-
-
-def segment_loss(logits, labels, kind, weights, num_items=None):
-    """Next-token CE weighted per segment kind, summed over targets and divided by the number of
-    loss-bearing targets (`num_items` when the trainer counts them across gradient accumulation).
-
-    Returns `(loss, ce, valid, seg)`: the scalar loss and, per target position, the unweighted CE,
-    whether it bears loss (label != -100) and its segment index, for logging.
-    """
-    import torch
-    import torch.nn.functional as F
-
-    logits = logits[:, :-1].float()
-    target = labels[:, 1:]
-    valid = target != -100
-    safe = target.clamp(min=0)
-    ce = F.cross_entropy(logits.reshape(-1, logits.size(-1)), safe.reshape(-1),
-                         reduction="none").view_as(target)
-    seg = kind[safe]
-    w = weights[seg] * valid
-    denom = valid.sum() if num_items is None else num_items
-    loss = (ce * w).sum() / torch.as_tensor(denom, device=ce.device).clamp(min=1)
-    return loss, ce, valid, seg
-
-
-def packed_rows_collator(pad_token_id: int):
-    """Batches of bfd-packed rows kept as rows (`[batch, <= max_length]`), each with position ids that
-    restart at every packed sequence.
-
-    TRL's default for bfd is padding-free: the whole batch flattened into one row, which only pays
-    off with varlen flash-attention kernels; with SDPA or eager attention that row costs
-    (batch * max_length)^2 attention, about 3x slower per token on our CPUs (docs/training.md).
-    Kept as rows, attention costs batch * max_length^2. The model gets no attention mask with these
-    batches, so transformers derives a block-diagonal causal mask from the position ids and packed
-    sequences never see each other (tests/test_trainer.py checks the losses against unpacked ones).
-    """
-    from trl.trainer.sft_trainer import DataCollatorForLanguageModeling
-
-    class PackedRowsCollator(DataCollatorForLanguageModeling):
-        def torch_call(self, examples):
-            out = super().torch_call(examples)
-            out["labels"][out["position_ids"] == 0] = -100  # no target across a sequence border
-            return out
-
-    return PackedRowsCollator(pad_token_id=pad_token_id, padding_free=False, return_position_ids=True)
-
-
-def _model_inputs(inputs: dict) -> dict:
-    """Packed batches carry position ids and no mask may reach the model (see `packed_rows_collator`);
-    unpacked batches carry the padding mask."""
-    if "position_ids" in inputs:
-        return {"input_ids": inputs["input_ids"], "position_ids": inputs["position_ids"]}
-    return {"input_ids": inputs["input_ids"], "attention_mask": inputs["attention_mask"]}
-
-
 def make_trainer(policy, train_dataset, cfg: TrainConfig, out: str | Path, callbacks=()):
-    """An `SFTTrainer` over tokenized rows whose loss is weighted per segment kind (module docstring).
-
-    Besides TRL's logs it logs `loss_text`, `loss_image`, `loss_boundary` (unweighted mean CE of each
-    kind), `tokens_per_s` (all tokens in the batches, padding included, since the previous log) and
-    `useful_token_share` (loss-bearing targets / all tokens, same window).
-    """
-    import torch
-    from trl import SFTTrainer
-
-    class SegmentWeightedSFTTrainer(SFTTrainer):
-        def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
-            mode = "train" if model.training else "eval"
-            if self._window_start is None:
-                self._window_start = time.time()
-            labels = inputs.pop("labels")
-            outputs = model(**_model_inputs(inputs), use_cache=False)
-            table, weights = self._segments
-            loss, ce, valid, seg = segment_loss(outputs.logits, labels, table, weights, num_items_in_batch)
-            with torch.no_grad():
-                for i, name in enumerate(SEGMENTS):
-                    m = valid & (seg == i)
-                    if m.any():
-                        self._metrics[mode][f"loss_{name}"].append((ce[m].sum() / m.sum()).item())
-                if mode == "train":
-                    n = inputs["attention_mask"].sum() if "attention_mask" in inputs else inputs["input_ids"].numel()
-                    self._total_train_tokens += int(n)
-                    self._useful_tokens += int(valid.sum())
-                    self._seen_tokens += int(inputs["input_ids"].numel())
-                self._metrics[mode]["num_tokens"] = [self._total_train_tokens]
-            return (loss, outputs) if return_outputs else loss
-
-        def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
-            if "loss" in logs and self._window_start is not None:
-                now = time.time()
-                seen = self._seen_tokens - self._window_tokens[0]
-                logs["tokens_per_s"] = seen / max(now - self._window_start, 1e-9)
-                logs["useful_token_share"] = (self._useful_tokens - self._window_tokens[1]) / max(seen, 1)
-                self._window_start, self._window_tokens = now, (self._seen_tokens, self._useful_tokens)
-            super().log(logs, start_time)
+    """A `SegmentWeightedSFTTrainer` (`trainer/sft_trainer.py`) over tokenized rows: TRL's
+    `SFTTrainer` with the loss weighted per segment kind (module docstring) and packed rows kept as
+    rows (`PackedRowsCollator`)."""
+    from .sft_trainer import PackedRowsCollator, SegmentWeightedSFTTrainer
 
     trainer = SegmentWeightedSFTTrainer(
         model=policy.model,
@@ -205,14 +103,11 @@ def make_trainer(policy, train_dataset, cfg: TrainConfig, out: str | Path, callb
         processing_class=policy.processor.tokenizer,
         peft_config=_peft_config(cfg),
         callbacks=list(callbacks),
+        segment_processor=policy.processor,
+        loss_weights=cfg.loss_weights,
     )
     if cfg.packing:
-        trainer.data_collator = packed_rows_collator(trainer.data_collator.pad_token_id)
-    trainer._segments = segment_table(policy.processor, cfg.loss_weights, trainer.args.device)
-    trainer._useful_tokens = 0  # loss-bearing targets seen in training
-    trainer._seen_tokens = 0  # all tokens in training batches, padding included
-    trainer._window_start = None
-    trainer._window_tokens = (0, 0)
+        trainer.data_collator = PackedRowsCollator(trainer.data_collator.pad_token_id)
     return trainer
 
 
@@ -228,50 +123,23 @@ def _peft_config(cfg: TrainConfig):
 def _callbacks(path: Path, max_minutes: float) -> list:
     """`metrics.jsonl` gets every log line (the same dict wandb gets); a wall-time budget stops the
     run after a step, saving a trainer checkpoint first so that the next call resumes there."""
-    from transformers import TrainerCallback
+    from .sft_trainer import MetricsFile, TimeBudget
 
-    class MetricsFile(TrainerCallback):
-        def on_log(self, args, state, control, logs=None, **kw):
-            if not state.is_world_process_zero:  # data-parallel workers: the first one writes
-                return
-            logs = logs or {}
-            event = "train_end" if "train_runtime" in logs else "train"
-            row = {"event": event, "step": state.global_step, "epoch": state.epoch, **logs, "time": time.time()}
-            with open(path, "a") as f:
-                f.write(json.dumps(row) + "\n")
-
-    class TimeBudget(TrainerCallback):
-        def on_train_begin(self, args, state, control, **kw):
-            self.t0 = time.time()
-
-        def on_step_end(self, args, state, control, **kw):
-            if max_minutes <= 0:
-                return
-            stop = time.time() - self.t0 > 60 * max_minutes
-            if args.world_size > 1:  # every worker stops at the same step, or the others wait forever
-                import torch
-                import torch.distributed as dist
-
-                flag = torch.tensor([float(stop)], device=args.device)
-                dist.broadcast(flag, 0)
-                stop = bool(flag.item())
-            if stop:
-                control.should_save = True
-                control.should_training_stop = True
-
-    return [MetricsFile(), TimeBudget()]
+    return [MetricsFile(path), TimeBudget(max_minutes)]
 
 
-def _save_atomically(policy, folder: Path) -> None:
-    tmp = folder.with_name(folder.name + ".tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
-    policy.save_pretrained(tmp)
-    old = folder.with_name(folder.name + ".old")
-    if folder.exists():
-        shutil.rmtree(old, ignore_errors=True)
-        os.replace(folder, old)
-    os.replace(tmp, folder)
-    shutil.rmtree(old, ignore_errors=True)
+def setup_wandb(cfg: TrainConfig, out: Path) -> bool:
+    """Prepare wandb when `report_to` is wandb (offline unless the user says otherwise; files stay in
+    the run folder). Returns whether the training will start its own wandb run, which the caller then
+    finishes: transformers' callback joins a caller's open run, else starts one."""
+    if cfg.report_to != "wandb":
+        return False
+    import wandb
+
+    os.environ.setdefault("WANDB_MODE", "offline")
+    os.environ.setdefault("WANDB_DIR", str(out))
+    os.environ.setdefault("WANDB_PROJECT", "strokes")
+    return wandb.run is None
 
 
 def train(policy, dataset, cfg: TrainConfig, out: str | Path) -> dict:
@@ -294,14 +162,7 @@ def train(policy, dataset, cfg: TrainConfig, out: str | Path) -> dict:
     out.mkdir(parents=True, exist_ok=True)
     if cfg.num_threads > 0:
         torch.set_num_threads(cfg.num_threads)
-    own_wandb_run = False
-    if cfg.report_to == "wandb":  # offline unless the user says otherwise; files stay in the run folder
-        import wandb
-
-        os.environ.setdefault("WANDB_MODE", "offline")
-        os.environ.setdefault("WANDB_DIR", str(out))
-        os.environ.setdefault("WANDB_PROJECT", "strokes")
-        own_wandb_run = wandb.run is None  # transformers' callback joins a caller's run, else starts one
+    own_wandb_run = setup_wandb(cfg, out)
     torch.manual_seed(cfg.seed)
     tokenized = tokenize(dataset, policy.processor, cfg.tokenize_workers)
     trainer = make_trainer(policy, tokenized, cfg, out / "trainer",
@@ -322,7 +183,8 @@ def train(policy, dataset, cfg: TrainConfig, out: str | Path) -> dict:
     policy.model = model
     main = trainer.is_world_process_zero()  # with data-parallel workers, only the first one writes
     if main:
-        _save_atomically(policy, out / "checkpoint")
+        with atomic_path(out / "checkpoint", folder=True) as tmp:
+            policy.save_pretrained(tmp)
         plot_losses(out / "metrics.jsonl", out / "loss.png")
     logs = [h for h in trainer.state.log_history if "loss" in h]
     summary = {
@@ -339,7 +201,5 @@ def train(policy, dataset, cfg: TrainConfig, out: str | Path) -> dict:
         "world_size": trainer.args.world_size,  # data-parallel processes (trainer/distributed.py)
     }
     if main:
-        tmp = out / "train_summary.json.tmp"
-        tmp.write_text(json.dumps(summary, indent=2, default=float))
-        os.replace(tmp, out / "train_summary.json")
+        write_atomic(out / "train_summary.json", json.dumps(summary, indent=2, default=float))
     return summary

@@ -12,6 +12,8 @@ import argparse
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from strokes.io import atomic_path
+
 if TYPE_CHECKING:
     from strokes.data.build import DataConfig
 
@@ -131,8 +133,7 @@ def run_show(args: argparse.Namespace) -> None:
     out.mkdir(parents=True, exist_ok=True)
     for index, t in zip(picked, from_dataset(ds.select(picked))):
         path = out / f"{index:05d}.png"
-        tmp = path.with_name(path.name + ".tmp")
-        Image.fromarray(strip_image(t)).save(tmp, format="PNG")
-        tmp.replace(path)
+        with atomic_path(path) as tmp:
+            Image.fromarray(strip_image(t)).save(tmp, format="PNG")
         print(describe(t, index))
         print(f"  strip: {path}\n")

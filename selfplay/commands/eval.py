@@ -11,6 +11,8 @@ import argparse
 import json
 from pathlib import Path
 
+from strokes.io import write_atomic
+
 from .sample import MODES, add_sampling_args, config_from_args, quiet_loading
 
 
@@ -47,9 +49,7 @@ def run(args: argparse.Namespace) -> None:
     score = score_dir(out / "geneval")
     result = {"checkpoint": str(args.checkpoint), "suite": str(args.suite), "mode": cfg.mode,
               "samples": args.samples, "score": score.to_json(), "rollout": summary.to_json()}
-    tmp = out / "score.json.tmp"
-    tmp.write_text(json.dumps(result, indent=2) + "\n")
-    tmp.replace(out / "score.json")
+    write_atomic(out / "score.json", json.dumps(result, indent=2) + "\n")
     print(score.table())
     print(f"overall {100 * score.overall:.1f} ± {100 * score.standard_error():.1f} (SE), "
           f"{sum(score.counts.values())} images, {summary.failed} failed trajectories")

@@ -41,5 +41,5 @@ def run(args: argparse.Namespace) -> None:
 
     t0 = time.time()
     state = run_loop(cfg, run_dir, from_scratch=args.from_scratch)
-    print(f"done in {(time.time() - t0) / 60:.1f} min; current policy: {state['policy']}")
+    print(f"done in {(time.time() - t0) / 60:.1f} min; current policy: {state.policy}")
     print(f"report: {run_dir / 'report.html'}")

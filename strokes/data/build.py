@@ -6,7 +6,6 @@ from __future__ import annotations
 import json
 import random
 import re
-import shutil
 import time
 from collections import Counter
 from dataclasses import dataclass, field
@@ -16,6 +15,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import InputError
+from ..io import atomic_path
 from ..shapeworld import TASKS, sample_record
 from ..trajectory import Trajectory, from_row, to_row
 from .pipelines import SOURCES, PipelineConfig, TrajectoryMaker
@@ -131,16 +131,13 @@ def build(cfg: DataConfig, out: str | Path, progress: bool = True) -> dict:
     cols = {k: [r[k] for r in rows] for k in ("prompt", "record", "source", "meta", "steps")}
     cols["images"] = [[{"bytes": b, "path": None} for b in r["images"]] for r in rows]
     ds = datasets.Dataset.from_dict(cols, features=features())
-    tmp = out.with_name(out.name + ".tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
-    ds.save_to_disk(str(tmp))
-    summary = summarize([from_row(r) for r in rows])
-    summary["seconds_to_make"] = round(made, 2)
-    summary["seconds_total"] = round(time.time() - t0, 2)
-    summary["workers"] = cfg.workers
-    (tmp / "summary.json").write_text(json.dumps(summary, indent=2))
-    shutil.rmtree(out, ignore_errors=True)
-    tmp.rename(out)
+    with atomic_path(out, folder=True) as tmp:
+        ds.save_to_disk(str(tmp))
+        summary = summarize([from_row(r) for r in rows])
+        summary["seconds_to_make"] = round(made, 2)
+        summary["seconds_total"] = round(time.time() - t0, 2)
+        summary["workers"] = cfg.workers
+        (tmp / "summary.json").write_text(json.dumps(summary, indent=2))
     return summary
 
 

@@ -32,6 +32,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import InputError
+from ..io import atomic_path
 from .processor import SPECIALS, Processor, join_words, vocabulary
 from .tiny import Policy
 
@@ -374,9 +375,8 @@ def main(argv: list[str] | None = None) -> None:
     except InputError as e:
         raise SystemExit(f"error: {e}") from None
     out = Path(args.out)
-    tmp = out.with_name(out.name + ".tmp")
-    policy.save_pretrained(tmp)
-    tmp.replace(out)
+    with atomic_path(out, folder=True) as tmp:
+        policy.save_pretrained(tmp)
     p = policy.processor
     print(f"{out}: {sum(x.numel() for x in policy.model.parameters()) / 1e9:.2f}B parameters, "
           f"{p.num_codes} codes at ids {p.code_offset}..{p.code_offset + p.num_codes - 1}, "

@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Iterable
 
 from ..errors import InputError
+from ..io import write_atomic
 from .scene import COLORS, RELATIONS, SHAPES, noun_phrase
 
 TASKS: tuple[str, ...] = ("single_object", "two_object", "counting", "colors", "position", "color_attr")
@@ -165,8 +166,4 @@ def read_records(path: str | Path) -> list[PromptRecord]:
 
 def write_records(records: Iterable[PromptRecord], path: str | Path) -> None:
     """Write JSONL atomically (temporary file, then rename)."""
-    p = Path(path)
-    p.parent.mkdir(parents=True, exist_ok=True)
-    tmp = p.with_name(p.name + ".tmp")
-    tmp.write_text("".join(json.dumps(r.to_json()) + "\n" for r in records))
-    tmp.replace(p)
+    write_atomic(path, "".join(json.dumps(r.to_json()) + "\n" for r in records))
