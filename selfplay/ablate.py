@@ -46,13 +46,20 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import ClassVar
 
 import numpy as np
 
+from rollout import write_geneval
+from strokes.config_loader import from_dict, read, require
 from strokes.errors import InputError
+from strokes.geneval import score_dir
 from strokes.io import atomic_path
+from strokes.shapeworld import TASKS, make_suite
 
-MODES = ("process", "single_pass", "judge", "planner")
+from .config import EVAL_MODES, RunConfig, load_config
+from .loop import eval_rollouts
+
 SOURCES = ("eval", "control_eval")
 SPREADS = ("half-range", "se")
 EVAL_SEED_STRIDE = 7919  # sampling seed of an evaluation arm's seed k: loop.eval_seed + stride * k
@@ -60,31 +67,29 @@ EVAL_SEED_STRIDE = 7919  # sampling seed of an evaluation arm's seed k: loop.eva
 
 @dataclass
 class ArmConfig:
-    """One row of the table and where its numbers come from.
-
-    set: overrides (`key=value`) on the table's base config, after the table's own `set`. An arm
-        with neither `checkpoint` nor `run`/`run_dir` makes its own `selfplay run` per seed with them;
-        an evaluation arm uses them for its run config too (sampling, eval suite).
-    checkpoint: evaluate this checkpoint without training (`{seed}` is replaced by the seed).
-    run: read the run of another arm of this table (same seeds) instead of making one.
-    run_dir: read this run directory instead (`{seed}` is replaced); a missing one makes the row
-        "not yet run" instead of failing the table, so a table may borrow a row from a table that
-        has not run yet.
-    mode: the eval mode read (process | single_pass | judge | planner); "" = the table's `mode`.
-    source: "eval" (the round's policy) or "control_eval" (the same round's control arm: the same
-        parent and steps on base data only, `loop.control: true`).
-    round: the round read; -1 = the last round that has the source.
-    seeds: this arm's seeds; empty = the table's.
-    """
+    """One row of the table and where its numbers come from. Checked with the whole table
+    (`_check`), since what an arm may say depends on the other arms and on the files it names."""
 
     set: list[str] = field(default_factory=list)
+    """Overrides (`key=value`) on the table's base config, after the table's own `set`. An arm with
+    neither `checkpoint` nor `run`/`run_dir` makes its own `selfplay run` per seed with them; an
+    evaluation arm uses them for its run config too (sampling, eval suite)."""
     checkpoint: str = ""
+    """Evaluate this checkpoint without training (`{seed}` is replaced by the seed)."""
     run: str = ""
+    """Read the run of another arm of this table (same seeds) instead of making one."""
     run_dir: str = ""
+    """Read this run directory instead (`{seed}` is replaced); a missing one makes the row "not yet
+    run" instead of failing the table, so a table may borrow a row from a table that has not run yet."""
     mode: str = ""
+    """The eval mode read (process | single_pass | judge | planner); "" = the table's `mode`."""
     source: str = "eval"
+    """"eval" (the round's policy) or "control_eval" (the same round's control arm: the same parent
+    and steps on base data only, `loop.control: true`)."""
     round: int = -1
+    """The round read; -1 = the last round that has the source."""
     seeds: list[int] = field(default_factory=list)
+    """This arm's seeds; empty = the table's."""
 
     @property
     def kind(self) -> str:
@@ -97,28 +102,61 @@ class PretrainConfig:
     """The shared short recipe for arms that need their own base model (other data mixtures): each
     seed of every own-run arm first fine-tunes `loop.base_checkpoint` on `size` base trajectories
     made with the arm's data config, for exactly `steps` optimizer steps (the run config's `train`
-    section otherwise), and the arm's loop starts from that checkpoint. steps = 0: no fine-tune."""
+    section otherwise), and the arm's loop starts from that checkpoint."""
+
+    SECTION: ClassVar[str] = "pretrain"
 
     steps: int = 0
+    """Optimizer steps of the fine-tune; 0: no fine-tune."""
     size: int = 3000
-    set: list[str] = field(default_factory=list)  # overrides for the fine-tune only (e.g. train.lr)
+    """Base trajectories the fine-tune trains on."""
+    set: list[str] = field(default_factory=list)
+    """Overrides for the fine-tune only (e.g. train.lr)."""
+
+    def __post_init__(self) -> None:
+        require(self, "steps", self.steps >= 0, "must be >= 0")
+        require(self, "size", self.size >= 1, "must be at least 1")
 
 
 @dataclass
 class AblationConfig:
     """One table. `base` is relative to the working directory, as `selfplay run` takes it."""
 
-    base: str  # the run config every arm starts from
-    arms: dict[str, ArmConfig]  # arm name -> ArmConfig (or a plain list of overrides)
+    SECTION: ClassVar[str] = ""  # the ablation file's own top-level fields
+
+    base: str
+    """The run config every arm starts from."""
+    arms: dict[str, ArmConfig]
+    """Arm name -> ArmConfig (or a plain list of overrides)."""
     title: str = ""
+    """The table's title."""
     seeds: list[int] = field(default_factory=lambda: [0])
+    """Seeds every arm runs (unless an arm names its own)."""
     columns: list[str] = field(default_factory=lambda: ["overall"])
-    mode: str = "process"  # eval mode read unless an arm names its own
-    set: list[str] = field(default_factory=list)  # overrides applied to every arm's run config
+    """The table's columns: task names, or "overall"."""
+    mode: str = "process"
+    """Eval mode read unless an arm names its own."""
+    set: list[str] = field(default_factory=list)
+    """Overrides applied to every arm's run config."""
     pretrain: PretrainConfig = field(default_factory=PretrainConfig)
-    spread: str = "half-range"  # over seeds: "half-range" ((max - min) / 2) or "se" (std / sqrt(n))
-    parallel: int = 1  # jobs (arm x seed) at once
-    threads: int = 1  # torch threads per job process (OMP_NUM_THREADS)
+    """The shared short recipe for arms that need their own base model."""
+    spread: str = "half-range"
+    """Over seeds: "half-range" ((max - min) / 2) or "se" (std / sqrt(n))."""
+    parallel: int = 1
+    """Jobs (arm x seed) at once."""
+    threads: int = 1
+    """Torch threads per job process (OMP_NUM_THREADS)."""
+
+    def __post_init__(self) -> None:
+        require(self, "mode", self.mode in EVAL_MODES, f"must be one of {', '.join(EVAL_MODES)}")
+        require(self, "spread", self.spread in SPREADS, f"must be one of {', '.join(SPREADS)}")
+        require(self, "parallel", self.parallel >= 1, "must be at least 1")
+        require(self, "threads", self.threads >= 1, "must be at least 1")
+        require(self, "seeds", bool(self.seeds) and all(type(s) is int for s in self.seeds),
+                "must be a non-empty list of integers")
+        require(self, "columns", bool(self.columns), "must name at least one task or 'overall'")
+        for c in self.columns:
+            require(self, "columns", c in (*TASKS, "overall"), f"has {c!r}, not one of {', '.join(TASKS)}, overall")
 
 
 # ---- loading and checking -------------------------------------------------------------------------
@@ -126,8 +164,6 @@ class AblationConfig:
 def load_ablation(path: str | Path) -> AblationConfig:
     """The ablation file at `path`, checked field by field (one-line InputError naming the field),
     including every arm's run config, so a typo fails before any compute is spent."""
-    from strokes.config_loader import from_dict, read
-
     raw = read(path)
     arms = raw.get("arms")
     if not isinstance(arms, dict) or not arms:
@@ -144,31 +180,19 @@ def load_ablation(path: str | Path) -> AblationConfig:
 
 
 def _check(cfg: AblationConfig) -> None:
-    from strokes.shapeworld import TASKS
-
-    from .config import load_config
-
+    """What the table's fields cannot check alone: its base config file, and each arm against the
+    other arms and the run configs it makes or reads."""
     def need(ok: bool, where: str, what: str) -> None:
         if not ok:
             raise InputError(f"config field '{where}' {what}")
 
-    need(cfg.mode in MODES, "mode", f"must be one of {', '.join(MODES)}, got {cfg.mode!r}")
-    need(cfg.spread in SPREADS, "spread", f"must be one of {', '.join(SPREADS)}, got {cfg.spread!r}")
-    need(cfg.parallel >= 1, "parallel", f"must be at least 1, got {cfg.parallel}")
-    need(cfg.threads >= 1, "threads", f"must be at least 1, got {cfg.threads}")
-    need(bool(cfg.seeds) and all(type(s) is int for s in cfg.seeds), "seeds", f"must be a non-empty list of integers, got {cfg.seeds!r}")
-    need(bool(cfg.columns), "columns", "must name at least one task or 'overall'")
-    for c in cfg.columns:
-        need(c in (*TASKS, "overall"), "columns", f"has {c!r}, not one of {', '.join(TASKS)}, overall")
-    need(cfg.pretrain.steps >= 0, "pretrain.steps", f"must be >= 0, got {cfg.pretrain.steps}")
-    need(cfg.pretrain.size >= 1, "pretrain.size", f"must be at least 1, got {cfg.pretrain.size}")
     need(Path(cfg.base).is_file(), "base", f"names no file: {cfg.base!r}")
     for name, arm in cfg.arms.items():
         w = f"arms.{name}"
         need(sum(map(bool, (arm.checkpoint, arm.run, arm.run_dir))) <= 1, w,
              "takes at most one of 'checkpoint', 'run', 'run_dir'")
         mode = arm.mode or cfg.mode
-        need(mode in MODES, f"{w}.mode", f"must be one of {', '.join(MODES)}, got {mode!r}")
+        need(mode in EVAL_MODES, f"{w}.mode", f"must be one of {', '.join(EVAL_MODES)}, got {mode!r}")
         need(arm.source in SOURCES, f"{w}.source", f"must be one of {', '.join(SOURCES)}, got {arm.source!r}")
         need(arm.round >= -1, f"{w}.round", f"must be a round number or -1 (the last), got {arm.round}")
         need(all(type(s) is int for s in arm.seeds), f"{w}.seeds", f"must be a list of integers, got {arm.seeds!r}")
@@ -239,8 +263,6 @@ def _seed_sets(seed: int) -> list[str]:
 
 def _pretrain(cfg: AblationConfig, root: Path, name: str, seed: int, log: Path) -> Path:
     """The arm's own base model for `seed`: `loop.base_checkpoint` fine-tuned on the arm's data."""
-    from .config import load_config
-
     arm = cfg.arms[name]
     out = root / _slug(name) / f"pretrain_seed{seed}"
     if (out / "checkpoint" / "config.json").is_file():
@@ -293,8 +315,6 @@ def eval_arm(cfg: AblationConfig, root: Path, name: str, seed: int) -> Path:
     `<run_dir>/round_000/eval/` (the loop's layout, so the same reader serves every arm)."""
     import torch
 
-    from .config import load_config
-
     arm = cfg.arms[name]
     run_dir = run_dir_of(cfg, root, name, seed)
     final = run_dir / "round_000" / "eval"
@@ -313,16 +333,10 @@ def eval_arm(cfg: AblationConfig, root: Path, name: str, seed: int) -> Path:
     return final
 
 
-def evaluate_checkpoint(cfg, checkpoint: Path, mode: str, seed: int, out: Path) -> dict:
+def evaluate_checkpoint(cfg: RunConfig, checkpoint: Path, mode: str, seed: int, out: Path) -> dict:
     """The loop's held-out suite (`loop.eval_per_task`, `loop.eval_seed`, `loop.eval_samples`) in one
     mode, GenEval layout in `out/<mode>/geneval` and `out/scores.json` as the loop writes them.
     Seed k samples with `loop.eval_seed + EVAL_SEED_STRIDE * k`: seed 0 is the loop's own eval."""
-    from rollout import write_geneval
-    from strokes.geneval import score_dir
-    from strokes.shapeworld import make_suite
-
-    from .loop import eval_rollouts
-
     suite = make_suite("test", cfg.loop.eval_per_task, cfg.loop.eval_seed)
     sample_seed = cfg.loop.eval_seed + EVAL_SEED_STRIDE * seed
     trajs = eval_rollouts(cfg, checkpoint, suite, mode, sample_seed, out / mode)

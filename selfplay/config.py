@@ -15,68 +15,91 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import ClassVar
 
 from judges.config import JudgeConfig
 from rollout.config import RolloutConfig
-from strokes.config_loader import load
+from strokes.config_loader import load, require
 from strokes.data.build import DataConfig
-from strokes.errors import InputError
 from strokes.model.tiny import ModelConfig
 from trainer.config import TrainConfig
 
 from .critique import CritiqueConfig
 from .tracking import TrackingConfig
 
+# The eval modes, named once: the policy alone (process, single_pass), the configured judge as
+# external inspector (judge), the oracle as external planner (planner).
+EVAL_MODES = ("process", "single_pass", "judge", "planner")
+
 
 @dataclass
 class LoopConfig:
     """The rounds and what each one samples, evaluates and promotes."""
 
+    SECTION: ClassVar[str] = "loop"
+
     rounds: int = 2
-    prompts_per_round: int = 300  # training-split prompts rolled out per round
-    samples_per_prompt: int = 1  # rollouts per prompt
-    train_from: str = "current"  # "current": continue the promoted policy; "base": restart from round 0's
-    promote_tolerance: float = 0.02  # promote unless process-mode overall drops by more than this
-    base_checkpoint: str = "checkpoints/base"  # the shipped base model (relative to the project root)
-    base_recipe: str = "configs/base.yaml"  # used by --from-scratch to train the base model
-    control: bool = True  # also train a control arm on base data only, for the same number of steps
-    eval_per_task: int = 50  # held-out test-split records per task (6 tasks)
+    """Self-improvement rounds after round 0."""
+    prompts_per_round: int = 300
+    """Training-split prompts rolled out per round."""
+    samples_per_prompt: int = 1
+    """Rollouts per prompt."""
+    train_from: str = "current"
+    """"current": continue the promoted policy; "base": restart from round 0's."""
+    promote_tolerance: float = 0.02
+    """Promote unless process-mode overall drops by more than this."""
+    base_checkpoint: str = "checkpoints/base"
+    """The shipped base model (relative to the project root)."""
+    base_recipe: str = "configs/base.yaml"
+    """The run config --from-scratch trains the base model with."""
+    control: bool = True
+    """Also train a control arm on base data only, for the same number of steps."""
+    eval_per_task: int = 50
+    """Held-out test-split records per task (6 tasks)."""
     eval_seed: int = 1000
-    eval_samples: int = 1  # images per eval record (each an independent sample)
-    # process | single_pass | judge (the judge as external inspector) | planner (the oracle as external planner)
+    """Seed of the held-out suite and of its sampling."""
+    eval_samples: int = 1
+    """Images per eval record (each an independent sample)."""
     eval_modes: list[str] = field(default_factory=lambda: ["process", "single_pass"])
+    """Modes each round is evaluated in, from `EVAL_MODES`: process | single_pass | judge (the judge as
+    external inspector) | planner (the oracle as external planner)."""
     strip_prompts: list[str] = field(default_factory=lambda: [
         "a red circle left of a blue square", "three triangles", "a green square and a purple triangle"])
+    """Prompts drawn as trajectory strips every round, to compare rounds by eye."""
     seed: int = 0
+    """Seed of the training prompts, their rollouts and the data shuffle."""
 
     def __post_init__(self) -> None:
-        if self.train_from not in ("current", "base"):
-            raise InputError(f"config field 'loop.train_from' must be 'current' or 'base', got {self.train_from!r}")
-        bad = [m for m in self.eval_modes if m not in ("process", "single_pass", "judge", "planner")]
-        if bad:
-            raise InputError(f"config field 'loop.eval_modes' has unknown mode {bad[0]!r}")
-        if self.rounds < 0 or self.prompts_per_round < 1 or self.eval_per_task < 1 or self.eval_samples < 1:
-            raise InputError("config fields 'loop.rounds' >= 0, and 'loop.prompts_per_round', "
-                             "'loop.eval_per_task', 'loop.eval_samples' >= 1")
+        require(self, "train_from", self.train_from in ("current", "base"), "must be 'current' or 'base'")
+        bad = [m for m in self.eval_modes if m not in EVAL_MODES]
+        require(self, "eval_modes", not bad, f"has unknown mode {bad[0] if bad else ''!r} (known: {', '.join(EVAL_MODES)})")
+        require(self, "rounds", self.rounds >= 0, "must be >= 0")
+        for name in ("prompts_per_round", "eval_per_task", "eval_samples"):
+            require(self, name, getattr(self, name) >= 1, "must be >= 1")
 
 
 @dataclass
 class RunConfig:
-    model: ModelConfig = field(default_factory=ModelConfig)
-    data: DataConfig = field(default_factory=DataConfig)
-    train: TrainConfig = field(default_factory=TrainConfig)
-    rollout: RolloutConfig = field(default_factory=RolloutConfig)
-    judge: JudgeConfig = field(default_factory=JudgeConfig)
-    critique: CritiqueConfig = field(default_factory=CritiqueConfig)
-    loop: LoopConfig = field(default_factory=LoopConfig)
-    tracking: TrackingConfig = field(default_factory=TrackingConfig)
+    """The whole run: one section per component (module docstring). Each section checks itself."""
 
-    def __post_init__(self) -> None:
-        self.rollout.validate()
-        self.judge.validate()
-        if self.tracking.mode not in ("offline", "online", "disabled"):
-            raise InputError(f"config field 'tracking.mode' must be offline, online or disabled, got {self.tracking.mode!r}")
+    model: ModelConfig = field(default_factory=ModelConfig)
+    """The tiny unified model's shape (used when training the base model from scratch)."""
+    data: DataConfig = field(default_factory=DataConfig)
+    """Base data pipelines and mixture (round 0 from scratch, replay, control arm)."""
+    train: TrainConfig = field(default_factory=TrainConfig)
+    """SFT of each round (TRL)."""
+    rollout: RolloutConfig = field(default_factory=RolloutConfig)
+    """Sampling, caps, batching, Ray actors."""
+    judge: JudgeConfig = field(default_factory=JudgeConfig)
+    """oracle | gpt | self, endpoint and budgets."""
+    critique: CritiqueConfig = field(default_factory=CritiqueConfig)
+    """Self-sampled or symbolic corrections, replay."""
+    loop: LoopConfig = field(default_factory=LoopConfig)
+    """Rounds, prompts, eval suite, promotion."""
+    tracking: TrackingConfig = field(default_factory=TrackingConfig)
+    """wandb mirror of metrics.jsonl."""
 
 
 def load_config(path: str | Path | None, overrides: list[str] | None = None) -> RunConfig:
+    """The run config at `path` (None: the defaults) with `key=value` overrides applied, checked."""
     return load(RunConfig, path, overrides)

@@ -17,10 +17,11 @@ from __future__ import annotations
 import random
 from collections import Counter
 from dataclasses import dataclass, field, replace
-from typing import Callable
+from typing import Callable, ClassVar
 
 import numpy as np
 
+from strokes.config_loader import require
 from strokes.data.continuation import continuation
 from strokes.data.pipelines import TrajectoryMaker, aligned_inspection
 from strokes.language import inspection_text, parse_description
@@ -35,25 +36,33 @@ from strokes.verdict import StepContext, Verdict
 class CritiqueConfig:
     """How a round's training data is assembled."""
 
-    mode: str = "self"  # "self": the model's own errors; "symbolic": scene-graph perturbations
-    replay_ratio: float = 1.0  # base-data rows mixed in per critique row
-    min_replay: int = 32  # base-data rows mixed in at least, so a round with few traces still trains
-    confirmations: float = 1.0  # share of fully correct rollouts kept (fewer skews the inspect prior to "conflict")
-    confirmations_per_prompt: int = 0  # at most this many confirmations of one prompt (0: no cap); with several
-    # samples per prompt a cap of 1 weights prompts the model rarely gets right as much as easy ones
-    max_refines: int = 2  # corrections chained on one wrong step before the example is dropped
-    learn_own_steps: bool = False  # also train on the plans and sketches of the model's own judged-correct steps
-    # (rejection-sampling fine-tuning); False keeps them as context and trains only their inspections
-    train_repairs: bool = True  # train each error trace's <refine> chain and exact continuation; False keeps
-    # them as context, so the trace trains inspections only, above all the one naming the model's own
-    # mistake (for inference with rollout.retries, which redraws a flagged step instead of repairing it)
+    SECTION: ClassVar[str] = "critique"
+
+    mode: str = "self"
+    """"self": the model's own errors; "symbolic": scene-graph perturbations."""
+    replay_ratio: float = 1.0
+    """Base-data rows mixed in per critique row."""
+    min_replay: int = 32
+    """Base-data rows mixed in at least, so a round with few traces still trains."""
+    confirmations: float = 1.0
+    """Share of fully correct rollouts kept (fewer skews the inspect prior to "conflict")."""
+    confirmations_per_prompt: int = 0
+    """At most this many confirmations of one prompt (0: no cap); with several samples per prompt a
+    cap of 1 weights prompts the model rarely gets right as much as easy ones."""
+    max_refines: int = 2
+    """Corrections chained on one wrong step before the example is dropped."""
+    learn_own_steps: bool = False
+    """Also train on the plans and sketches of the model's own judged-correct steps (rejection-sampling
+    fine-tuning); False keeps them as context and trains only their inspections."""
+    train_repairs: bool = True
+    """Train each error trace's <refine> chain and exact continuation; False keeps them as context, so
+    the trace trains inspections only, above all the one naming the model's own mistake (for inference
+    with rollout.retries, which redraws a flagged step instead of repairing it)."""
     seed: int = 0
+    """Seed of the builder's choices (plus the round number)."""
 
     def __post_init__(self) -> None:
-        from strokes.errors import InputError
-
-        if self.mode not in ("self", "symbolic"):
-            raise InputError(f"config field 'critique.mode' must be 'self' or 'symbolic', got {self.mode!r}")
+        require(self, "mode", self.mode in ("self", "symbolic"), "must be 'self' or 'symbolic'")
 
 
 @dataclass

@@ -11,8 +11,10 @@ import json
 from dataclasses import asdict
 from pathlib import Path
 
+from .config import RunConfig
 
-def _params(cfg) -> tuple[int, dict]:
+
+def _params(cfg: RunConfig) -> tuple[int, dict]:
     """Parameter count and shape of the policy the run starts from."""
     cfg_file = Path(cfg.loop.base_checkpoint) / "config.json"
     if cfg_file.is_file():
@@ -32,7 +34,8 @@ def _params(cfg) -> tuple[int, dict]:
     return L * per_layer + shape["vocab"] * h, shape
 
 
-def plan(cfg) -> dict:
+def plan(cfg: RunConfig) -> dict:
+    """What `cfg` would do: rounds and their sizes, actors, batches, memory estimates."""
     n, shape = _params(cfg)
     r, t = cfg.rollout, cfg.train
     bytes_w = 2 if r.dtype in ("bfloat16", "float16") or (r.dtype == "auto" and r.num_gpus_per_actor > 0) else 4

@@ -18,14 +18,22 @@ rollout (`rollout.make_shards`), in this process, with the hook attached.
 
 from __future__ import annotations
 
+import dataclasses
+import json
 import random
 from collections import Counter
 from collections.abc import Sequence
 from pathlib import Path
 
+from rollout import Engine
+from rollout.shards import label, make_shards
 from strokes.data.pipelines import PipelineConfig, TrajectoryMaker
 from strokes.errors import InputError
+from strokes.model.tiny import Policy
 from strokes.shapeworld import PromptRecord
+from strokes.trajectory import write_jsonl
+
+from .config import RunConfig
 
 
 class OraclePlanner:
@@ -61,20 +69,12 @@ class OraclePlanner:
         return plan[step - 1]
 
 
-def planner_rollout(cfg, checkpoint: Path, records: Sequence[PromptRecord], seed: int, out: Path,
+def planner_rollout(cfg: RunConfig, checkpoint: Path, records: Sequence[PromptRecord], seed: int, out: Path,
                     samples: int = 1) -> list:
     """Trajectories of the policy at `checkpoint` on `records` (`samples` each) with the oracle as its
     planner, saved to `out/trajectories` (as the loop's `rollout_stage` saves its own) with the
     planner's counts in `out/planner.json`. `cfg` is a run config; its `rollout` section sets sampling
     and caps (the mode is process)."""
-    import dataclasses
-    import json
-
-    from rollout import Engine
-    from rollout.shards import label, make_shards
-    from strokes.model.tiny import Policy
-    from strokes.trajectory import write_jsonl
-
     rcfg = dataclasses.replace(cfg.rollout, mode="process", seed=seed)
     engine = Engine(Policy.from_pretrained(checkpoint), rcfg)
     planner = OraclePlanner(records, seed)

@@ -11,18 +11,31 @@ import os
 import uuid
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import ClassVar
+
+from strokes.config_loader import require
 
 
 @dataclass
 class TrackingConfig:
     """Where metrics go besides `metrics.jsonl`."""
 
-    wandb: bool = False  # mirror metrics, per-task tables and trajectory strips to wandb
+    SECTION: ClassVar[str] = "tracking"
+
+    wandb: bool = False
+    """Mirror metrics, per-task tables and trajectory strips to wandb."""
     project: str = "strokes"
-    mode: str = "offline"  # "offline" needs no network; "online" syncs as it runs
+    """The wandb project."""
+    mode: str = "offline"
+    """"offline" needs no network; "online" syncs as it runs; "disabled" turns wandb off."""
+
+    def __post_init__(self) -> None:
+        require(self, "mode", self.mode in ("offline", "online", "disabled"), "must be offline, online or disabled")
 
 
 class Tracker:
+    """The wandb mirror of a run (a no-op unless `tracking.wandb`)."""
+
     def __init__(self, run_dir: Path, cfg: TrackingConfig, run_cfg) -> None:
         self.run_dir = run_dir
         self.cfg = cfg

@@ -1,8 +1,22 @@
 """Loading nested dataclass configs from YAML, with `--set key=value` overrides.
 
-Each component defines its own `...Config` dataclass beside its code, with documented fields and
-sane defaults; the run config (`selfplay.config.RunConfig`) nests them. A wrong field name or a
-value of the wrong type fails with one line naming the dotted field (`train.lr`), never a traceback.
+Each component defines its own `...Config` dataclass beside its code, with sane defaults and one
+convention (as CleanRL's `Args` and TRL's configs have it):
+
+    @dataclass
+    class RolloutConfig:
+        SECTION: ClassVar[str] = "rollout"   # its key in the run config, for messages
+
+        top_p: float = 1.0
+        '''Nucleus sampling: sample among the most likely tokens holding this much probability.'''
+
+        def __post_init__(self) -> None:
+            require(self, "top_p", 0 < self.top_p <= 1, "must be in (0, 1]")
+
+every field documented by a docstring line under it (tests/test_configs.py checks), every check in
+`__post_init__` through `require`, which names the field. The run config (`selfplay.config.RunConfig`)
+nests them. A wrong field name, a value of the wrong type or out of range fails with one line naming
+the dotted field (`train.lr`), never a traceback.
 """
 
 from __future__ import annotations
@@ -19,6 +33,18 @@ from .errors import InputError
 from .io import write_atomic
 
 T = TypeVar("T")
+
+
+def require(cfg: Any, name: str, ok: bool, what: str) -> None:
+    """Unless `ok`, raise a one-line InputError naming the field: `config field '<section>.<name>'
+    <what>, got <value>`, where section is the config's `SECTION` (its key in the run config). For
+    a dotted `name` below a field (`loss_weights.text`) the value is left out."""
+    if ok:
+        return
+    section = getattr(cfg, "SECTION", "")
+    field = f"{section}.{name}" if section else name
+    got = "" if "." in name else f", got {getattr(cfg, name)!r}"
+    raise InputError(f"config field '{field}' {what}{got}")
 
 
 def from_dict(cls: type[T], data: dict | None, where: str = "") -> T:

@@ -11,9 +11,11 @@ from collections import Counter
 from dataclasses import dataclass, field
 from multiprocessing import get_context
 from pathlib import Path
+from typing import ClassVar
 
 import numpy as np
 
+from ..config_loader import require
 from ..errors import InputError
 from ..io import atomic_path
 from ..shapeworld import TASKS, sample_record
@@ -25,21 +27,30 @@ from .pipelines import SOURCES, PipelineConfig, TrajectoryMaker
 class DataConfig:
     """The base data: how much, from which pipelines, over which tasks."""
 
-    size: int = 10000  # trajectories in the base dataset
-    mixture: dict[str, float] = field(default_factory=lambda: {"scene_graph": 2.0, "conflict": 1.0, "alignment": 1.0, "single_pass": 1.0})
+    SECTION: ClassVar[str] = "data"
+
+    size: int = 10000
+    """Trajectories in the base dataset."""
+    mixture: dict[str, float] = field(default_factory=lambda: {"scene_graph": 2.0, "conflict": 1.0, "alignment": 1.0,
+                                                                "single_pass": 1.0})
+    """Relative weight of each pipeline (scene_graph, conflict, alignment, single_pass)."""
     tasks: dict[str, float] = field(default_factory=lambda: {t: 1.0 for t in TASKS})
+    """Relative weight of each GenEval task among the sampled prompts."""
     pipelines: PipelineConfig = field(default_factory=PipelineConfig)
+    """How each pipeline makes its trajectories."""
     image_size: int = 64
+    """Canvas side in pixels."""
     seed: int = 0
-    workers: int = 2  # processes that make trajectories
+    """Seed of the prompts and of every pipeline choice."""
+    workers: int = 2
+    """Processes that make trajectories."""
 
     def __post_init__(self) -> None:
         for name, table, known in (("mixture", self.mixture, SOURCES), ("tasks", self.tasks, TASKS)):
             bad = [k for k in table if k not in known]
-            if bad:
-                raise InputError(f"config field 'data.{name}.{bad[0]}' is not one of {', '.join(known)}")
-            if not table or min(table.values()) < 0 or sum(table.values()) <= 0:
-                raise InputError(f"config field 'data.{name}' needs non-negative weights with a positive sum")
+            require(self, f"{name}.{bad[0] if bad else ''}", not bad, f"is not one of {', '.join(known)}")
+            require(self, name, bool(table) and min(table.values()) >= 0 and sum(table.values()) > 0,
+                    "needs non-negative weights with a positive sum")
 
 
 CHUNK = 500

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import random
 from dataclasses import dataclass, field, replace
+from typing import ClassVar
 
 from ..language import Edit, description_text, inspection_text, instruction_text
 from ..shapeworld import COLORS, SHAPES, Obj, PromptRecord, Scene, detect, relations, render, target_scene
@@ -37,10 +38,16 @@ SOURCES = ("scene_graph", "conflict", "alignment", "single_pass")
 class PipelineConfig:
     """How base trajectories are made."""
 
-    detour_prob: float = 0.4  # chance that a scene-graph trajectory realises one object by a detour
+    SECTION: ClassVar[str] = "data.pipelines"
+
+    detour_prob: float = 0.4
+    """Chance that a scene-graph trajectory realises one object by a detour."""
     detour_weights: dict = field(default_factory=lambda: {"recolor": 1.0, "move": 1.0, "swap": 1.0})
-    conflict_negative: float = 0.55  # share of conflict-set trajectories with a wrong plan (paper ~45% positive)
-    alignment_negative: float = 0.67  # share of alignment-set trajectories with a misdrawn sketch (1/3 positive)
+    """Relative weight of each detour kind (recolor, move, swap)."""
+    conflict_negative: float = 0.55
+    """Share of conflict-set trajectories with a wrong plan (paper ~45% positive)."""
+    alignment_negative: float = 0.67
+    """Share of alignment-set trajectories with a misdrawn sketch (1/3 positive)."""
 
 
 @dataclass

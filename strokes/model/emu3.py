@@ -28,9 +28,11 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 from pathlib import Path
+from typing import ClassVar
 
 import numpy as np
 
+from ..config_loader import require
 from ..errors import InputError
 from ..io import atomic_path
 from .processor import SPECIALS, Processor, join_words, vocabulary
@@ -51,33 +53,45 @@ def visual_token(k: int) -> str:
 class Emu3ModelConfig:
     """Where the Emu3 policy comes from, and the image resolution its VQ sees."""
 
-    # A folder holding an Emu3 checkpoint in Hugging Face's layout (`Emu3ForConditionalGeneration`
-    # weights + config with `vocabulary_map` + tokenizer), e.g. a local copy of BAAI/Emu3-Gen-hf.
-    # Empty: build a tiny random Emu3 from the shape fields below (tests, CPU runs).
+    SECTION: ClassVar[str] = "model"
+
     base: str = ""
-    # Side of the square image the VQ encodes; a multiple of the VQ's spatial factor (8). Codes per
-    # image = (image_size / 8)^2: 64 -> 64 codes (ShapeWorld's native size), 128 -> 256 codes.
+    """A folder holding an Emu3 checkpoint in Hugging Face's layout (`Emu3ForConditionalGeneration`
+    weights + config with `vocabulary_map` + tokenizer), e.g. a local copy of BAAI/Emu3-Gen-hf.
+    Empty: build a tiny random Emu3 from the shape fields below (tests, CPU runs)."""
     image_size: int = 64
-    canvas: int = 64  # side of the images the world renders and the judges read
-    dtype: str = "auto"  # weights of `base` as loaded: "auto" keeps the checkpoint's (bf16 for Emu3), or float32
-    # Tiny random shape (ignored when `base` is set).
+    """Side of the square image the VQ encodes; a multiple of the VQ's spatial factor (8). Codes per
+    image = (image_size / 8)^2: 64 -> 64 codes (ShapeWorld's native size), 128 -> 256 codes."""
+    canvas: int = 64
+    """Side of the images the world renders and the judges read."""
+    dtype: str = "auto"
+    """Weights of `base` as loaded: "auto" keeps the checkpoint's (bf16 for Emu3), or float32."""
     hidden_size: int = 256
+    """Tiny random shape (ignored when `base` is set): width of the transformer."""
     num_layers: int = 6
+    """Tiny random shape: transformer layers."""
     num_heads: int = 4
+    """Tiny random shape: attention heads."""
     intermediate_size: int = 768
+    """Tiny random shape: width of the MLP."""
     max_positions: int = 1024
+    """Tiny random shape: longest sequence in tokens."""
     codebook_size: int = 256
-    vq_channels: int = 32  # a multiple of 32 (the VQ's group norms have 32 groups)
-    vq_levels: int = 4  # spatial factor 2^(levels-1): 4 levels -> 8, as in Emu3
-    vq_attention: bool = True  # an attention block at the lowest resolution, as in Emu3
+    """Tiny random shape: VQ codebook entries."""
+    vq_channels: int = 32
+    """Tiny random shape: VQ channels, a multiple of 32 (the VQ's group norms have 32 groups)."""
+    vq_levels: int = 4
+    """Tiny random shape: VQ resolution levels; spatial factor 2^(levels-1): 4 levels -> 8, as in Emu3."""
+    vq_attention: bool = True
+    """Tiny random shape: an attention block at the lowest VQ resolution, as in Emu3."""
     seed: int = 0
+    """Seed of the tiny random weights."""
 
     def __post_init__(self) -> None:
-        if self.image_size <= 0 or self.image_size % (2 ** (self.vq_levels - 1)):
-            raise InputError(f"model.image_size must be a positive multiple of {2 ** (self.vq_levels - 1)}, "
-                             f"got {self.image_size}")
-        if self.vq_channels % 32:
-            raise InputError(f"model.vq_channels must be a multiple of 32, got {self.vq_channels}")
+        factor = 2 ** (self.vq_levels - 1)
+        require(self, "image_size", self.image_size > 0 and self.image_size % factor == 0,
+                f"must be a positive multiple of {factor}")
+        require(self, "vq_channels", self.vq_channels % 32 == 0, "must be a multiple of 32")
 
 
 # ---- images <-> codes with Emu3's VQ --------------------------------------------------------------------

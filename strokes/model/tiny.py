@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import ClassVar
 
 from .image_tokenizer import ImageTokenizer, fitting_images
 from .processor import Processor, build_text_tokenizer
@@ -17,15 +18,26 @@ from .processor import Processor, build_text_tokenizer
 class ModelConfig:
     """Shape of the tiny unified model (a LlamaForCausalLM)."""
 
+    SECTION: ClassVar[str] = "model"
+
     hidden_size: int = 256
+    """Width of the transformer."""
     num_layers: int = 6
+    """Transformer layers."""
     num_heads: int = 4
+    """Attention heads (as many key/value heads)."""
     intermediate_size: int = 768
+    """Width of the MLP."""
     max_positions: int = 1024
-    num_codes: int = 256  # codebook size asked of k-means (fewer when the world has fewer patches)
+    """Longest sequence in tokens."""
+    num_codes: int = 256
+    """Codebook size asked of k-means (fewer when the world has fewer patches)."""
     image_size: int = 64
+    """Canvas side in pixels."""
     patch: int = 8
+    """Side of an image patch; one code per patch."""
     seed: int = 0
+    """Seed of the weights and of the codebook fit."""
 
 
 # Policy classes of real models, by the `processor` name their processor.json records.
