@@ -13,6 +13,8 @@ This package imports only selfplay's shared modules, never rollout/, trainer/ or
 
 from __future__ import annotations
 
+from strokes.errors import InputError
+
 from .config import KINDS, JudgeConfig
 from .oracle import OracleJudge, corrected_scene
 from .self_judge import InspectFn, SelfJudge
@@ -20,8 +22,6 @@ from .self_judge import InspectFn, SelfJudge
 
 def make_judge(cfg: JudgeConfig, inspect_fn: InspectFn | None = None):
     """The judge a config asks for. Kind "self" needs the policy's `inspect_fn`."""
-    from strokes.errors import InputError
-
     cfg.validate()
     if cfg.kind == "oracle":
         return OracleJudge()

@@ -30,8 +30,10 @@ from pathlib import Path
 
 from strokes.errors import InputError
 
+from .cluster import connect
 from .config import RolloutConfig
 from .weights import checkpoint_path
+from .worker import ShardWorker
 
 
 class RolloutFleet:
@@ -54,9 +56,6 @@ class RolloutFleet:
         """A new, empty actor (it loads the fleet's checkpoint with its first shard or `hold`)."""
         if self._class is None:
             import ray
-
-            from .cluster import connect
-            from .worker import ShardWorker
 
             connect(self.cfg.ray_address, self.cfg.ray_cpus, self.cfg.object_store_mb)
             self._class = ray.remote(ShardWorker).options(

@@ -28,6 +28,7 @@ import json
 from pathlib import Path
 
 from strokes.errors import InputError
+from strokes.model.tiny import Policy
 
 ADAPTER_CONFIG = "adapter_config.json"
 # config.json fields that differ between checkpoints of one model without changing its forward pass
@@ -127,8 +128,6 @@ class PolicySlot:
         if self.policy is not None and self.base is not None and self._same_model(folder) and self._copy_weights(folder):
             self.base = folder
             return "in_place"
-        from strokes.model.tiny import Policy
-
         self.base = None
         self.policy = None  # let the old model go before the new one loads
         self.policy = Policy.from_pretrained(folder)

@@ -11,6 +11,8 @@ import argparse
 import importlib
 import sys
 
+from strokes.errors import InputError
+
 COMMANDS = ("suite", "render", "score", "data", "train", "sample", "eval", "judge_serve", "judge_eval", "run", "report", "ablate")
 
 
@@ -23,8 +25,6 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from strokes.errors import InputError
-
     args = build_parser().parse_args(argv)
     try:
         return int(args.func(args) or 0)

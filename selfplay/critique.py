@@ -21,10 +21,11 @@ from typing import Callable, ClassVar
 
 import numpy as np
 
+from judges.oracle import edit_items
 from strokes.config_loader import require
 from strokes.data.continuation import continuation
-from strokes.data.pipelines import TrajectoryMaker, aligned_inspection
-from strokes.language import inspection_text, parse_description
+from strokes.data.pipelines import PipelineConfig, TrajectoryMaker, aligned_inspection
+from strokes.language import description_text, inspection_text, parse_description, parse_instruction
 from strokes.shapeworld import PromptRecord, Scene, detect, render
 from strokes.shapeworld.queries import missing_parts
 from strokes.shapeworld.render import detections_to_scene
@@ -171,9 +172,6 @@ def _exact_chain(ctx: StepContext, v: Verdict, judge, exact: Exact,
     accepts one: [(correction, corrected image, its verdict, the description it was judged against),
     ...]; None when it does not converge
     within `limit` refinements (a correction fixes one conflict; a step may have several)."""
-    from judges.oracle import edit_items
-    from strokes.language import description_text, parse_instruction
-
     chain = []
     for _ in range(limit):
         scene = exact(ctx, v)
@@ -243,8 +241,6 @@ def _positive(rec: PromptRecord, t: Trajectory, stats: CritiqueStats, cfg: Criti
 def build_symbolic_critique(records: list[PromptRecord], n: int, cfg: CritiqueConfig,
                             size: int = 64) -> list[Trajectory]:
     """The Table 6 baseline: as many corrections, made by perturbing scene graphs of the same prompts."""
-    from strokes.data.pipelines import PipelineConfig
-
     rng = random.Random(cfg.seed)
     maker = TrajectoryMaker(PipelineConfig(conflict_negative=1.0, alignment_negative=1.0), size)
     out = []

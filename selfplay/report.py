@@ -14,8 +14,11 @@ import json
 import math
 from pathlib import Path
 
+from judges import OracleJudge
 from strokes.io import write_atomic
+from strokes.trajectory import read_jsonl
 
+from .inspect_stats import inspect_stats
 from .run_state import RunState
 
 
@@ -33,11 +36,6 @@ def _inspect(folder: Path) -> dict | None:
     trajs = folder / "process" / "trajectories"
     if not trajs.exists():
         return None
-    from judges import OracleJudge
-    from strokes.trajectory import read_jsonl
-
-    from .inspect_stats import inspect_stats
-
     return inspect_stats(read_jsonl(trajs), OracleJudge()).to_json()
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from strokes.shapeworld import PromptRecord, check
 from strokes.trajectory import Trajectory
 
 SCALE = 3  # strip panels are the canvas scaled up this much (nearest neighbour)
@@ -45,8 +46,6 @@ def strip_image(t: Trajectory, scale: int = SCALE) -> np.ndarray:
 def describe(t: Trajectory, index: int | None = None) -> str:
     """A trajectory as readable text: prompt; per step the plan (<ins>, <des>), inspection and
     refinements, with the loss flags; the final image's GenEval verdict when the record is known."""
-    from strokes.shapeworld import PromptRecord, check
-
     variant = t.meta.get("error", t.meta.get("detour", t.meta.get("outcome", "none")))
     head = (f"#{index}  " if index is not None else "") + f"{t.source} ({variant})"
     head += f"  task {t.meta['tag']}" if "tag" in t.meta else ""

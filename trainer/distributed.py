@@ -25,7 +25,11 @@ import json
 import tempfile
 from pathlib import Path
 
+from strokes.errors import InputError
+from strokes.model.tiny import Policy
+
 from .config import TrainConfig
+from .sft import train
 
 
 def _worker(config: dict) -> None:
@@ -33,10 +37,6 @@ def _worker(config: dict) -> None:
     import datasets
     import ray.train
     import torch
-
-    from strokes.model.tiny import Policy
-
-    from .sft import train
 
     cfg: TrainConfig = config["cfg"]
     torch.set_num_threads(max(cfg.num_threads, 1))  # one worker per core (or GPU): no oversubscription
@@ -91,8 +91,6 @@ def train_on_ray(parent: str | Path, dataset: str | Path, cfg: TrainConfig, out:
     from ray.train import RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
 
-    from strokes.errors import InputError
-
     parent, dataset, out = Path(parent).resolve(), Path(dataset).resolve(), Path(out).resolve()
     if not (parent / "config.json").is_file():
         raise InputError(f"{parent}: not a checkpoint (no config.json)")
@@ -123,10 +121,6 @@ def fit(parent: str | Path, dataset: str | Path, cfg: TrainConfig, out: str | Pa
     if cfg.distributed == "ray":
         return train_on_ray(parent, dataset, cfg, out, address)
     import datasets
-
-    from strokes.model.tiny import Policy
-
-    from .sft import train
 
     return train(Policy.from_pretrained(parent), datasets.load_from_disk(str(dataset)), cfg, out)
 

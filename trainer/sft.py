@@ -17,16 +17,17 @@ import os
 import time
 from pathlib import Path
 
+from strokes.errors import InputError
 from strokes.io import atomic_path, write_atomic
+from strokes.trajectory import from_row
 
 from .config import TrainConfig
+from .plots import plot_losses
 
 
 def tokenize(dataset, processor, workers: int = 1):
     """Trajectory rows -> `input_ids` + `completion_mask` (the processor's grammar and loss mask)."""
     import datasets
-
-    from strokes.trajectory import from_row
 
     def encode(row: dict) -> dict:
         enc = processor.encode(from_row(row))
@@ -152,10 +153,6 @@ def train(policy, dataset, cfg: TrainConfig, out: str | Path) -> dict:
     """
     import torch
 
-    from strokes.errors import InputError
-
-    from .plots import plot_losses
-
     if len(dataset) == 0:
         raise InputError(f"no trajectories to train on (empty dataset; output folder {out})")
     out = Path(out)
@@ -186,12 +183,20 @@ def train(policy, dataset, cfg: TrainConfig, out: str | Path) -> dict:
         with atomic_path(out / "checkpoint", folder=True) as tmp:
             policy.save_pretrained(tmp)
         plot_losses(out / "metrics.jsonl", out / "loss.png")
+    summary = _summary(trainer, result.training_loss, seconds, resume)
+    if main:
+        write_atomic(out / "train_summary.json", json.dumps(summary, indent=2, default=float))
+    return summary
+
+
+def _summary(trainer, train_loss: float, seconds: float, resume: bool) -> dict:
+    """What a finished (or budget-stopped) training call reports: steps, losses, throughput."""
     logs = [h for h in trainer.state.log_history if "loss" in h]
-    summary = {
+    return {
         "steps": trainer.state.global_step,
         "max_steps": trainer.state.max_steps,
         "complete": trainer.state.global_step >= trainer.state.max_steps,
-        "train_loss": result.training_loss,
+        "train_loss": train_loss,
         "last": logs[-1] if logs else {},
         "seconds": seconds,
         "tokens_seen": trainer._seen_tokens,
@@ -200,6 +205,3 @@ def train(policy, dataset, cfg: TrainConfig, out: str | Path) -> dict:
         "resumed": resume,
         "world_size": trainer.args.world_size,  # data-parallel processes (trainer/distributed.py)
     }
-    if main:
-        write_atomic(out / "train_summary.json", json.dumps(summary, indent=2, default=float))
-    return summary

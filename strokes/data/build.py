@@ -19,7 +19,7 @@ from ..config_loader import require
 from ..errors import InputError
 from ..io import atomic_path
 from ..shapeworld import TASKS, sample_record
-from ..trajectory import Trajectory, from_row, to_row
+from ..trajectory import Trajectory, features, from_row, to_row
 from .pipelines import SOURCES, PipelineConfig, TrajectoryMaker
 
 
@@ -132,8 +132,6 @@ def summarize(trajs: list[Trajectory], codes_per_image: int = 64) -> dict:
 def build(cfg: DataConfig, out: str | Path, progress: bool = True) -> dict:
     """Make the base dataset and save it with `summary.json` at `out`, atomically."""
     import datasets
-
-    from ..trajectory import features
 
     out = Path(out)
     t0 = time.time()

@@ -15,6 +15,9 @@ from pathlib import Path
 
 import numpy as np
 
+from ..shapeworld import COLORS, SHAPES, Obj, Scene, render
+from ..shapeworld.scene import free_slots
+
 FILE = "image_tokenizer.npz"
 
 
@@ -90,9 +93,6 @@ class ImageTokenizer:
 
 def fitting_images(n: int = 3000, size: int = 64, seed: int = 0) -> list[np.ndarray]:
     """Random 1-5 object ShapeWorld scenes: every shape, colour and grid offset occurs."""
-    from ..shapeworld import COLORS, SHAPES, Obj, Scene, render
-    from ..shapeworld.scene import free_slots
-
     rng = random.Random(seed)
     out = []
     for _ in range(n):

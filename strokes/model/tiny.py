@@ -10,6 +10,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import ClassVar
 
+from ..errors import InputError
 from .image_tokenizer import ImageTokenizer, fitting_images
 from .processor import Processor, build_text_tokenizer
 
@@ -55,8 +56,6 @@ def checkpoint_kind(folder: str | Path) -> str:
 def adapter(kind: str) -> type:
     """The policy class for a checkpoint kind; a one-line error for an unknown one."""
     import importlib
-
-    from ..errors import InputError
 
     if kind not in ADAPTERS:
         raise InputError(f"processor.json: unknown policy kind {kind!r} (known: strokes.tiny, {', '.join(ADAPTERS)})")
@@ -107,8 +106,6 @@ class Policy:
     @classmethod
     def from_pretrained(cls, folder: str | Path, dtype=None) -> "Policy":
         from transformers import AutoModelForCausalLM
-
-        from ..errors import InputError
 
         folder = Path(folder)
         if not (folder / "config.json").is_file():
