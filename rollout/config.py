@@ -47,6 +47,22 @@ class RolloutConfig:
     """On an inspection that names a conflict (the model's own in process mode, the judge's in judge
     mode), forget the whole step (plan, sketch, inspection) and draw it again, up to this many times per
     step, before refining in context. 0: refine only, as the paper does. single_pass ignores it."""
+    judge_writes: str = "inspection"
+    """Judge mode: the judge writes its whole "inspection" (and correction), or only the "verdict"
+    word, the model writing the rest; the second isolates what the verdict's accuracy alone is worth."""
+    after_retries: str = "refine"
+    """When a flagged step has used its retries: "refine" in context (the paper's Refine), or "accept"
+    the last attempt (its inspection is rewritten to "aligned"), for inspectors whose flags are better
+    acted on by redrawing than by the model's own repair."""
+    inspect: str = "sample"
+    """How the model's verdict on each visual state (the first word of its inspection) is chosen:
+    "sample" draws it like every token; "threshold" says conflict exactly when the model's
+    P(conflict) >= `inspect_threshold` (pick it on a validation split with `selfplay inspect-eval`,
+    which reports the threshold for 5% and 10% false alarms); "head" decides with the checkpoint's
+    Inspect head and the threshold saved with it (a checkpoint without one is refused). Process
+    mode only."""
+    inspect_threshold: float = 0.5
+    """P(conflict) at or above which `inspect: threshold` says conflict."""
     max_text_tokens: int = 48
     """Cap on words per text span (<ins>, <des>, <inspect>, <refine>); the data needs <= 34."""
     max_new_tokens: int = 0
@@ -98,6 +114,10 @@ class RolloutConfig:
         require(self, "max_steps", self.max_steps >= 1, "must be >= 1")
         require(self, "max_refines", self.max_refines >= 0, "must be >= 0")
         require(self, "retries", self.retries >= 0, "must be >= 0")
+        require(self, "judge_writes", self.judge_writes in ("inspection", "verdict"), "must be inspection or verdict")
+        require(self, "after_retries", self.after_retries in ("refine", "accept"), "must be refine or accept")
+        require(self, "inspect", self.inspect in ("sample", "threshold", "head"), "must be sample, threshold or head")
+        require(self, "inspect_threshold", 0 < self.inspect_threshold < 1, "must be in (0, 1)")
         require(self, "max_text_tokens", self.max_text_tokens >= 1, "must be >= 1")
         require(self, "max_new_tokens", self.max_new_tokens >= 0, "must be >= 0")
         require(self, "batch_size", self.batch_size >= 1, "must be >= 1")

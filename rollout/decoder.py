@@ -39,7 +39,7 @@ from typing import Callable, Sequence
 import torch
 
 from . import kvcache
-from .grammar import IMAGE, M_NONE, M_PAD, Grammar
+from .grammar import IMAGE, INSPECT, M_NONE, M_PAD, Grammar
 
 
 @dataclass
@@ -49,6 +49,28 @@ class Edit:
 
     drop: int = 0
     append: list[int] = field(default_factory=list)
+
+
+@dataclass
+class InspectRule:
+    """The first word of every inspection the model writes ("conflict" or "aligned") is its verdict.
+    The decoder records P(conflict) = softmax over those two words' logits at that position (per
+    context, in order: the model's own confidence that the state it just drew is wrong) and, with a
+    `threshold`, chooses the verdict by it instead of sampling it (`rollout.inspect: threshold`): a
+    sampled verdict at T = 1 flags a state the model finds 30% suspicious one time in three. With a
+    `head` (the policy's Inspect head: a linear verdict over those same logits, `strokes/model/
+    inspect_head.py`), P(conflict) = sigmoid(logits · head + head_bias) instead."""
+
+    conflict_id: int
+    aligned_id: int
+    threshold: float | None = None
+    head: torch.Tensor | None = None
+    head_bias: float = 0.0
+
+    def p_conflict(self, logits: torch.Tensor) -> torch.Tensor:
+        if self.head is not None:
+            return torch.sigmoid(logits @ self.head + self.head_bias)
+        return torch.sigmoid(logits[:, self.conflict_id] - logits[:, self.aligned_id])
 
 
 @dataclass
@@ -141,7 +163,7 @@ class Decoder:
     def __init__(self, model, grammar: Grammar, *, temperature: float = 1.0, top_k: int = 0,
                  top_p: float = 1.0, batch_size: int = 64, max_new_tokens: int = 0,
                  refill_fraction: float = 0.25, compact_fraction: float = 0.0, kv_cache: str = "growing",
-                 guidance_scale: float = 1.0) -> None:
+                 guidance_scale: float = 1.0, inspect_rule: InspectRule | None = None) -> None:
         self.model = model
         self.grammar = grammar
         self.temperature = temperature
@@ -154,6 +176,8 @@ class Decoder:
         self.compact_fraction = compact_fraction
         self.kv_cache = kv_cache
         self.guidance_scale = guidance_scale
+        self.inspect_rule = inspect_rule
+        self.inspect_scores: dict[int, list[float]] = {}  # per context: P(conflict) of each inspection
         self._leads = 0  # with guidance: rows with key >= _leads are twins of key - _leads (see run)
         self.device = grammar.device
         self.pad_id = int(torch.nonzero(grammar.masks[M_PAD])[0])
@@ -281,6 +305,7 @@ class Decoder:
             raise ValueError(f"guidance needs one unconditional context per context ({len(uncond)} for {n}) "
                              f"and batch_size >= 2 (got {self.batch_size})")
         self._leads = n if uncond is not None else 0
+        self.inspect_scores = {}
         per = 2 if self._leads else 1  # rows per context
         if self._leads:
             contexts = list(contexts) + list(uncond)
@@ -343,7 +368,8 @@ class Decoder:
         stuck = feed & (mid == M_NONE)
         mid = torch.where(feed & ~stuck, mid, torch.full_like(mid, M_PAD))
         allowed = g.masks[mid]
-        tok = self._sample(logits, allowed, gen)
+        verdict = self._verdict(r, feed & ~has_f, logits) if self.inspect_rule is not None else logits
+        tok = self._sample(verdict, allowed, gen)
         if r.forced.shape[1] and bool(has_f.any()):
             ftok = r.forced.gather(1, r.f_pos.clamp(max=r.forced.shape[1] - 1)[:, None]).squeeze(1)
             tok = torch.where(has_f, ftok, tok)
@@ -391,6 +417,23 @@ class Decoder:
         else:  # nothing left to predict: keep the cache in step with the mask
             kvcache.append_empty_column(r.cache)
         return newly_done
+
+    def _verdict(self, r: _Rows, sampling: torch.Tensor, logits: torch.Tensor) -> torch.Tensor:
+        """Rows about to write an inspection's first word: record P(conflict) and, with a threshold,
+        leave only the verdict it chooses."""
+        first = sampling & (r.state == INSPECT) & (r.span == 0)
+        if not bool(first.any()):
+            return logits
+        rule = self.inspect_rule
+        p = rule.p_conflict(logits)
+        for i in first.nonzero().flatten().tolist():
+            if not self._leads or int(r.key[i]) < self._leads:  # a twin's verdict is its lead's
+                self.inspect_scores.setdefault(int(r.key[i]), []).append(float(p[i]))
+        if rule.threshold is None:
+            return logits
+        choice = torch.where(p >= rule.threshold, rule.conflict_id, rule.aligned_id)
+        only = torch.full_like(logits, float("-inf")).scatter_(1, choice[:, None], 0.0)
+        return torch.where(first[:, None], only, logits)
 
     def _compact(self, r: _Rows, force: bool = False) -> _Rows:
         """Drop finished rows from the batch when enough have finished (or when `force`d)."""

@@ -22,7 +22,7 @@ from strokes.trajectory import Trajectory
 from strokes.verdict import Judge, StepContext
 
 from .config import RolloutConfig
-from .decoder import Decoder, Output
+from .decoder import Decoder, InspectRule, Output
 from .grammar import Grammar
 from .interventions import JudgeInTheLoop, PlanHook, PlanReview, RetryOnConflict
 
@@ -78,7 +78,28 @@ class Engine:
                        batch_size=c.batch_size, max_new_tokens=c.max_new_tokens,
                        refill_fraction=c.refill_fraction or (0.25 if self.device.type == "cuda" else 1.0),
                        compact_fraction=c.compact_fraction,
-                       kv_cache=c.kv_cache, guidance_scale=c.cfg_scale)
+                       kv_cache=c.kv_cache, guidance_scale=c.cfg_scale, inspect_rule=self._inspect_rule(mode))
+
+    def _inspect_rule(self, mode: str) -> InspectRule | None:
+        """In process mode the decoder records the model's P(conflict) at every inspection (and
+        thresholds it with `rollout.inspect: threshold`); None where the two verdict words do not
+        start with distinct tokens (an adapter's tokenizer) or the model does not inspect."""
+        if mode != "process":
+            return None
+        conflict, aligned = self.processor.text_ids_of("conflict"), self.processor.text_ids_of("aligned")
+        if not conflict or not aligned or conflict[0] == aligned[0]:
+            if self.cfg.inspect != "sample":
+                raise InputError(f"rollout.inspect: {self.cfg.inspect!r} needs single-token verdict words")
+            return None
+        if self.cfg.inspect == "head":
+            head = getattr(self.policy, "inspect_head", None)
+            if head is None:
+                raise InputError("rollout.inspect: 'head' needs a checkpoint with an Inspect head "
+                                 "(inspect_head.json; the loop fits one with loop.inspect_head)")
+            weight = torch.tensor(head.weight, dtype=torch.float32, device=self.device)
+            return InspectRule(conflict[0], aligned[0], head.threshold, weight, head.bias)
+        threshold = self.cfg.inspect_threshold if self.cfg.inspect == "threshold" else None
+        return InspectRule(conflict[0], aligned[0], threshold)
 
     def generator(self, seed: int) -> torch.Generator:
         return torch.Generator(device=self.device).manual_seed(int(seed))
@@ -95,7 +116,8 @@ class Engine:
         contexts = [self.processor.prompt_ids(t) for t in texts]
         handler = None
         if self.cfg.mode == "judge":
-            handler = JudgeInTheLoop(self.judge, self.processor, self.decoder.grammar, records, self.cfg.retries)
+            handler = JudgeInTheLoop(self.judge, self.processor, self.decoder.grammar, records, self.cfg.retries,
+                                     verdict_only=self.cfg.judge_writes == "verdict")
             if plan_hook is not None:
                 raise InputError("rollout.mode: plan review works in process mode, not judge mode")
         elif plan_hook is not None:
@@ -103,7 +125,7 @@ class Engine:
                 raise InputError("rollout.retries: plan review and step retries do not combine yet")
             handler = PlanReview(plan_hook, self.processor, self.decoder.grammar)
         elif self.cfg.retries and self.cfg.mode == "process":
-            handler = RetryOnConflict(self.processor, self.cfg.retries)
+            handler = RetryOnConflict(self.processor, self.cfg.retries, accept=self.cfg.after_retries == "accept")
 
         built: dict[int, Trajectory] = {}
 
@@ -138,6 +160,8 @@ class Engine:
         traj.source = "rollout"
         traj.meta["mode"] = "single_pass" if self.cfg.mode == "single_pass" else self.cfg.mode
         traj.meta["tokens"] = len(out.generated)
+        if key in self.decoder.inspect_scores:  # every inspection written, retried steps' included
+            traj.meta["inspect_scores"] = [round(x, 5) for x in self.decoder.inspect_scores[key]]
         if isinstance(handler, JudgeInTheLoop):
             traj.meta["verdicts"] = handler.verdicts.get(key, [])
         if isinstance(handler, (JudgeInTheLoop, RetryOnConflict)) and handler.retries.used.get(key):

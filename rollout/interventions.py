@@ -81,11 +81,14 @@ class StepRetries:
 
 class RetryOnConflict:
     """Pauses every row after each inspection the model writes; when it names a conflict and the step
-    has retries left, the step is drawn again from its plan (`rollout.retries`)."""
+    has retries left, the step is drawn again from its plan (`rollout.retries`). Once they are spent,
+    the model refines in context, or with `accept` the last attempt stands: its inspection is rewritten
+    to start "aligned" (`rollout.after_retries: accept`)."""
 
-    def __init__(self, processor: Processor, retries: int) -> None:
+    def __init__(self, processor: Processor, retries: int, accept: bool = False) -> None:
         self.processor = processor
         self.retries = StepRetries(processor, retries)
+        self.accept = accept
 
     @property
     def pause_tokens(self) -> list[int]:
@@ -97,7 +100,10 @@ class RetryOnConflict:
         for r in rows:
             start = last_index(r.ids, s["<inspect>"])
             conflict = self.processor.words(r.ids[start + 1: -1]).strip().startswith(CONFLICT)
-            edits.append((self.retries.retry(r) if conflict else None) or Edit())
+            edit = self.retries.retry(r) if conflict else None
+            if conflict and edit is None and self.accept:  # forced tokens pass the verdict rule as they are
+                edit = Edit(drop=len(r.ids) - start, append=[s["<inspect>"], *self.processor.text_ids_of("aligned")])
+            edits.append(edit or Edit())
         return edits
 
 
@@ -108,8 +114,9 @@ class JudgeInTheLoop:
     `retries`, a conflict first makes the model draw the whole step again (its verdict is kept)."""
 
     def __init__(self, judge: Judge, processor: Processor, grammar: Grammar, records: Sequence[dict | None],
-                 retries: int = 0) -> None:
+                 retries: int = 0, verdict_only: bool = False) -> None:
         self.judge = judge
+        self.verdict_only = verdict_only  # write only the verdict word; the model writes the rest
         self.processor = processor
         self.grammar = grammar
         self.records = records
@@ -133,6 +140,9 @@ class JudgeInTheLoop:
             retry = None if v.aligned else self.retries.retry(r)
             if retry is not None:
                 edits.append(retry)
+                continue
+            if self.verdict_only:  # the judge's verdict alone: the model inspects and refines in its own words
+                edits.append(Edit(append=[s["<inspect>"], *p.text_ids_of("aligned" if v.aligned else "conflict")]))
                 continue
             text, lost = words_of(p, inspection_text(v), g.cap)
             if not text:  # a span holds at least one word

@@ -28,6 +28,8 @@ import json
 from pathlib import Path
 
 from strokes.errors import InputError
+from strokes.model.checkpoint_check import CHECKSUMS, check_checkpoint
+from strokes.model.inspect_head import InspectHead
 from strokes.model.tiny import Policy
 
 ADAPTER_CONFIG = "adapter_config.json"
@@ -72,9 +74,9 @@ def _processor_files(folder: Path) -> dict[str, bytes]:
     """The files that define a checkpoint's processor (vocabulary, codebook, `processor.json`): all
     but weights and model config. `tokenizer_config.json` is left out: it holds loading options
     that change when a tokenizer is merely loaded and saved again (`is_local`), while the
-    vocabulary and added tokens are in `tokenizer.json`."""
+    vocabulary and added tokens are in `tokenizer.json`; `checksums.json` covers the weights too."""
     skip = {"config.json", "generation_config.json", ADAPTER_CONFIG, "README.md", "tokenizer_config.json",
-            "special_tokens_map.json"}
+            "special_tokens_map.json", CHECKSUMS}
     return {p.name: p.read_bytes() for p in folder.iterdir()
             if p.is_file() and p.name not in skip and ".safetensors" not in p.name and not p.name.endswith(".bin")}
 
@@ -119,15 +121,18 @@ class PolicySlot:
             self._attach(folder)
         else:
             how = self._load_base(folder)
+        self.policy.inspect_head = InspectHead.load(folder)  # the folder's own head (or none), never a stale one
         self.checkpoint = folder
         return how
 
     def _load_base(self, folder: Path) -> str:
         if self.policy is not None and folder == self.base:
             return "in_place"  # the weights in memory are this checkpoint's already
-        if self.policy is not None and self.base is not None and self._same_model(folder) and self._copy_weights(folder):
-            self.base = folder
-            return "in_place"
+        if self.policy is not None and self.base is not None and self._same_model(folder):
+            check_checkpoint(folder)  # as Policy.from_pretrained does on the fresh path
+            if self._copy_weights(folder):
+                self.base = folder
+                return "in_place"
         self.base = None
         self.policy = None  # let the old model go before the new one loads
         self.policy = Policy.from_pretrained(folder)

@@ -13,7 +13,7 @@ import sys
 
 from strokes.errors import InputError
 
-COMMANDS = ("suite", "render", "score", "data", "train", "sample", "eval", "judge_serve", "judge_eval", "run", "report", "ablate")
+COMMANDS = ("suite", "render", "score", "data", "train", "sample", "eval", "judge_serve", "judge_eval", "inspect_eval", "run", "report", "ablate")
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -59,6 +59,10 @@ class CritiqueConfig:
     """Train each error trace's <refine> chain and exact continuation; False keeps them as context, so
     the trace trains inspections only, above all the one naming the model's own mistake (for inference
     with rollout.retries, which redraws a flagged step instead of repairing it)."""
+    label_every_state: bool = False
+    """Also keep each rollout with a wrong sketch as it was drawn, every sketch's inspection replaced
+    by the judge's and everything else kept as context: the error trace stops at the first mistake,
+    so without this the model's later mistakes in the same rollout are never labelled."""
     seed: int = 0
     """Seed of the builder's choices (plus the round number)."""
 
@@ -137,6 +141,9 @@ def build_self_critique(rollouts: list[Trajectory], judge, cfg: CritiqueConfig, 
             confirmed[t.prompt] += sum(k.meta["outcome"] == "confirmation" for k in kept)
             out.extend(kept)
             continue
+        if cfg.label_every_state:
+            stats.outcomes["every_state"] += 1
+            out.append(_every_state_trace(rec, t, vs))
         v = vs[wrong]
         for c in v.conflicts:
             stats.conflicts[f"{c.source}:{c.kind.value}"] += 1
@@ -213,6 +220,18 @@ def _critique_trace(rec: PromptRecord, t: Trajectory, k: int, v: Verdict,
     return Trajectory(t.prompt, steps, t.record, "self", {"outcome": "plan_error" if plan else "image_error",
                                                           "tag": rec.tag, "step": k,
                                                           "refines": len(chain)})
+
+
+def _every_state_trace(rec: PromptRecord, t: Trajectory, verdicts: list[Verdict]) -> Trajectory:
+    """The rollout as drawn, each sketch's inspection the judge's: the only tokens it trains. A
+    refinement stays context whole (its inspection included: a refinement has no per-part flags)."""
+    steps = []
+    for s, v in zip(t.steps, verdicts):
+        scene = detections_to_scene(detect(s.image), s.image.shape[0])
+        text = aligned_inspection(rec, scene) if v.aligned else inspection_text(v)
+        steps.append(Step(s.instruction, s.description, s.image, text, [replace(r, context=True) for r in s.refinements],
+                          edit=s.edit, context=True))
+    return Trajectory(t.prompt, steps, t.record, "self", {"outcome": "every_state", "tag": rec.tag})
 
 
 def _positive(rec: PromptRecord, t: Trajectory, stats: CritiqueStats, cfg: CritiqueConfig,

@@ -5,9 +5,10 @@
               -> judge every step, build critique traces, mix in base-data replay -> data/
               -> SFT the next policy (from the current one or from the base) -> checkpoint/
               -> evaluate in process and single-pass mode on the held-out suite -> eval/
+              -> roll out on the validation split: its score and the inspection table -> validate/
               -> [control: the same steps on base data only, continuing the control of the
-                  round the parent came from -> control/]
-              -> promote the new policy unless it regressed beyond the tolerance
+                  round the parent came from -> control/, control_eval/, control_validate/]
+              -> promote the new policy unless its validation score regressed beyond the tolerance
 
 Each stage writes into `<stage>.tmp/` and renames it when complete, then records itself in
 `state.json`; a killed run resumes at the first incomplete stage and, with the same seed, makes the
@@ -20,13 +21,14 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+import os
 import random
 import shutil
 import time
 from pathlib import Path
 from typing import Callable
 
-from judges import corrected_scene
+from judges import OracleJudge, corrected_scene
 from judges import make_judge as build_judge
 from rollout import Engine, RolloutDir, RolloutFleet, rollout, write_geneval
 from strokes.config_loader import dump
@@ -34,6 +36,7 @@ from strokes.data.build import build, load, make_rows
 from strokes.errors import InputError
 from strokes.geneval import score_dir
 from strokes.io import atomic_path, write_atomic
+from strokes.model.inspect_head import FILE as HEAD_FILE
 from strokes.model.tiny import Policy
 from strokes.shapeworld import PromptRecord, make_suite
 from strokes.trajectory import Trajectory, from_row, read_jsonl, to_dataset, write_jsonl
@@ -42,9 +45,12 @@ from trainer.sft import train
 
 from .config import RunConfig, load_config
 from .critique import build_self_critique, build_symbolic_critique
+from .inspect_eval import format_table, inspection_table, label_states, summary_event
+from .inspect_head import fit_inspect_head
 from .oracle_planner import planner_rollout
 from .report import write_report
-from .run_state import CHECKPOINT, CONTROL, CONTROL_EVAL, DATA, EVAL, PROMOTE, ROLLOUTS, STAGES, RunState, round_dir
+from .run_state import (CHECKPOINT, CONTROL, CONTROL_EVAL, CONTROL_INSPECT_HEAD, CONTROL_VALIDATE, DATA, EVAL,
+                        INSPECT_HEAD, PROMOTE, ROLLOUTS, STAGES, VALIDATE, RunState, round_dir)
 from .tracking import Tracker
 from .visualize import strip_image
 
@@ -137,6 +143,63 @@ def eval_rollouts(cfg: RunConfig, checkpoint: Path, suite: list, mode: str, seed
     judge = make_judge(cfg, checkpoint) if mode == "judge" else None
     return rollout_stage(cfg, checkpoint, suite, mode, seed, out, judge=judge, samples=cfg.loop.eval_samples,
                          fleet=None if judge else fleet)
+
+
+def validate(cfg: RunConfig, checkpoint: Path, out: Path, rnd: int, arm: str = "policy",
+             fleet: RolloutFleet | None = None, log: Log = print) -> dict:
+    """Process-mode rollouts on the validation split (`loop.validation_per_task` training-split
+    records, `loop.validation_seed`): their GenEval score, which promotion compares, and the table of
+    how well the model's own inspection separates its wrong visual states from its right ones (every
+    state labelled by the exact judge; `selfplay/inspect_eval.py`). With `rollout.retries` the
+    table comes from a second rollout without retries, since a redrawn step's inspections leave the
+    trajectory."""
+    suite = make_suite("train", cfg.loop.validation_per_task, cfg.loop.validation_seed)
+    trajectories = rollout_stage(cfg, checkpoint, suite, "process", cfg.loop.validation_seed, out / "process",
+                                 fleet=fleet)
+    write_geneval(trajectories, suite, out / "process" / "geneval")
+    score = score_dir(out / "process" / "geneval")
+    if cfg.rollout.retries:
+        plain = dataclasses.replace(cfg, rollout=dataclasses.replace(cfg.rollout, retries=0))
+        trajectories = rollout_stage(plain, checkpoint, suite, "process", cfg.loop.validation_seed,
+                                     out / "no_retries", fleet=fleet)
+    states, skipped = label_states(trajectories, OracleJudge())
+    table = inspection_table(states, seed=rnd)
+    (out / "scores.json").write_text(json.dumps({"process": score.to_json()}, indent=2))
+    (out / "inspection.json").write_text(json.dumps({"table": table, "skipped": skipped}, indent=2))
+    write_event(out, {"event": "validate", "round": rnd, "arm": arm, "overall": score.overall,
+                      "overall_se": score.standard_error(), **summary_event(table)})
+    log(f"round {rnd} ({arm}): validation process {100 * score.overall:.1f}, own-sketch inspection\n"
+        + format_table({k: v for k, v in table.items() if not k.startswith("task/")}))
+    return table
+
+
+def head_stage(cfg: RunConfig, checkpoint: Path, out: Path, rnd: int, arm: str,
+               fleet: RolloutFleet | None = None) -> Path:
+    """`checkpoint` with an Inspect head fitted on its own labelled sketches (`selfplay/inspect_head.py`):
+    it rolls out `inspect_head.prompts` training-split prompts (sampled verdicts, no retries), the
+    exact judge labels every visual state, and the head lands with a hard-linked copy of the
+    checkpoint's files in `out/checkpoint`, which the round evaluates and promotes."""
+    head_cfg = dataclasses.replace(cfg.inspect_head, seed=cfg.inspect_head.seed + rnd)
+    seed = 1000 * (cfg.loop.seed + cfg.inspect_head.seed) + 100 + rnd  # apart from the rounds' and the validation's
+    suite = make_suite("train", math.ceil(head_cfg.prompts / 6), seed)
+    plain = dataclasses.replace(cfg, rollout=dataclasses.replace(cfg.rollout, retries=0, inspect="sample"))
+    trajectories = rollout_stage(plain, checkpoint, suite, "process", seed, out / "rollouts", fleet=fleet)
+    head = fit_inspect_head(Policy.from_pretrained(checkpoint), trajectories, OracleJudge(), head_cfg)
+    shutil.copytree(checkpoint, out / "checkpoint", copy_function=_link,
+                    ignore=shutil.ignore_patterns(HEAD_FILE))
+    head.save(out / "checkpoint")
+    shutil.rmtree(out / "rollouts")
+    write_event(out, {"event": "inspect_head", "round": rnd, "arm": arm, "threshold": head.threshold,
+                      **{f"held_out/{k}": v for k, v in head.held_out.items()}})
+    return out / "checkpoint"
+
+
+def _link(src: str, dst: str) -> None:
+    """A hard link where the filesystem allows it (a checkpoint's weights are not copied), else a copy."""
+    try:
+        os.link(src, dst)
+    except OSError:
+        shutil.copy2(src, dst)
 
 
 def _strips(cfg: RunConfig, checkpoint: Path, out: Path, fleet: RolloutFleet | None = None) -> None:
@@ -274,10 +337,10 @@ def _rounds(cfg: RunConfig, run_dir: Path, state: RunState, tracker: Tracker, fl
             from_scratch: bool, log: Log) -> None:
     base_dir = stage(state, run_dir, 0, CHECKPOINT, lambda tmp: base_stage(cfg, from_scratch, tmp), log)
     base_checkpoint = base_dir / "checkpoint"
+    evaluated = _eval_round(cfg, state, run_dir, 0, base_checkpoint, tracker, log, fleet)
     if state.policy is None:
-        state.policy = str(base_checkpoint)
+        state.policy = str(evaluated)
         state.save()
-    _eval_round(cfg, state, run_dir, 0, base_checkpoint, tracker, log, fleet)
     for rnd in range(1, cfg.loop.rounds + 1):
         current = Path(state.policy)  # the policy this round samples from and judges with
         parent = current if cfg.loop.train_from == "current" else base_checkpoint
@@ -292,29 +355,46 @@ def _rounds(cfg: RunConfig, run_dir: Path, state: RunState, tracker: Tracker, fl
             fleet.close()  # Ray holds a live actor's GPUs: free them for Ray Train; the next rollout restarts it
         trained_dir = stage(state, run_dir, rnd, CHECKPOINT, lambda tmp: train_stage(
             cfg, parent, data_dir / "dataset", tmp, rnd, "policy"), log)
-        _eval_round(cfg, state, run_dir, rnd, trained_dir / "checkpoint", tracker, log, fleet)
+        evaluated = _eval_round(cfg, state, run_dir, rnd, trained_dir / "checkpoint", tracker, log, fleet)
         if cfg.loop.control:
             steps = json.loads((trained_dir / "train_summary.json").read_text())["steps"]
             data_summary = json.loads((data_dir / "summary.json").read_text())
             twin = _control_parent(cfg, state, run_dir, base_checkpoint)
             control_dir = stage(state, run_dir, rnd, CONTROL, lambda tmp: control_stage(
                 cfg, rnd, twin, data_summary, steps, tmp), log)
-            stage(state, run_dir, rnd, CONTROL_EVAL, lambda tmp: evaluate(
-                cfg, control_dir / "checkpoint", tmp, rnd, "control", fleet), log)
+            control = _with_head(cfg, state, run_dir, rnd, control_dir / "checkpoint", "control", log, fleet)
+            stage(state, run_dir, rnd, CONTROL_EVAL, lambda tmp: evaluate(cfg, control, tmp, rnd, "control", fleet), log)
+            stage(state, run_dir, rnd, CONTROL_VALIDATE, lambda tmp: validate(
+                cfg, control, tmp, rnd, "control", fleet, log), log)
         if not state.is_done(rnd, PROMOTE):
-            _promote(cfg, state, run_dir, rnd, trained_dir / "checkpoint", log)
+            _promote(cfg, state, run_dir, rnd, evaluated, log)
         tracker.sync(rnd)
 
 
+def _with_head(cfg: RunConfig, state: RunState, run_dir: Path, rnd: int, checkpoint: Path, arm: str, log: Log,
+               fleet: RolloutFleet | None) -> Path:
+    """The checkpoint an arm is evaluated and promoted as: with its own Inspect head when
+    `inspect_head.enabled`, else as trained."""
+    if not cfg.inspect_head.enabled:
+        return checkpoint
+    name = INSPECT_HEAD if arm == "policy" else CONTROL_INSPECT_HEAD
+    return stage(state, run_dir, rnd, name, lambda tmp: head_stage(cfg, checkpoint, tmp, rnd, arm, fleet),
+                 log) / "checkpoint"
+
+
 def _eval_round(cfg: RunConfig, state: RunState, run_dir: Path, rnd: int, checkpoint: Path, tracker: Tracker,
-                log: Log, fleet: RolloutFleet | None = None) -> dict:
+                log: Log, fleet: RolloutFleet | None = None) -> Path:
+    """Evaluate round `rnd`'s policy (with its Inspect head when enabled); returns the checkpoint
+    evaluated, the one promotion hands on."""
+    checkpoint = _with_head(cfg, state, run_dir, rnd, checkpoint, "policy", log, fleet)
     eval_dir = stage(state, run_dir, rnd, EVAL, lambda tmp: evaluate(cfg, checkpoint, tmp, rnd, fleet=fleet), log)
+    stage(state, run_dir, rnd, VALIDATE, lambda tmp: validate(cfg, checkpoint, tmp, rnd, fleet=fleet, log=log), log)
     rebuild_metrics(run_dir)
     tracker.sync(rnd)
     scores = json.loads((eval_dir / "scores.json").read_text())
     log(f"round {rnd}: " + ", ".join(f"{mode} {100 * s['overall']:.1f} ± {100 * s['overall_se']:.1f}"
                                      for mode, s in scores.items()))
-    return scores
+    return checkpoint
 
 
 def _control_parent(cfg: RunConfig, state: RunState, run_dir: Path, base_checkpoint: Path) -> Path:
@@ -326,10 +406,8 @@ def _control_parent(cfg: RunConfig, state: RunState, run_dir: Path, base_checkpo
 
 
 def _promote(cfg: RunConfig, state: RunState, run_dir: Path, rnd: int, checkpoint: Path, log: Log) -> None:
-    def overall(r: int) -> float:
-        if "process" not in cfg.loop.eval_modes:
-            return 0.0
-        return json.loads((round_dir(run_dir, r) / EVAL / "scores.json").read_text())["process"]["overall"]
+    def overall(r: int) -> float:  # on the validation split: the test suite never steers the run
+        return json.loads((round_dir(run_dir, r) / VALIDATE / "scores.json").read_text())["process"]["overall"]
 
     current_round = state.policy_round
     new, old = overall(rnd), overall(current_round)
@@ -345,4 +423,4 @@ def _promote(cfg: RunConfig, state: RunState, run_dir: Path, rnd: int, checkpoin
         state.policy_round = rnd
     state.mark(rnd, PROMOTE)
     log(f"round {rnd}: {'promoted' if promoted else 'kept round ' + str(current_round)} "
-        f"(process {100 * new:.1f} vs {100 * old:.1f})")
+        f"(validation process {100 * new:.1f} vs {100 * old:.1f})")

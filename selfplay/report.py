@@ -1,7 +1,7 @@
 """`report.html`: one self-contained page (images embedded) that says how the run went.
 
 Per-round accuracy (process vs single-pass, and the control arm), per-task plots, the gaps with
-their standard errors, judge statistics (conflicts found per kind, acceptance of corrections,
+their standard errors, the own-sketch inspection table (ROC AUC on the validation split), judge statistics (conflicts found per kind, acceptance of corrections,
 outcomes of the rollouts), promotions, and trajectory strips of fixed prompts round by round.
 """
 
@@ -39,6 +39,13 @@ def _inspect(folder: Path) -> dict | None:
     return inspect_stats(read_jsonl(trajs), OracleJudge()).to_json()
 
 
+def _validation(folder: Path) -> dict | None:
+    """The validation split's process score and the own-sketch inspection table, when measured."""
+    if not (folder / "inspection.json").exists():
+        return None
+    return {"score": _scores(folder)["process"], **json.loads((folder / "inspection.json").read_text())}
+
+
 def collect(run_dir: Path, inspect: bool = False) -> dict:
     """Everything the report shows, as plain data (also used by tests and `ablate`); `inspect` adds
     the Inspect/Refine statistics of each eval (a few seconds per eval)."""
@@ -48,6 +55,8 @@ def collect(run_dir: Path, inspect: bool = False) -> dict:
         entry = {"round": rnd, "eval": _scores(rd / "eval"), "control": _scores(rd / "control_eval")}
         if inspect:
             entry["inspect"] = {arm: _inspect(rd / f) for arm, f in (("policy", "eval"), ("control", "control_eval"))}
+        entry["validate"] = {arm: _validation(rd / folder)
+                             for arm, folder in (("policy", "validate"), ("control", "control_validate"))}
         if (rd / "data" / "summary.json").exists():
             entry["data"] = json.loads((rd / "data" / "summary.json").read_text())
         rows.append(entry)
@@ -123,6 +132,12 @@ def _share(x: float | None) -> str:
     return "-" if x is None else f"{100 * x:.0f}%"
 
 
+def _auc(row: dict) -> str:
+    if row.get("auc") is None:
+        return "-"
+    return f"{100 * row['auc']:.1f}" + (f" ± {100 * row['auc_se']:.1f}" if row.get("auc_se") is not None else "")
+
+
 def _pct(s: dict) -> str:
     return f"{100 * s['overall']:.1f} ± {100 * s['overall_se']:.1f}"
 
@@ -165,6 +180,25 @@ def write_report(run_dir: Path) -> Path:
         parts.append(_table(["round", "arm", "wrong sketches", "flagged by the model (recall)", "recall: plan / image errors",
                              "right sketches flagged (false alarms)", "flagged wrong ones fixed by its refinement"],
                             inspect_rows))
+    auc_rows = []
+    for r in data["rounds"]:
+        for arm, v in r.get("validate", {}).items():
+            if v:
+                t = v["table"]
+                auc_rows.append([r["round"], arm, _pct(v["score"]), f"{t['all']['states']} ({t['all']['wrong']} wrong)",
+                                 _auc(t["all"]), _auc(t.get("within_task", {})), _auc(t["plan"]), _auc(t["image"]),
+                                 _auc(t["refined"]),
+                                 _share(t["all"].get("recall@0.05")), _share(t["all"].get("recall@0.10"))])
+    if auc_rows:
+        parts.append("<h2>Own-sketch inspection on the validation split (exact judge; promotion compares its score)</h2>")
+        parts.append("<p>Every visual state the model drew (first sketches and refined states) is labelled by the "
+                     "exact judge and scored by the model's own P(conflict) at its inspection. ROC AUC 50 is "
+                     "chance, 100 perfect; plan errors contradict the prompt in <code>&lt;ins&gt;/&lt;des&gt;</code>, "
+                     "image errors misdraw a right plan.</p>")
+        parts.append(_table(["round", "arm", "validation process (%)", "states", "ROC AUC, all (± 1 SE)",
+                             "within task", "plan errors",
+                             "image errors", "refined states", "recall @5% false alarms", "recall @10% false alarms"],
+                            auc_rows))
     judge_rows = []
     for r in data["rounds"]:
         d = r.get("data")

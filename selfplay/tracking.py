@@ -69,6 +69,11 @@ class Tracker:
         for mode, s in scores.items():
             table.add_data(mode, *[s["per_task"].get(t) for t in tasks], s["overall"])
         row["accuracy_table"] = table
+        for arm, folder in (("policy", "validate"), ("control", "control_validate")):
+            events = self.run_dir / f"round_{rnd:03d}" / folder / "events.jsonl"
+            for e in map(json.loads, events.read_text().splitlines() if events.exists() else []):
+                if e.get("event") == "validate":  # validation score and own-sketch inspection AUCs
+                    row.update({f"validate/{arm}/{k}": v for k, v in e.items() if k not in ("event", "round", "arm")})
         strips = sorted((ev / "strips").glob("*.png")) if (ev / "strips").exists() else []
         if strips:
             st = wandb.Table(columns=["round", "prompt", "strip"])

@@ -9,7 +9,7 @@ import random
 import pytest
 
 from judges import OracleJudge, corrected_scene
-from selfplay.critique import CritiqueConfig, build_self_critique, build_symbolic_critique
+from selfplay.critique import CritiqueConfig, build_self_critique, build_symbolic_critique, step_contexts
 from strokes.data.pipelines import PipelineConfig, TrajectoryMaker
 from strokes.language import parse_inspection
 from strokes.shapeworld import TASKS, PromptRecord, check, sample_record
@@ -119,6 +119,34 @@ def test_without_repairs_a_trace_trains_inspections_only(made):
         assert trained.count(s["<inspect>"]) == len(t.steps)  # one per step: the refined states' are context
     assert sum(processor.encode(t).completion_mask.count(1) for t in inspect_only) < \
         sum(processor.encode(t).completion_mask.count(1) for t in with_repairs)
+
+
+def test_label_every_state_adds_the_rollout_as_drawn_with_the_judges_inspections(made):
+    """critique.label_every_state: a wrong rollout also comes back whole, each sketch's inspection the
+    judge's verdict (conflicts after the first one included) and every other token context."""
+    from pathlib import Path
+
+    from strokes.model.processor import Processor
+
+    rollouts = [as_rollout(t) for t in made["misdrawn"][:20] + made["misplanned"][:20]]
+    plain, _ = build(rollouts)
+    labelled, stats = build(rollouts, label_every_state=True)
+    every = [t for t in labelled if t.meta["outcome"] == "every_state"]
+    assert len(every) == stats.outcomes["every_state"] == len(labelled) - len(plain) > 0
+    processor = Processor.from_pretrained(Path(__file__).resolve().parents[1] / "checkpoints" / "base")
+    judge, s = OracleJudge(), processor.special
+
+    def sketches(t):
+        return [x.image.tobytes() for x in t.steps]
+
+    for t in every:
+        assert any(r.prompt == t.prompt and sketches(r) == sketches(t) for r in rollouts)  # as drawn
+        verdicts = [parse_inspection(x.inspection).aligned for x in t.steps]
+        assert not all(verdicts) and all(x.context for x in t.steps)
+        assert verdicts == [v.aligned for v in judge.judge(step_contexts(t))]
+        enc = processor.encode(t)
+        trained = [i for i, m in zip(enc.input_ids, enc.completion_mask) if m]
+        assert trained.count(s["<inspect>"]) == len(t.steps) and s["<ins>"] not in trained
 
 
 def test_a_per_prompt_cap_keeps_one_confirmation_of_each_prompt(made):

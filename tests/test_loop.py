@@ -33,7 +33,7 @@ def tiny_config(tmp: Path, base: Path, **sections) -> Path:
                   "save_steps": 1000, "tokenize_workers": 1, "num_threads": 1},
         "rollout": {"max_steps": 2, "max_refines": 1, "max_text_tokens": 12, "batch_size": 16},
         "judge": {"kind": "oracle"},
-        "loop": {"rounds": 2, "prompts_per_round": 12, "eval_per_task": 1, "control": True,
+        "loop": {"rounds": 2, "prompts_per_round": 12, "eval_per_task": 1, "validation_per_task": 1, "control": True,
                  "base_checkpoint": str(base), "strip_prompts": ["a red circle left of a blue square"]},
         "tracking": {"wandb": False},
     }
@@ -55,7 +55,8 @@ def test_two_rounds_end_to_end(tmp_path, base_checkpoint):
     run = tmp_path / "runs" / "t"
     done = stages(run)
     for r in (1, 2):
-        for s in ("rollouts", "data", "checkpoint", "eval", "control", "control_eval", "promote"):
+        for s in ("rollouts", "data", "checkpoint", "eval", "validate", "control", "control_eval", "control_validate",
+                  "promote"):
             assert f"{r}:{s}" in done
     scores = json.loads((run / "round_002" / "eval" / "scores.json").read_text())
     assert set(scores) == {"process", "single_pass"} and 0.0 <= scores["process"]["overall"] <= 1.0
@@ -68,9 +69,58 @@ def test_two_rounds_end_to_end(tmp_path, base_checkpoint):
     twin = run / "round_001" / "control" if state["promotions"]["1"]["promoted"] else run / "round_000"
     control = [e for e in events if e["event"] == "control" and e["round"] == 2]
     assert control and Path(control[0]["parent"]) == twin / "checkpoint"
+    # promotion compares validation-split scores, never the test suite the report shows
+    for r, decision in state["promotions"].items():
+        validation = json.loads((run / f"round_{int(r):03d}" / "validate" / "scores.json").read_text())
+        assert decision["new"] == validation["process"]["overall"]
+    validate = [e for e in events if e["event"] == "validate"]
+    assert {(e["round"], e["arm"]) for e in validate} >= {(0, "policy"), (1, "policy"), (1, "control")}
     html = (run / "report.html").read_text()
+    assert "Own-sketch inspection on the validation split" in html
     assert "data:image/png;base64" in html and "round 2" in html
     assert "Inspect and Refine on the eval rollouts" in html and "recall: plan / image errors" in html
+
+
+def test_eval_with_the_runs_config_reproduces_the_runs_eval(tmp_path, base_checkpoint, capsys):
+    """`selfplay eval --config RUN/config.yaml` on the run's own suite gives the run's own score."""
+    cfg = tiny_config(tmp_path, base_checkpoint, loop={"rounds": 0, "eval_per_task": 2, "eval_samples": 2},
+                      rollout={"retries": 1})
+    assert main(["run", str(cfg), "--runs", str(tmp_path), "--name", "e"]) == 0
+    run = tmp_path / "e"
+    suite = tmp_path / "suite.jsonl"
+    assert main(["suite", "--split", "test", "--per-task", "2", "--seed", "1000", "--out", str(suite)]) == 0
+    out = tmp_path / "again"
+    assert main(["eval", str(run / "round_000" / "checkpoint" / "checkpoint"), "--suite", str(suite),
+                 "--config", str(run / "config.yaml"), "--out", str(out)]) == 0
+    again = json.loads((out / "score.json").read_text())
+    first = json.loads((run / "round_000" / "eval" / "scores.json").read_text())["process"]
+    assert again["samples"] == 2 and again["rollout"]["trajectories"] == 24
+    assert (again["score"]["overall"], again["score"]["per_task"]) == (first["overall"], first["per_task"])
+    capsys.readouterr()
+    assert main(["eval", str(run / "round_000" / "checkpoint" / "checkpoint"), "--suite", str(suite),
+                 "--config", str(run / "config.yaml"), "--temperature", "0.5"]) == 2
+    assert "--set rollout.temperature" in capsys.readouterr().err
+
+
+def test_round_zero_fits_an_inspect_head_and_evaluates_and_promotes_with_it(tmp_path):
+    """With inspect_head.enabled the shipped base rolls out, its own states are labelled, a head is
+    fitted and saved beside a linked copy of the weights, and that copy is what is evaluated."""
+    base = Path(__file__).resolve().parents[1] / "checkpoints" / "base"
+    cfg = tiny_config(tmp_path, base, loop={"rounds": 0, "validation_per_task": 3},
+                      rollout={"max_steps": 6, "max_text_tokens": 48, "batch_size": 64, "inspect": "head", "retries": 1},
+                      inspect_head={"enabled": True, "prompts": 90})
+    assert main(["run", str(cfg), "--runs", str(tmp_path), "--name", "h"]) == 0
+    run = tmp_path / "h"
+    with_head = run / "round_000" / "inspect_head" / "checkpoint"
+    state = json.loads((run / "state.json").read_text())
+    assert Path(state["policy"]) == with_head and (with_head / "inspect_head.json").is_file()
+    assert os.path.samefile(with_head / "model.safetensors", base / "model.safetensors") or \
+        (with_head / "model.safetensors").read_bytes() == (base / "model.safetensors").read_bytes()
+    events = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    head = next(e for e in events if e["event"] == "inspect_head")
+    assert head["held_out/states"] > 0 and 0.5 < head["held_out/auc"] <= 1.0
+    table = json.loads((run / "round_000" / "validate" / "inspection.json").read_text())["table"]
+    assert table["all"]["states"] > 0
 
 
 def test_existing_run_needs_resume_and_bad_field_fails_in_one_line(tmp_path, base_checkpoint, capsys):

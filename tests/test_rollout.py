@@ -408,6 +408,27 @@ def test_the_models_own_conflict_redraws_the_step_from_its_plan(policy):
         assert edit.drop == wrong + 1 - starts[k] and edit.append == [s["<ins>"]]
     assert handler([paused(wrong)])[0].drop == 0  # retries spent: the model refines as trained
     assert handler.retries.used == {0: 2}
+    accepting = RetryOnConflict(p, retries=0, accept=True)  # rollout.after_retries: accept
+    edit = accepting([paused(wrong)])[0]
+    opened = max(i for i in range(wrong) if ids[i] == s["<inspect>"])
+    assert edit.drop == wrong + 1 - opened and edit.append == [s["<inspect>"], *p.text_ids_of("aligned")]
+    assert accepting([paused(right)])[0].drop == 0
+
+
+def test_a_judge_that_writes_only_its_verdict_leaves_the_inspection_to_the_model(policy, suite):
+    """rollout.judge_writes: verdict — each inspection starts with the judge's verdict word and goes on
+    in the model's own words; the judge's text and corrections are never written."""
+    judge = ShapeJudge()
+    cfg = RolloutConfig(mode="judge", batch_size=8, max_steps=3, max_refines=1, max_text_tokens=48,
+                        judge_writes="verdict")
+    trajs = Engine(policy, cfg, judge=judge).run(suite[:12])
+    for t in trajs:
+        assert "failed" not in t.meta
+        verdicts = [Verdict(**v) for v in t.meta["verdicts"]]
+        assert len(verdicts) == len(t.steps) and not any(st.refinements for st in t.steps)
+        for st, v in zip(t.steps, verdicts):
+            assert st.inspection.startswith("aligned" if v.aligned else "conflict")
+    assert any(not Verdict(**v).aligned for t in trajs for v in t.meta["verdicts"])
 
 
 def test_judge_sees_history_plan_state_and_previous_state(policy):

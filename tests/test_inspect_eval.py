@@ -1,0 +1,168 @@
+"""Inspection measured on the model's own sketches: the decoder's P(conflict), the threshold mode,
+and the AUC table against sketches whose right and wrong are known by construction."""
+
+from __future__ import annotations
+
+import random
+from itertools import product
+
+import numpy as np
+import pytest
+import torch
+from test_rollout_support import tiny_checkpoint
+
+from judges import OracleJudge
+from rollout import Engine, RolloutConfig
+from selfplay.cli import main
+from selfplay.inspect_eval import inspection_table, label_states, visual_states
+from strokes.data.pipelines import PipelineConfig, TrajectoryMaker
+from strokes.language import CONFLICT
+from strokes.model.tiny import Policy
+from strokes.shapeworld import make_suite
+
+
+@pytest.fixture(scope="module")
+def policy(tmp_path_factory):
+    torch.set_num_threads(1)
+    return Policy.from_pretrained(tiny_checkpoint(tmp_path_factory))
+
+
+def hand_labelled() -> list:
+    """Trajectories from the base pipelines: scene-graph ones are right at every state; conflict and
+    alignment ones carry a deliberately wrong plan or sketch (flagged `wrong_plan` / `wrong_image`)
+    and its repair."""
+    maker = TrajectoryMaker(PipelineConfig(conflict_negative=1.0, alignment_negative=1.0), 64)
+    rng = random.Random(0)
+    out = []
+    for i, rec in enumerate(make_suite("train", 4, 3)):
+        t = maker.make(("scene_graph", "conflict", "alignment")[i % 3], rec, rng)
+        t.record, t.meta = rec.to_json(), {}
+        out.append(t)
+    return out
+
+
+def construction_labels(t) -> list[str]:
+    kinds = []
+    for s in t.steps:
+        kinds.append("plan" if s.wrong_plan else "image" if s.wrong_image else "right")
+        kinds += ["image" if r.wrong_image else "right" for r in s.refinements]
+    return kinds
+
+
+def pair_auc(right: list[float], wrong: list[float]) -> float:
+    """ROC AUC by its definition: P(a wrong state outscores a right one), ties counting half."""
+    pairs = list(product(wrong, right))
+    return sum(1.0 if w > r else 0.5 if w == r else 0.0 for w, r in pairs) / len(pairs)
+
+
+def test_the_exact_judge_labels_every_state_as_it_was_constructed():
+    trajectories = hand_labelled()
+    rng = random.Random(1)
+    for t in trajectories:
+        t.meta["inspect_scores"] = [rng.random() for _ in range(visual_states(t))]
+    states, skipped = label_states(trajectories, OracleJudge())
+    assert skipped == 0
+    expected = [k for t in trajectories for k in construction_labels(t)]
+    assert [s.kind for s in states] == expected
+    assert {"plan", "image", "right"} <= set(expected) and any(s.refined for s in states)
+
+
+def test_the_table_gives_the_auc_and_recall_of_the_scores():
+    trajectories = hand_labelled()
+    rng = random.Random(2)
+    for t in trajectories:  # informative but imperfect: wrong states score higher on average
+        t.meta["inspect_scores"] = [rng.random() + (0.6 if k != "right" else 0.0) for k in construction_labels(t)]
+    states, _ = label_states(trajectories, OracleJudge())
+    table = inspection_table(states, boot=50)
+    right = [s.score for s in states if not s.wrong]
+    wrong = [s.score for s in states if s.wrong]
+    assert table["all"]["auc"] == pytest.approx(pair_auc(right, wrong))
+    plan = [s.score for s in states if s.kind == "plan"]
+    assert table["plan"]["auc"] == pytest.approx(pair_auc(right, plan))
+    assert 0.5 < table["all"]["auc"] < 1.0 and 0 < table["all"]["auc_se"] < 0.2
+    tasks = {s.task for s in states}  # within task: each task's own AUC, weighted by its states
+    per_task = [(pair_auc([s.score for s in states if s.task == t and not s.wrong],
+                          [s.score for s in states if s.task == t and s.wrong]), sum(s.task == t for s in states))
+                for t in tasks if 0 < sum(s.wrong for s in states if s.task == t) < sum(s.task == t for s in states)]
+    assert table["within_task"]["auc"] == pytest.approx(sum(a * n for a, n in per_task) / sum(n for _, n in per_task))
+    for rate in ("0.05", "0.10"):  # the reported threshold gives the reported recall within the rate
+        t = table["all"][f"threshold@{rate}"]
+        assert sum(x >= t for x in right) / len(right) <= float(rate)
+        assert table["all"][f"recall@{rate}"] == pytest.approx(sum(x >= t for x in wrong) / len(wrong))
+    for t in trajectories:  # a perfect inspector
+        t.meta["inspect_scores"] = [float(k != "right") for k in construction_labels(t)]
+    perfect = inspection_table(label_states(trajectories, OracleJudge())[0], boot=10)
+    assert perfect["all"]["auc"] == 1.0 and perfect["all"]["recall@0.05"] == 1.0
+
+
+def test_rollouts_record_one_score_per_visual_state(policy):
+    trajectories = Engine(policy, RolloutConfig(max_steps=3, max_refines=1, max_text_tokens=12,
+                                                batch_size=16)).run(make_suite("train", 3, 0), seed=0)
+    for t in trajectories:
+        if "failed" not in t.meta:
+            scores = t.meta["inspect_scores"]
+            assert len(scores) == visual_states(t) and all(0 < x < 1 for x in scores)
+
+
+@pytest.mark.parametrize("threshold", [0.05, 0.5, 0.95])
+def test_threshold_mode_says_conflict_exactly_when_the_score_reaches_the_threshold(policy, threshold):
+    cfg = RolloutConfig(max_steps=3, max_refines=1, max_text_tokens=12, batch_size=16, inspect="threshold",
+                        inspect_threshold=threshold)
+    checked = 0
+    for t in Engine(policy, cfg).run(make_suite("train", 3, 0), seed=0):
+        if "failed" in t.meta:
+            continue
+        inspections = [x for s in t.steps for x in [s.inspection] + [r.inspection for r in s.refinements]]
+        for text, score in zip(inspections, t.meta["inspect_scores"]):
+            assert text.startswith(CONFLICT.rstrip(".")) == (score >= threshold)
+            checked += 1
+    assert checked
+
+
+def test_inspect_eval_command_writes_the_table(tmp_path, tmp_path_factory, capsys):
+    from test_loop import tiny_config  # the loop's tiny run config
+
+    base = tiny_checkpoint(tmp_path_factory)
+    cfg = tiny_config(tmp_path, base, loop={"validation_per_task": 2})
+    out = tmp_path / "ie"
+    assert main(["inspect-eval", str(base), "--config", str(cfg), "--out", str(out)]) == 0
+    printed = capsys.readouterr().out
+    assert "ROC AUC" in printed and (out / "inspection.json").is_file() and (out / "scores.json").is_file()
+    assert main(["inspect-eval", str(tmp_path / "nowhere")]) == 2
+    assert "not a checkpoint folder" in capsys.readouterr().err
+
+
+def test_an_inspect_head_fits_saves_reloads_and_decides_the_verdicts(policy, tmp_path, tmp_path_factory):
+    from selfplay.inspect_head import InspectHeadConfig, fit_inspect_head, verdict_logits
+    from strokes.model.inspect_head import InspectHead
+
+    trajectories = hand_labelled()
+    for t in trajectories:
+        t.meta["inspect_scores"] = [0.5] * visual_states(t)
+    head = fit_inspect_head(policy, trajectories, OracleJudge(), InspectHeadConfig(prompts=6))
+    assert len(head.weight) == policy.model.get_output_embeddings().weight.shape[0]
+    assert 0 < head.threshold <= 1 and head.held_out["states"] > 0
+    folder = tmp_path / "with_head"
+    import shutil
+
+    shutil.copytree(tiny_checkpoint(tmp_path_factory), folder)
+    head.save(folder)
+    reloaded = Policy.from_pretrained(folder)
+    assert reloaded.inspect_head == head
+    cfg = RolloutConfig(max_steps=3, max_refines=1, max_text_tokens=12, batch_size=16, inspect="head")
+    checked = 0
+    rolled = [t for t in Engine(reloaded, cfg).run(make_suite("train", 3, 0), seed=0) if "failed" not in t.meta]
+    for t, logits in zip(rolled, verdict_logits(reloaded, rolled)):
+        inspections = [x for s in t.steps for x in [s.inspection] + [r.inspection for r in s.refinements]]
+        # the score the decoder recorded is the head on the teacher-forced logits of the same tokens
+        expected = 1 / (1 + np.exp(-(logits @ np.array(head.weight) + head.bias)))
+        assert np.allclose(t.meta["inspect_scores"], expected, atol=1e-3)
+        for text, score in zip(inspections, t.meta["inspect_scores"]):
+            assert text.startswith(CONFLICT.rstrip(".")) == (score >= head.threshold)
+            checked += 1
+    assert checked
+    with pytest.raises(Exception, match="Inspect head"):  # a checkpoint without a head is refused
+        Engine(Policy.from_pretrained(tiny_checkpoint(tmp_path_factory)), cfg)
+    (folder / "inspect_head.json").write_text("{broken")
+    with pytest.raises(Exception, match="not an Inspect head"):
+        InspectHead.load(folder)
