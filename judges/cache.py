@@ -31,11 +31,13 @@ class AnswerCache:
         return self.folder / key[:2] / f"{key}.json"
 
     def get(self, key: str) -> dict | None:
-        """The stored answer, or None (a missing or unreadable file is a miss, never an error)."""
+        """The stored answer, or None (a missing or unreadable file, or one that holds no answer
+        object, is a miss, never an error: the step is asked again)."""
         try:
-            return json.loads(self._path(key).read_text())
+            answer = json.loads(self._path(key).read_text())
         except (FileNotFoundError, json.JSONDecodeError, UnicodeDecodeError):
             return None
+        return answer if isinstance(answer, dict) else None
 
     def put(self, key: str, answer: dict) -> None:
         write_atomic(self._path(key), json.dumps(answer))  # a per-thread temporary: concurrent writers are safe

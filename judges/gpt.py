@@ -7,9 +7,10 @@ own retries are switched off so the policy here is the only one:
 - bounded concurrency (`concurrency` threads, one request each);
 - retries with exponential backoff on timeouts, dropped connections and HTTP 408/409/429/5xx
   (a Retry-After header wins when it asks for longer); these are infrastructure failures;
-- answers that cannot be read (malformed JSON, no choices, a refusal, a verdict that breaks the
-  schema) are data failures: counted in `stats.unparsable` and skipped (verdict None), never retried
-  and never fatal;
+- answers that cannot be read (a body that is not a well-formed chat completion, whatever its
+  shape: HTML, a bare JSON value, `choices` or `usage` of the wrong type; no choices, a refusal, a
+  verdict that breaks the schema) are data failures: counted in `stats.unparsable` and skipped
+  (verdict None), never retried and never fatal;
 - a per-round budget of requests and tokens: when it is spent no request is sent and the remaining
   steps stay unjudged (None, counted in `stats.over_budget`);
 - an on-disk cache keyed by the full request, so a resumed round pays nothing twice for a verdict
@@ -176,11 +177,12 @@ class GPTJudge:
                 log.info("judge answer unreadable: %s", str(e)[:200])
                 return {"content": None, "tokens": 0}
             else:
-                tokens = resp.usage.total_tokens if resp.usage is not None else 0
-                self._count(tokens=tokens)
-                choices = resp.choices or []
-                content = choices[0].message.content if choices and choices[0].message else None
-                return {"content": content, "tokens": tokens}
+                answer = _answer_of(resp)
+                if answer is None:
+                    log.info("judge answer is not a chat completion: %s", repr(resp)[:200])
+                    return {"content": None, "tokens": 0}
+                self._count(tokens=answer["tokens"])
+                return answer
             if attempt < self.cfg.max_retries:
                 delay = self.cfg.backoff * 2**attempt * random.uniform(1.0, 1.25)
                 time.sleep(max(delay, retry_after or 0.0))
@@ -200,6 +202,33 @@ class GPTJudge:
         with self._lock:
             for k, v in deltas.items():
                 setattr(self.stats, k, getattr(self.stats, k) + v)
+
+
+def _answer_of(resp: object) -> dict | None:
+    """{"content", "tokens"} of a well-formed chat completion, None for anything else. The client
+    builds its response models without validating them, so a 200 body of any shape arrives here as
+    it was sent (a string for HTML, `choices` as a string, `total_tokens` as null): check each part
+    that is read. No `usage` at all is well-formed (some endpoints leave it out): 0 tokens."""
+    from openai.types import CompletionUsage
+    from openai.types.chat import ChatCompletion, ChatCompletionMessage
+
+    if not isinstance(resp, ChatCompletion):
+        return None
+    usage, choices = getattr(resp, "usage", None), getattr(resp, "choices", None)
+    if usage is None:
+        tokens = 0
+    elif isinstance(usage, CompletionUsage) and type(usage.total_tokens) is int and usage.total_tokens >= 0:
+        tokens = usage.total_tokens
+    else:
+        return None
+    if not isinstance(choices, list):
+        return None
+    if not choices:  # well-formed, but nothing to read: an unparsable answer whose tokens count
+        return {"content": None, "tokens": tokens}
+    message = getattr(choices[0], "message", None)
+    if not isinstance(message, ChatCompletionMessage) or not isinstance(message.content, (str, type(None))):
+        return None
+    return {"content": message.content, "tokens": tokens}
 
 
 def _retry_after(value: str | None) -> float | None:

@@ -9,7 +9,7 @@ structured-output schema is derived here from the shared `Verdict` model (`respo
 from __future__ import annotations
 
 import base64
-import binascii
+import io
 import json
 import re
 from dataclasses import dataclass
@@ -18,9 +18,11 @@ from typing import Any
 
 import numpy as np
 import yaml
+from PIL import Image
 
 from strokes.errors import InputError
-from strokes.trajectory import Refinement, Step, png_array, png_bytes
+from strokes.shapeworld import CANVAS, PromptRecord
+from strokes.trajectory import Refinement, Step, png_bytes
 from strokes.verdict import StepContext, Verdict
 
 DEFAULT_PROMPTS = Path(__file__).with_name("prompts.yaml")
@@ -73,14 +75,21 @@ def image_url(image: np.ndarray) -> str:
 
 def image_of_url(url: str) -> np.ndarray:
     """The RGB array in a base64 data URL; ValueError for anything else (remote URLs included:
-    a judge server fetches nothing)."""
+    a judge server fetches nothing) and for an image larger than the world's canvas. The size is
+    read from the header before anything is decoded: a few KB of PNG can declare gigapixels."""
     m = re.match(r"^data:image/[a-z]+;base64,(.*)$", url, re.S)
     if not m:
         raise ValueError("image_url must be a base64 data URL (data:image/png;base64,...)")
     try:
-        return png_array(base64.b64decode(m.group(1), validate=True))
-    except (binascii.Error, OSError) as e:
-        raise ValueError(f"image_url does not hold a readable image ({e})") from None
+        with Image.open(io.BytesIO(base64.b64decode(m.group(1), validate=True))) as im:
+            size = im.size
+            if max(size) <= CANVAS:
+                return np.asarray(im.convert("RGB"))
+    except Exception as e:  # noqa: BLE001
+        # A decoder fed untrusted bytes fails in many ways (OSError, SyntaxError for a broken chunk,
+        # zlib.error, DecompressionBombError); to the client each means the same.
+        raise ValueError(f"image_url does not hold a readable image ({type(e).__name__}: {e})") from None
+    raise ValueError(f"image_url holds a {size[0]}x{size[1]} image; the largest judged is {CANVAS}x{CANVAS}")
 
 
 # ---- messages ----------------------------------------------------------------------------------------
@@ -117,7 +126,8 @@ def build_messages(ctx: StepContext, prompts: Prompts) -> list[dict]:
 
 
 def parse_messages(messages: Any, prompts: Prompts) -> StepContext:
-    """The step in the last user message; ValueError naming what is wrong with a malformed one."""
+    """The step in the last user message; ValueError naming what is wrong with a malformed one
+    (an image larger than the canvas and a record that is not a prompt record included)."""
     if not isinstance(messages, list) or not messages:
         raise ValueError("'messages' must be a non-empty list")
     user = next((m for m in reversed(messages) if isinstance(m, dict) and m.get("role") == "user"), None)
@@ -166,6 +176,7 @@ def parse_messages(messages: Any, prompts: Prompts) -> StepContext:
             record = json.loads(fields["record"])
         except json.JSONDecodeError:
             raise ValueError(f"'{prompts.labels['record']}' is not JSON") from None
+        PromptRecord.from_json(record, f"'{prompts.labels['record']}'")  # InputError, a ValueError
     history = _history_steps(fields.get("history"), images, prompts)
     return StepContext(fields["prompt"], fields["instruction"], fields["description"], images["image"],
                        record, history, images.get("previous"))

@@ -7,6 +7,12 @@ judge cannot judge (the self judge's unparsable inspection) comes back as a refu
 `GET /v1/models` lists the one model. With an API key, every request must carry
 `Authorization: Bearer <key>` or gets 401.
 
+Hostile or broken input is refused with a 4xx before it costs anything: the key and the declared
+`Content-Length` are checked before a byte of the body is read, and an image's size is read from its
+header before it is decoded (nothing larger than the world's canvas is judged). A step that breaks
+the judge fails only its own request (see `_Batcher`). Idle and slow connections time out, so
+half-open ones do not hold threads for ever.
+
 Requests arriving together are judged together: one worker thread gathers whatever is waiting (up
 to `max_batch`, waiting at most `batch_wait_s` for more) into one `judge()` call, which keeps a
 model-backed judge batched and single-threaded. Built on the standard library (ThreadingHTTPServer,
@@ -19,7 +25,9 @@ import hmac
 import json
 import logging
 import queue
+import re
 import socket
+import sys
 import threading
 import time
 import uuid
@@ -32,10 +40,16 @@ from .messages import Prompts, load_prompts, parse_messages
 
 log = logging.getLogger(__name__)
 MAX_BODY = 64 * 1024 * 1024
+DRAIN_MAX = 1024 * 1024  # a refused body up to this size is read and dropped, keeping the connection
+IDLE_TIMEOUT_S = 30.0  # per socket read or write: a connection silent this long is closed
+BACKLOG = 256  # connections waiting to be accepted (the stdlib's 5 reset connections under a burst)
 
 
 class _Batcher:
-    """One worker that runs the judge on batches of waiting steps."""
+    """One worker that runs the judge on batches of waiting steps.
+
+    A batch mixes steps of several clients, so a failed batch is judged again one step at a time:
+    only the step that breaks the judge gets the error, every other client its verdict."""
 
     def __init__(self, judge: Judge, max_batch: int, wait_s: float) -> None:
         self.judge, self.max_batch, self.wait_s = judge, max_batch, wait_s
@@ -67,17 +81,40 @@ class _Batcher:
                     self.queue.put(None)
                     break
                 batch.append(item)
-            try:
-                verdicts = self.judge.judge([c for c, _ in batch])
-                if len(verdicts) != len(batch):
-                    raise RuntimeError(f"judge returned {len(verdicts)} verdicts for {len(batch)} steps")
-            except Exception as e:  # the server stays up; each waiting request gets a 500
-                log.exception("judge failed on a batch of %d", len(batch))
-                for _, f in batch:
-                    f.set_exception(e)
-                continue
-            for (_, f), v in zip(batch, verdicts):
-                f.set_result(v)
+            self._settle(batch)
+
+    def _settle(self, batch: list[tuple[StepContext, Future]]) -> None:
+        try:
+            verdicts = self.judge.judge([c for c, _ in batch])
+            if len(verdicts) != len(batch):
+                raise RuntimeError(f"judge returned {len(verdicts)} verdicts for {len(batch)} steps")
+        except Exception as e:  # the server stays up
+            if len(batch) > 1:
+                log.warning("judge failed on a batch of %d (%s: %s); judging each step alone",
+                            len(batch), type(e).__name__, e)
+                for item in batch:
+                    self._settle([item])
+                return
+            log.exception("judge failed on a step")
+            batch[0][1].set_exception(e)  # that request gets a 500
+            return
+        for (_, f), v in zip(batch, verdicts):
+            f.set_result(v)
+
+
+class _HTTPServer(ThreadingHTTPServer):
+    """A ThreadingHTTPServer with a real backlog, whose log gets one line, not a traceback, when a
+    client resets, hangs up or times out mid-request (the client's fault, not the server's)."""
+
+    daemon_threads = True
+    request_queue_size = BACKLOG
+
+    def handle_error(self, request: object, client_address: tuple) -> None:
+        exc = sys.exc_info()[1]
+        if isinstance(exc, OSError):
+            log.info("connection from %s ended: %s: %s", client_address[0], type(exc).__name__, exc)
+        else:
+            log.exception("error handling a request from %s", client_address[0])
 
 
 class JudgeServer:
@@ -85,14 +122,14 @@ class JudgeServer:
 
     def __init__(self, judge: Judge, host: str = "127.0.0.1", port: int = 8000, api_key: str | None = None,
                  model: str | None = None, prompts: Prompts | None = None, max_batch: int = 32,
-                 batch_wait_s: float = 0.002) -> None:
+                 batch_wait_s: float = 0.002, idle_timeout_s: float = IDLE_TIMEOUT_S) -> None:
         self.judge = judge
         self.model = model or f"strokes-{getattr(judge, 'name', 'judge')}"
         self.api_key = api_key or None
         self.prompts = prompts or load_prompts()
+        self.idle_timeout_s = idle_timeout_s
         self.batcher = _Batcher(judge, max_batch, batch_wait_s)
-        self.httpd = ThreadingHTTPServer((host, port), _handler(self))
-        self.httpd.daemon_threads = True
+        self.httpd = _HTTPServer((host, port), _handler(self))
         self._thread: threading.Thread | None = None
         self._lock = threading.Lock()
         self.served = 0  # authorised chat-completion requests with a JSON body, for monitoring
@@ -175,6 +212,10 @@ class JudgeServer:
         return {"object": "list", "data": [{"id": self.model, "object": "model", "created": 0, "owned_by": "strokes"}]}
 
 
+def _unauthorized() -> dict:
+    return _error("invalid or missing API key", None, "invalid_request_error", "invalid_api_key")
+
+
 def _error(message: str, param: str | None = None, kind: str = "invalid_request_error", code: str | None = None) -> dict:
     return {"error": {"message": message, "type": kind, "param": param, "code": code}}
 
@@ -192,10 +233,19 @@ def _estimate_tokens(messages: object) -> int:
     return max(1, n)
 
 
+def _declared_length(values: list[str] | None) -> int | None:
+    """The one Content-Length of a request; None when it is missing, repeated or not a plain
+    non-negative integer (int() alone accepts "-1", "+5" and "1_0")."""
+    if not values or len(values) != 1 or not re.fullmatch(r"[0-9]{1,15}", values[0].strip()):
+        return None
+    return int(values[0])
+
+
 def _handler(server: JudgeServer) -> type[BaseHTTPRequestHandler]:
     class Handler(BaseHTTPRequestHandler):
         protocol_version = "HTTP/1.1"
         server_version = "strokes-judge/1"
+        timeout = server.idle_timeout_s
 
         def setup(self) -> None:
             super().setup()
@@ -209,8 +259,19 @@ def _handler(server: JudgeServer) -> type[BaseHTTPRequestHandler]:
             self.send_response(status)
             self.send_header("Content-Type", "application/json")
             self.send_header("Content-Length", str(len(data)))
+            if self.close_connection:
+                self.send_header("Connection", "close")
             self.end_headers()
             self.wfile.write(data)
+
+        def _refuse(self, status: int, payload: dict, length: int | None) -> None:
+            """Answer before the body is read. A small body is read and dropped so the connection
+            stays usable; after a large or undeclared one the connection is closed instead."""
+            if length is not None and length <= DRAIN_MAX:
+                self.rfile.read(length)
+            else:
+                self.close_connection = True
+            self._send(status, payload)
 
         def _path(self) -> str:
             return self.path.split("?", 1)[0].rstrip("/")
@@ -218,7 +279,7 @@ def _handler(server: JudgeServer) -> type[BaseHTTPRequestHandler]:
         def _auth(self) -> bool:
             if server.authorized(self.headers.get("Authorization")):
                 return True
-            self._send(401, _error("invalid or missing API key", None, "invalid_request_error", "invalid_api_key"))
+            self._send(401, _unauthorized())
             return False
 
         def do_GET(self) -> None:
@@ -232,16 +293,21 @@ def _handler(server: JudgeServer) -> type[BaseHTTPRequestHandler]:
             return self._send(404, _error(f"no route {path}", None, "not_found_error"))
 
         def do_POST(self) -> None:
-            length = int(self.headers.get("Content-Length") or 0)
-            if length > MAX_BODY:
+            values = self.headers.get_all("Content-Length")
+            length = _declared_length(values)
+            if not server.authorized(self.headers.get("Authorization")):
+                return self._refuse(401, _unauthorized(), length)
+            if length is None:
                 self.close_connection = True
-                return self._send(413, _error("request body too large"))
-            raw = self.rfile.read(length)
-            if not self._auth():
-                return None
+                if not values:
+                    return self._send(411, _error("a Content-Length header is required"))
+                return self._send(400, _error("Content-Length must be one non-negative integer"))
+            if length > MAX_BODY:
+                return self._refuse(413, _error(f"request body too large (at most {MAX_BODY} bytes)"), length)
             path = self._path()
             if path != "/v1/chat/completions":
-                return self._send(404, _error(f"no route {path}", None, "not_found_error"))
+                return self._refuse(404, _error(f"no route {path}", None, "not_found_error"), length)
+            raw = self.rfile.read(length)
             try:
                 body = json.loads(raw)
             except (json.JSONDecodeError, UnicodeDecodeError):

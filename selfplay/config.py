@@ -7,6 +7,7 @@ beside the code it configures.
     rollout:   sampling, caps, batching, Ray actors         rollout.config.RolloutConfig
     judge:     oracle | gpt | self, endpoint and budgets    judges.config.JudgeConfig
     critique:  self-sampled or symbolic corrections, replay selfplay.critique.CritiqueConfig
+    inspect_head: the policy's Inspect head, fitted per checkpoint selfplay.inspect_head.InspectHeadConfig
     loop:      rounds, prompts, eval suite, promotion       selfplay.config.LoopConfig
     tracking:  wandb mirror of metrics.jsonl                selfplay.tracking.TrackingConfig
 """
@@ -20,11 +21,13 @@ from typing import ClassVar
 from judges.config import JudgeConfig
 from rollout.config import RolloutConfig
 from strokes.config_loader import load, require
+from strokes.errors import InputError
 from strokes.data.build import DataConfig
 from strokes.model.tiny import ModelConfig
 from trainer.config import TrainConfig
 
 from .critique import CritiqueConfig
+from .inspect_head import InspectHeadConfig
 from .tracking import TrackingConfig
 
 # The eval modes, named once: the policy alone (process, single_pass), the configured judge as
@@ -47,7 +50,7 @@ class LoopConfig:
     train_from: str = "current"
     """"current": continue the promoted policy; "base": restart from round 0's."""
     promote_tolerance: float = 0.02
-    """Promote unless process-mode overall drops by more than this."""
+    """Promote unless process-mode overall on the validation split drops by more than this."""
     base_checkpoint: str = "checkpoints/base"
     """The shipped base model (relative to the project root)."""
     base_recipe: str = "configs/base.yaml"
@@ -60,6 +63,12 @@ class LoopConfig:
     """Seed of the held-out suite and of its sampling."""
     eval_samples: int = 1
     """Images per eval record (each an independent sample)."""
+    validation_per_task: int = 50
+    """Training-split records per task in the validation split: promotion compares process-mode
+    scores on it, and the inspection table (`selfplay/inspect_eval.py`) is measured on it, so the
+    test suite the report shows never steers the run."""
+    validation_seed: int = 500
+    """Seed of the validation split and its sampling (the rounds' rollouts use seeds 1000 * seed + round)."""
     eval_modes: list[str] = field(default_factory=lambda: ["process", "single_pass"])
     """Modes each round is evaluated in, from `EVAL_MODES`: process | single_pass | judge (the judge as
     external inspector) | planner (the oracle as external planner)."""
@@ -74,8 +83,12 @@ class LoopConfig:
         bad = [m for m in self.eval_modes if m not in EVAL_MODES]
         require(self, "eval_modes", not bad, f"has unknown mode {bad[0] if bad else ''!r} (known: {', '.join(EVAL_MODES)})")
         require(self, "rounds", self.rounds >= 0, "must be >= 0")
-        for name in ("prompts_per_round", "eval_per_task", "eval_samples"):
+        for name in ("prompts_per_round", "samples_per_prompt", "eval_per_task", "eval_samples", "validation_per_task"):
             require(self, name, getattr(self, name) >= 1, "must be >= 1")
+        # scores are fractions: a negative tolerance refuses a round that scores as well as its
+        # parent, and one above 1 (a percentage by mistake) promotes every round
+        require(self, "promote_tolerance", 0 <= self.promote_tolerance <= 1,
+                "must be in [0, 1] (a fraction of the overall score, not percent)")
 
 
 @dataclass
@@ -94,10 +107,18 @@ class RunConfig:
     """oracle | gpt | self, endpoint and budgets."""
     critique: CritiqueConfig = field(default_factory=CritiqueConfig)
     """Self-sampled or symbolic corrections, replay."""
+    inspect_head: InspectHeadConfig = field(default_factory=InspectHeadConfig)
+    """The policy's Inspect head, fitted on its own labelled sketches for every evaluated checkpoint."""
     loop: LoopConfig = field(default_factory=LoopConfig)
     """Rounds, prompts, eval suite, promotion."""
     tracking: TrackingConfig = field(default_factory=TrackingConfig)
     """wandb mirror of metrics.jsonl."""
+
+    def __post_init__(self) -> None:
+        head_file = Path(self.loop.base_checkpoint) / "inspect_head.json"
+        if self.rollout.inspect == "head" and not self.inspect_head.enabled and not head_file.is_file():
+            raise InputError("rollout.inspect: 'head' needs inspect_head.enabled: true (or a base checkpoint "
+                             "with an Inspect head)")
 
 
 def load_config(path: str | Path | None, overrides: list[str] | None = None) -> RunConfig:

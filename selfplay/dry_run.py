@@ -1,8 +1,9 @@
 """`selfplay run --dry-run`: what a config would do, without a cluster or a model.
 
-It validates the config (loading it already did), then prints the plan: rounds and their sizes,
-rollout actors and GPUs, batch sizes, and a memory estimate per rollout actor and for training
-(parameters from the model section, or from `loop.base_checkpoint`'s config.json when it exists).
+It validates the config (loading it already did) and the files it names (`loop.base_checkpoint`, or
+with --from-scratch `loop.base_recipe`), then prints the plan: rounds and their sizes, rollout actors
+and GPUs, batch sizes, and a memory estimate per rollout actor and for training (parameters from the
+base checkpoint's config.json, or with --from-scratch from the recipe's model section).
 """
 
 from __future__ import annotations
@@ -11,20 +12,40 @@ import json
 from dataclasses import asdict
 from pathlib import Path
 
-from .config import RunConfig
+from strokes.errors import InputError
+from strokes.model.tiny import ModelConfig
+
+from .config import RunConfig, load_config
 
 
-def _params(cfg: RunConfig) -> tuple[int, dict]:
-    """Parameter count and shape of the policy the run starts from."""
+def _start(cfg: RunConfig, from_scratch: bool) -> ModelConfig | Path:
+    """What round 0 starts from: the recipe's model shape (--from-scratch) or the base checkpoint's
+    config.json, checked here so that a wrong path fails the dry run, not the real one minutes in."""
+    if from_scratch:
+        recipe = cfg.loop.base_recipe
+        if not Path(recipe).is_file():
+            raise InputError(f"loop.base_recipe: {recipe}: no such config file (--from-scratch trains from it)")
+        try:
+            return load_config(recipe).model
+        except InputError as e:
+            raise InputError(f"loop.base_recipe {recipe}: {e}") from None
     cfg_file = Path(cfg.loop.base_checkpoint) / "config.json"
-    if cfg_file.is_file():
-        c = json.loads(cfg_file.read_text())
+    if not cfg_file.is_file():
+        raise InputError(f"loop.base_checkpoint: {cfg_file.parent}: no base checkpoint (no config.json; "
+                         "pass --from-scratch to train one)")
+    return cfg_file
+
+
+def _params(start: ModelConfig | Path) -> tuple[int, dict]:
+    """Parameter count and shape of the policy the run starts from."""
+    if isinstance(start, Path):
+        c = json.loads(start.read_text())
         c = c.get("text_config") or c  # multimodal models (Emu3) keep the LM's shape there
         shape = {"hidden": c["hidden_size"], "layers": c["num_hidden_layers"], "vocab": c["vocab_size"],
                  "intermediate": c["intermediate_size"], "kv_heads": c.get("num_key_value_heads", c["num_attention_heads"]),
                  "heads": c["num_attention_heads"], "positions": c["max_position_embeddings"]}
     else:
-        m = cfg.model
+        m = start
         shape = {"hidden": m.hidden_size, "layers": m.num_layers, "vocab": 16 + 60 + m.num_codes,
                  "intermediate": m.intermediate_size, "kv_heads": m.num_heads, "heads": m.num_heads,
                  "positions": m.max_positions}
@@ -34,9 +55,9 @@ def _params(cfg: RunConfig) -> tuple[int, dict]:
     return L * per_layer + shape["vocab"] * h, shape
 
 
-def plan(cfg: RunConfig) -> dict:
+def plan(cfg: RunConfig, from_scratch: bool = False) -> dict:
     """What `cfg` would do: rounds and their sizes, actors, batches, memory estimates."""
-    n, shape = _params(cfg)
+    n, shape = _params(_start(cfg, from_scratch))
     r, t = cfg.rollout, cfg.train
     bytes_w = 2 if r.dtype in ("bfloat16", "float16") or (r.dtype == "auto" and r.num_gpus_per_actor > 0) else 4
     kv_bytes = 2 * shape["layers"] * shape["hidden"] * shape["kv_heads"] // shape["heads"] * bytes_w
@@ -49,8 +70,12 @@ def plan(cfg: RunConfig) -> dict:
         "rounds": rounds,
         "per_round": {"rollout_prompts": cfg.loop.prompts_per_round * cfg.loop.samples_per_prompt,
                       "eval_records": 6 * cfg.loop.eval_per_task, "eval_modes": cfg.loop.eval_modes,
+                      "validation_records": 6 * cfg.loop.validation_per_task,
+                      "inspect_head_prompts": cfg.inspect_head.prompts if cfg.inspect_head.enabled else 0,
+                      "inspect": cfg.rollout.inspect, "retries": cfg.rollout.retries,
                       "judge": cfg.judge.kind, "critique": cfg.critique.mode, "control_arm": cfg.loop.control},
-        "policy": {"parameters": n, **shape, "from": cfg.loop.base_checkpoint},
+        "policy": {"parameters": n, **shape,
+                   "from": f"--from-scratch: {cfg.loop.base_recipe}" if from_scratch else cfg.loop.base_checkpoint},
         "rollout": {"actors": r.actors or 1, "in_process": r.actors == 0, "cpus_per_actor": r.actor_cpus,
                     "gpus_per_actor": r.num_gpus_per_actor, "ray_address": r.ray_address or "local",
                     "batch_size": r.batch_size,

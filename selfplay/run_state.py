@@ -5,15 +5,19 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from strokes.errors import InputError
 from strokes.io import write_atomic
 
 # Every stage of a round, in the order its events go into `metrics.jsonl`. The rounds name their
 # stages from here, and `stage` refuses any other name, so a new stage cannot be left out of the log.
-STAGES = ("checkpoint", "rollouts", "data", "eval", "control", "control_eval", "promote")
-CHECKPOINT, ROLLOUTS, DATA, EVAL, CONTROL, CONTROL_EVAL, PROMOTE = STAGES
+STAGES = ("checkpoint", "rollouts", "data", "inspect_head", "eval", "validate", "control", "control_inspect_head",
+          "control_eval", "control_validate", "promote")
+(CHECKPOINT, ROLLOUTS, DATA, INSPECT_HEAD, EVAL, VALIDATE, CONTROL, CONTROL_INSPECT_HEAD, CONTROL_EVAL,
+ CONTROL_VALIDATE, PROMOTE) = STAGES
 
 
 @dataclass
@@ -33,11 +37,26 @@ class RunState:
 
     @classmethod
     def load(cls, run_dir: Path) -> RunState:
-        """The state in `run_dir/state.json`, or a fresh one saved there later."""
+        """The state in `run_dir/state.json`, or a fresh one saved there later. A damaged file (cut
+        short, hand-edited) is refused with one line naming it and what is wrong: guessing would
+        redo or skip stages of a run silently. `{}` is a fresh state; unknown keys are ignored."""
         path = run_dir / "state.json"
-        data = json.loads(path.read_text()) if path.exists() else {}
+        if not path.exists():
+            return cls(path=path)
+        try:
+            data = json.loads(path.read_text(encoding="utf-8"))
+        except UnicodeDecodeError:
+            raise InputError(f"{path}: corrupt run state (not UTF-8 text)") from None
+        except json.JSONDecodeError as e:
+            raise InputError(f"{path}: corrupt run state (malformed JSON at line {e.lineno}: {e.msg})") from None
+        if not isinstance(data, dict):
+            raise InputError(f"{path}: corrupt run state (must be a JSON object, got {type(data).__name__})")
         names = {f.name for f in dataclasses.fields(cls)} - {"path"}
-        return cls(**{k: v for k, v in data.items() if k in names}, path=path)
+        state = {k: v for k, v in data.items() if k in names}
+        problem = _problem(state)
+        if problem:
+            raise InputError(f"{path}: corrupt run state ({problem})")
+        return cls(**state, path=path)
 
     def is_done(self, rnd: int, stage_name: str) -> bool:
         return f"{rnd}:{stage_name}" in self.done
@@ -49,6 +68,26 @@ class RunState:
     def save(self) -> None:
         data = {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.name != "path"}
         write_atomic(self.path, json.dumps(data, indent=2))
+
+
+def _problem(data: dict) -> str:
+    """What is wrong with the fields of a loaded `state.json`, or "" when nothing is."""
+    done = data.get("done", [])
+    if not isinstance(done, list):
+        return f"'done' must be a list of \"round:stage\" strings, got {done!r}"
+    bad = [d for d in done if not (isinstance(d, str) and re.fullmatch(r"\d+:\w+", d))]
+    if bad:
+        return f"'done' holds {bad[0]!r}, not a \"round:stage\" string"
+    policy = data.get("policy")
+    if policy is not None and not isinstance(policy, str):
+        return f"'policy' must be a checkpoint folder or null, got {policy!r}"
+    rnd = data.get("policy_round", 0)
+    if type(rnd) is not int or rnd < 0:
+        return f"'policy_round' must be a round number, got {rnd!r}"
+    promotions = data.get("promotions", {})
+    if not (isinstance(promotions, dict) and all(isinstance(v, dict) for v in promotions.values())):
+        return f"'promotions' must map rounds to promotion events, got {promotions!r}"
+    return ""
 
 
 def round_dir(run_dir: Path, rnd: int) -> Path:

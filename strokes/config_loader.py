@@ -22,6 +22,7 @@ the dotted field (`train.lr`), never a traceback.
 from __future__ import annotations
 
 import dataclasses
+import math
 import types
 import typing
 from pathlib import Path
@@ -68,6 +69,12 @@ def from_dict(cls: type[T], data: dict | None, where: str = "") -> T:
 
 
 def _coerce(tp: Any, value: Any, where: str) -> Any:
+    """`value` checked against annotation `tp` (and converted where YAML and the type disagree
+    harmlessly: 2 -> 2.0, "2e-4" -> 0.0002), so a bad value is refused here naming `where`, not
+    later as a TypeError deep in a `__post_init__` (`'<' not supported between 'str' and 'int'`).
+    Items of `list[T]` and keys and values of `dict[K, V]` are checked too (`loop.strip_prompts[0]`,
+    `data.mixture.scene_graph`), and a float must be finite: no rate, size or weight means NaN or
+    infinity, and NaN passes every `x > 0` check by comparing false both ways."""
     origin = typing.get_origin(tp)
     if dataclasses.is_dataclass(tp):
         return from_dict(tp, value, where)
@@ -76,13 +83,15 @@ def _coerce(tp: Any, value: Any, where: str) -> Any:
         if value is None:
             return None
         return _coerce(args[0], value, where) if len(args) == 1 else value
-    if tp is float and isinstance(value, (int, float)) and not isinstance(value, bool):
-        return float(value)
     if tp is float and isinstance(value, str):  # YAML 1.1 reads 2e-4 (no dot) as a string
         try:
-            return float(value)
+            value = float(value)
         except ValueError:
             pass
+    if tp is float and isinstance(value, (int, float)) and not isinstance(value, bool):
+        if not math.isfinite(value):
+            raise InputError(f"config field '{where}' must be a finite number, got {value!r}")
+        return float(value)
     if tp in (int, str, bool) and not (type(value) is tp):
         raise InputError(f"config field '{where}' must be {tp.__name__}, got {value!r}")
     if tp is float and not isinstance(value, float):
@@ -93,6 +102,14 @@ def _coerce(tp: Any, value: Any, where: str) -> Any:
         raise InputError(f"config field '{where}' must be a mapping, got {value!r}")
     if origin is tuple and isinstance(value, list):
         return tuple(value)
+    args = typing.get_args(tp)
+    if origin is list and args:
+        return [_coerce(args[0], item, f"{where}[{i}]") for i, item in enumerate(value)]
+    if origin is dict and args:
+        bad = [k for k in value if not isinstance(k, args[0])]
+        if bad:
+            raise InputError(f"config field '{where}' keys must be {args[0].__name__}, got {bad[0]!r}")
+        return {k: _coerce(args[1], v, f"{where}.{k}") for k, v in value.items()}
     return value
 
 

@@ -58,6 +58,9 @@ class Score:
 
     per_task: dict[str, float]
     counts: dict[str, int]
+    missing: tuple[str, ...] = ()
+    """Images the folder should hold but does not (`<index>/samples/<k>.png`, see `missing_images`):
+    not scored, so the score covers fewer images than were asked for."""
 
     @property
     def overall(self) -> float:
@@ -70,8 +73,10 @@ class Score:
         return float(np.sqrt(var) / t) if t else 0.0
 
     def to_json(self) -> dict:
+        """Accuracies as fractions in [0, 1] (`units` says so; the table prints percent)."""
         return {"overall": self.overall, "overall_se": self.standard_error(),
-                "per_task": self.per_task, "counts": self.counts}
+                "per_task": self.per_task, "counts": self.counts, "units": "fraction",
+                "missing": len(self.missing)}
 
     def table(self) -> str:
         tasks = [t for t in TASKS if t in self.per_task]
@@ -119,8 +124,20 @@ def iter_samples(root: Path, size: int | None = None):
         yield rec, [load_png(p, size) for p in pngs]
 
 
+def missing_images(root: Path) -> list[str]:
+    """Sample images absent from a GenEval-layout folder, as `<index>/samples/<k:04d>.png`, in order.
+    Every record is asked for the same number of samples, so each should hold 0000.png up to the
+    highest index any record holds (names that are not an index are scored but not counted here)."""
+    dirs = sorted(p for p in Path(root).iterdir() if p.is_dir() and p.name.isdigit())
+    held = {d: {int(p.stem) for p in (d / "samples").glob("*.png") if p.stem.isdigit()} for d in dirs}
+    expected = 1 + max((k for ks in held.values() for k in ks), default=-1)
+    return [f"{d.name}/samples/{k:04d}.png" for d, ks in held.items() for k in range(expected) if k not in ks]
+
+
 def score_dir(root: Path, size: int = 64) -> Score:
-    """Score a GenEval-layout folder of ShapeWorld images."""
-    return score_results(
+    """Score a GenEval-layout folder of ShapeWorld images; `missing` names the images it lacks."""
+    score = score_results(
         (rec.tag, not check(rec, img)) for rec, imgs in iter_samples(root, size) for img in imgs
     )
+    score.missing = tuple(missing_images(root))
+    return score

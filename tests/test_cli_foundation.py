@@ -213,6 +213,26 @@ def test_score_rejects_a_record_folder_without_images(gt, capsys):
     one_error_line(score_error(capsys, gt), "00001/samples", "no PNG images")
 
 
+def test_score_reports_a_missing_image_and_strict_refuses_it(gt, capsys):
+    """Three of four images scored is said in the table and in --json, and --strict fails on it."""
+    (gt / "00001" / "samples" / "0001.png").unlink()
+    code, out, _ = run(capsys, "score", str(gt))
+    assert code == 0 and "3 images, 1 missing (first 00001/samples/0001.png)" in out
+    code, out, _ = run(capsys, "score", "--json", str(gt))
+    result = json.loads(out)
+    assert code == 0 and result["missing"] == 1 and sum(result["counts"].values()) == 3
+    code, out, err = run(capsys, "score", "--strict", str(gt))
+    assert code == 2 and out == ""
+    one_error_line(err, "1 of 4 images missing", "00001/samples/0001.png", "--strict")
+
+
+def test_score_json_says_its_units_and_counts_no_missing_image_when_none_is(gt, capsys):
+    """--json gives fractions where the table gives percent: `units` says which."""
+    code, out, _ = run(capsys, "score", "--json", "--strict", str(gt))
+    result = json.loads(out)
+    assert code == 0 and result["units"] == "fraction" and result["missing"] == 0 and result["overall"] == 1.0
+
+
 @pytest.mark.parametrize("args, fragment", [
     (["suite", "--per-task", "0"], "--per-task"),
     (["render", "--samples", "0"], "--samples"),

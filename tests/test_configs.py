@@ -58,3 +58,42 @@ def test_a_bad_value_names_its_field_on_construction(build, field):
     with pytest.raises(InputError) as e:
         build()
     assert f"config field '{field}'" in str(e.value) and "\n" not in str(e.value)
+
+
+@pytest.mark.parametrize("override, field", [
+    ("train.lr=.nan", "train.lr"),
+    ("train.min_lr_ratio=.nan", "train.min_lr_ratio"),  # NaN fails no `x > 0` check: refused as not finite
+    ("judge.timeout_s=.inf", "judge.timeout_s"),
+    ("data.mixture.scene_graph=.inf", "data.mixture.scene_graph"),
+    ("train.adam_beta2=1.5", "train.adam_beta2"),
+    ("train.lora.dropout=1.0", "train.lora.dropout"),
+    ("loop.promote_tolerance=-5", "loop.promote_tolerance"),
+    ("loop.promote_tolerance=2", "loop.promote_tolerance"),  # percent where a fraction is meant
+    ("loop.samples_per_prompt=0", "loop.samples_per_prompt"),
+    ("model.hidden_size=-8", "model.hidden_size"),
+    ("model.num_heads=7", "model.num_heads"),  # 256 / 7 is no head width
+    ("model.patch=7", "model.patch"),
+    ("loop.strip_prompts=[123]", "loop.strip_prompts[0]"),
+    ("train.lora.target_modules=[q_proj, 1]", "train.lora.target_modules[1]"),
+    ("data.mixture.scene_graph=abc", "data.mixture.scene_graph"),
+    ("data.tasks={1: 1.0}", "data.tasks"),
+])
+def test_values_that_used_to_pass_are_refused_naming_the_field(override, field):
+    with pytest.raises(InputError) as e:
+        load_config(None, [override])
+    assert f"config field '{field}'" in str(e.value) and "\n" not in str(e.value)
+
+
+def test_a_mixture_weight_given_as_text_in_yaml_names_its_key(tmp_path):
+    """Not `'<' not supported between 'str' and 'float'`, from the loader or from DataConfig itself."""
+    path = tmp_path / "c.yaml"
+    path.write_text("data:\n  mixture: {scene_graph: high, conflict: 1}\n")
+    with pytest.raises(InputError, match=r"config field 'data\.mixture\.scene_graph' must be a number"):
+        load_config(path)
+    with pytest.raises(InputError, match=r"config field 'data\.mixture\.conflict' must be a number"):
+        DataConfig(mixture={"scene_graph": 1.0, "conflict": "1"})
+
+
+def test_the_shipped_configs_still_load():
+    for path in sorted((ROOT / "configs").glob("*.yaml")):
+        load_config(path)

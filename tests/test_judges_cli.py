@@ -2,7 +2,8 @@
 
 The server runs as its own process (the real command, on an ephemeral loopback port); judge-eval
 with the GPT judge against it must score the oracle behind it at 100% precision and recall on
-every row. Bad input ends in one line naming the option.
+every row. Bad input ends in one line naming the option; an open judge (not loopback, no key) is
+warned about.
 """
 
 from __future__ import annotations
@@ -55,6 +56,7 @@ def test_judge_eval_of_the_oracle_behind_the_server_is_perfect(served_oracle, ca
                  "--api-key-env", "JUDGE_TEST_KEY", "--n", "10"]) == 0
     table = capsys.readouterr().out
     assert "conflict (any)" in table and "kind: wrong_relation" in table and "100.0" in table
+    assert table.rstrip().endswith("unjudged: none")
 
 
 def test_judge_eval_oracle_and_bad_input(capsys):
@@ -76,4 +78,22 @@ def test_judge_serve_reports_a_busy_port(capsys):
         s.listen()
         port = s.getsockname()[1]
         assert main(["judge-serve", "--port", str(port)]) == 2
-    assert "cannot listen on 127.0.0.1" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert "cannot listen on 127.0.0.1" in err and "warning" not in err  # loopback without a key is fine
+
+
+def test_judge_serve_port_out_of_range_is_one_line(capsys):
+    assert main(["judge-serve", "--port", "99999"]) == 2
+    err = capsys.readouterr().err
+    assert err == "selfplay judge-serve: error: --port must be between 0 and 65535, got 99999\n"
+
+
+def test_judge_serve_warns_when_open_to_the_network_without_a_key(capsys):
+    # 192.0.2.1 (TEST-NET-1) is no address of this machine: the warning comes, then the bind fails,
+    # so nothing is ever exposed.
+    assert main(["judge-serve", "--host", "192.0.2.1", "--port", "0"]) == 2
+    warning, error = capsys.readouterr().err.splitlines()
+    assert warning.startswith("selfplay judge-serve: warning: --host 192.0.2.1 is not loopback and no API key")
+    assert "cannot listen on 192.0.2.1" in error
+    assert main(["judge-serve", "--host", "192.0.2.1", "--port", "0", "--api-key", "k"]) == 2
+    assert "warning" not in capsys.readouterr().err

@@ -110,6 +110,17 @@ def test_cache_makes_a_rerun_free(server, contexts, oracle_verdicts, tmp_path):
     assert other.stats.requests == 2 and other.stats.cache_hits == 0
 
 
+def test_a_damaged_cache_entry_is_asked_again(server, contexts, oracle_verdicts, tmp_path):
+    first = gpt(server.base_url, cache_dir=str(tmp_path / "cache"))
+    first.judge(contexts[:5])
+    truncated, not_an_answer = sorted((tmp_path / "cache").glob("*/*.json"))[:2]
+    truncated.write_text(truncated.read_text()[:20])
+    not_an_answer.write_text("[1, 2]")  # valid JSON, but no answer object
+    rerun = gpt(server.base_url, cache_dir=str(tmp_path / "cache"))
+    assert rerun.judge(contexts[:5]) == oracle_verdicts[:5]
+    assert (rerun.stats.requests, rerun.stats.cache_hits) == (2, 3)
+
+
 def test_request_budget_stops_requests_and_leaves_the_rest_unjudged(server, contexts, oracle_verdicts):
     judge = gpt(server.base_url, concurrency=3, budget_requests=7)
     verdicts = judge.judge(contexts[:20])

@@ -31,6 +31,10 @@ class LoraConfig:
     """Merge adapters into a plain checkpoint after training, so rollouts load one model with
     `Policy.from_pretrained`. With `merge: false`, `checkpoint/` holds only the adapter + processor."""
 
+    def __post_init__(self) -> None:
+        require(self, "r", self.r >= 1, "must be >= 1")
+        require(self, "dropout", 0 <= self.dropout < 1, "must be in [0, 1)")
+
 
 @dataclass
 class TrainConfig:
@@ -119,3 +123,7 @@ class TrainConfig:
                 "needs packing: false (packed rows are all about max_length long)")
         for name in ("lr", "batch_size", "grad_accum", "max_length", "logging_steps", "save_steps"):
             require(self, name, getattr(self, name) > 0, "must be positive")
+        for name in ("weight_decay", "max_grad_norm", "epochs", "max_minutes", "warmup_steps"):
+            require(self, name, getattr(self, name) >= 0, "must be >= 0")
+        require(self, "min_lr_ratio", 0 <= self.min_lr_ratio <= 1, "must be in [0, 1]")
+        require(self, "adam_beta2", 0 <= self.adam_beta2 < 1, "must be in [0, 1)")

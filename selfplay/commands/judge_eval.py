@@ -1,7 +1,8 @@
 """`selfplay judge-eval`: a judge's precision and recall of conflicts against the oracle.
 
 The steps come from the base pipelines (half deliberately wrong, half aligned, over all six tasks);
-the table has one row for flagged steps, one per conflict source and one per conflict kind.
+the table has one row for flagged steps, one per conflict source and one per conflict kind, and
+under it why the unjudged steps went unjudged and what was retried.
 """
 
 from __future__ import annotations
@@ -10,6 +11,9 @@ import argparse
 import json
 
 from .judge_serve import add_self_judge_args
+
+UNJUDGED = ("unparsable", "failed", "over_budget")  # the reasons a judge returns no verdict
+RETRIED = ("timeouts", "http_errors")  # failed attempts of the GPT judge (the last one included)
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -59,5 +63,21 @@ def run(args: argparse.Namespace) -> int:
         judge, name = build_judge(args), f"self ({args.checkpoint}, T={args.temperature:g})"
     contexts = labelled_contexts(args.n, args.seed, args.split)
     report = evaluate(judge, contexts, name, args.batch_size)
-    print(json.dumps(report.to_json(), indent=2) if args.json else report.table())
+    if args.json:
+        print(json.dumps(report.to_json(), indent=2))
+    else:
+        print(report.table())
+        print(failure_breakdown(report.stats))
     return 0
+
+
+def failure_breakdown(stats: dict) -> str:
+    """One line: the judge's failures by reason ("unjudged: unparsable 5, failed 2; retries 6
+    (timeouts 3, http_errors 4)"), so a table with unjudged steps says why."""
+    def counts(keys: tuple[str, ...]) -> str:
+        return ", ".join(f"{k} {stats[k]}" for k in keys if stats.get(k)) or "none"
+
+    line = f"unjudged: {counts(UNJUDGED)}"
+    if stats.get("retries"):
+        line += f"; retries {stats['retries']} ({counts(RETRIED)})"
+    return line

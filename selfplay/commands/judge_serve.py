@@ -1,13 +1,17 @@
 """`selfplay judge-serve`: serve a judge as an OpenAI-compatible endpoint on this machine.
 
 Any client that speaks the chat-completions API (our GPT judge included) can then judge steps with
-it over HTTP, so a team can share one judge service. Loopback only unless `--host` says otherwise.
+it over HTTP, so a team can share one judge service. Loopback only unless `--host` says otherwise
+(and then a warning on stderr when no API key guards it).
 """
 
 from __future__ import annotations
 
 import argparse
+import ipaddress
 import os
+import socket
+import sys
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -58,11 +62,21 @@ def policy_inspect_fn(checkpoint: str | None, temperature: float = 1.0, device: 
     return Engine(Policy.from_pretrained(checkpoint), RolloutConfig(temperature=temperature, device=device)).inspect
 
 
+def is_loopback(host: str) -> bool:
+    """Whether `host` (an address or a name) binds this machine only; "" and 0.0.0.0 bind every interface."""
+    try:
+        return ipaddress.ip_address(socket.gethostbyname(host)).is_loopback
+    except OSError:  # a name that does not resolve: the bind will fail anyway
+        return False
+
+
 def run(args: argparse.Namespace) -> int:
     from judges.messages import load_prompts
     from judges.server import JudgeServer
     from strokes.errors import InputError
 
+    if not 0 <= args.port <= 65535:
+        raise InputError(f"--port must be between 0 and 65535, got {args.port}")
     if args.max_batch < 1:
         raise InputError(f"--max-batch must be at least 1, got {args.max_batch}")
     key = args.api_key
@@ -70,6 +84,9 @@ def run(args: argparse.Namespace) -> int:
         key = os.environ.get(args.api_key_env)
         if not key:
             raise InputError(f"--api-key-env: environment variable {args.api_key_env} is not set")
+    if not key and not is_loopback(args.host):
+        print(f"selfplay judge-serve: warning: --host {args.host} is not loopback and no API key is set: "
+              "anyone who can reach it can use the judge", file=sys.stderr, flush=True)
     judge = build_judge(args)
     try:
         server = JudgeServer(judge, args.host, args.port, key, args.model_name, load_prompts(args.prompts_file),

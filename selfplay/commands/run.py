@@ -3,6 +3,20 @@
 from __future__ import annotations
 
 import argparse
+from fnmatch import fnmatchcase
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from ..config import RunConfig
+
+# Fields a resumed run may change with `--allow-change`: they decide where and how fast the work
+# runs, not what is sampled, judged or trained (batch and shard sizes regroup the rollouts, which
+# changes their random draws but not their distribution). Everything else must match the run's own
+# config.yaml, or a round would mix two settings (and the saved config would describe neither).
+RESUME_SAFE = ("tracking.*", "rollout.actors", "rollout.actor_cpus", "rollout.ray_address", "rollout.ray_cpus",
+               "rollout.object_store_mb", "rollout.batch_size", "rollout.shard_size", "train.num_threads",
+               "train.tokenize_workers", "data.workers")
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -11,17 +25,67 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a config field")
     p.add_argument("--name", help="run name (folder under --runs); default: the config file's stem")
     p.add_argument("--runs", default="runs", help="folder holding run directories")
-    p.add_argument("--resume", action="store_true", help="continue an existing run at its first incomplete stage")
+    p.add_argument("--resume", action="store_true", help="continue an existing run at its first incomplete stage; "
+                                                         "the config must match the run's config.yaml")
+    p.add_argument("--allow-change", action="append", default=[], metavar="FIELD",
+                   help="with --resume, let this field differ from the run's config.yaml (repeatable); only "
+                        f"{', '.join(RESUME_SAFE)}")
     p.add_argument("--from-scratch", action="store_true", help="train the base model (loop.base_recipe) instead of "
                                                                  "starting from the shipped checkpoint")
     p.add_argument("--dry-run", action="store_true", help="validate the config and print the plan; run nothing")
     p.set_defaults(func=run)
 
 
+def _flat(data: dict, prefix: str = "") -> dict:
+    """A nested config dict as {"section.field": value}, down to the leaves (`data.mixture.conflict`)."""
+    out = {}
+    for k, v in data.items():
+        key = f"{prefix}{k}"
+        out.update(_flat(v, key + ".") if isinstance(v, dict) else {key: v})
+    return out
+
+
+def _check_resume(cfg: RunConfig, run_dir: Path, allowed: list[str]) -> None:
+    """Refuse to resume `run_dir` with a config other than its own config.yaml, but for fields named
+    in `allowed` (each within `RESUME_SAFE`); refuse a damaged state.json too. Called before the
+    loop starts, which rewrites config.yaml, so a refused resume leaves the run as it was."""
+    import dataclasses
+
+    from strokes.config_loader import load
+    from strokes.errors import InputError
+
+    from ..config import RunConfig
+    from ..run_state import RunState
+
+    new = _flat(dataclasses.asdict(cfg))
+    for name in allowed:
+        if not any(fnmatchcase(name, safe) for safe in RESUME_SAFE):
+            raise InputError(f"--allow-change {name}: not a field a resume may change (only {', '.join(RESUME_SAFE)})")
+        if not any(fnmatchcase(key, name) for key in new):
+            raise InputError(f"--allow-change {name}: no such config field")
+    RunState.load(run_dir)
+    saved = run_dir / "config.yaml"
+    if not saved.is_file():  # killed before the loop wrote it: nothing ran under another config
+        return
+    try:
+        old = _flat(dataclasses.asdict(load(RunConfig, saved)))
+    except InputError as e:
+        raise InputError(f"{saved}: the run's own config no longer loads ({e})") from None
+    unset = object()
+    diff = [k for k in sorted(old.keys() | new.keys()) if old.get(k, unset) != new.get(k, unset)
+            and not any(fnmatchcase(k, name) for name in allowed)]
+    if diff:
+        def shown(flat: dict, k: str) -> str:
+            return repr(flat[k]) if k in flat else "unset"
+
+        show = "; ".join(f"{k} ({shown(old, k)} -> {shown(new, k)})" for k in diff)
+        raise InputError(f"--resume: the config differs from the run's ({saved}) in {show}; resume with the "
+                         f"run's config (--allow-change FIELD lets one of {', '.join(RESUME_SAFE)} differ)")
+
+
 def run(args: argparse.Namespace) -> None:
     import json
     import time
-    from pathlib import Path
 
     from strokes.errors import InputError
 
@@ -30,10 +94,14 @@ def run(args: argparse.Namespace) -> None:
     cfg = load_config(args.config, args.set)
     name = args.name or Path(args.config).stem
     run_dir = Path(args.runs) / name
+    if args.allow_change and not args.resume:
+        raise InputError("--allow-change only applies with --resume")
+    if args.resume and run_dir.is_dir():
+        _check_resume(cfg, run_dir, args.allow_change)
     if args.dry_run:
         from ..dry_run import plan
 
-        print(json.dumps(plan(cfg), indent=2))
+        print(json.dumps(plan(cfg, args.from_scratch), indent=2))
         return
     if run_dir.exists() and any(run_dir.iterdir()) and not args.resume:
         raise InputError(f"{run_dir}: run exists; pass --resume to continue it or --name for a new one")

@@ -22,11 +22,14 @@ def run(args: argparse.Namespace) -> None:
 
     from strokes.config_loader import dump
     from strokes.data.build import build, load
+    from strokes.model.checkpoint_check import check_checkpoint
     from strokes.model.tiny import Policy
 
     from ..config import load_config
 
     cfg = load_config(args.config, args.set)
+    if args.init:
+        check_checkpoint(args.init)  # before OUT exists: a bad --init leaves nothing behind
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     dump(cfg, out / "config.yaml")

@@ -49,6 +49,10 @@ class DataConfig:
         for name, table, known in (("mixture", self.mixture, SOURCES), ("tasks", self.tasks, TASKS)):
             bad = [k for k in table if k not in known]
             require(self, f"{name}.{bad[0] if bad else ''}", not bad, f"is not one of {', '.join(known)}")
+            # the loader refuses a non-number already; this covers a DataConfig built in code, which
+            # would otherwise fail below as "'<' not supported between 'str' and 'float'"
+            text = [k for k, v in table.items() if isinstance(v, bool) or not isinstance(v, (int, float))]
+            require(self, f"{name}.{text[0] if text else ''}", not text, "must be a number")
             require(self, name, bool(table) and min(table.values()) >= 0 and sum(table.values()) > 0,
                     "needs non-negative weights with a positive sum")
 

@@ -10,8 +10,11 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import ClassVar
 
+from ..config_loader import require
 from ..errors import InputError
+from .checkpoint_check import check_checkpoint, write_checksums
 from .image_tokenizer import ImageTokenizer, fitting_images
+from .inspect_head import InspectHead
 from .processor import Processor, build_text_tokenizer
 
 
@@ -39,6 +42,17 @@ class ModelConfig:
     """Side of an image patch; one code per patch."""
     seed: int = 0
     """Seed of the weights and of the codebook fit."""
+
+    def __post_init__(self) -> None:
+        for name in ("hidden_size", "num_layers", "num_heads", "intermediate_size", "max_positions", "num_codes",
+                     "image_size", "patch"):
+            require(self, name, getattr(self, name) >= 1, "must be >= 1")
+        # attention splits the width into equal heads, and rotary embeddings rotate each head's
+        # halves: a remainder or an odd head width fails only in the first forward pass
+        require(self, "num_heads", self.hidden_size % self.num_heads == 0
+                and self.hidden_size // self.num_heads % 2 == 0,
+                f"must divide hidden_size ({self.hidden_size}) into heads of even width")
+        require(self, "patch", self.image_size % self.patch == 0, f"must divide image_size ({self.image_size})")
 
 
 # Policy classes of real models, by the `processor` name their processor.json records.
@@ -69,6 +83,7 @@ class Policy:
     def __init__(self, model, processor: Processor) -> None:
         self.model = model
         self.processor = processor
+        self.inspect_head: InspectHead | None = None  # the Inspect head saved with the checkpoint, if any
 
     @classmethod
     def build(cls, cfg: ModelConfig, processor: Processor | None = None) -> "Policy":
@@ -100,21 +115,24 @@ class Policy:
         return cls(model, processor)
 
     def save_pretrained(self, folder: str | Path) -> None:
+        """Model, processor and, last, `checksums.json` over them (checked on load)."""
         self.model.save_pretrained(folder)
         self.processor.save_pretrained(folder)
+        write_checksums(folder)
 
     @classmethod
     def from_pretrained(cls, folder: str | Path, dtype=None) -> "Policy":
         from transformers import AutoModelForCausalLM
 
         folder = Path(folder)
-        if not (folder / "config.json").is_file():
-            raise InputError(f"{folder}: not a checkpoint (no config.json)")
+        check_checkpoint(folder)  # one line naming a damaged file, instead of a traceback from deep inside
         kind = checkpoint_kind(folder)
         if kind != "strokes.tiny":  # a real model behind an adapter: its own class loads it
-            return adapter(kind).from_pretrained(folder, dtype=dtype)
-        model = AutoModelForCausalLM.from_pretrained(folder, dtype=dtype)
-        return cls(model, Processor.from_pretrained(folder))
+            policy = adapter(kind).from_pretrained(folder, dtype=dtype)
+        else:
+            policy = cls(AutoModelForCausalLM.from_pretrained(folder, dtype=dtype), Processor.from_pretrained(folder))
+        policy.inspect_head = InspectHead.load(folder)  # None unless the folder holds one
+        return policy
 
     def num_parameters(self) -> int:
         return sum(p.numel() for p in self.model.parameters())
