@@ -89,3 +89,22 @@ def plan(cfg: RunConfig, from_scratch: bool = False) -> dict:
                   "memory_gb": round((train_bytes + act) / 1e9, 3)},
         "judge": {"kind": cfg.judge.kind, "base_url": cfg.judge.base_url, "concurrency": cfg.judge.concurrency},
     }
+
+
+TINY = 100_000_000  # parameters; the shipped ShapeWorld model has about 2.3M
+
+
+def warnings(cfg: RunConfig, planned: dict) -> list[str]:
+    """What a dry run should say out loud: a cluster config (GPU actors or Ray Train) pointed at a tiny
+    model (the shipped one, left in place of `loop.base_checkpoint`), and wandb online, which needs
+    `wandb login` before the run, not an hour into it."""
+    out = []
+    cluster = cfg.rollout.num_gpus_per_actor > 0 or cfg.train.distributed == "ray"
+    n = planned["policy"]["parameters"]
+    if cluster and n < TINY:
+        out.append(f"warning: a cluster config (GPU rollout actors or Ray Train) for a {n / 1e6:.1f}M-parameter "
+                   f"model ({planned['policy']['from']}); point loop.base_checkpoint at your model")
+    if cfg.tracking.wandb and cfg.tracking.mode == "online":
+        out.append("warning: tracking.mode online syncs to wandb: run `wandb login` first "
+                   "(or --set tracking.mode=offline)")
+    return out

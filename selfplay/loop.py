@@ -31,6 +31,7 @@ from typing import Callable
 from judges import OracleJudge, corrected_scene
 from judges import make_judge as build_judge
 from rollout import Engine, RolloutDir, RolloutFleet, rollout, write_geneval
+from strokes import console
 from strokes.config_loader import dump
 from strokes.data.build import build, load, make_rows
 from strokes.errors import InputError
@@ -45,26 +46,29 @@ from trainer.sft import train
 
 from .config import RunConfig, load_config
 from .critique import build_self_critique, build_symbolic_critique
-from .inspect_eval import format_table, inspection_table, label_states, summary_event
+from .inspect_eval import inspection_table, label_states, summary_event
 from .inspect_head import fit_inspect_head
 from .oracle_planner import planner_rollout
 from .report import write_report
 from .run_state import (CHECKPOINT, CONTROL, CONTROL_EVAL, CONTROL_INSPECT_HEAD, CONTROL_VALIDATE, DATA, EVAL,
                         INSPECT_HEAD, PROMOTE, ROLLOUTS, STAGES, VALIDATE, RunState, round_dir)
 from .tracking import Tracker
-from .visualize import strip_image
+from .visualize import captions, strip_image
 
 Log = Callable[[str], None]
 
 
-def stage(state: RunState, run_dir: Path, rnd: int, name: str, fn: Callable[[Path], object], log: Log = print) -> Path:
-    """Run `fn(tmp)` unless the stage is complete, then rename tmp into place and record it."""
+def stage(state: RunState, run_dir: Path, rnd: int, name: str, fn: Callable[[Path], object], log: Log = print,
+          about: str = "") -> Path:
+    """Run `fn(tmp)` unless the stage is complete, then rename tmp into place and record it. A line
+    when it starts (`about`: what it does, how much) and when it ends, so a long stage is never silent."""
     if name not in STAGES:
         raise ValueError(f"stage {name!r} is not in STAGES")
     final = round_dir(run_dir, rnd) / name
     if state.is_done(rnd, name) and final.exists():
         return final
     shutil.rmtree(final, ignore_errors=True)
+    log(f"round {rnd}: {name} ..." + (f" {about}" if about else ""))
     t0 = time.time()
     with atomic_path(final, folder=True) as tmp:
         fn(tmp)
@@ -72,6 +76,27 @@ def stage(state: RunState, run_dir: Path, rnd: int, name: str, fn: Callable[[Pat
     state.mark(rnd, name)
     log(f"round {rnd}: {name} done in {time.time() - t0:.0f}s")
     return final
+
+
+def about(cfg: RunConfig, rnd: int, name: str) -> str:
+    """What stage `name` of round `rnd` does and how much work it is, for its start line."""
+    loop = cfg.loop
+    evals = 6 * loop.eval_per_task * loop.eval_samples
+    validation = 6 * loop.validation_per_task * (2 if cfg.rollout.retries else 1)
+    steps = f"{cfg.train.max_steps} steps" if cfg.train.max_steps > 0 else f"{cfg.train.epochs:g} epoch(s)"
+    return {
+        CHECKPOINT: "the base policy" if rnd == 0 else f"SFT on the round's data ({steps})",
+        ROLLOUTS: f"{loop.prompts_per_round * loop.samples_per_prompt} process-mode rollouts on training prompts",
+        DATA: f"{cfg.judge.kind} judge on every step -> critique traces + base-data replay",
+        INSPECT_HEAD: f"Inspect head fitted on {cfg.inspect_head.prompts} rollouts' own sketches",
+        EVAL: f"{evals} rollouts per mode ({', '.join(loop.eval_modes)}) on the held-out suite"
+              f" + {len(loop.strip_prompts)} strip(s)",
+        VALIDATE: f"{validation} process-mode rollouts on the validation split",
+        CONTROL: f"control arm: SFT on base data only ({steps}, the policy's count)",
+        CONTROL_INSPECT_HEAD: f"control's Inspect head on {cfg.inspect_head.prompts} rollouts",
+        CONTROL_EVAL: f"control: {evals} rollouts per mode on the held-out suite",
+        CONTROL_VALIDATE: f"control: {validation} process-mode rollouts on the validation split",
+    }.get(name, "")
 
 
 def write_event(folder: Path, event: dict) -> None:
@@ -103,8 +128,8 @@ def rollout_stage(cfg: RunConfig, checkpoint: Path, records: list, mode: str, se
     """
     rollout_cfg = dataclasses.replace(cfg.rollout, mode=mode, seed=seed)
     shards = out.with_name(out.name.removesuffix(".tmp") + ".shards")
-    rollout(records, shards, rollout_cfg, checkpoint=checkpoint, judge=judge, samples=samples, progress=False,
-            fleet=fleet)
+    rollout(records, shards, rollout_cfg, checkpoint=checkpoint, judge=judge, samples=samples,
+            progress=console.bars(), fleet=fleet)
     trajectories = RolloutDir(shards).trajectories()
     write_jsonl(trajectories, out / "trajectories")
     shutil.rmtree(shards, ignore_errors=True)
@@ -168,8 +193,11 @@ def validate(cfg: RunConfig, checkpoint: Path, out: Path, rnd: int, arm: str = "
     (out / "inspection.json").write_text(json.dumps({"table": table, "skipped": skipped}, indent=2))
     write_event(out, {"event": "validate", "round": rnd, "arm": arm, "overall": score.overall,
                       "overall_se": score.standard_error(), **summary_event(table)})
-    log(f"round {rnd} ({arm}): validation process {100 * score.overall:.1f}, own-sketch inspection\n"
-        + format_table({k: v for k, v in table.items() if not k.startswith("task/")}))
+    headline, within = table["all"], table["within_task"]
+    auc = "-" if headline["auc"] is None else f"{100 * headline['auc']:.1f} ± {100 * (headline['auc_se'] or 0):.1f}"
+    log(f"round {rnd} ({arm}): validation process {100 * score.overall:.1f}; own-sketch inspection AUC {auc}"
+        + ("" if within["auc"] is None else f" (within task {100 * within['auc']:.1f})")
+        + ("" if headline.get("recall@0.10") is None else f", recall {100 * headline['recall@0.10']:.0f}% at 10% false alarms"))
     return table
 
 
@@ -203,7 +231,8 @@ def _link(src: str, dst: str) -> None:
 
 
 def _strips(cfg: RunConfig, checkpoint: Path, out: Path, fleet: RolloutFleet | None = None) -> None:
-    """Trajectory strips of the fixed prompts, so rounds can be compared by eye."""
+    """Trajectory strips of the fixed prompts, so rounds can be compared by eye, each with its captions
+    (`<name>.json`: every frame's plan and inspection, the exact judge's verdict) for the report."""
     from PIL import Image
 
     out.mkdir(parents=True, exist_ok=True)
@@ -211,7 +240,9 @@ def _strips(cfg: RunConfig, checkpoint: Path, out: Path, fleet: RolloutFleet | N
                                  out / "rollouts", fleet=fleet)
     for text, trajectory in zip(cfg.loop.strip_prompts, trajectories):
         if trajectory.steps:
-            Image.fromarray(strip_image(trajectory, 2)).save(out / f"{text.replace(' ', '_')}.png")
+            name = text.replace(' ', '_')
+            Image.fromarray(strip_image(trajectory, 2)).save(out / f"{name}.png")
+            (out / f"{name}.json").write_text(json.dumps(captions(trajectory), indent=2))
     shutil.rmtree(out / "rollouts")
 
 
@@ -335,7 +366,8 @@ def _fleet(cfg: RunConfig) -> RolloutFleet | None:
 
 def _rounds(cfg: RunConfig, run_dir: Path, state: RunState, tracker: Tracker, fleet: RolloutFleet | None,
             from_scratch: bool, log: Log) -> None:
-    base_dir = stage(state, run_dir, 0, CHECKPOINT, lambda tmp: base_stage(cfg, from_scratch, tmp), log)
+    base_dir = stage(state, run_dir, 0, CHECKPOINT, lambda tmp: base_stage(cfg, from_scratch, tmp), log,
+                     about(cfg, 0, CHECKPOINT))
     base_checkpoint = base_dir / "checkpoint"
     evaluated = _eval_round(cfg, state, run_dir, 0, base_checkpoint, tracker, log, fleet)
     if state.policy is None:
@@ -348,24 +380,26 @@ def _rounds(cfg: RunConfig, run_dir: Path, state: RunState, tracker: Tracker, fl
         suite = make_suite("train", math.ceil(cfg.loop.prompts_per_round / 6), cfg.loop.seed * 1000 + rnd)
         suite = (suite * per_prompt)[: cfg.loop.prompts_per_round * per_prompt]
         rollouts_dir = stage(state, run_dir, rnd, ROLLOUTS, lambda tmp: rollout_stage(
-            cfg, current, suite, "process", cfg.loop.seed * 7 + rnd, tmp, fleet=fleet), log)
+            cfg, current, suite, "process", cfg.loop.seed * 7 + rnd, tmp, fleet=fleet), log, about(cfg, rnd, ROLLOUTS))
         data_dir = stage(state, run_dir, rnd, DATA, lambda tmp: critique_stage(
-            cfg, rnd, read_jsonl(rollouts_dir / "trajectories"), current, tmp), log)
+            cfg, rnd, read_jsonl(rollouts_dir / "trajectories"), current, tmp), log, about(cfg, rnd, DATA))
         if fleet is not None and cfg.train.distributed == "ray":
             fleet.close()  # Ray holds a live actor's GPUs: free them for Ray Train; the next rollout restarts it
         trained_dir = stage(state, run_dir, rnd, CHECKPOINT, lambda tmp: train_stage(
-            cfg, parent, data_dir / "dataset", tmp, rnd, "policy"), log)
+            cfg, parent, data_dir / "dataset", tmp, rnd, "policy"), log, about(cfg, rnd, CHECKPOINT))
         evaluated = _eval_round(cfg, state, run_dir, rnd, trained_dir / "checkpoint", tracker, log, fleet)
         if cfg.loop.control:
             steps = json.loads((trained_dir / "train_summary.json").read_text())["steps"]
             data_summary = json.loads((data_dir / "summary.json").read_text())
             twin = _control_parent(cfg, state, run_dir, base_checkpoint)
             control_dir = stage(state, run_dir, rnd, CONTROL, lambda tmp: control_stage(
-                cfg, rnd, twin, data_summary, steps, tmp), log)
+                cfg, rnd, twin, data_summary, steps, tmp), log, about(cfg, rnd, CONTROL))
             control = _with_head(cfg, state, run_dir, rnd, control_dir / "checkpoint", "control", log, fleet)
-            stage(state, run_dir, rnd, CONTROL_EVAL, lambda tmp: evaluate(cfg, control, tmp, rnd, "control", fleet), log)
+            control_eval = stage(state, run_dir, rnd, CONTROL_EVAL, lambda tmp: evaluate(
+                cfg, control, tmp, rnd, "control", fleet), log, about(cfg, rnd, CONTROL_EVAL))
+            log(control_line(rnd, run_dir, control_eval))
             stage(state, run_dir, rnd, CONTROL_VALIDATE, lambda tmp: validate(
-                cfg, control, tmp, rnd, "control", fleet, log), log)
+                cfg, control, tmp, rnd, "control", fleet, log), log, about(cfg, rnd, CONTROL_VALIDATE))
         if not state.is_done(rnd, PROMOTE):
             _promote(cfg, state, run_dir, rnd, evaluated, log)
         tracker.sync(rnd)
@@ -379,7 +413,7 @@ def _with_head(cfg: RunConfig, state: RunState, run_dir: Path, rnd: int, checkpo
         return checkpoint
     name = INSPECT_HEAD if arm == "policy" else CONTROL_INSPECT_HEAD
     return stage(state, run_dir, rnd, name, lambda tmp: head_stage(cfg, checkpoint, tmp, rnd, arm, fleet),
-                 log) / "checkpoint"
+                 log, about(cfg, rnd, name)) / "checkpoint"
 
 
 def _eval_round(cfg: RunConfig, state: RunState, run_dir: Path, rnd: int, checkpoint: Path, tracker: Tracker,
@@ -387,14 +421,30 @@ def _eval_round(cfg: RunConfig, state: RunState, run_dir: Path, rnd: int, checkp
     """Evaluate round `rnd`'s policy (with its Inspect head when enabled); returns the checkpoint
     evaluated, the one promotion hands on."""
     checkpoint = _with_head(cfg, state, run_dir, rnd, checkpoint, "policy", log, fleet)
-    eval_dir = stage(state, run_dir, rnd, EVAL, lambda tmp: evaluate(cfg, checkpoint, tmp, rnd, fleet=fleet), log)
-    stage(state, run_dir, rnd, VALIDATE, lambda tmp: validate(cfg, checkpoint, tmp, rnd, fleet=fleet, log=log), log)
+    eval_dir = stage(state, run_dir, rnd, EVAL, lambda tmp: evaluate(cfg, checkpoint, tmp, rnd, fleet=fleet), log,
+                     about(cfg, rnd, EVAL))
+    stage(state, run_dir, rnd, VALIDATE, lambda tmp: validate(cfg, checkpoint, tmp, rnd, fleet=fleet, log=log), log,
+          about(cfg, rnd, VALIDATE))
     rebuild_metrics(run_dir)
     tracker.sync(rnd)
     scores = json.loads((eval_dir / "scores.json").read_text())
     log(f"round {rnd}: " + ", ".join(f"{mode} {100 * s['overall']:.1f} ± {100 * s['overall_se']:.1f}"
                                      for mode, s in scores.items()))
     return checkpoint
+
+
+def control_line(rnd: int, run_dir: Path, control_eval: Path) -> str:
+    """The control's held-out scores beside the policy's, with the gap (points ± SE): whether the
+    round's critique data beat the same steps on base data."""
+    policy = json.loads((round_dir(run_dir, rnd) / EVAL / "scores.json").read_text())
+    control = json.loads((control_eval / "scores.json").read_text())
+    parts = []
+    for mode in (m for m in policy if m in control):
+        p, c = policy[mode], control[mode]
+        se = math.sqrt(p["overall_se"] ** 2 + c["overall_se"] ** 2)
+        parts.append(f"{mode} policy {100 * p['overall']:.1f} vs control {100 * c['overall']:.1f} "
+                     f"(gap {100 * (p['overall'] - c['overall']):+.1f} ± {100 * se:.1f})")
+    return f"round {rnd}: " + ", ".join(parts)
 
 
 def _control_parent(cfg: RunConfig, state: RunState, run_dir: Path, base_checkpoint: Path) -> Path:

@@ -1,6 +1,8 @@
 """`report.html`: one self-contained page (images embedded) that says how the run went.
 
-Per-round accuracy (process vs single-pass, and the control arm), per-task plots, the gaps with
+It opens with a summary box (the policy the run ended with, the net change and whether it is
+significant, wall time), a glossary and the run's metadata; then per-round accuracy (process vs
+single-pass, and the control arm; ±1 SE everywhere), per-task plots, the gaps with
 their standard errors, the own-sketch inspection table (ROC AUC on the validation split), judge statistics (conflicts found per kind, acceptance of corrections,
 outcomes of the rollouts), promotions, and trajectory strips of fixed prompts round by round.
 """
@@ -12,14 +14,19 @@ import html
 import io
 import json
 import math
+import platform
+import subprocess
+import time
 from pathlib import Path
+
+import yaml
 
 from judges import OracleJudge
 from strokes.io import write_atomic
 from strokes.trajectory import read_jsonl
 
 from .inspect_stats import inspect_stats
-from .run_state import RunState
+from .run_state import STAGES, RunState
 
 
 def _rounds(run_dir: Path) -> list[Path]:
@@ -94,11 +101,12 @@ def _plots(data: dict) -> list[str]:
             if not xs:
                 continue
             ys = [100 * r[key][mode]["overall"] for r in rounds if mode in r[key]]
-            es = [200 * r[key][mode]["overall_se"] for r in rounds if mode in r[key]]
-            ax.errorbar(xs, ys, yerr=es, fmt=style, capsize=3, label=f"{arm} {mode}",
-                        alpha=1.0 if arm == "policy" else 0.6)
+            es = [100 * r[key][mode]["overall_se"] for r in rounds if mode in r[key]]
+            control = arm == "control"  # hollow markers on dotted lines, apart from the policy's
+            ax.errorbar(xs, ys, yerr=es, fmt=style[-1], linestyle=":" if control else style[:-1], capsize=3,
+                        label=f"{arm} {mode}", mfc="none" if control else None, alpha=0.7 if control else 1.0)
     ax.set_xlabel("round")
-    ax.set_ylabel("GenEval overall (%), ±2 SE")
+    ax.set_ylabel("GenEval overall (%), ±1 SE")
     ax.set_xticks([r["round"] for r in rounds])
     ax.legend(fontsize=8)
     ax.grid(alpha=0.3)
@@ -116,7 +124,7 @@ def _plots(data: dict) -> list[str]:
         ax.set_xticks([r["round"] for r in rounds])
         ax.set_ylim(-2, 102)
         ax.grid(alpha=0.3)
-    axes[0][-1].legend(fontsize=7, loc="lower right")
+    axes[0][-1].legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.02, 1))  # outside: it hid points
     out.append(_png(fig))
     plt.close(fig)
     return out
@@ -142,10 +150,97 @@ def _pct(s: dict) -> str:
     return f"{100 * s['overall']:.1f} ± {100 * s['overall_se']:.1f}"
 
 
+GLOSSARY = """<h2>Glossary</h2><dl class="glossary">
+<dt>process</dt><dd>The model draws step by step: plan (<code>&lt;ins&gt;</code>, <code>&lt;des&gt;</code>), sketch,
+inspect its own sketch, refine it when the inspection finds a conflict.</dd>
+<dt>single-pass</dt><dd>The same model draws the prompt in one image, with no plan, inspection or refinement.</dd>
+<dt>control</dt><dd>A twin of each round's policy trained for the same number of steps on base data only; the
+policy beating it means the round's critique data helped, not just more training.</dd>
+<dt>promotion</dt><dd>A round's policy becomes the one the next round samples from unless its validation score
+fell more than the tolerance below the current policy's.</dd>
+</dl>"""
+
+
+def _summary(run_dir: Path, data: dict) -> str:
+    """The box a reader sees first: the policy the run ended with, the net change of the process score
+    since round 0 (points ± 1 SE, significant when |gap| > 2 SE) and the wall time."""
+    state = RunState.load(run_dir)
+    items = [f"Current policy: round {state.policy_round}" + ("" if state.policy else " (no policy yet)")]
+    evals = [r for r in data["rounds"] if "process" in r["eval"]]
+    if len(evals) > 1:
+        d, se = gap(evals[-1]["eval"]["process"], evals[0]["eval"]["process"])
+        significant = se > 0 and abs(d) > 2 * se
+        items.append(f"Process score, round {evals[-1]['round']} vs round 0: {100 * d:+.1f} ± {100 * se:.1f} points "
+                     f"({'significant' if significant else 'not significant'}: |gap| "
+                     f"{'>' if significant else '≤'} 2 SE)")
+    elif evals:
+        items.append(f"Process score at round 0: {_pct(evals[0]['eval']['process'])} % (no later round to compare)")
+    seconds = sum(t for *_, t in _stage_times(run_dir))
+    items.append(f"Wall time: {seconds / 60:.1f} min over the stages")
+    return '<div class="summary"><ul>' + "".join(f"<li>{html.escape(i)}</li>" for i in items) + "</ul></div>"
+
+
+def _stage_times(run_dir: Path) -> list[tuple[int, str, float]]:
+    """(round, stage, seconds) of every completed stage, from the stages' own events."""
+    out = []
+    for rd in _rounds(run_dir):
+        for events in (rd / name / "events.jsonl" for name in STAGES):
+            for e in map(json.loads, events.read_text().splitlines() if events.exists() else []):
+                if e.get("event") == "stage":
+                    out.append((e["round"], e["stage"], e["seconds"]))
+    return out
+
+
+def _metadata(run_dir: Path) -> str:
+    """Date, commit, seed, machine, wall time per stage and the config (collapsed): enough to tell two
+    reports apart and to rerun one."""
+    config = run_dir / "config.yaml"
+    text = config.read_text() if config.exists() else ""
+    seed = (yaml.safe_load(text) or {}).get("loop", {}).get("seed", "-")
+    rows = [["date", time.strftime("%Y-%m-%d %H:%M", time.localtime())], ["git commit", _commit()],
+            ["seed (loop.seed)", seed],
+            ["machine", f"{platform.platform()}, {platform.machine()}, Python {platform.python_version()}"]]
+    times = _table(["round", "stage", "seconds"], [list(t) for t in _stage_times(run_dir)])
+    return ("<h2>Run metadata</h2>" + _table(["what", "value"], rows) + "<details><summary>wall time per stage</summary>"
+            + times + "</details><details><summary>config.yaml</summary><pre>" + html.escape(text)
+            + "</pre></details>")
+
+
+def _commit() -> str:
+    """The code's git commit, when the package lives in a git checkout."""
+    try:
+        out = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=Path(__file__).parent, capture_output=True,
+                             text=True, timeout=5)
+    except (OSError, subprocess.TimeoutExpired):
+        return "unknown"
+    return out.stdout.strip() if out.returncode == 0 else "unknown"
+
+
+def _strip(rnd: int, png: Path) -> str:
+    """A trajectory strip with its alt text and, when its captions were saved, each frame's plan and
+    inspection (flagged frames marked) and the exact judge's verdict on the final image."""
+    prompt = png.stem.replace("_", " ")
+    b64 = base64.b64encode(png.read_bytes()).decode()
+    caps = json.loads(png.with_suffix(".json").read_text()) if png.with_suffix(".json").exists() else None
+    verdict = ""
+    if caps and caps["conflicts"] is not None:
+        wrong = "; ".join(caps["conflicts"])
+        verdict = f" ✗ final image wrong: {wrong}" if wrong else " ✓ final image right"
+    frames = "".join(
+        f'<li class="{"flagged" if f["flagged"] else ""}">step {f["step"]} {f["kind"]}: '
+        f'<code>{html.escape(f["instruction"])}</code> — inspection: {html.escape(f["inspection"])}'
+        f'{" ⚑ flagged" if f["flagged"] else ""}</li>' for f in (caps["frames"] if caps else []))
+    return (f"<p><b>round {rnd}</b> — {html.escape(prompt)}{html.escape(verdict)}<br>"
+            f'<img src="data:image/png;base64,{b64}" alt="round {rnd}: every visual state drawn for '
+            f'{html.escape(prompt, quote=True)}, left to right; red frames are deliberately wrong states"></p>'
+            + (f'<ol class="frames">{frames}</ol>' if frames else ""))
+
+
 def write_report(run_dir: Path) -> Path:
     run_dir = Path(run_dir)
     data = collect(run_dir, inspect=True)
-    parts = [f"<h1>strokes run: {html.escape(run_dir.name)}</h1>"]
+    parts = [f"<h1>strokes run: {html.escape(run_dir.name)}</h1>", _summary(run_dir, data), GLOSSARY,
+             _metadata(run_dir)]
     rows = []
     for r in data["rounds"]:
         for arm, key in (("policy", "eval"), ("control", "control")):
@@ -156,7 +251,9 @@ def write_report(run_dir: Path) -> Path:
         tasks = list(next(iter(first["eval"].values()))["per_task"])
         parts.append("<h2>Accuracy on the held-out suite (GenEval rules, %, ± 1 SE)</h2>")
         parts.append(_table(["round", "arm", "mode", "overall"] + tasks, rows))
-    parts += [f'<img src="data:image/png;base64,{p}">' for p in _plots(data)]
+    alts = ["GenEval overall per round, policy and control arms, per eval mode, with ±1 SE error bars",
+            "Per-task accuracy per round, one panel per eval mode"]
+    parts += [f'<img src="data:image/png;base64,{p}" alt="{alt}">' for p, alt in zip(_plots(data), alts)]
     parts.append("<h2>Gaps (overall, points ± SE)</h2>")
     gaps = []
     evals = [r for r in data["rounds"] if "process" in r["eval"]]
@@ -164,9 +261,11 @@ def write_report(run_dir: Path) -> Path:
         r0, last = evals[0], evals[-1]
         d, se = gap(last["eval"]["process"], r0["eval"]["process"])
         gaps.append([f"round {last['round']} vs round 0 (process)", f"{100 * d:+.1f} ± {100 * se:.1f}", f"{d / se:.1f}" if se else "-"])
-        if "single_pass" in last["eval"]:
-            d, se = gap(last["eval"]["process"], last["eval"]["single_pass"])
-            gaps.append([f"process vs single-pass (round {last['round']})", f"{100 * d:+.1f} ± {100 * se:.1f}", f"{d / se:.1f}" if se else "-"])
+        for r in ([r0, last] if last is not r0 else [r0]):  # did the rounds change what the process adds?
+            if "single_pass" in r["eval"]:
+                d, se = gap(r["eval"]["process"], r["eval"]["single_pass"])
+                gaps.append([f"process vs single-pass (round {r['round']})", f"{100 * d:+.1f} ± {100 * se:.1f}",
+                             f"{d / se:.1f}" if se else "-"])
         if "process" in last["control"]:
             d, se = gap(last["eval"]["process"], last["control"]["process"])
             gaps.append([f"round {last['round']} vs control (process)", f"{100 * d:+.1f} ± {100 * se:.1f}", f"{d / se:.1f}" if se else "-"])
@@ -213,20 +312,20 @@ def write_report(run_dir: Path) -> Path:
                              "conflicts found (source:kind)", "corrections accepted"], judge_rows))
     if data["promotions"]:
         parts.append("<h2>Promotions</h2>")
-        parts.append(_table(["round", "promoted", "new", "current", "tolerance"],
-                            [[k, v["promoted"], f"{100 * v['new']:.1f}", f"{100 * v['current']:.1f}", v["tolerance"]]
+        parts.append(_table(["round", "promoted", "new (validation %)", "current (validation %)",
+                             "tolerance (points)"],
+                            [[k, v["promoted"], f"{100 * v['new']:.1f}", f"{100 * v['current']:.1f}",
+                              f"{100 * v['tolerance']:.1f}"]
                              for k, v in sorted(data["promotions"].items(), key=lambda kv: int(kv[0]))]))
-    strips = []
-    for rd in _rounds(run_dir):
-        for p in sorted((rd / "eval" / "strips").glob("*.png")) if (rd / "eval" / "strips").exists() else []:
-            b64 = base64.b64encode(p.read_bytes()).decode()
-            strips.append(f"<p><b>round {int(rd.name[6:])}</b> — {html.escape(p.stem.replace('_', ' '))}<br>"
-                          f'<img src="data:image/png;base64,{b64}"></p>')
+    strips = [_strip(int(rd.name[6:]), p) for rd in _rounds(run_dir)
+              for p in (sorted((rd / "eval" / "strips").glob("*.png")) if (rd / "eval" / "strips").exists() else [])]
     if strips:
         parts.append("<h2>Trajectory strips of fixed prompts, round by round</h2>")
         parts += strips
     style = ("<style>body{font-family:sans-serif;max-width:1100px;margin:2em auto}table{border-collapse:collapse;"
-             "margin:1em 0}td,th{border:1px solid #ccc;padding:3px 8px;font-size:13px}</style>")
+             "margin:1em 0}td,th{border:1px solid #ccc;padding:3px 8px;font-size:13px}"
+             ".summary{border:2px solid #447;background:#f3f5fb;padding:.5em 1em;margin:1em 0}"
+             ".flagged{color:#b00}ol.frames{font-size:13px}</style>")
     page = f"<!doctype html><html><head><meta charset='utf-8'><title>strokes report</title>{style}</head><body>"
     page += "\n".join(parts) + "</body></html>"
     return write_atomic(run_dir / "report.html", page)

@@ -45,6 +45,8 @@ class Tracker:
 
             os.environ.setdefault("WANDB_DIR", str(run_dir))
             os.environ.setdefault("WANDB_DATA_DIR", str(run_dir / "wandb"))
+            if cfg.mode == "offline":  # the banner and "URL not available" warnings point nowhere offline
+                os.environ.setdefault("WANDB_SILENT", "true")
             id_file = run_dir / "wandb_id"
             run_id = id_file.read_text().strip() if id_file.exists() else uuid.uuid4().hex[:8]
             id_file.write_text(run_id)

@@ -5,7 +5,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from strokes.shapeworld import PromptRecord, check
+from strokes.language import CONFLICT
+from strokes.shapeworld import PromptRecord, check, record_from_text
 from strokes.trajectory import Trajectory
 
 SCALE = 3  # strip panels are the canvas scaled up this much (nearest neighbour)
@@ -43,13 +44,46 @@ def strip_image(t: Trajectory, scale: int = SCALE) -> np.ndarray:
     return canvas
 
 
-def describe(t: Trajectory, index: int | None = None) -> str:
+def flagged(inspection: str) -> bool:
+    """Whether the model's inspection of a visual state says it conflicts with the plan or prompt."""
+    return inspection.strip().startswith(CONFLICT)
+
+
+def flagged_steps(t: Trajectory) -> list[int]:
+    """The steps (from 1) whose sketch the model's own inspection flagged."""
+    return [k for k, s in enumerate(t.steps, start=1) if flagged(s.inspection)]
+
+
+def final_conflicts(t: Trajectory) -> list[str] | None:
+    """What the exact judge finds wrong with the final image ([] when it satisfies the prompt); None
+    when there is no image or no record (the prompt parses into none of ShapeWorld's templates)."""
+    record = PromptRecord.from_json(t.record) if t.record else record_from_text(t.prompt)
+    if record is None or t.final_image is None:
+        return None
+    return [c.sentence() for c in check(record, t.final_image)]
+
+
+def captions(t: Trajectory) -> dict:
+    """Words for a strip, frame by frame in `states` order: the step's <ins> (or <refine>), the
+    model's inspection and whether it flagged the frame; and the final image's exact verdict
+    (`conflicts` [] when right, None when it cannot be checked)."""
+    frames = []
+    for k, s in enumerate(t.steps, start=1):
+        frames.append({"step": k, "kind": "sketch", "instruction": s.instruction, "inspection": s.inspection,
+                       "flagged": flagged(s.inspection)})
+        frames.extend({"step": k, "kind": "refinement", "instruction": r.instruction, "inspection": r.inspection,
+                       "flagged": flagged(r.inspection)} for r in s.refinements)
+    return {"prompt": t.prompt, "frames": frames, "conflicts": final_conflicts(t)}
+
+
+def describe(t: Trajectory, index: int | None = None, header: bool = True) -> str:
     """A trajectory as readable text: prompt; per step the plan (<ins>, <des>), inspection and
-    refinements, with the loss flags; the final image's GenEval verdict when the record is known."""
+    refinements, with the loss flags; the final image's GenEval verdict when the record is known.
+    `header` names where the trajectory came from (a data set's source and variant)."""
     variant = t.meta.get("error", t.meta.get("detour", t.meta.get("outcome", "none")))
     head = (f"#{index}  " if index is not None else "") + f"{t.source} ({variant})"
     head += f"  task {t.meta['tag']}" if "tag" in t.meta else ""
-    lines = [head, f"  prompt:  {t.prompt}"]
+    lines = ([head] if header else []) + [f"  prompt:  {t.prompt}"]
     if t.single_pass:
         lines.append("  single pass: the prompt, then one image")
     for k, s in enumerate([] if t.single_pass else t.steps, start=1):

@@ -86,7 +86,7 @@ def sft_config(cfg: TrainConfig, out: Path):
         report_to=[] if cfg.report_to == "none" else [cfg.report_to],
         dataloader_num_workers=0,
         dataloader_pin_memory=cuda,
-        disable_tqdm=False,
+        disable_tqdm=True,  # transformers' own bar and printer print raw log dicts; ConsoleProgress replaces them
         dataset_num_proc=None,
     )
 
@@ -109,6 +109,9 @@ def make_trainer(policy, train_dataset, cfg: TrainConfig, out: str | Path, callb
     )
     if cfg.packing:
         trainer.data_collator = PackedRowsCollator(trainer.data_collator.pad_token_id)
+    from transformers.trainer_callback import PrinterCallback
+
+    trainer.remove_callback(PrinterCallback)
     return trainer
 
 
@@ -122,11 +125,14 @@ def _peft_config(cfg: TrainConfig):
 
 
 def _callbacks(path: Path, max_minutes: float) -> list:
-    """`metrics.jsonl` gets every log line (the same dict wandb gets); a wall-time budget stops the
-    run after a step, saving a trainer checkpoint first so that the next call resumes there."""
-    from .sft_trainer import MetricsFile, TimeBudget
+    """`metrics.jsonl` gets every log line (the same dict wandb gets); the console a bar and one short
+    line per logging step (`strokes.console`); a wall-time budget stops the run after a step, saving
+    a trainer checkpoint first so that the next call resumes there."""
+    from strokes import console
 
-    return [MetricsFile(path), TimeBudget(max_minutes)]
+    from .sft_trainer import ConsoleProgress, MetricsFile, TimeBudget
+
+    return [MetricsFile(path), ConsoleProgress(bar=console.bars(), lines=console.lines()), TimeBudget(max_minutes)]
 
 
 def setup_wandb(cfg: TrainConfig, out: Path) -> bool:
@@ -138,6 +144,8 @@ def setup_wandb(cfg: TrainConfig, out: Path) -> bool:
     import wandb
 
     os.environ.setdefault("WANDB_MODE", "offline")
+    if os.environ["WANDB_MODE"] == "offline":  # no banner, no "URL not available" warnings: nothing to visit
+        os.environ.setdefault("WANDB_SILENT", "true")
     os.environ.setdefault("WANDB_DIR", str(out))
     os.environ.setdefault("WANDB_PROJECT", "strokes")
     return wandb.run is None

@@ -109,6 +109,47 @@ class MetricsFile(TrainerCallback):
             f.write(json.dumps(row) + "\n")
 
 
+class ConsoleProgress(TrainerCallback):
+    """What a person watching sees of training: a tqdm bar of optimizer steps (`bar`) and at most one
+    short line per logging step (`lines`), e.g. `step 20/43 loss 0.086 3.0k tok/s`, in place of
+    transformers' raw log dicts; the full record is `MetricsFile`'s."""
+
+    def __init__(self, bar: bool, lines: bool) -> None:
+        self.show_bar, self.show_lines = bar, lines
+        self.bar = None
+
+    def on_train_begin(self, args, state, control, **kw):
+        if self.show_bar and state.is_world_process_zero:
+            from tqdm import tqdm
+
+            self.bar = tqdm(total=state.max_steps, initial=state.global_step, unit="step", desc="sft")
+
+    def on_step_end(self, args, state, control, **kw):
+        if self.bar is not None:
+            self.bar.update(state.global_step - self.bar.n)
+
+    def on_log(self, args, state, control, logs=None, **kw):
+        if self.show_lines and state.is_world_process_zero and "loss" in (logs or {}):
+            line = step_line(state.global_step, state.max_steps, logs)
+            if self.bar is not None:
+                self.bar.write(line)
+            else:
+                print(line, flush=True)
+
+    def on_train_end(self, args, state, control, **kw):
+        if self.bar is not None:
+            self.bar.close()
+            self.bar = None
+
+
+def step_line(step: int, max_steps: int, logs: dict) -> str:
+    """One logging step as a short line: `step 20/43 loss 0.086 3.0k tok/s`."""
+    line = f"step {step}/{max_steps} loss {float(logs['loss']):.3f}"
+    if "tokens_per_s" in logs:
+        line += f" {logs['tokens_per_s'] / 1000:.1f}k tok/s"
+    return line
+
+
 class TimeBudget(TrainerCallback):
     """Stops training after the step that exhausts `max_minutes` of wall time (0: no budget), saving
     a trainer checkpoint first so that the next call resumes there."""

@@ -33,6 +33,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--from-scratch", action="store_true", help="train the base model (loop.base_recipe) instead of "
                                                                  "starting from the shipped checkpoint")
     p.add_argument("--dry-run", action="store_true", help="validate the config and print the plan; run nothing")
+    p.add_argument("--quiet", action="store_true", help="no progress bars or per-step training lines (bars show "
+                                                        "only when stderr is a terminal anyway)")
     p.set_defaults(func=run)
 
 
@@ -87,10 +89,12 @@ def run(args: argparse.Namespace) -> None:
     import json
     import time
 
+    from strokes import console
     from strokes.errors import InputError
 
     from ..config import load_config
 
+    console.set_quiet(args.quiet)
     cfg = load_config(args.config, args.set)
     name = args.name or Path(args.config).stem
     run_dir = Path(args.runs) / name
@@ -99,13 +103,20 @@ def run(args: argparse.Namespace) -> None:
     if args.resume and run_dir.is_dir():
         _check_resume(cfg, run_dir, args.allow_change)
     if args.dry_run:
-        from ..dry_run import plan
+        import sys
 
-        print(json.dumps(plan(cfg, args.from_scratch), indent=2))
+        from ..dry_run import plan, warnings
+
+        planned = plan(cfg, args.from_scratch)
+        print(json.dumps(planned, indent=2))
+        for line in warnings(cfg, planned):
+            print(line, file=sys.stderr)
         return
     if run_dir.exists() and any(run_dir.iterdir()) and not args.resume:
         raise InputError(f"{run_dir}: run exists; pass --resume to continue it or --name for a new one")
     from ..loop import run as run_loop
+
+    console.hush_libraries()
 
     t0 = time.time()
     state = run_loop(cfg, run_dir, from_scratch=args.from_scratch)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+from pathlib import Path
 
 MODES = {"process": "process", "single-pass": "single_pass", "single_pass": "single_pass"}
 
@@ -44,7 +45,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("sample", help="sample one trajectory for a prompt and write its image strip")
     p.add_argument("checkpoint", help="policy folder (save_pretrained)")
     p.add_argument("prompt", help='e.g. "a red circle left of a blue square"')
-    p.add_argument("--out", default="strip.png", help="image strip: every visual state side by side")
+    p.add_argument("--out", default="out/strip.png", help="image strip: every visual state side by side "
+                                                           "(default out/strip.png; folders are made)")
     p.add_argument("--interactive", action="store_true", help="accept or rewrite each plan before its sketch")
     p.add_argument("--mode", choices=sorted(MODES), default="process")
     p.add_argument("--scale", type=int, default=4, help="upscaling of the strip")
@@ -89,6 +91,7 @@ def run(args: argparse.Namespace) -> None:
     from rollout.outputs import save_png_atomic
     from strokes.errors import InputError
     from strokes.model.tiny import Policy
+    from strokes.shapeworld import record_from_text
 
     from ..visualize import describe, strip_image
 
@@ -107,8 +110,26 @@ def run(args: argparse.Namespace) -> None:
     if args.interactive:
         def hook(prompt: str, step: int, ins: str, des: str):
             return _ask_plan(policy.processor, prompt, step, ins, des)
-    traj = engine.run([args.prompt], plan_hook=hook)[0]
-    print(describe(traj))
+    record = record_from_text(args.prompt)  # the same prompt text, and the exact judge can check the result
+    traj = engine.run([record or args.prompt], plan_hook=hook)[0]
+    print(describe(traj, header=False))
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     path = save_png_atomic(strip_image(traj, args.scale), args.out)
     print(f"wrote {path}")
+    print(verdict_lines(traj))
     sys.stdout.flush()
+
+
+def verdict_lines(traj) -> str:
+    """How the sample ended: whether the final image satisfies the prompt by the exact judge, and
+    which steps the model's own inspection flagged."""
+    from ..visualize import final_conflicts, flagged_steps
+
+    conflicts = final_conflicts(traj)
+    if conflicts is None:
+        verdict = "unknown (the prompt fits none of ShapeWorld's templates, so the exact judge cannot check it)"
+    else:
+        verdict = "yes" if not conflicts else "no: " + "; ".join(conflicts)
+    steps = flagged_steps(traj)
+    return (f"final image satisfies the prompt (exact judge): {verdict}\n"
+            f"steps the model flagged: {', '.join(map(str, steps)) if steps else 'none'}")

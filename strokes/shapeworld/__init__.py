@@ -12,7 +12,7 @@ import numpy as np
 
 from ..verdict import Conflict
 from .check import check, check_detections, is_correct
-from .records import TASKS, Exclusion, PromptRecord, Requirement, read_records, write_records
+from .records import TASKS, Exclusion, PromptRecord, Requirement, read_records, record_from_text, write_records
 from .render import Detection, detect, render
 from .scene import CANVAS, COLORS, RELATIONS, SHAPES, Obj, Scene, relations
 from .suites import is_held_out, make_suite, sample_record, target_scene
@@ -45,5 +45,6 @@ class ShapeWorld:
 __all__ = [
     "CANVAS", "COLORS", "RELATIONS", "SHAPES", "TASKS", "Detection", "Exclusion", "Obj", "PromptRecord",
     "Requirement", "Scene", "ShapeWorld", "check", "check_detections", "detect", "is_correct", "is_held_out",
-    "make_suite", "read_records", "relations", "render", "sample_record", "target_scene", "write_records",
+    "make_suite", "read_records", "record_from_text", "relations", "render", "sample_record", "target_scene",
+    "write_records",
 ]

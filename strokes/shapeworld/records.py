@@ -141,6 +141,44 @@ def prompt_text(rec: PromptRecord) -> str:
     return " and ".join(phrase(r) for r in inc)
 
 
+def record_from_text(text: str) -> PromptRecord | None:
+    """The record a prompt in our templates (`prompt_text`) stands for, so that the exact judge can
+    check an image drawn for a typed prompt; None when the text is in none of the templates."""
+    text = " ".join(text.split())
+    for rel in RELATIONS:  # '<obj> left of <ref>': the reference is group 0
+        obj, sep, ref = text.partition(f" {rel} ")
+        if sep:
+            a, b = _noun(ref), _noun(obj)
+            if not (a and b):
+                return None
+            return _checked(text, "position", (a, Requirement(b.shape, b.count, b.color, (rel, 0))))
+    groups = tuple(_noun(part) for part in text.split(" and "))
+    if not all(groups):
+        return None
+    if len(groups) == 2:
+        return _checked(text, "color_attr" if all(g.color for g in groups) else "two_object", groups)
+    (g,) = groups
+    if g.count > 1:
+        return _checked(text, "counting", groups, (Exclusion(g.shape, g.count + 1),))
+    return _checked(text, "colors" if g.color else "single_object", groups)
+
+
+def _noun(phrase: str) -> Requirement | None:
+    """'a red circle', 'three triangles' as a requirement (None when it is no noun phrase of ours)."""
+    for shape in SHAPES:
+        for count in range(1, 11):
+            for color in (None, *COLORS):
+                if noun_phrase(shape, count, color) == phrase:
+                    return Requirement(shape, count, color)
+    return None
+
+
+def _checked(text: str, tag: str, include: tuple, exclude: tuple = ()) -> PromptRecord | None:
+    """The record, if writing it out gives `text` back (so the parse means what the prompt says)."""
+    rec = PromptRecord(tag, include, exclude)
+    return PromptRecord(tag, include, exclude, text) if prompt_text(rec) == text else None
+
+
 def read_records(path: str | Path) -> list[PromptRecord]:
     """Read a GenEval-format JSONL file; a bad line raises InputError naming file and line."""
     p = Path(path)
