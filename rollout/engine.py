@@ -95,7 +95,7 @@ class Engine:
             head = getattr(self.policy, "inspect_head", None)
             if head is None:
                 raise InputError("rollout.inspect: 'head' needs a checkpoint with an Inspect head "
-                                 "(inspect_head.json; the loop fits one with loop.inspect_head)")
+                                 "(inspect_head.json; the loop fits one with inspect_head.enabled)")
             weight = torch.tensor(head.weight, dtype=torch.float32, device=self.device)
             return InspectRule(conflict[0], aligned[0], head.threshold, weight, head.bias)
         threshold = self.cfg.inspect_threshold if self.cfg.inspect == "threshold" else None

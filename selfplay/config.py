@@ -21,8 +21,8 @@ from typing import ClassVar
 from judges.config import JudgeConfig
 from rollout.config import RolloutConfig
 from strokes.config_loader import load, require
-from strokes.errors import InputError
 from strokes.data.build import DataConfig
+from strokes.errors import InputError
 from strokes.model.tiny import ModelConfig
 from trainer.config import TrainConfig
 

@@ -49,7 +49,7 @@ from .critique import build_self_critique, build_symbolic_critique
 from .inspect_eval import inspection_table, label_states, summary_event
 from .inspect_head import fit_inspect_head
 from .oracle_planner import planner_rollout
-from .report import write_report
+from .report import gap, write_report
 from .run_state import (CHECKPOINT, CONTROL, CONTROL_EVAL, CONTROL_INSPECT_HEAD, CONTROL_VALIDATE, DATA, EVAL,
                         INSPECT_HEAD, PROMOTE, ROLLOUTS, STAGES, VALIDATE, RunState, round_dir)
 from .tracking import Tracker
@@ -440,10 +440,9 @@ def control_line(rnd: int, run_dir: Path, control_eval: Path) -> str:
     control = json.loads((control_eval / "scores.json").read_text())
     parts = []
     for mode in (m for m in policy if m in control):
-        p, c = policy[mode], control[mode]
-        se = math.sqrt(p["overall_se"] ** 2 + c["overall_se"] ** 2)
-        parts.append(f"{mode} policy {100 * p['overall']:.1f} vs control {100 * c['overall']:.1f} "
-                     f"(gap {100 * (p['overall'] - c['overall']):+.1f} ± {100 * se:.1f})")
+        d, se = gap(policy[mode], control[mode])
+        parts.append(f"{mode} policy {100 * policy[mode]['overall']:.1f} vs control {100 * control[mode]['overall']:.1f} "
+                     f"(gap {100 * d:+.1f} ± {100 * se:.1f})")
     return f"round {rnd}: " + ", ".join(parts)
 
 

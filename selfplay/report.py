@@ -167,26 +167,27 @@ def _summary(run_dir: Path, data: dict) -> str:
     state = RunState.load(run_dir)
     items = [f"Current policy: round {state.policy_round}" + ("" if state.policy else " (no policy yet)")]
     evals = [r for r in data["rounds"] if "process" in r["eval"]]
-    if len(evals) > 1 and state.policy_round == 0:
-        items.append("Net change: none — no round was promoted, so the run ends with round 0's policy")
-    for label, r in (("Net change (the policy the run ended with)", _round(evals, state.policy_round or -1)),
-                     ("Last round", evals[-1] if len(evals) > 1 and evals[-1]["round"] != state.policy_round else None)):
-        if r is None or len(evals) < 2:
-            continue
-        d, se = gap(r["eval"]["process"], evals[0]["eval"]["process"])
-        significant = se > 0 and abs(d) > 2 * se
-        items.append(f"{label}: process score of round {r['round']} vs round 0 {100 * d:+.1f} ± {100 * se:.1f} "
-                     f"points ({'significant' if significant else 'not significant'}: |gap| "
-                     f"{'>' if significant else '≤'} 2 SE)")
-    if len(evals) == 1:
+    ended = next((r for r in evals if r["round"] == state.policy_round), None)
+    if len(evals) > 1:
+        if state.policy_round == 0:
+            items.append("Net change: none — no round was promoted, so the run ends with round 0's policy")
+        elif ended is not None:
+            items.append(_change("Net change (the policy the run ended with)", ended, evals[0]))
+        if evals[-1] is not ended:
+            items.append(_change("Last round", evals[-1], evals[0]))
+    elif evals:
         items.append(f"Process score at round 0: {_pct(evals[0]['eval']['process'])} % (no later round to compare)")
     seconds = sum(t for *_, t in _stage_times(run_dir))
     items.append(f"Wall time: {seconds / 60:.1f} min over the stages")
     return '<div class="summary"><ul>' + "".join(f"<li>{html.escape(i)}</li>" for i in items) + "</ul></div>"
 
 
-def _round(evals: list[dict], rnd: int) -> dict | None:
-    return next((r for r in evals if r["round"] == rnd), None)
+def _change(label: str, r: dict, r0: dict) -> str:
+    """A round's process score against round 0's, in points ± 1 SE, and whether |gap| > 2 SE."""
+    d, se = gap(r["eval"]["process"], r0["eval"]["process"])
+    significant = se > 0 and abs(d) > 2 * se
+    return (f"{label}: process score of round {r['round']} vs round 0 {100 * d:+.1f} ± {100 * se:.1f} points "
+            f"({'significant' if significant else 'not significant'}: |gap| {'>' if significant else '≤'} 2 SE)")
 
 
 def _stage_times(run_dir: Path) -> list[tuple[int, str, float]]:
@@ -241,7 +242,7 @@ def _strip(rnd: int, png: Path) -> str:
         f'{" ⚑ flagged" if f["flagged"] else ""}</li>' for f in (caps["frames"] if caps else []))
     return (f"<p><b>round {rnd}</b> — {html.escape(prompt)}{html.escape(verdict)}<br>"
             f'<img src="data:image/png;base64,{b64}" alt="round {rnd}: every visual state drawn for '
-            f'{html.escape(prompt, quote=True)}, left to right; red frames are deliberately wrong states"></p>'
+            f'{html.escape(prompt, quote=True)}, left to right"></p>'
             + (f'<ol class="frames">{frames}</ol>' if frames else ""))
 
 
