@@ -89,6 +89,8 @@ class Output:
     ids: list[int]  # context + generated tokens
     context_length: int
     error: str = ""  # why the row did not end inside the grammar ("" when it did)
+    logprobs: list[float] = field(default_factory=list)  # per generated token, with `record_logprobs`
+    chosen: list[bool] = field(default_factory=list)  # per generated token: did the model choose it?
 
     @property
     def generated(self) -> list[int]:
@@ -100,7 +102,7 @@ class _Rows:
 
     LONG = ("key", "state", "span", "steps", "refines", "left", "pos", "n_out", "f_pos", "f_len")
     BOOL = ("paused", "done")
-    MATRIX = ("logits", "out", "vcol", "forced", "attn")
+    MATRIX = ("logits", "out", "vcol", "forced", "attn", "lp", "chosen")
 
     def __init__(self) -> None:
         self.cache = None
@@ -163,7 +165,8 @@ class Decoder:
     def __init__(self, model, grammar: Grammar, *, temperature: float = 1.0, top_k: int = 0,
                  top_p: float = 1.0, batch_size: int = 64, max_new_tokens: int = 0,
                  refill_fraction: float = 0.25, compact_fraction: float = 0.0, kv_cache: str = "growing",
-                 guidance_scale: float = 1.0, inspect_rule: InspectRule | None = None) -> None:
+                 guidance_scale: float = 1.0, inspect_rule: InspectRule | None = None,
+                 record_logprobs: bool = False) -> None:
         self.model = model
         self.grammar = grammar
         self.temperature = temperature
@@ -177,6 +180,11 @@ class Decoder:
         self.kv_cache = kv_cache
         self.guidance_scale = guidance_scale
         self.inspect_rule = inspect_rule
+        # RL needs, per generated token, log p(token) under the model's own distribution at the
+        # sampling temperature, unmasked (what a trainer's forward of the same tokens computes), and
+        # whether the model chose it: a token the grammar forced (one legal token), an intervention
+        # appended or a threshold decided was not sampled from the model, so it has no policy gradient.
+        self.record_logprobs = record_logprobs
         self.inspect_scores: dict[int, list[float]] = {}  # per context: P(conflict) of each inspection
         self._leads = 0  # with guidance: rows with key >= _leads are twins of key - _leads (see run)
         self.device = grammar.device
@@ -254,6 +262,8 @@ class Decoder:
         width = int(r.left.max().clamp(min=1))
         r.out = torch.full((n, width), self.pad_id, dtype=torch.long, device=dev)
         r.vcol = torch.zeros((n, width), dtype=torch.long, device=dev)
+        r.lp = torch.zeros((n, width if self.record_logprobs else 1), dtype=torch.float32, device=dev)
+        r.chosen = torch.zeros((n, width if self.record_logprobs else 1), dtype=torch.bool, device=dev)
         r.forced = torch.zeros((n, 1), dtype=torch.long, device=dev)
         r.attn = attn
         return r
@@ -321,8 +331,12 @@ class Decoder:
                 if k >= n:  # a twin
                     continue
                 ctx = list(contexts[k])
-                gen = rows.out[i, : int(rows.n_out[i])].tolist()
+                n_out = int(rows.n_out[i])
+                gen = rows.out[i, :n_out].tolist()
                 outputs[k] = Output(ctx + gen, len(ctx), errors.get(k, ""))
+                if self.record_logprobs:
+                    outputs[k].logprobs = rows.lp[i, :n_out].tolist()
+                    outputs[k].chosen = rows.chosen[i, :n_out].tolist()
                 if on_done is not None:
                     on_done(k, outputs[k])
 
@@ -368,7 +382,7 @@ class Decoder:
         stuck = feed & (mid == M_NONE)
         mid = torch.where(feed & ~stuck, mid, torch.full_like(mid, M_PAD))
         allowed = g.masks[mid]
-        verdict = self._verdict(r, feed & ~has_f, logits) if self.inspect_rule is not None else logits
+        verdict, decided = self._verdict(r, feed & ~has_f, logits) if self.inspect_rule is not None else (logits, None)
         tok = self._sample(verdict, allowed, gen)
         if r.forced.shape[1] and bool(has_f.any()):
             ftok = r.forced.gather(1, r.f_pos.clamp(max=r.forced.shape[1] - 1)[:, None]).squeeze(1)
@@ -391,6 +405,14 @@ class Decoder:
         r.out.scatter_(1, idx, torch.where(feed, tok, r.out.gather(1, idx).squeeze(1))[:, None])
         vcol = torch.full_like(tok, r.columns + r.origin)
         r.vcol.scatter_(1, idx, torch.where(feed, vcol, r.vcol.gather(1, idx).squeeze(1))[:, None])
+        if self.record_logprobs:
+            scaled = logits / (self.temperature or 1.0)
+            lp = torch.log_softmax(scaled, -1).gather(1, tok[:, None]).squeeze(1)
+            chosen = ~has_f & (allowed.sum(-1) > 1)
+            if decided is not None:
+                chosen &= ~decided
+            r.lp.scatter_(1, idx, torch.where(feed, lp, r.lp.gather(1, idx).squeeze(1))[:, None])
+            r.chosen.scatter_(1, idx, torch.where(feed, chosen, r.chosen.gather(1, idx).squeeze(1))[:, None])
         r.n_out += feed
         state, span, steps, refines = g.advance(tok, r.state, r.span, r.steps, r.refines)
         r.state = torch.where(feed, state, r.state)
@@ -418,22 +440,23 @@ class Decoder:
             kvcache.append_empty_column(r.cache)
         return newly_done
 
-    def _verdict(self, r: _Rows, sampling: torch.Tensor, logits: torch.Tensor) -> torch.Tensor:
+    def _verdict(self, r: _Rows, sampling: torch.Tensor, logits: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
         """Rows about to write an inspection's first word: record P(conflict) and, with a threshold,
-        leave only the verdict it chooses."""
+        leave only the verdict it chooses. Returns the logits to sample from and the rows whose
+        verdict the threshold decided (None: none)."""
         first = sampling & (r.state == INSPECT) & (r.span == 0)
         if not bool(first.any()):
-            return logits
+            return logits, None
         rule = self.inspect_rule
         p = rule.p_conflict(logits)
         for i in first.nonzero().flatten().tolist():
             if not self._leads or int(r.key[i]) < self._leads:  # a twin's verdict is its lead's
                 self.inspect_scores.setdefault(int(r.key[i]), []).append(float(p[i]))
         if rule.threshold is None:
-            return logits
+            return logits, None
         choice = torch.where(p >= rule.threshold, rule.conflict_id, rule.aligned_id)
         only = torch.full_like(logits, float("-inf")).scatter_(1, choice[:, None], 0.0)
-        return torch.where(first[:, None], only, logits)
+        return torch.where(first[:, None], only, logits), first
 
     def _compact(self, r: _Rows, force: bool = False) -> _Rows:
         """Drop finished rows from the batch when enough have finished (or when `force`d)."""

@@ -12,6 +12,7 @@ gets it as a plain callable, so `judges/` never imports this package.
 from __future__ import annotations
 
 import time
+from dataclasses import dataclass
 from typing import Callable, Sequence
 
 import torch
@@ -27,6 +28,20 @@ from .grammar import Grammar
 from .interventions import JudgeInTheLoop, PlanHook, PlanReview, RetryOnConflict
 
 Prompt = PromptRecord | str
+
+
+@dataclass
+class Sampled:
+    """One rollout as an RL trainer needs it: the trajectory, its tokens split into the prompt's and
+    the generated ones, each generated token's log-probability under the policy that sampled it
+    (unmasked, at the sampling temperature: what the trainer's forward of the same tokens computes)
+    and whether the model chose it (1) or the grammar or an intervention did (0)."""
+
+    trajectory: Trajectory
+    prompt_ids: list[int]
+    completion_ids: list[int]
+    logprobs: list[float]
+    chosen: list[int]
 
 
 def resolve_device(name: str) -> torch.device:
@@ -66,10 +81,11 @@ class Engine:
         model.eval()
         self.model = model
         self.decoder = self._decoder(cfg.mode)
+        self._sampling_decoder: Decoder | None = None  # the same, recording log-probs (`sample`)
         self._inspect_decoder: Decoder | None = None
         self.stats = {"trajectories": 0, "failed": 0, "tokens": 0, "seconds": 0.0}
 
-    def _decoder(self, mode: str) -> Decoder:
+    def _decoder(self, mode: str, record_logprobs: bool = False) -> Decoder:
         c = self.cfg
         vocab = int(self.model.get_output_embeddings().weight.shape[0])
         grammar = Grammar(self.processor, vocab, mode=mode, max_steps=c.max_steps, max_refines=c.max_refines,
@@ -78,7 +94,8 @@ class Engine:
                        batch_size=c.batch_size, max_new_tokens=c.max_new_tokens,
                        refill_fraction=c.refill_fraction or (0.25 if self.device.type == "cuda" else 1.0),
                        compact_fraction=c.compact_fraction,
-                       kv_cache=c.kv_cache, guidance_scale=c.cfg_scale, inspect_rule=self._inspect_rule(mode))
+                       kv_cache=c.kv_cache, guidance_scale=c.cfg_scale, inspect_rule=self._inspect_rule(mode),
+                       record_logprobs=record_logprobs)
 
     def _inspect_rule(self, mode: str) -> InspectRule | None:
         """In process mode the decoder records the model's P(conflict) at every inspection (and
@@ -110,43 +127,60 @@ class Engine:
             on_done: Callable[[int, Trajectory], None] | None = None) -> list[Trajectory]:
         """Trajectories for `prompts`, in order. `plan_hook(prompt, step, instruction, description)`
         may accept (None) or rewrite ((instruction, description)) each plan before its sketch."""
+        return self._run(self.decoder, prompts, seed, plan_hook, on_done)[0]
+
+    def sample(self, prompts: Sequence[Prompt], seed: int | None = None) -> list[Sampled]:
+        """Rollouts with their tokens and log-probabilities, for RL (`Sampled`). Guidance would make
+        the sampling distribution one the trainer's forward cannot reproduce, so it is refused."""
+        if self.cfg.cfg_scale != 1:
+            raise InputError("rollout.cfg_scale: RL rollouts need 1 (guided logits are not the policy's)")
+        if self._sampling_decoder is None:
+            self._sampling_decoder = self._decoder(self.cfg.mode, record_logprobs=True)
+        trajs, outs = self._run(self._sampling_decoder, prompts, seed)
+        return [Sampled(t, o.ids[: o.context_length], o.generated, o.logprobs, [int(c) for c in o.chosen])
+                for t, o in zip(trajs, outs)]
+
+    def _run(self, decoder: Decoder, prompts: Sequence[Prompt], seed: int | None = None,
+             plan_hook: PlanHook | None = None,
+             on_done: Callable[[int, Trajectory], None] | None = None) -> tuple[list[Trajectory], list[Output]]:
         t0 = time.perf_counter()
         records = [prompt_record(p) for p in prompts]
         texts = [prompt_text(p) for p in prompts]
         contexts = [self.processor.prompt_ids(t) for t in texts]
         handler = None
         if self.cfg.mode == "judge":
-            handler = JudgeInTheLoop(self.judge, self.processor, self.decoder.grammar, records, self.cfg.retries,
+            handler = JudgeInTheLoop(self.judge, self.processor, decoder.grammar, records, self.cfg.retries,
                                      verdict_only=self.cfg.judge_writes == "verdict")
             if plan_hook is not None:
                 raise InputError("rollout.mode: plan review works in process mode, not judge mode")
         elif plan_hook is not None:
             if self.cfg.retries:
                 raise InputError("rollout.retries: plan review and step retries do not combine yet")
-            handler = PlanReview(plan_hook, self.processor, self.decoder.grammar)
+            handler = PlanReview(plan_hook, self.processor, decoder.grammar)
         elif self.cfg.retries and self.cfg.mode == "process":
             handler = RetryOnConflict(self.processor, self.cfg.retries, accept=self.cfg.after_retries == "accept")
 
         built: dict[int, Trajectory] = {}
 
         def done(k: int, out: Output) -> None:
-            built[k] = self._trajectory(out, k, texts[k], records[k], handler)
+            built[k] = self._trajectory(decoder, out, k, texts[k], records[k], handler)
             on_done(k, built[k])
 
         # Classifier-free guidance: the unconditional branch is the same trajectory without the prompt.
         uncond = [self.processor.prompt_ids("")] * len(contexts) if self.cfg.cfg_scale != 1 else None
-        outs = self.decoder.run(contexts, self.generator(self.cfg.seed if seed is None else seed),
+        outs = decoder.run(contexts, self.generator(self.cfg.seed if seed is None else seed),
                                 pause_tokens=handler.pause_tokens if handler else (),
                                 on_pause=handler, on_done=done if on_done else None, uncond=uncond)
-        trajs = [built[k] if k in built else self._trajectory(o, k, texts[k], records[k], handler)
+        trajs = [built[k] if k in built else self._trajectory(decoder, o, k, texts[k], records[k], handler)
                  for k, o in enumerate(outs)]
         self.stats["trajectories"] += len(trajs)
         self.stats["failed"] += sum("failed" in t.meta for t in trajs)
         self.stats["tokens"] += sum(t.meta["tokens"] for t in trajs)
         self.stats["seconds"] += time.perf_counter() - t0
-        return trajs
+        return trajs, outs
 
-    def _trajectory(self, out: Output, key: int, text: str, record: dict | None, handler) -> Trajectory:
+    def _trajectory(self, decoder: Decoder, out: Output, key: int, text: str, record: dict | None,
+                    handler) -> Trajectory:
         error = out.error
         try:
             traj = self.processor.decode(out.ids, partial=bool(error))
@@ -160,8 +194,8 @@ class Engine:
         traj.source = "rollout"
         traj.meta["mode"] = "single_pass" if self.cfg.mode == "single_pass" else self.cfg.mode
         traj.meta["tokens"] = len(out.generated)
-        if key in self.decoder.inspect_scores:  # every inspection written, retried steps' included
-            traj.meta["inspect_scores"] = [round(x, 5) for x in self.decoder.inspect_scores[key]]
+        if key in decoder.inspect_scores:  # every inspection written, retried steps' included
+            traj.meta["inspect_scores"] = [round(x, 5) for x in decoder.inspect_scores[key]]
         if isinstance(handler, JudgeInTheLoop):
             traj.meta["verdicts"] = handler.verdicts.get(key, [])
         if isinstance(handler, (JudgeInTheLoop, RetryOnConflict)) and handler.retries.used.get(key):

@@ -66,14 +66,20 @@ def plan(cfg: RunConfig, from_scratch: bool = False) -> dict:
     train_bytes = n * (2 if t.bf16 is True else 4) + trainable * 16  # weights + fp32 grads and Adam moments
     act = t.batch_size * t.max_length * shape["hidden"] * shape["layers"] * 34 * 2
     rounds = cfg.loop.rounds
+    g = t.grpo
+    grpo = {"grpo": {"steps": g.steps, "trajectories_per_step": g.prompts_per_step * g.generations,
+                     "rollouts": g.steps * g.prompts_per_step * g.generations, "prompts": g.prompts,
+                     "beta": g.beta, "reward_weights": g.reward_weights}} if "grpo" in t.method else {}
     return {
         "rounds": rounds,
-        "per_round": {"rollout_prompts": cfg.loop.prompts_per_round * cfg.loop.samples_per_prompt,
+        "per_round": {"method": t.method,
+                      "rollout_prompts": 0 if t.method == "grpo" else cfg.loop.prompts_per_round * cfg.loop.samples_per_prompt,
                       "eval_records": 6 * cfg.loop.eval_per_task, "eval_modes": cfg.loop.eval_modes,
                       "validation_records": 6 * cfg.loop.validation_per_task,
                       "inspect_head_prompts": cfg.inspect_head.prompts if cfg.inspect_head.enabled else 0,
                       "inspect": cfg.rollout.inspect, "retries": cfg.rollout.retries,
-                      "judge": cfg.judge.kind, "critique": cfg.critique.mode, "control_arm": cfg.loop.control},
+                      "judge": cfg.judge.kind, "critique": cfg.critique.mode, "control_arm": cfg.loop.control,
+                      **grpo},
         "policy": {"parameters": n, **shape,
                    "from": f"--from-scratch: {cfg.loop.base_recipe}" if from_scratch else cfg.loop.base_checkpoint},
         "rollout": {"actors": r.actors or 1, "in_process": r.actors == 0, "cpus_per_actor": r.actor_cpus,

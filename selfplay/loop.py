@@ -46,6 +46,7 @@ from trainer.sft import train
 
 from .config import RunConfig, load_config
 from .critique import build_self_critique, build_symbolic_critique
+from .grpo import grpo_prompts, grpo_stage
 from .inspect_eval import inspection_table, label_states, summary_event
 from .inspect_head import fit_inspect_head
 from .oracle_planner import planner_rollout
@@ -84,15 +85,20 @@ def about(cfg: RunConfig, rnd: int, name: str) -> str:
     evals = 6 * loop.eval_per_task * loop.eval_samples
     validation = 6 * loop.validation_per_task * (2 if cfg.rollout.retries else 1)
     steps = f"{cfg.train.max_steps} steps" if cfg.train.max_steps > 0 else f"{cfg.train.epochs:g} epoch(s)"
+    grpo = rnd > 0 and cfg.train.round_method(rnd) == "grpo"
+    g = cfg.train.grpo
     return {
-        CHECKPOINT: "the base policy" if rnd == 0 else f"SFT on the round's data ({steps})",
+        CHECKPOINT: "the base policy" if rnd == 0 else
+        f"GRPO ({g.steps} steps of {g.prompts_per_step} prompts x {g.generations} trajectories, "
+        f"{cfg.judge.kind} judge rewards)" if grpo else f"SFT on the round's data ({steps})",
         ROLLOUTS: f"{loop.prompts_per_round * loop.samples_per_prompt} process-mode rollouts on training prompts",
-        DATA: f"{cfg.judge.kind} judge on every step -> critique traces + base-data replay",
+        DATA: f"{g.prompts} training prompts for GRPO" if grpo else
+        f"{cfg.judge.kind} judge on every step -> critique traces + base-data replay",
         INSPECT_HEAD: f"Inspect head fitted on {cfg.inspect_head.prompts} rollouts' own sketches",
         EVAL: f"{evals} rollouts per mode ({', '.join(loop.eval_modes)}) on the held-out suite"
               f" + {len(loop.strip_prompts)} strip(s)",
         VALIDATE: f"{validation} process-mode rollouts on the validation split",
-        CONTROL: f"control arm: SFT on base data only ({steps}, the policy's count)",
+        CONTROL: "control arm: SFT on base data only (the policy's step count)",
         CONTROL_INSPECT_HEAD: f"control's Inspect head on {cfg.inspect_head.prompts} rollouts",
         CONTROL_EVAL: f"control: {evals} rollouts per mode on the held-out suite",
         CONTROL_VALIDATE: f"control: {validation} process-mode rollouts on the validation split",
@@ -281,6 +287,17 @@ def critique_stage(cfg: RunConfig, rnd: int, rollouts: list[Trajectory], checkpo
     return summary
 
 
+def prompts_stage(cfg: RunConfig, rnd: int, out: Path) -> dict:
+    """A GRPO round's data: its training prompts (`prompts.json`), drawn like the SFT rounds' ones."""
+    prompts = grpo_prompts(cfg, rnd)
+    (out / "dataset").mkdir()
+    (out / "dataset" / "prompts.json").write_text(json.dumps(prompts))
+    summary = {"prompts": len(prompts)}
+    (out / "summary.json").write_text(json.dumps(summary, indent=2))
+    write_event(out, {"event": "data", "round": rnd, **summary})
+    return summary
+
+
 def _save_dataset(rows: list[Trajectory], path: Path) -> None:
     """An HF dataset on disk; an empty one is a folder with an EMPTY marker, since `datasets`
     saves zero rows as zero shards that it cannot load back."""
@@ -293,8 +310,14 @@ def _save_dataset(rows: list[Trajectory], path: Path) -> None:
 
 def train_stage(cfg: RunConfig, parent: Path, dataset_dir: Path, out: Path, rnd: int, arm: str,
                 max_steps: int = -1) -> dict:
-    """SFT of `parent` on the round's dataset, in this process or on Ray Train workers
-    (`train.distributed`); the checkpoint lands in `out/checkpoint`."""
+    """The round's training of `parent`: SFT on the round's dataset, in this process or on Ray Train
+    workers (`train.distributed`), or with `train.method: grpo` (the policy arm) GRPO on its own
+    rollouts of the round's prompts (`dataset_dir/prompts.json`); the checkpoint lands in
+    `out/checkpoint`."""
+    if cfg.train.round_method(rnd) == "grpo" and arm == "policy":
+        prompts = json.loads((dataset_dir / "prompts.json").read_text())
+        summary = grpo_stage(cfg, parent, prompts, out / "train", make_judge(cfg, parent))
+        return _keep_training(out, summary, rnd, arm)
     if (dataset_dir / "EMPTY").exists() or max_steps == 0:  # nothing to learn: the parent carries on
         shutil.copytree(parent, out / "checkpoint")
         summary = {"steps": 0, "rows": 0}
@@ -303,6 +326,12 @@ def train_stage(cfg: RunConfig, parent: Path, dataset_dir: Path, out: Path, rnd:
         return summary
     train_cfg = dataclasses.replace(cfg.train, max_steps=max_steps) if max_steps > 0 else cfg.train
     summary = fit(parent, dataset_dir, train_cfg, out / "train", address=cfg.rollout.ray_address)
+    return _keep_training(out, summary, rnd, arm)
+
+
+def _keep_training(out: Path, summary: dict, rnd: int, arm: str) -> dict:
+    """Move a finished training's checkpoint from `out/train` to `out/checkpoint`, its log lines into
+    the stage's events and its summary beside them."""
     shutil.move(str(out / "train" / "checkpoint"), str(out / "checkpoint"))
     for line in (out / "train" / "metrics.jsonl").read_text().splitlines():
         write_event(out, {**json.loads(line), "round": rnd, "arm": arm})
@@ -312,13 +341,16 @@ def train_stage(cfg: RunConfig, parent: Path, dataset_dir: Path, out: Path, rnd:
 
 
 def control_stage(cfg: RunConfig, rnd: int, parent: Path, data_summary: dict, steps: int, out: Path) -> None:
-    """Same parent, same number of optimizer steps, base data only (as many rows as the round had)."""
-    size = max(data_summary["critique"] + data_summary["replay"], 1)
+    """Same parent, same number of optimizer steps, base data only (as many rows as the round had; a
+    GRPO round has no rows, so as many as the steps take), trained by SFT whatever the policy's method."""
+    size = max(data_summary.get("critique", 0) + data_summary.get("replay", 0),
+               steps * cfg.train.batch_size * cfg.train.grad_accum, 1)
     control_cfg = dataclasses.replace(cfg.data, size=size, seed=cfg.data.seed + 104729 * rnd)
     rows = [from_row(row) for row in make_rows(control_cfg, progress=False)]
     _save_dataset(rows, out / "dataset")
     write_event(out, {"event": "control", "round": rnd, "parent": str(parent), "steps": steps})
-    train_stage(cfg, parent, out / "dataset", out, rnd, "control", max_steps=steps)
+    sft = dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, method="sft"))  # whatever the policy's method
+    train_stage(sft, parent, out / "dataset", out, rnd, "control", max_steps=steps)
     shutil.rmtree(out / "dataset")
 
 
@@ -379,12 +411,17 @@ def _rounds(cfg: RunConfig, run_dir: Path, state: RunState, tracker: Tracker, fl
         per_prompt = cfg.loop.samples_per_prompt
         suite = make_suite("train", math.ceil(cfg.loop.prompts_per_round / 6), cfg.loop.seed * 1000 + rnd)
         suite = (suite * per_prompt)[: cfg.loop.prompts_per_round * per_prompt]
-        rollouts_dir = stage(state, run_dir, rnd, ROLLOUTS, lambda tmp: rollout_stage(
-            cfg, current, suite, "process", cfg.loop.seed * 7 + rnd, tmp, fleet=fleet), log, about(cfg, rnd, ROLLOUTS))
-        data_dir = stage(state, run_dir, rnd, DATA, lambda tmp: critique_stage(
-            cfg, rnd, read_jsonl(rollouts_dir / "trajectories"), current, tmp), log, about(cfg, rnd, DATA))
-        if fleet is not None and cfg.train.distributed == "ray":
-            fleet.close()  # Ray holds a live actor's GPUs: free them for Ray Train; the next rollout restarts it
+        if cfg.train.round_method(rnd) == "grpo":  # GRPO rolls out inside training, on each step's weights
+            data_dir = stage(state, run_dir, rnd, DATA, lambda tmp: prompts_stage(cfg, rnd, tmp), log,
+                             about(cfg, rnd, DATA))
+        else:
+            rollouts_dir = stage(state, run_dir, rnd, ROLLOUTS, lambda tmp: rollout_stage(
+                cfg, current, suite, "process", cfg.loop.seed * 7 + rnd, tmp, fleet=fleet), log,
+                about(cfg, rnd, ROLLOUTS))
+            data_dir = stage(state, run_dir, rnd, DATA, lambda tmp: critique_stage(
+                cfg, rnd, read_jsonl(rollouts_dir / "trajectories"), current, tmp), log, about(cfg, rnd, DATA))
+        if fleet is not None and (cfg.train.distributed == "ray" or cfg.train.round_method(rnd) == "grpo"):
+            fleet.close()  # Ray holds a live actor's GPUs: free them for training; the next rollout restarts it
         trained_dir = stage(state, run_dir, rnd, CHECKPOINT, lambda tmp: train_stage(
             cfg, parent, data_dir / "dataset", tmp, rnd, "policy"), log, about(cfg, rnd, CHECKPOINT))
         evaluated = _eval_round(cfg, state, run_dir, rnd, trained_dir / "checkpoint", tracker, log, fleet)

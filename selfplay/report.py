@@ -66,8 +66,25 @@ def collect(run_dir: Path, inspect: bool = False) -> dict:
                              for arm, folder in (("policy", "validate"), ("control", "control_validate"))}
         if (rd / "data" / "summary.json").exists():
             entry["data"] = json.loads((rd / "data" / "summary.json").read_text())
+        curve = _grpo_curve(rd / "checkpoint" / "events.jsonl")
+        if curve:
+            entry["grpo"] = curve
         rows.append(entry)
     return {"rounds": rows, "promotions": RunState.load(run_dir).promotions}
+
+
+GRPO_KEYS = ("reward", "reward_std", "rewards/final/mean", "rewards/inspection/mean", "rewards/refine/mean",
+             "rewards/steps/mean", "kl", "frac_reward_zero_std", "groups/any_right", "entropy")
+"""What the report keeps of each GRPO log line (TRL's names; `groups/*` are ours)."""
+
+
+def _grpo_curve(events: Path) -> list[dict]:
+    """A GRPO round's log lines (step and `GRPO_KEYS`), in step order; [] for an SFT round."""
+    if not events.exists():
+        return []
+    rows = [json.loads(line) for line in events.read_text().splitlines()]
+    return [{"step": r["step"], **{k: r[k] for k in GRPO_KEYS if k in r}} for r in rows
+            if r.get("event") == "train" and "reward" in r]
 
 
 def gap(a: dict, b: dict) -> tuple[float, float]:
@@ -127,6 +144,22 @@ def _plots(data: dict) -> list[str]:
     axes[0][-1].legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.02, 1))  # outside: it hid points
     out.append(_png(fig))
     plt.close(fig)
+    grpo = [r for r in data["rounds"] if r.get("grpo")]
+    if grpo:
+        fig, axes = plt.subplots(1, 3, figsize=(15, 3.4))
+        for r in grpo:
+            steps = [x["step"] for x in r["grpo"]]
+            for ax, keys in zip(axes, (("reward", "rewards/final/mean"), ("rewards/inspection/mean", "rewards/refine/mean",
+                                                                          "rewards/steps/mean"), ("kl",))):
+                for k in keys:
+                    ax.plot(steps, [x.get(k, float("nan")) for x in r["grpo"]], label=f"round {r['round']} {k}")
+        for ax, title in zip(axes, ("reward (mean of the batch)", "process reward components", "KL to the round's start")):
+            ax.set_title(title)
+            ax.set_xlabel("GRPO step")
+            ax.grid(alpha=0.3)
+            ax.legend(fontsize=7)
+        out.append(_png(fig))
+        plt.close(fig)
     return out
 
 
@@ -262,7 +295,8 @@ def write_report(run_dir: Path) -> Path:
         parts.append("<h2>Accuracy on the held-out suite (GenEval rules, %, ± 1 SE)</h2>")
         parts.append(_table(["round", "arm", "mode", "overall"] + tasks, rows))
     alts = ["GenEval overall per round, policy and control arms, per eval mode, with ±1 SE error bars",
-            "Per-task accuracy per round, one panel per eval mode"]
+            "Per-task accuracy per round, one panel per eval mode",
+            "GRPO rounds: reward, its process components and the KL to the round's starting policy, per step"]
     parts += [f'<img src="data:image/png;base64,{p}" alt="{alt}">' for p, alt in zip(_plots(data), alts)]
     parts.append("<h2>Gaps (overall, points ± SE)</h2>")
     gaps = []
@@ -308,10 +342,27 @@ def write_report(run_dir: Path) -> Path:
                              "within task", "plan errors",
                              "image errors", "refined states", "recall @5% false alarms", "recall @10% false alarms"],
                             auc_rows))
+    grpo_rows = []
+    for r in data["rounds"]:
+        c = r.get("grpo")
+        if c:
+            def mean(k: str, part: list[dict]) -> str:
+                xs = [x[k] for x in part if k in x]
+                return f"{sum(xs) / len(xs):.3f}" if xs else "-"
+
+            head, tail = c[: max(1, len(c) // 5)], c[-max(1, len(c) // 5):]  # first and last fifth of the steps
+            grpo_rows.append([r["round"], c[-1]["step"]] + [f"{mean(k, head)} → {mean(k, tail)}" for k in
+                             ("reward", "rewards/final/mean", "rewards/inspection/mean", "rewards/refine/mean",
+                              "rewards/steps/mean", "groups/any_right", "frac_reward_zero_std")] + [mean("kl", tail)])
+    if grpo_rows:
+        parts.append("<h2>GRPO rounds (first fifth of the steps → last fifth)</h2>")
+        parts.append(_table(["round", "steps", "reward", "final right", "inspection", "repairs", "extra steps (−)",
+                             "groups with a right one", "groups with one reward (no signal)", "KL at the end"],
+                            grpo_rows))
     judge_rows = []
     for r in data["rounds"]:
         d = r.get("data")
-        if d:
+        if d and "critique" in d:
             judge_rows.append([r["round"], d["critique"], d["replay"],
                                ", ".join(f"{k} {v}" for k, v in sorted(d["outcomes"].items())),
                                ", ".join(f"{k} {v}" for k, v in sorted(d["conflicts"].items())),

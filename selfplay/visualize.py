@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from strokes.language import CONFLICT
+from strokes.language import says_conflict
 from strokes.shapeworld import PromptRecord, check, record_from_text
 from strokes.trajectory import Trajectory
 
@@ -44,14 +44,9 @@ def strip_image(t: Trajectory, scale: int = SCALE) -> np.ndarray:
     return canvas
 
 
-def flagged(inspection: str) -> bool:
-    """Whether the model's inspection of a visual state says it conflicts with the plan or prompt."""
-    return inspection.strip().startswith(CONFLICT)
-
-
 def flagged_steps(t: Trajectory) -> list[int]:
     """The steps (from 1) whose sketch the model's own inspection flagged."""
-    return [k for k, s in enumerate(t.steps, start=1) if flagged(s.inspection)]
+    return [k for k, s in enumerate(t.steps, start=1) if says_conflict(s.inspection)]
 
 
 def final_conflicts(t: Trajectory) -> list[str] | None:
@@ -70,9 +65,9 @@ def captions(t: Trajectory) -> dict:
     frames = []
     for k, s in enumerate(t.steps, start=1):
         frames.append({"step": k, "kind": "sketch", "instruction": s.instruction, "inspection": s.inspection,
-                       "flagged": flagged(s.inspection)})
+                       "flagged": says_conflict(s.inspection)})
         frames.extend({"step": k, "kind": "refinement", "instruction": r.instruction, "inspection": r.inspection,
-                       "flagged": flagged(r.inspection)} for r in s.refinements)
+                       "flagged": says_conflict(r.inspection)} for r in s.refinements)
     return {"prompt": t.prompt, "frames": frames, "conflicts": final_conflicts(t)}
 
 

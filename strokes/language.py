@@ -155,6 +155,11 @@ def inspection_text(verdict: Verdict) -> str:
     return head + " " + " ".join(f"{c.sentence()}." for c in verdict.conflicts)
 
 
+def says_conflict(inspection: str) -> bool:
+    """Whether an inspection's verdict (its first word) is that the state conflicts with the plan or prompt."""
+    return inspection.strip().startswith(CONFLICT)
+
+
 def parse_inspection(text: str) -> Verdict | None:
     """The verdict an inspection text states: aligned or not, and each conflict sentence's kind,
     source and subject. None when the text follows neither template."""

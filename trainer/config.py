@@ -6,8 +6,11 @@ from dataclasses import dataclass, field
 from typing import ClassVar
 
 from strokes.config_loader import require
+from strokes.shapeworld import TASKS
 
 SEGMENTS = ("text", "image", "boundary")  # segment kinds that carry loss, each with its own weight
+METHODS = ("sft", "grpo", "sft_then_grpo")  # how a round trains (TrainConfig.method)
+REWARDS = ("final", "inspection", "refine", "steps")  # GRPO reward components (selfplay/rewards.py)
 
 
 @dataclass
@@ -37,10 +40,70 @@ class LoraConfig:
 
 
 @dataclass
+class GrpoConfig:
+    """GRPO rounds (`train.method: grpo`): TRL's `GRPOTrainer` on whole interleaved trajectories that
+    the rollout engine samples from the current weights at every step (trainer/grpo.py)."""
+
+    SECTION: ClassVar[str] = "train.grpo"
+
+    steps: int = 40
+    """GRPO optimizer steps per round (one generation of trajectories per step)."""
+    prompts_per_step: int = 8
+    """Distinct training prompts per optimizer step."""
+    generations: int = 8
+    """Trajectories per prompt (the group whose rewards are compared)."""
+    beta: float = 0.02
+    """KL penalty to the round's starting policy (0: no reference model, one forward fewer per step)."""
+    epsilon: float = 0.2
+    """PPO clip range of the token ratio."""
+    loss_type: str = "dapo"
+    """TRL's loss aggregation: dapo | grpo | dr_grpo | bnpo."""
+    scale_rewards: str = "group"
+    """Advantage scaling: "group" (divide by the group's std), "batch" or "none" (Dr. GRPO)."""
+    reward_weights: dict[str, float] = field(default_factory=lambda: {
+        "final": 1.0, "inspection": 0.5, "refine": 0.5, "steps": 0.05})
+    """Weight of each reward component: `final` (the last image satisfies the prompt), `inspection`
+    (flagged wrong states minus false alarms, per visual state), `refine` (refinements that turn a
+    wrong state right), `steps` (minus the steps beyond the scene's objects)."""
+    verdict_credit: str = "token"
+    """Where the `inspection` reward is credited: "token" (each verdict word gets its own advantage:
+    right or wrong against the judge, minus the batch's mean for states of the same label) or
+    "sequence" (the trajectory's caught-minus-false-alarms share joins its group-relative reward)."""
+    prompts: int = 600
+    """Training-split prompts per round to draw the steps' prompts from."""
+    tasks: list[str] = field(default_factory=lambda: list(TASKS))
+    """Tasks the prompts come from (equal shares). A task the policy always gets right gives groups
+    whose rewards are all equal: zero advantage, no signal, but the full cost of their rollouts and
+    backward pass."""
+
+    def __post_init__(self) -> None:
+        for name in ("steps", "prompts_per_step", "generations", "prompts"):
+            require(self, name, getattr(self, name) >= 1, "must be >= 1")
+        require(self, "generations", self.generations >= 2, "must be >= 2 (advantages compare a group)")
+        require(self, "beta", self.beta >= 0, "must be >= 0")
+        require(self, "epsilon", 0 < self.epsilon < 1, "must be in (0, 1)")
+        require(self, "loss_type", self.loss_type in ("dapo", "grpo", "dr_grpo", "bnpo"),
+                "must be dapo, grpo, dr_grpo or bnpo")
+        require(self, "scale_rewards", self.scale_rewards in ("group", "batch", "none"),
+                "must be group, batch or none")
+        unknown = [k for k in self.reward_weights if k not in REWARDS]
+        require(self, f"reward_weights.{unknown[0] if unknown else ''}", not unknown,
+                f"is not a reward ({', '.join(REWARDS)})")
+        require(self, "verdict_credit", self.verdict_credit in ("token", "sequence"), "must be token or sequence")
+        bad = [t for t in self.tasks if t not in TASKS]
+        require(self, "tasks", self.tasks and not bad, f"must be a non-empty list of {', '.join(TASKS)}")
+
+
+@dataclass
 class TrainConfig:
-    """One SFT run. Defaults suit the tiny model on a CPU; on CUDA, bf16 switches on by itself."""
+    """One round's training. Defaults suit the tiny model on a CPU; on CUDA, bf16 switches on by itself."""
 
     SECTION: ClassVar[str] = "train"
+
+    method: str = "sft"
+    """"sft": SFT on the round's critique traces (TRL `SFTTrainer`); "grpo": GRPO on the policy's own
+    rollouts, rewarded by the judge (TRL `GRPOTrainer`, `train.grpo`); "sft_then_grpo": round 1 by
+    SFT, every later round by GRPO."""
 
     lr: float = 2e-3
     """Peak learning rate."""
@@ -76,6 +139,8 @@ class TrainConfig:
     loss-bearing tokens, so all-ones is plain CE and `image: 0` trains on text and markers only."""
     lora: LoraConfig = field(default_factory=LoraConfig)
     """LoRA adapters instead of full fine-tuning."""
+    grpo: GrpoConfig = field(default_factory=GrpoConfig)
+    """GRPO settings (with method: grpo)."""
     seed: int = 0
     """Seed of initialisation order, data order and dropout."""
     device: str = "auto"
@@ -106,7 +171,16 @@ class TrainConfig:
     worker_cpus: float = 1.0
     """CPUs Ray reserves per training worker."""
 
+    def round_method(self, rnd: int) -> str:
+        """How round `rnd` (>= 1) trains: "sft" or "grpo"."""
+        if self.method == "sft_then_grpo":
+            return "sft" if rnd <= 1 else "grpo"
+        return self.method
+
     def __post_init__(self) -> None:
+        require(self, "method", self.method in METHODS, f"must be {' or '.join(METHODS)}")
+        require(self, "distributed", "grpo" not in self.method or self.distributed == "none",
+                f"must be none with method: {self.method} (GRPO runs in the loop's process)")
         unknown = [k for k in self.loss_weights if k not in SEGMENTS]
         require(self, f"loss_weights.{unknown[0] if unknown else ''}", not unknown,
                 f"is not a segment kind ({', '.join(SEGMENTS)})")

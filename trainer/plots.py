@@ -1,5 +1,5 @@
-"""The training curve as a picture: per-segment loss and learning rate against step, read back from
-`metrics.jsonl`, so a finished (or resumed) run can be judged at a glance."""
+"""The training curve as a picture, read back from `metrics.jsonl`, so a finished (or resumed) run can
+be judged at a glance: SFT's per-segment loss, or GRPO's reward and KL, beside the learning rate."""
 
 from __future__ import annotations
 
@@ -20,11 +20,19 @@ def plot_losses(metrics: str | Path, out: str | Path) -> Path | None:
         return None
     steps = [r["step"] for r in rows]
     fig, (ax, lr) = plt.subplots(1, 2, figsize=(10, 3.4))
-    for key in ("loss", "loss_text", "loss_image", "loss_boundary"):
-        if all(key in r for r in rows):
-            ax.plot(steps, [r[key] for r in rows], label=key.removeprefix("loss_") if key != "loss" else "all",
-                    lw=2 if key == "loss" else 1)
-    ax.set(xlabel="step", ylabel="cross-entropy", yscale="log", title="loss per segment kind")
+    if all("reward" in r for r in rows):  # GRPO: its loss is a surrogate; the reward says how it goes
+        ax.plot(steps, [r["reward"] for r in rows], label="reward", lw=2)
+        ax.plot(steps, [r.get("rewards/final/mean", float("nan")) for r in rows], label="final image right")
+        ax.set(xlabel="step", ylabel="mean over the step's trajectories", title="GRPO reward")
+        kl = ax.twinx()
+        kl.plot(steps, [r.get("kl", float("nan")) for r in rows], ":", color="gray", label="KL")
+        kl.set(ylabel="KL to the start")
+    else:
+        for key in ("loss", "loss_text", "loss_image", "loss_boundary"):
+            if all(key in r for r in rows):
+                ax.plot(steps, [r[key] for r in rows], label=key.removeprefix("loss_") if key != "loss" else "all",
+                        lw=2 if key == "loss" else 1)
+        ax.set(xlabel="step", ylabel="cross-entropy", yscale="log", title="loss per segment kind")
     ax.legend()
     lr.plot(steps, [r.get("learning_rate", float("nan")) for r in rows])
     lr.set(xlabel="step", title="learning rate")

@@ -102,7 +102,7 @@ def make_trainer(policy, train_dataset, cfg: TrainConfig, out: str | Path, callb
         args=sft_config(cfg, Path(out)),
         train_dataset=train_dataset,
         processing_class=policy.processor.tokenizer,
-        peft_config=_peft_config(cfg),
+        peft_config=peft_config(cfg),
         callbacks=list(callbacks),
         segment_processor=policy.processor,
         loss_weights=cfg.loss_weights,
@@ -115,7 +115,7 @@ def make_trainer(policy, train_dataset, cfg: TrainConfig, out: str | Path, callb
     return trainer
 
 
-def _peft_config(cfg: TrainConfig):
+def peft_config(cfg: TrainConfig):
     if not cfg.lora.enabled:
         return None
     from peft import LoraConfig as PeftLoraConfig
@@ -124,7 +124,7 @@ def _peft_config(cfg: TrainConfig):
                           target_modules=list(cfg.lora.target_modules), task_type="CAUSAL_LM")
 
 
-def _callbacks(path: Path, max_minutes: float) -> list:
+def train_callbacks(path: Path, max_minutes: float) -> list:
     """`metrics.jsonl` gets every log line (the same dict wandb gets); the console a bar and one short
     line per logging step (`strokes.console`); a wall-time budget stops the run after a step, saving
     a trainer checkpoint first so that the next call resumes there."""
@@ -171,7 +171,15 @@ def train(policy, dataset, cfg: TrainConfig, out: str | Path) -> dict:
     torch.manual_seed(cfg.seed)
     tokenized = tokenize(dataset, policy.processor, cfg.tokenize_workers)
     trainer = make_trainer(policy, tokenized, cfg, out / "trainer",
-                           callbacks=_callbacks(out / "metrics.jsonl", cfg.max_minutes))
+                           callbacks=train_callbacks(out / "metrics.jsonl", cfg.max_minutes))
+    return run_and_save(trainer, policy, cfg, out, own_wandb_run)
+
+
+def run_and_save(trainer, policy, cfg: TrainConfig, out: Path, own_wandb_run: bool) -> dict:
+    """Run a TRL trainer (SFT or GRPO) whose checkpoints live in `out/trainer/`, resuming from the
+    last one if any; then `policy.model` becomes the trained model (LoRA merged when asked), the
+    checkpoint lands atomically in `out/checkpoint`, the loss plot and the summary beside it.
+    Returns the summary."""
     resume = any((out / "trainer").glob("checkpoint-*"))
     t0 = time.time()
     try:
@@ -200,6 +208,7 @@ def train(policy, dataset, cfg: TrainConfig, out: str | Path) -> dict:
 def _summary(trainer, train_loss: float, seconds: float, resume: bool) -> dict:
     """What a finished (or budget-stopped) training call reports: steps, losses, throughput."""
     logs = [h for h in trainer.state.log_history if "loss" in h]
+    seen = getattr(trainer, "_seen_tokens", trainer.state.num_input_tokens_seen)  # SFT counts padding too
     return {
         "steps": trainer.state.global_step,
         "max_steps": trainer.state.max_steps,
@@ -207,9 +216,9 @@ def _summary(trainer, train_loss: float, seconds: float, resume: bool) -> dict:
         "train_loss": train_loss,
         "last": logs[-1] if logs else {},
         "seconds": seconds,
-        "tokens_seen": trainer._seen_tokens,
-        "tokens_per_s": trainer._seen_tokens / max(seconds, 1e-9),
-        "useful_token_share": trainer._useful_tokens / max(trainer._seen_tokens, 1),
+        "tokens_seen": seen,
+        "tokens_per_s": seen / max(seconds, 1e-9),
+        "useful_token_share": getattr(trainer, "_useful_tokens", seen) / max(seen, 1),
         "resumed": resume,
         "world_size": trainer.args.world_size,  # data-parallel processes (trainer/distributed.py)
     }

@@ -143,8 +143,13 @@ class ConsoleProgress(TrainerCallback):
 
 
 def step_line(step: int, max_steps: int, logs: dict) -> str:
-    """One logging step as a short line: `step 20/43 loss 0.086 3.0k tok/s`."""
+    """One logging step as a short line: `step 20/43 loss 0.086 3.0k tok/s` (GRPO: `... reward 0.84
+    kl 0.0012`)."""
     line = f"step {step}/{max_steps} loss {float(logs['loss']):.3f}"
+    if "reward" in logs:
+        line += f" reward {float(logs['reward']):.3f}"
+    if "kl" in logs:
+        line += f" kl {float(logs['kl']):.4f}"
     if "tokens_per_s" in logs:
         line += f" {logs['tokens_per_s'] / 1000:.1f}k tok/s"
     return line

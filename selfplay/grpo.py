@@ -1,0 +1,75 @@
+"""A GRPO round (`train.method: grpo`): the policy samples groups of whole trajectories on training
+prompts with the rollout engine, the judge labels them (`rewards.py`), TRL's `GRPOTrainer` updates
+the weights (`trainer/grpo.py`), and the next step samples from the updated weights.
+
+Rollouts here are process mode with the policy's own sampled verdicts and no redraws
+(`rollout.retries` is for evaluation): what the model writes is what it is rewarded for, and every
+token it chose is in the trajectory the trainer sees.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+from pathlib import Path
+
+from rollout import Engine
+from strokes.model.tiny import Policy
+from strokes.shapeworld import PromptRecord, make_suite
+from trainer.grpo import SampleFn, train_grpo
+
+from .rewards import judge_rollouts, reward_functions, verdict_advantages
+
+
+def grpo_prompts(cfg, rnd: int) -> list[str]:
+    """The round's training prompts: `train.grpo.prompts` training-split records of `train.grpo.tasks`
+    as JSON strings (the rollout function reads the record back, so the judge knows what the prompt
+    asks). TRL's sampler shuffles them."""
+    g = cfg.train.grpo
+    suite = make_suite("train", math.ceil(g.prompts / len(g.tasks)), cfg.loop.seed * 1000 + rnd, tuple(g.tasks))
+    suite = suite[: g.prompts]
+    return [json.dumps(r.to_json()) for r in suite]
+
+
+def make_sampler(engine: Engine, judge, exact: bool, verdict_weight: float = 0.0) -> SampleFn:
+    """The rollout function TRL calls: trajectories for the prompts, their tokens and log-probs, the
+    mask of tokens the model chose (`env_mask`), the judge's findings (`judged`) and, with a
+    `verdict_weight`, each verdict word's own advantage (`token_advantages`, `verdict_advantages`)."""
+    eos, inspect = engine.processor.special["<eos>"], engine.processor.special["<inspect>"]
+
+    def sample(prompts: list[str], seed: int) -> dict:
+        records = [PromptRecord.from_json(json.loads(p)) for p in prompts]
+        rolled = engine.sample(records, seed)
+        judged = judge_rollouts([s.trajectory for s in rolled], judge, exact)
+        out = {"prompt_ids": [], "completion_ids": [], "logprobs": [], "env_mask": [], "judged": judged}
+        for s in rolled:
+            empty = not s.completion_ids  # refused at admission: one inert token keeps TRL's shapes
+            out["prompt_ids"].append(s.prompt_ids)
+            out["completion_ids"].append([eos] if empty else s.completion_ids)
+            out["logprobs"].append([0.0] if empty else s.logprobs)
+            out["env_mask"].append([0] if empty else s.chosen)
+        if verdict_weight:
+            out["token_advantages"] = []
+            for s, credit in zip(rolled, verdict_advantages(judged, verdict_weight)):
+                # the verdict word follows each <inspect>, one per visual state, in drawing order
+                words = [k + 1 for k, t in enumerate(s.completion_ids[:-1]) if t == inspect]
+                out["token_advantages"].append([(words[n], a) for n, a in credit if n < len(words)])
+        return out
+
+    return sample
+
+
+def grpo_stage(cfg, parent: Path, prompts: list[str], out: Path, judge) -> dict:
+    """GRPO of `parent` for `train.grpo.steps` steps on `prompts` (`grpo_prompts`); the checkpoint
+    lands in `out/checkpoint`, TRL's log lines in `out/metrics.jsonl` (as SFT's do). Returns the
+    training summary."""
+    rollout_cfg = dataclasses.replace(cfg.rollout, mode="process", retries=0, inspect="sample", actors=0)
+    policy = Policy.from_pretrained(parent)
+    engine = Engine(policy, rollout_cfg)  # shares policy.model with the trainer: it samples the live weights
+    g = cfg.train.grpo
+    verdict_weight = g.reward_weights.get("inspection", 0.0) if g.verdict_credit == "token" else 0.0
+    sample = make_sampler(engine, judge, exact=cfg.judge.kind == "oracle", verdict_weight=verdict_weight)
+    return train_grpo(policy, prompts, cfg.train, out, sample, reward_functions(),
+                      temperature=rollout_cfg.temperature)
+

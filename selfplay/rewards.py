@@ -1,0 +1,162 @@
+"""GRPO rewards: a judge's verdicts on the policy's own trajectories, one number per component.
+
+Every visual state of a process-mode trajectory (first sketches and refined states) is labelled by
+the judge exactly as the inspection table labels them (`inspect_eval.label_states`), and set against
+the verdict the model wrote for it (the first word of its inspection). From that:
+
+    final       1 when the last image satisfies the prompt (the exact judge: the GenEval rule the
+                eval scores with; another judge: its verdict on the last state, aligned with nothing
+                missing), else 0
+    inspection  (wrong states the model flagged - right states it flagged) / labelled states:
+                a caught mistake earns, a false alarm costs
+    refine      refinements that turned a wrong state right
+    steps       minus the steps beyond the scene's object count
+
+A trajectory the model broke (no steps, out of budget) gets 0 for each. A state the judge could not
+label is left out and counted; a final verdict the judge could not give is None, which TRL leaves
+out of the group's baseline rather than scoring as 0.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, replace
+from typing import Callable
+
+from strokes.language import says_conflict
+from strokes.shapeworld import PromptRecord
+from strokes.shapeworld.check import is_correct
+from strokes.trajectory import Trajectory
+from strokes.verdict import StepContext
+
+from .inspect_eval import label_states, visual_states
+
+
+@dataclass
+class Judged:
+    """What the judge found in one trajectory, as the reward components read it."""
+
+    final: bool | None
+    """The last image satisfies the prompt (None: the judge gave no verdict)."""
+    task: str = ""
+    """The prompt's task (its record's tag)."""
+    caught: int = 0
+    """Wrong states the model flagged ("conflict")."""
+    false_alarms: int = 0
+    """Right states the model flagged."""
+    states: int = 0
+    """Visual states the judge labelled."""
+    repairs: int = 0
+    """Refinements that turned a wrong state right."""
+    extra_steps: int = 0
+    """Steps beyond the scene's object count."""
+    unjudged: int = 0
+    """Visual states (and final verdicts) the judge could not give a verdict on."""
+    verdicts: list[tuple[int, bool, bool]] = field(default_factory=list)
+    """Per labelled state: (its index among the visual states, judged wrong, the model said conflict)."""
+
+
+def flagged(t: Trajectory) -> list[bool]:
+    """Whether the model said "conflict" at each visual state, in drawing order."""
+    texts = [x for s in t.steps for x in (s.inspection, *(r.inspection for r in s.refinements))]
+    return [says_conflict(x) for x in texts]
+
+
+def judge_rollouts(trajectories: list[Trajectory], judge, exact: bool) -> list[Judged]:
+    """One `Judged` per trajectory. `exact`: the judge is ShapeWorld's exact one, so the final image
+    is checked by the GenEval rule itself."""
+    # labelled with the verdict the model wrote as each state's score (1: it said conflict)
+    said = [replace(t, meta={**t.meta, "inspect_scores": [float(f) for f in flagged(t)]}) for t in trajectories]
+    states, _ = label_states(said, judge)
+    by_source: dict[int, list] = {}
+    for s in states:
+        by_source.setdefault(s.source, []).append(s)
+    finals = _finals(trajectories, judge, exact)
+    out = []
+    for k, t in enumerate(trajectories):
+        task = PromptRecord.from_json(t.record).tag if t.record is not None else ""
+        if not t.steps or "failed" in t.meta or t.record is None:
+            out.append(Judged(final=False, task=task))
+            continue
+        mine = by_source.get(k, [])
+        j = Judged(final=finals[k], task=task, states=len(mine),
+                   unjudged=visual_states(t) - len(mine) + (finals[k] is None))
+        for prev, cur in zip([None, *mine], mine):
+            j.verdicts.append((cur.index, cur.wrong, bool(cur.score)))
+            if cur.score:
+                j.caught += cur.wrong
+                j.false_alarms += not cur.wrong
+            if cur.refined and prev is not None and prev.index == cur.index - 1 and prev.wrong and not cur.wrong:
+                j.repairs += 1
+        objects = sum(r.count for r in PromptRecord.from_json(t.record).include)
+        j.extra_steps = max(0, len(t.steps) - objects)
+        out.append(j)
+    return out
+
+
+def _finals(trajectories: list[Trajectory], judge, exact: bool) -> list[bool | None]:
+    """Whether each trajectory's last image satisfies its prompt."""
+    usable = [k for k, t in enumerate(trajectories) if t.steps and t.record is not None and "failed" not in t.meta]
+    finals: list[bool | None] = [False] * len(trajectories)
+    if exact:
+        for k in usable:
+            finals[k] = is_correct(PromptRecord.from_json(trajectories[k].record), trajectories[k].final_image)
+        return finals
+    contexts = []
+    for k in usable:
+        t = trajectories[k]
+        last = t.steps[-1]
+        previous = t.steps[-2].final_image if len(t.steps) > 1 else None
+        contexts.append(StepContext(t.prompt, last.instruction, last.description, t.final_image, t.record,
+                                    t.steps[:-1], previous))
+    for k, v in zip(usable, judge.judge(contexts) if contexts else []):
+        finals[k] = None if v is None else bool(v.aligned and not v.missing)
+    return finals
+
+
+def verdict_advantages(judged: list[Judged], weight: float) -> list[list[tuple[int, float]]]:
+    """Per trajectory, (visual-state index, advantage) of each verdict the model wrote: `weight` times
+    (+1 for a right verdict, -1 for a wrong one) minus the batch's mean of that over the states of the
+    same label. A per-label baseline, because right states outnumber wrong ones several times: a
+    caught mistake earns much more than a routine "aligned", a false alarm costs much more than a
+    miss's share, and each label's advantages sum to zero."""
+    scores: dict[bool, list[float]] = {True: [], False: []}
+    for j in judged:
+        for _, wrong, said in j.verdicts:
+            scores[wrong].append(1.0 if said == wrong else -1.0)
+    mean = {label: sum(v) / len(v) if v else 0.0 for label, v in scores.items()}
+    return [[(index, weight * ((1.0 if said == wrong else -1.0) - mean[wrong])) for index, wrong, said in j.verdicts]
+            for j in judged]
+
+
+def reward_functions(key: str = "judged") -> dict[str, Callable[..., list]]:
+    """TRL reward functions, one per component, reading the `Judged` the rollout function passed in
+    the extra field `key`. The final reward also logs (`log_metric`) each step's judge failures,
+    how many groups had at least one / all trajectories right, and the share right per task."""
+
+    def final(prompts, completions, **kw) -> list:
+        judged = kw[key]
+        if "log_metric" in kw:
+            log = kw["log_metric"]
+            log("judge/unjudged", float(sum(j.unjudged for j in judged)))
+            groups: dict[str, list[bool]] = {}
+            tasks: dict[str, list[bool]] = {}
+            for p, j in zip(prompts, judged):
+                groups.setdefault(p, []).append(bool(j.final))
+                tasks.setdefault(j.task, []).append(bool(j.final))
+            log("groups/any_right", sum(any(g) for g in groups.values()) / len(groups))
+            log("groups/all_right", sum(all(g) for g in groups.values()) / len(groups))
+            for task, right in tasks.items():
+                if task:
+                    log(f"final/{task}", sum(right) / len(right))
+        return [None if j.final is None else float(j.final) for j in judged]
+
+    def inspection(prompts, completions, **kw) -> list:
+        return [(j.caught - j.false_alarms) / j.states if j.states else 0.0 for j in kw[key]]
+
+    def refine(prompts, completions, **kw) -> list:
+        return [float(j.repairs) for j in kw[key]]
+
+    def steps(prompts, completions, **kw) -> list:
+        return [-float(j.extra_steps) for j in kw[key]]
+
+    return {"final": final, "inspection": inspection, "refine": refine, "steps": steps}

@@ -1,0 +1,199 @@
+"""GRPO rounds: the rollout function's log-probs, the rewards on hand-made trajectories, and a tiny
+round through the loop (rewards from the judge, the policy changes, the checkpoint reloads)."""
+
+from __future__ import annotations
+
+import copy
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+import torch
+from test_inspect_eval import construction_labels, hand_labelled
+from test_loop import base_checkpoint, stages, tiny_config  # noqa: F401  (fixture)
+from test_rollout_support import tiny_checkpoint
+
+from judges import OracleJudge
+from rollout import Engine, RolloutConfig
+from selfplay.cli import main
+from selfplay.grpo import make_sampler
+from selfplay.rewards import Judged, judge_rollouts, reward_functions, verdict_advantages
+from strokes.errors import InputError
+from strokes.model.tiny import Policy
+from strokes.shapeworld import PromptRecord, make_suite
+from strokes.shapeworld.check import is_correct
+from trainer.config import GrpoConfig, TrainConfig
+
+
+@pytest.fixture(scope="module")
+def policy(tmp_path_factory):
+    torch.set_num_threads(1)
+    return Policy.from_pretrained(tiny_checkpoint(tmp_path_factory))
+
+
+def sample(policy, **rollout):
+    cfg = RolloutConfig(batch_size=8, max_steps=2, max_refines=1, max_text_tokens=12, **rollout)
+    return Engine(policy, cfg).sample(make_suite("train", 1, 0), seed=3)
+
+
+def test_rollout_logprobs_agree_with_a_teacher_forced_forward(policy):
+    """What the trainer's forward computes for the sampled tokens is what the engine recorded."""
+    rolled = sample(policy)
+    assert any(s.completion_ids for s in rolled)
+    for s in rolled:
+        assert len(s.logprobs) == len(s.chosen) == len(s.completion_ids)
+        ids = torch.tensor([s.prompt_ids + s.completion_ids])
+        with torch.no_grad():
+            logits = policy.model(input_ids=ids).logits[0, len(s.prompt_ids) - 1: -1].float()
+        expected = torch.log_softmax(logits, -1).gather(1, torch.tensor(s.completion_ids)[:, None]).squeeze(1)
+        assert torch.allclose(torch.tensor(s.logprobs), expected, atol=1e-4)
+        assert all(lp <= 0 for lp in s.logprobs)
+
+
+def test_a_verdict_the_threshold_decided_is_not_the_models_choice(policy):
+    """With `rollout.inspect: threshold` the first inspection word is decided, not sampled: it gets
+    no policy gradient (chosen 0); with sampled verdicts the model chose it (chosen 1)."""
+    inspect_id = policy.processor.special["<inspect>"]
+    for mode, chosen in (("threshold", 0), ("sample", 1)):
+        for s in sample(policy, inspect=mode, inspect_threshold=0.5):
+            verdicts = [i + 1 for i, t in enumerate(s.completion_ids[:-1]) if t == inspect_id]
+            assert all(s.chosen[i] == chosen for i in verdicts)
+
+
+def test_rollouts_for_rl_refuse_guidance(policy):
+    with pytest.raises(InputError, match="cfg_scale"):
+        sample(policy, cfg_scale=2.0)
+
+
+def test_rewards_on_hand_made_trajectories():
+    """Pipeline trajectories whose wrong states are known by construction, each inspected as it was
+    built (a conflict on every wrong state, repaired by its refinement): every mistake is caught,
+    none is a false alarm, each repair counts; a false alarm added by hand costs."""
+    trajectories = hand_labelled()
+    judged = judge_rollouts(trajectories, OracleJudge(), exact=True)
+    for t, j in zip(trajectories, judged):
+        kinds = construction_labels(t)
+        assert j.states == len(kinds) and j.unjudged == 0
+        assert j.caught == sum(k != "right" for k in kinds) and j.false_alarms == 0
+        assert j.repairs == sum(a != "right" and b == "right" for a, b in zip(kinds, kinds[1:]))
+        assert j.final == is_correct(PromptRecord.from_json(t.record), t.final_image)
+    k = next(i for i, t in enumerate(trajectories) if all(c == "right" for c in construction_labels(t)))
+    alarmed = copy.deepcopy(trajectories[k])
+    alarmed.steps[0].inspection = "conflict. the red circle is blue instead of red."
+    assert judge_rollouts([alarmed], OracleJudge(), exact=True)[0].false_alarms == 1
+
+    logged = {}
+    rewards = reward_functions()
+    prompts = [t.prompt for t in trajectories]
+    kw = {"judged": judged, "log_metric": lambda name, value: logged.__setitem__(name, value)}
+    final = rewards["final"](prompts, [""] * len(prompts), **kw)
+    assert final == [float(j.final) for j in judged]
+    inspection = rewards["inspection"](prompts, [""] * len(prompts), **kw)
+    assert inspection == [j.caught / j.states for j in judged]
+    assert rewards["refine"](prompts, [""] * len(prompts), **kw) == [float(j.repairs) for j in judged]
+    assert logged["judge/unjudged"] == 0.0 and 0 <= logged["groups/all_right"] <= logged["groups/any_right"] <= 1
+    for task in {j.task for j in judged}:
+        right = [j.final for j in judged if j.task == task]
+        assert logged[f"final/{task}"] == sum(right) / len(right)
+
+
+def test_each_verdict_word_gets_its_own_advantage_against_its_labels_baseline():
+    """Right verdicts earn, wrong ones cost, each against the mean of the states with the same label:
+    a caught mistake among many misses earns more than a routine "aligned" among right states."""
+    judged = [Judged(final=True, verdicts=[(0, False, False), (1, True, True)]),  # aligned on a right state; caught
+              Judged(final=False, verdicts=[(0, False, False), (1, True, False), (2, True, False)])]  # two misses
+    (a, b) = verdict_advantages(judged, weight=0.5)
+    # right states: both verdicts right (mean +1) -> 0; wrong states: +1, -1, -1 (mean -1/3)
+    assert a == [(0, 0.0), (1, 0.5 * (1 + 1 / 3))]
+    assert b == [(0, 0.0), (1, 0.5 * (-1 + 1 / 3)), (2, 0.5 * (-1 + 1 / 3))]
+    assert abs(a[1][1] + b[1][1] + b[2][1]) < 1e-12  # each label's advantages sum to zero
+
+
+def test_the_sampler_puts_verdict_credit_on_the_word_after_each_inspect(policy):
+    engine = Engine(policy, RolloutConfig(batch_size=8, max_steps=2, max_refines=1, max_text_tokens=12))
+    prompts = [json.dumps(r.to_json()) for r in make_suite("train", 1, 0)]
+    out = make_sampler(engine, OracleJudge(), exact=True, verdict_weight=1.0)(prompts, 0)
+    inspect = policy.processor.special["<inspect>"]
+    assert len(out["token_advantages"]) == len(prompts) and any(out["token_advantages"])
+    for ids, credit, j in zip(out["completion_ids"], out["token_advantages"], out["judged"]):
+        assert len(credit) == len(j.verdicts)
+        assert all(ids[p - 1] == inspect for p, _ in credit)
+
+
+def test_a_broken_trajectory_scores_zero_and_a_missing_verdict_is_none():
+    broken = copy.deepcopy(hand_labelled()[0])
+    broken.meta["failed"] = "no legal token"
+    j = judge_rollouts([broken], OracleJudge(), exact=True)[0]
+    assert j.final is False and j.states == j.caught == j.repairs == 0
+    rewards = reward_functions()
+    assert rewards["final"](["p"], [""], judged=[Judged(final=None)]) == [None]  # TRL leaves it out
+
+
+def test_grpo_config_refuses_unknown_rewards_and_ray_train():
+    with pytest.raises(InputError, match="train.distributed"):
+        TrainConfig(method="grpo", distributed="ray", workers=2)
+    with pytest.raises(InputError, match="train.grpo.reward_weights.beauty"):
+        GrpoConfig(reward_weights={"beauty": 1.0})
+
+
+def test_a_tiny_grpo_round_end_to_end(tmp_path, base_checkpoint):  # noqa: F811
+    """Round 1 trains by GRPO on the policy's own rollouts: the rewards come from the judge and are
+    logged, the weights move, the checkpoint reloads, the control arm trains the same steps by SFT."""
+    cfg = tiny_config(tmp_path, base_checkpoint, loop={"rounds": 1},
+                      train={"method": "grpo", "lr": 1e-3,
+                             "grpo": {"steps": 2, "prompts_per_step": 2, "generations": 2, "prompts": 6}})
+    assert main(["run", str(cfg), "--runs", str(tmp_path / "runs"), "--name", "g"]) == 0
+    run = tmp_path / "runs" / "g"
+    done = stages(run)
+    assert "1:rollouts" not in done  # GRPO rolls out inside training
+    for s in ("data", "checkpoint", "eval", "validate", "control", "control_eval", "promote"):
+        assert f"1:{s}" in done
+    events = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    steps = [e for e in events if e["event"] == "train" and e.get("arm") == "policy" and "reward" in e]
+    assert [e["step"] for e in steps] == [1, 2]
+    for key in ("rewards/final/mean", "rewards/inspection/mean", "rewards/refine/mean", "rewards/steps/mean", "kl",
+                "groups/any_right"):
+        assert all(key in e for e in steps)
+    control = [e for e in events if e["event"] == "train" and e.get("arm") == "control" and "loss" in e]
+    assert control and control[-1]["step"] == 2  # the same optimizer steps, on base data
+    trained = Policy.from_pretrained(run / "round_001" / "checkpoint" / "checkpoint")
+    base = Policy.from_pretrained(base_checkpoint)
+    moved = [not torch.equal(a, b) for a, b in zip(trained.model.parameters(), base.model.parameters())]
+    assert any(moved)
+    assert "GRPO rounds" in (run / "report.html").read_text()
+
+
+@pytest.mark.slow
+def test_kill9_in_a_grpo_round_then_resume_matches_an_uninterrupted_run(tmp_path, base_checkpoint):  # noqa: F811
+    """kill -9 in the middle of round 1's GRPO, then --resume: the same rewards step by step, the
+    same weights, the same scores (rollout seeds follow the step, so the redone steps resample the
+    same trajectories)."""
+    cfg = tiny_config(tmp_path, base_checkpoint, loop={"rounds": 1, "control": False},
+                      train={"method": "grpo", "lr": 1e-3,
+                             "grpo": {"steps": 6, "prompts_per_step": 2, "generations": 2, "prompts": 6}})
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    cmd = [sys.executable, "-m", "selfplay.cli", "run", str(cfg), "--runs", str(tmp_path)]
+    subprocess.run(cmd + ["--name", "straight"], check=True, env=env, capture_output=True)
+    proc = subprocess.Popen(cmd + ["--name", "killed"], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    marker = tmp_path / "killed" / "round_001" / "checkpoint.tmp" / "train" / "metrics.jsonl"
+    deadline = time.time() + 300
+    while not marker.exists() and proc.poll() is None and time.time() < deadline:
+        time.sleep(0.05)
+    assert proc.poll() is None, "the run ended before it could be killed mid-training"
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    assert "1:checkpoint" not in stages(tmp_path / "killed")
+    subprocess.run(cmd + ["--name", "killed", "--resume"], check=True, env=env, capture_output=True)
+    a, b = tmp_path / "straight", tmp_path / "killed"
+    assert stages(a) == stages(b)
+    rewards = [[(e["step"], e["reward"], e["kl"]) for e in map(json.loads, (r / "metrics.jsonl").read_text().splitlines())
+                if e.get("event") == "train" and "reward" in e] for r in (a, b)]
+    assert rewards[0] == rewards[1] and len(rewards[0]) == 6
+    wa, wb = (Policy.from_pretrained(r / "round_001" / "checkpoint" / "checkpoint").model.state_dict() for r in (a, b))
+    assert all(torch.equal(wa[k], wb[k]) for k in wa)
+    assert [json.loads((r / "round_001" / "eval" / "scores.json").read_text()) for r in (a, b)][0] == \
+        json.loads((b / "round_001" / "eval" / "scores.json").read_text())
