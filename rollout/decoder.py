@@ -91,6 +91,7 @@ class Output:
     error: str = ""  # why the row did not end inside the grammar ("" when it did)
     logprobs: list[float] = field(default_factory=list)  # per generated token, with `record_logprobs`
     chosen: list[bool] = field(default_factory=list)  # per generated token: did the model choose it?
+    legal: list[int] = field(default_factory=list)  # per generated token: its row of `Grammar.masks`
 
     @property
     def generated(self) -> list[int]:
@@ -102,7 +103,7 @@ class _Rows:
 
     LONG = ("key", "state", "span", "steps", "refines", "left", "pos", "n_out", "f_pos", "f_len")
     BOOL = ("paused", "done")
-    MATRIX = ("logits", "out", "vcol", "forced", "attn", "lp", "chosen")
+    MATRIX = ("logits", "out", "vcol", "forced", "attn", "lp", "chosen", "mid")
 
     def __init__(self) -> None:
         self.cache = None
@@ -180,8 +181,9 @@ class Decoder:
         self.kv_cache = kv_cache
         self.guidance_scale = guidance_scale
         self.inspect_rule = inspect_rule
-        # RL needs, per generated token, log p(token) under the model's own distribution at the
-        # sampling temperature, unmasked (what a trainer's forward of the same tokens computes), and
+        # RL needs, per generated token, log p(token) under the distribution it was sampled from (the
+        # model's at the sampling temperature, renormalised over the grammar's legal tokens), the row
+        # of `Grammar.masks` that was legal (so a trainer can recompute the same distribution), and
         # whether the model chose it: a token the grammar forced (one legal token), an intervention
         # appended or a threshold decided was not sampled from the model, so it has no policy gradient.
         self.record_logprobs = record_logprobs
@@ -264,6 +266,7 @@ class Decoder:
         r.vcol = torch.zeros((n, width), dtype=torch.long, device=dev)
         r.lp = torch.zeros((n, width if self.record_logprobs else 1), dtype=torch.float32, device=dev)
         r.chosen = torch.zeros((n, width if self.record_logprobs else 1), dtype=torch.bool, device=dev)
+        r.mid = torch.zeros((n, width if self.record_logprobs else 1), dtype=torch.long, device=dev)
         r.forced = torch.zeros((n, 1), dtype=torch.long, device=dev)
         r.attn = attn
         return r
@@ -337,6 +340,7 @@ class Decoder:
                 if self.record_logprobs:
                     outputs[k].logprobs = rows.lp[i, :n_out].tolist()
                     outputs[k].chosen = rows.chosen[i, :n_out].tolist()
+                    outputs[k].legal = rows.mid[i, :n_out].tolist()
                 if on_done is not None:
                     on_done(k, outputs[k])
 
@@ -406,13 +410,13 @@ class Decoder:
         vcol = torch.full_like(tok, r.columns + r.origin)
         r.vcol.scatter_(1, idx, torch.where(feed, vcol, r.vcol.gather(1, idx).squeeze(1))[:, None])
         if self.record_logprobs:
-            scaled = logits / (self.temperature or 1.0)
+            scaled = logits.masked_fill(~allowed, float("-inf")) / (self.temperature or 1.0)
             lp = torch.log_softmax(scaled, -1).gather(1, tok[:, None]).squeeze(1)
             chosen = ~has_f & (allowed.sum(-1) > 1)
             if decided is not None:
                 chosen &= ~decided
-            r.lp.scatter_(1, idx, torch.where(feed, lp, r.lp.gather(1, idx).squeeze(1))[:, None])
-            r.chosen.scatter_(1, idx, torch.where(feed, chosen, r.chosen.gather(1, idx).squeeze(1))[:, None])
+            for buf, value in ((r.lp, lp), (r.chosen, chosen), (r.mid, mid)):
+                buf.scatter_(1, idx, torch.where(feed, value, buf.gather(1, idx).squeeze(1))[:, None])
         r.n_out += feed
         state, span, steps, refines = g.advance(tok, r.state, r.span, r.steps, r.refines)
         r.state = torch.where(feed, state, r.state)

@@ -33,15 +33,17 @@ Prompt = PromptRecord | str
 @dataclass
 class Sampled:
     """One rollout as an RL trainer needs it: the trajectory, its tokens split into the prompt's and
-    the generated ones, each generated token's log-probability under the policy that sampled it
-    (unmasked, at the sampling temperature: what the trainer's forward of the same tokens computes)
-    and whether the model chose it (1) or the grammar or an intervention did (0)."""
+    the generated ones, and per generated token: its log-probability under the distribution it was
+    sampled from (the model's at the sampling temperature, renormalised over the tokens the grammar
+    allowed), the grammar's legal set (a row of `Engine.legal_sets`), and whether the model chose it
+    (1) or the grammar or an intervention did (0)."""
 
     trajectory: Trajectory
     prompt_ids: list[int]
     completion_ids: list[int]
     logprobs: list[float]
     chosen: list[int]
+    legal: list[int]
 
 
 def resolve_device(name: str) -> torch.device:
@@ -132,13 +134,20 @@ class Engine:
     def sample(self, prompts: Sequence[Prompt], seed: int | None = None) -> list[Sampled]:
         """Rollouts with their tokens and log-probabilities, for RL (`Sampled`). Guidance would make
         the sampling distribution one the trainer's forward cannot reproduce, so it is refused."""
-        if self.cfg.cfg_scale != 1:
-            raise InputError("rollout.cfg_scale: RL rollouts need 1 (guided logits are not the policy's)")
+        c = self.cfg
+        if c.cfg_scale != 1 or c.top_k or c.top_p < 1 or c.temperature <= 0:
+            raise InputError("rollout: RL rollouts sample from the policy's own distribution: cfg_scale 1, "
+                             "top_k 0, top_p 1 and a temperature above 0")
         if self._sampling_decoder is None:
-            self._sampling_decoder = self._decoder(self.cfg.mode, record_logprobs=True)
+            self._sampling_decoder = self._decoder(c.mode, record_logprobs=True)
         trajs, outs = self._run(self._sampling_decoder, prompts, seed)
-        return [Sampled(t, o.ids[: o.context_length], o.generated, o.logprobs, [int(c) for c in o.chosen])
+        return [Sampled(t, o.ids[: o.context_length], o.generated, o.logprobs, [int(x) for x in o.chosen], o.legal)
                 for t, o in zip(trajs, outs)]
+
+    @property
+    def legal_sets(self) -> torch.Tensor:
+        """The grammar's legal-token sets (bool, sets x vocabulary) that `Sampled.legal` indexes."""
+        return self.decoder.grammar.masks
 
     def _run(self, decoder: Decoder, prompts: Sequence[Prompt], seed: int | None = None,
              plan_hook: PlanHook | None = None,

@@ -33,8 +33,8 @@ def grpo_prompts(cfg, rnd: int) -> list[str]:
 
 
 def make_sampler(engine: Engine, judge, exact: bool, verdict_weight: float = 0.0) -> SampleFn:
-    """The rollout function TRL calls: trajectories for the prompts, their tokens and log-probs, the
-    mask of tokens the model chose (`env_mask`), the judge's findings (`judged`) and, with a
+    """The rollout function TRL calls: trajectories for the prompts, their tokens, log-probs and legal
+    sets (`legal`), the mask of tokens the model chose (`env_mask`), the judge's findings (`judged`) and, with a
     `verdict_weight`, each verdict word's own advantage (`token_advantages`, `verdict_advantages`)."""
     eos, inspect = engine.processor.special["<eos>"], engine.processor.special["<inspect>"]
 
@@ -42,13 +42,14 @@ def make_sampler(engine: Engine, judge, exact: bool, verdict_weight: float = 0.0
         records = [PromptRecord.from_json(json.loads(p)) for p in prompts]
         rolled = engine.sample(records, seed)
         judged = judge_rollouts([s.trajectory for s in rolled], judge, exact)
-        out = {"prompt_ids": [], "completion_ids": [], "logprobs": [], "env_mask": [], "judged": judged}
+        out = {"prompt_ids": [], "completion_ids": [], "logprobs": [], "env_mask": [], "legal": [], "judged": judged}
         for s in rolled:
             empty = not s.completion_ids  # refused at admission: one inert token keeps TRL's shapes
             out["prompt_ids"].append(s.prompt_ids)
             out["completion_ids"].append([eos] if empty else s.completion_ids)
             out["logprobs"].append([0.0] if empty else s.logprobs)
             out["env_mask"].append([0] if empty else s.chosen)
+            out["legal"].append([] if empty else s.legal)
         if verdict_weight:
             out["token_advantages"] = []
             for s, credit in zip(rolled, verdict_advantages(judged, verdict_weight)):
@@ -70,6 +71,6 @@ def grpo_stage(cfg, parent: Path, prompts: list[str], out: Path, judge) -> dict:
     g = cfg.train.grpo
     verdict_weight = g.reward_weights.get("inspection", 0.0) if g.verdict_credit == "token" else 0.0
     sample = make_sampler(engine, judge, exact=cfg.judge.kind == "oracle", verdict_weight=verdict_weight)
-    return train_grpo(policy, prompts, cfg.train, out, sample, reward_functions(),
+    return train_grpo(policy, prompts, cfg.train, out, sample, reward_functions(), engine.legal_sets,
                       temperature=rollout_cfg.temperature)
 

@@ -353,7 +353,7 @@ def test_a_grpo_step_with_lora_runs_on_the_adapter(policy, tmp_path):
                        num_threads=1, device="cpu", lora=LoraConfig(enabled=True, r=4, alpha=8),
                        grpo=GrpoConfig(steps=1, prompts_per_step=1, generations=2, beta=0.1))
     summary = train_grpo(trained, prompts, tcfg, tmp_path / "grpo", make_sampler(engine, OracleJudge(), exact=True),
-                         reward_functions())
+                         reward_functions(), engine.legal_sets)
     assert summary["steps"] == 1
     logged = [json.loads(line) for line in (tmp_path / "grpo" / "metrics.jsonl").read_text().splitlines()]
     assert any("rewards/final/mean" in e and "kl" in e for e in logged)

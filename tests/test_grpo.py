@@ -3,6 +3,7 @@ round through the loop (rewards from the judge, the policy changes, the checkpoi
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import json
 import os
@@ -10,6 +11,7 @@ import signal
 import subprocess
 import sys
 import time
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -41,17 +43,48 @@ def sample(policy, **rollout):
 
 
 def test_rollout_logprobs_agree_with_a_teacher_forced_forward(policy):
-    """What the trainer's forward computes for the sampled tokens is what the engine recorded."""
-    rolled = sample(policy)
+    """The engine's log-probabilities are those of a plain forward of the same tokens, masked to the
+    legal set it recorded for each token: the distribution the token was drawn from."""
+    engine = Engine(policy, RolloutConfig(batch_size=8, max_steps=2, max_refines=1, max_text_tokens=12))
+    rolled = engine.sample(make_suite("train", 1, 0), seed=3)
     assert any(s.completion_ids for s in rolled)
     for s in rolled:
-        assert len(s.logprobs) == len(s.chosen) == len(s.completion_ids)
+        assert len(s.logprobs) == len(s.chosen) == len(s.legal) == len(s.completion_ids)
         ids = torch.tensor([s.prompt_ids + s.completion_ids])
         with torch.no_grad():
             logits = policy.model(input_ids=ids).logits[0, len(s.prompt_ids) - 1: -1].float()
-        expected = torch.log_softmax(logits, -1).gather(1, torch.tensor(s.completion_ids)[:, None]).squeeze(1)
+        allowed = engine.legal_sets[torch.tensor(s.legal)]
+        masked = torch.log_softmax(logits.masked_fill(~allowed, float("-inf")), -1)
+        expected = masked.gather(1, torch.tensor(s.completion_ids)[:, None]).squeeze(1)
         assert torch.allclose(torch.tensor(s.logprobs), expected, atol=1e-4)
-        assert all(lp <= 0 for lp in s.logprobs)
+        forced = [lp for lp, c in zip(s.logprobs, s.chosen) if not c]
+        assert all(abs(lp) < 1e-5 for lp in forced)  # the grammar's only legal token: probability 1
+
+
+def test_the_trainer_computes_the_engines_log_probs(policy, tmp_path):
+    """TRL's ratio compares the same distributions: the GRPO trainer's masked forward of the sampled
+    tokens gives the log-probabilities the engine recorded while sampling them."""
+    from trainer.grpo import _trainer_class
+
+    engine = Engine(policy, RolloutConfig(batch_size=8, max_steps=2, max_refines=1, max_text_tokens=12))
+    rolled = [s for s in engine.sample(make_suite("train", 1, 0), seed=3) if s.completion_ids]
+    trainer = object.__new__(_trainer_class())  # only the log-prob method and its state, no TRL setup
+    trainer._legal_sets = torch.cat([engine.legal_sets, torch.ones((1, engine.legal_sets.shape[1]), dtype=torch.bool)])
+    trainer._legal_ids = trainer.legal_ids([s.legal for s in rolled])
+    trainer.temperature = 1.0
+    trainer.accelerator = SimpleNamespace(autocast=contextlib.nullcontext)
+    width = trainer._legal_ids.shape[1]
+    plen = max(len(s.prompt_ids) for s in rolled)
+    ids = torch.zeros((len(rolled), plen + width), dtype=torch.long)
+    mask = torch.zeros_like(ids)
+    for i, s in enumerate(rolled):
+        row = s.prompt_ids + s.completion_ids
+        ids[i, plen - len(s.prompt_ids): plen - len(s.prompt_ids) + len(row)] = torch.tensor(row)
+        mask[i, plen - len(s.prompt_ids): plen - len(s.prompt_ids) + len(row)] = 1
+    with torch.no_grad():
+        logps, _, _ = trainer._get_per_token_logps_and_entropies(policy.model, ids, mask, width)
+    for i, s in enumerate(rolled):
+        assert torch.allclose(logps[i, : len(s.logprobs)], torch.tensor(s.logprobs), atol=1e-4)
 
 
 def test_a_verdict_the_threshold_decided_is_not_the_models_choice(policy):
