@@ -48,6 +48,9 @@ class GrpoConfig:
 
     steps: int = 40
     """GRPO optimizer steps per round (one generation of trajectories per step)."""
+    lr: float = 0.0
+    """Peak learning rate of GRPO rounds; 0 = `train.lr` (set it when SFT and GRPO rounds share a run,
+    `method: sft_then_grpo`: RL wants a smaller step than SFT)."""
     prompts_per_step: int = 8
     """Distinct training prompts per optimizer step."""
     generations: int = 8
@@ -81,6 +84,7 @@ class GrpoConfig:
             require(self, name, getattr(self, name) >= 1, "must be >= 1")
         require(self, "generations", self.generations >= 2, "must be >= 2 (advantages compare a group)")
         require(self, "beta", self.beta >= 0, "must be >= 0")
+        require(self, "lr", self.lr >= 0, "must be >= 0 (0: train.lr)")
         require(self, "epsilon", 0 < self.epsilon < 1, "must be in (0, 1)")
         require(self, "loss_type", self.loss_type in ("dapo", "grpo", "dr_grpo", "bnpo"),
                 "must be dapo, grpo, dr_grpo or bnpo")

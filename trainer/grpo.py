@@ -56,7 +56,7 @@ def grpo_args(cfg: TrainConfig, out: Path, temperature: float):
     g, cuda = cfg.grpo, use_cuda(cfg)
     return GRPOConfig(
         output_dir=str(out),
-        learning_rate=cfg.lr,
+        learning_rate=g.lr or cfg.lr,
         lr_scheduler_type="cosine_with_min_lr",
         lr_scheduler_kwargs={"min_lr_rate": cfg.min_lr_ratio},
         warmup_steps=cfg.warmup_steps,
