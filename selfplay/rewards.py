@@ -39,12 +39,6 @@ class Judged:
     """The last image satisfies the prompt (None: the judge gave no verdict)."""
     task: str = ""
     """The prompt's task (its record's tag)."""
-    caught: int = 0
-    """Wrong states the model flagged ("conflict")."""
-    false_alarms: int = 0
-    """Right states the model flagged."""
-    states: int = 0
-    """Visual states the judge labelled."""
     repairs: int = 0
     """Refinements that turned a wrong state right."""
     extra_steps: int = 0
@@ -53,6 +47,21 @@ class Judged:
     """Visual states (and final verdicts) the judge could not give a verdict on."""
     verdicts: list[tuple[int, bool, bool]] = field(default_factory=list)
     """Per labelled state: (its index among the visual states, judged wrong, the model said conflict)."""
+
+    @property
+    def states(self) -> int:
+        """Visual states the judge labelled."""
+        return len(self.verdicts)
+
+    @property
+    def caught(self) -> int:
+        """Wrong states the model flagged ("conflict")."""
+        return sum(wrong and said for _, wrong, said in self.verdicts)
+
+    @property
+    def false_alarms(self) -> int:
+        """Right states the model flagged."""
+        return sum(not wrong and said for _, wrong, said in self.verdicts)
 
 
 def flagged(t: Trajectory) -> list[bool]:
@@ -73,23 +82,18 @@ def judge_rollouts(trajectories: list[Trajectory], judge, exact: bool) -> list[J
     finals = _finals(trajectories, judge, exact)
     out = []
     for k, t in enumerate(trajectories):
-        task = PromptRecord.from_json(t.record).tag if t.record is not None else ""
-        if not t.steps or "failed" in t.meta or t.record is None:
+        record = PromptRecord.from_json(t.record) if t.record is not None else None
+        task = record.tag if record is not None else ""
+        if not t.steps or "failed" in t.meta or record is None:
             out.append(Judged(final=False, task=task))
             continue
         mine = by_source.get(k, [])
-        j = Judged(final=finals[k], task=task, states=len(mine),
-                   unjudged=visual_states(t) - len(mine) + (finals[k] is None))
-        for prev, cur in zip([None, *mine], mine):
-            j.verdicts.append((cur.index, cur.wrong, bool(cur.score)))
-            if cur.score:
-                j.caught += cur.wrong
-                j.false_alarms += not cur.wrong
-            if cur.refined and prev is not None and prev.index == cur.index - 1 and prev.wrong and not cur.wrong:
-                j.repairs += 1
-        objects = sum(r.count for r in PromptRecord.from_json(t.record).include)
-        j.extra_steps = max(0, len(t.steps) - objects)
-        out.append(j)
+        repairs = sum(cur.refined and prev.index == cur.index - 1 and prev.wrong and not cur.wrong
+                      for prev, cur in zip(mine, mine[1:]))
+        out.append(Judged(final=finals[k], task=task, repairs=repairs,
+                          extra_steps=max(0, len(t.steps) - sum(r.count for r in record.include)),
+                          unjudged=visual_states(t) - len(mine) + (finals[k] is None),
+                          verdicts=[(s.index, s.wrong, bool(s.score)) for s in mine]))
     return out
 
 

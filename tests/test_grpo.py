@@ -6,17 +6,12 @@ from __future__ import annotations
 import contextlib
 import copy
 import json
-import os
-import signal
-import subprocess
-import sys
-import time
 from types import SimpleNamespace
 
 import pytest
 import torch
 from test_inspect_eval import construction_labels, hand_labelled
-from test_loop import base_checkpoint, stages, tiny_config  # noqa: F401  (fixture)
+from test_loop import base_checkpoint, kill9_mid_training_then_resume, stages, tiny_config  # noqa: F401  (fixture)
 from test_rollout_support import tiny_checkpoint
 
 from judges import OracleJudge
@@ -208,25 +203,12 @@ def test_kill9_in_a_grpo_round_then_resume_matches_an_uninterrupted_run(tmp_path
     cfg = tiny_config(tmp_path, base_checkpoint, loop={"rounds": 1, "control": False},
                       train={"method": "grpo", "lr": 1e-3,
                              "grpo": {"steps": 6, "prompts_per_step": 2, "generations": 2, "prompts": 6}})
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    cmd = [sys.executable, "-m", "selfplay.cli", "run", str(cfg), "--runs", str(tmp_path)]
-    subprocess.run(cmd + ["--name", "straight"], check=True, env=env, capture_output=True)
-    proc = subprocess.Popen(cmd + ["--name", "killed"], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    marker = tmp_path / "killed" / "round_001" / "checkpoint.tmp" / "train" / "metrics.jsonl"
-    deadline = time.time() + 300
-    while not marker.exists() and proc.poll() is None and time.time() < deadline:
-        time.sleep(0.05)
-    assert proc.poll() is None, "the run ended before it could be killed mid-training"
-    os.kill(proc.pid, signal.SIGKILL)
-    proc.wait()
-    assert "1:checkpoint" not in stages(tmp_path / "killed")
-    subprocess.run(cmd + ["--name", "killed", "--resume"], check=True, env=env, capture_output=True)
-    a, b = tmp_path / "straight", tmp_path / "killed"
+    a, b = kill9_mid_training_then_resume(tmp_path, cfg)
     assert stages(a) == stages(b)
     rewards = [[(e["step"], e["reward"], e["kl"]) for e in map(json.loads, (r / "metrics.jsonl").read_text().splitlines())
                 if e.get("event") == "train" and "reward" in e] for r in (a, b)]
     assert rewards[0] == rewards[1] and len(rewards[0]) == 6
     wa, wb = (Policy.from_pretrained(r / "round_001" / "checkpoint" / "checkpoint").model.state_dict() for r in (a, b))
     assert all(torch.equal(wa[k], wb[k]) for k in wa)
-    assert [json.loads((r / "round_001" / "eval" / "scores.json").read_text()) for r in (a, b)][0] == \
-        json.loads((b / "round_001" / "eval" / "scores.json").read_text())
+    scores = [json.loads((r / "round_001" / "eval" / "scores.json").read_text()) for r in (a, b)]
+    assert scores[0] == scores[1]

@@ -148,11 +148,9 @@ def _eval_scores(run: Path) -> list:
     return [json.loads((d / "eval" / "scores.json").read_text()) for d in sorted(run.glob("round_*"))]
 
 
-@pytest.mark.slow
-def test_kill9_then_resume_matches_an_uninterrupted_run(tmp_path, base_checkpoint):
-    """kill -9 in the middle of round 1's training, then --resume: same datasets, same scores."""
-    cfg = tiny_config(tmp_path, base_checkpoint, loop={"rounds": 1, "control": False},
-                      train={"max_steps": 6})
+def kill9_mid_training_then_resume(tmp_path: Path, cfg: Path) -> tuple[Path, Path]:
+    """Run `cfg` straight, and again killed with -9 in the middle of round 1's training and then
+    resumed; returns the two run folders (straight, killed)."""
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     cmd = [sys.executable, "-m", "selfplay.cli", "run", str(cfg), "--runs", str(tmp_path)]
     subprocess.run(cmd + ["--name", "straight"], check=True, env=env, capture_output=True)
@@ -166,7 +164,15 @@ def test_kill9_then_resume_matches_an_uninterrupted_run(tmp_path, base_checkpoin
     proc.wait()
     assert "1:checkpoint" not in stages(tmp_path / "killed")
     subprocess.run(cmd + ["--name", "killed", "--resume"], check=True, env=env, capture_output=True)
-    a, b = tmp_path / "straight", tmp_path / "killed"
+    return tmp_path / "straight", tmp_path / "killed"
+
+
+@pytest.mark.slow
+def test_kill9_then_resume_matches_an_uninterrupted_run(tmp_path, base_checkpoint):
+    """kill -9 in the middle of round 1's training, then --resume: same datasets, same scores."""
+    cfg = tiny_config(tmp_path, base_checkpoint, loop={"rounds": 1, "control": False},
+                      train={"max_steps": 6})
+    a, b = kill9_mid_training_then_resume(tmp_path, cfg)
     assert _dataset_rows(a, 1) == _dataset_rows(b, 1)
     assert _eval_scores(a) == _eval_scores(b)
     assert stages(a) == stages(b)

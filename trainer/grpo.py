@@ -39,7 +39,7 @@ from typing import Callable
 from strokes.errors import InputError
 
 from .config import REWARDS, TrainConfig
-from .sft import peft_config, run_and_save, setup_wandb, train_callbacks, use_bf16, use_cuda
+from .sft import peft_config, run_and_save, setup_wandb, train_callbacks, trainer_args
 
 SampleFn = Callable[[list[str], int], dict]
 """prompts, seed -> {"prompt_ids", "completion_ids", "logprobs", "env_mask", **extra fields}, one
@@ -53,16 +53,9 @@ def grpo_args(cfg: TrainConfig, out: Path, temperature: float):
     `prompts_per_step` x `generations` trajectories, rewards weighted by `grpo.reward_weights`."""
     from trl import GRPOConfig
 
-    g, cuda = cfg.grpo, use_cuda(cfg)
+    g = cfg.grpo
     return GRPOConfig(
-        output_dir=str(out),
-        learning_rate=g.lr or cfg.lr,
-        lr_scheduler_type="cosine_with_min_lr",
-        lr_scheduler_kwargs={"min_lr_rate": cfg.min_lr_ratio},
-        warmup_steps=cfg.warmup_steps,
-        weight_decay=cfg.weight_decay,
-        adam_beta2=cfg.adam_beta2,
-        max_grad_norm=cfg.max_grad_norm,
+        **trainer_args(cfg, out, g.lr or cfg.lr),
         per_device_train_batch_size=g.prompts_per_step * g.generations,
         gradient_accumulation_steps=1,
         num_generations=g.generations,
@@ -76,18 +69,6 @@ def grpo_args(cfg: TrainConfig, out: Path, temperature: float):
         reward_weights=[0.0 if name == "inspection" and g.verdict_credit == "token" else g.reward_weights.get(name, 0.0)
                         for name in REWARDS],
         max_completion_length=1 << 20,  # the engine's caps bound a trajectory, not TRL
-        seed=cfg.seed,
-        data_seed=cfg.seed,
-        bf16=use_bf16(cfg),
-        use_cpu=not cuda,
-        activation_checkpointing=cfg.activation_checkpointing,
-        logging_steps=cfg.logging_steps,
-        save_steps=cfg.save_steps,
-        save_total_limit=cfg.save_total_limit,
-        save_only_model=False,
-        report_to=[] if cfg.report_to == "none" else [cfg.report_to],
-        dataloader_num_workers=0,
-        disable_tqdm=True,
     )
 
 

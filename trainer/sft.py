@@ -50,30 +50,19 @@ def use_bf16(cfg: TrainConfig) -> bool:
     return use_cuda(cfg) if cfg.bf16 == "auto" else bool(cfg.bf16)
 
 
-def sft_config(cfg: TrainConfig, out: Path):
-    """Our `TrainConfig` as TRL's `SFTConfig` (pre-tokenized rows, completion-only loss, bfd packing)."""
-    from trl import SFTConfig
-
+def trainer_args(cfg: TrainConfig, out: Path, lr: float) -> dict:
+    """What every TRL trainer of ours (SFT, GRPO) takes from `TrainConfig`: schedule, optimizer,
+    precision, device, seeds, logging and checkpoints (`transformers.TrainingArguments` fields)."""
     cuda = use_cuda(cfg)
-    return SFTConfig(
+    return dict(
         output_dir=str(out),
-        learning_rate=cfg.lr,
+        learning_rate=lr,
         lr_scheduler_type="cosine_with_min_lr",
         lr_scheduler_kwargs={"min_lr_rate": cfg.min_lr_ratio},
         warmup_steps=cfg.warmup_steps,
         weight_decay=cfg.weight_decay,
         adam_beta2=cfg.adam_beta2,
         max_grad_norm=cfg.max_grad_norm,
-        per_device_train_batch_size=cfg.batch_size,
-        gradient_accumulation_steps=cfg.grad_accum,
-        num_train_epochs=cfg.epochs,
-        max_steps=cfg.max_steps,
-        max_length=cfg.max_length,
-        packing=cfg.packing,
-        train_sampling_strategy="group_by_length" if cfg.group_by_length else "random",
-        packing_strategy="bfd",  # padding-free: one flat row per batch, sequences isolated by position_ids
-        completion_only_loss=True,  # labels = -100 wherever completion_mask is 0
-        dataset_kwargs={},
         seed=cfg.seed,
         data_seed=cfg.seed,
         bf16=use_bf16(cfg),
@@ -87,6 +76,25 @@ def sft_config(cfg: TrainConfig, out: Path):
         dataloader_num_workers=0,
         dataloader_pin_memory=cuda,
         disable_tqdm=True,  # transformers' own bar and printer print raw log dicts; ConsoleProgress replaces them
+    )
+
+
+def sft_config(cfg: TrainConfig, out: Path):
+    """Our `TrainConfig` as TRL's `SFTConfig` (pre-tokenized rows, completion-only loss, bfd packing)."""
+    from trl import SFTConfig
+
+    return SFTConfig(
+        **trainer_args(cfg, out, cfg.lr),
+        per_device_train_batch_size=cfg.batch_size,
+        gradient_accumulation_steps=cfg.grad_accum,
+        num_train_epochs=cfg.epochs,
+        max_steps=cfg.max_steps,
+        max_length=cfg.max_length,
+        packing=cfg.packing,
+        train_sampling_strategy="group_by_length" if cfg.group_by_length else "random",
+        packing_strategy="bfd",  # padding-free: one flat row per batch, sequences isolated by position_ids
+        completion_only_loss=True,  # labels = -100 wherever completion_mask is 0
+        dataset_kwargs={},
         dataset_num_proc=None,
     )
 
