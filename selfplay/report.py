@@ -356,7 +356,7 @@ def write_report(run_dir: Path) -> Path:
                               "rewards/steps/mean", "groups/any_right", "frac_reward_zero_std")] + [mean("kl", tail)])
     if grpo_rows:
         parts.append("<h2>GRPO rounds (first fifth of the steps → last fifth)</h2>")
-        parts.append(_table(["round", "steps", "reward", "final right", "inspection", "repairs", "extra steps (−)",
+        parts.append(_table(["round", "steps", "reward", "final right", "inspection", "steps left wrong (−)", "extra steps (−)",
                              "groups with a right one", "groups with one reward (no signal)", "KL at the end"],
                             grpo_rows))
     judge_rows = []

@@ -7,18 +7,27 @@ the verdict the model wrote for it (the first word of its inspection). From that
     final       1 when the last image satisfies the prompt (the exact judge: the GenEval rule the
                 eval scores with; another judge: its verdict on the last state, aligned with nothing
                 missing), else 0
-    inspection  (wrong states the model flagged - right states it flagged) / labelled states:
-                a caught mistake earns, a false alarm costs
-    refine      refinements that turned a wrong state right
+    inspection  (right verdicts - wrong verdicts) / labelled states: a caught mistake earns, a
+                false alarm or a missed mistake costs, and a right state called right earns as much
+                as a wrong one caught
+    refine      minus the steps left wrong: steps whose last visual state (the sketch, or its last
+                refinement) is wrong. A repair earns back what the mistake cost, against leaving it
     steps       minus the steps beyond the scene's object count
 
-A trajectory the model broke (no steps, out of budget) gets 0 for each. A state the judge could not
+No component pays for making a mistake: a step drawn right scores at least as much on each as a
+wrong one caught and repaired. (An earlier version paid +1 per repair and counted only caught
+mistakes; under it round 2 drew more wrong first sketches than round 1, 377 against 228, and
+repaired them. Under this one they fall each round: 297, 221, 197.)
+
+A trajectory the model broke (no steps, out of budget) scores the worst on each: final 0,
+inspection -1, every object of the scene a step left wrong. A state the judge could not
 label is left out and counted; a final verdict the judge could not give is None, which TRL leaves
 out of the group's baseline rather than scoring as 0.
 """
 
 from __future__ import annotations
 
+import itertools
 from dataclasses import dataclass, field, replace
 from typing import Callable
 
@@ -39,8 +48,10 @@ class Judged:
     """The last image satisfies the prompt (None: the judge gave no verdict)."""
     task: str = ""
     """The prompt's task (its record's tag)."""
-    repairs: int = 0
-    """Refinements that turned a wrong state right."""
+    broken: bool = False
+    """The model broke the trajectory (no steps, out of budget): nothing in it was judged."""
+    left_wrong: int = 0
+    """Steps whose last visual state is wrong (a wrong sketch that no refinement repaired)."""
     extra_steps: int = 0
     """Steps beyond the scene's object count."""
     unjudged: int = 0
@@ -62,6 +73,11 @@ class Judged:
     def false_alarms(self) -> int:
         """Right states the model flagged."""
         return sum(not wrong and said for _, wrong, said in self.verdicts)
+
+    @property
+    def right_verdicts(self) -> int:
+        """States whose verdict agrees with the judge's label."""
+        return sum(wrong == said for _, wrong, said in self.verdicts)
 
 
 def flagged(t: Trajectory) -> list[bool]:
@@ -85,12 +101,13 @@ def judge_rollouts(trajectories: list[Trajectory], judge, exact: bool) -> list[J
         record = PromptRecord.from_json(t.record) if t.record is not None else None
         task = record.tag if record is not None else ""
         if not t.steps or "failed" in t.meta or record is None:
-            out.append(Judged(final=False, task=task))
+            objects = sum(r.count for r in record.include) if record is not None else 1
+            out.append(Judged(final=False, task=task, broken=True, left_wrong=objects))
             continue
         mine = by_source.get(k, [])
-        repairs = sum(cur.refined and prev.index == cur.index - 1 and prev.wrong and not cur.wrong
-                      for prev, cur in zip(mine, mine[1:]))
-        out.append(Judged(final=finals[k], task=task, repairs=repairs,
+        last = set(itertools.accumulate(1 + len(s.refinements) for s in t.steps))  # 1 + each step's last index
+        left_wrong = sum(s.wrong for s in mine if s.index + 1 in last)
+        out.append(Judged(final=finals[k], task=task, left_wrong=left_wrong,
                           extra_steps=max(0, len(t.steps) - sum(r.count for r in record.include)),
                           unjudged=visual_states(t) - len(mine) + (finals[k] is None),
                           verdicts=[(s.index, s.wrong, bool(s.score)) for s in mine]))
@@ -155,10 +172,11 @@ def reward_functions(key: str = "judged") -> dict[str, Callable[..., list]]:
         return [None if j.final is None else float(j.final) for j in judged]
 
     def inspection(prompts, completions, **kw) -> list:
-        return [(j.caught - j.false_alarms) / j.states if j.states else 0.0 for j in kw[key]]
+        return [-1.0 if j.broken else (2 * j.right_verdicts - j.states) / j.states if j.states else 0.0
+                for j in kw[key]]
 
     def refine(prompts, completions, **kw) -> list:
-        return [float(j.repairs) for j in kw[key]]
+        return [-float(j.left_wrong) for j in kw[key]]
 
     def steps(prompts, completions, **kw) -> list:
         return [-float(j.extra_steps) for j in kw[key]]

@@ -100,19 +100,25 @@ def test_rollouts_for_rl_refuse_guidance(policy):
 def test_rewards_on_hand_made_trajectories():
     """Pipeline trajectories whose wrong states are known by construction, each inspected as it was
     built (a conflict on every wrong state, repaired by its refinement): every mistake is caught,
-    none is a false alarm, each repair counts; a false alarm added by hand costs."""
+    none is a false alarm, no step is left wrong; a false alarm added by hand costs, and so does a
+    repair taken away."""
     trajectories = hand_labelled()
     judged = judge_rollouts(trajectories, OracleJudge(), exact=True)
     for t, j in zip(trajectories, judged):
         kinds = construction_labels(t)
         assert j.states == len(kinds) and j.unjudged == 0
         assert j.caught == sum(k != "right" for k in kinds) and j.false_alarms == 0
-        assert j.repairs == sum(a != "right" and b == "right" for a, b in zip(kinds, kinds[1:]))
+        assert j.left_wrong == 0 and j.right_verdicts == j.states
         assert j.final == is_correct(PromptRecord.from_json(t.record), t.final_image)
     k = next(i for i, t in enumerate(trajectories) if all(c == "right" for c in construction_labels(t)))
     alarmed = copy.deepcopy(trajectories[k])
     alarmed.steps[0].inspection = "conflict. the red circle is blue instead of red."
     assert judge_rollouts([alarmed], OracleJudge(), exact=True)[0].false_alarms == 1
+    k = next(i for i, t in enumerate(trajectories) if any(s.refinements for s in t.steps))
+    unrepaired = copy.deepcopy(trajectories[k])
+    step = next(s for s in unrepaired.steps if s.refinements)
+    step.refinements = []
+    assert judge_rollouts([unrepaired], OracleJudge(), exact=True)[0].left_wrong == 1
 
     logged = {}
     rewards = reward_functions()
@@ -121,8 +127,8 @@ def test_rewards_on_hand_made_trajectories():
     final = rewards["final"](prompts, [""] * len(prompts), **kw)
     assert final == [float(j.final) for j in judged]
     inspection = rewards["inspection"](prompts, [""] * len(prompts), **kw)
-    assert inspection == [j.caught / j.states for j in judged]
-    assert rewards["refine"](prompts, [""] * len(prompts), **kw) == [float(j.repairs) for j in judged]
+    assert inspection == [1.0] * len(judged)  # every verdict right
+    assert rewards["refine"](prompts, [""] * len(prompts), **kw) == [0.0] * len(judged)  # every mistake repaired
     assert logged["judge/unjudged"] == 0.0 and 0 <= logged["groups/all_right"] <= logged["groups/any_right"] <= 1
     for task in {j.task for j in judged}:
         right = [j.final for j in judged if j.task == task]
@@ -152,12 +158,32 @@ def test_the_sampler_puts_verdict_credit_on_the_word_after_each_inspect(policy):
         assert all(ids[p - 1] == inspect for p, _ in credit)
 
 
-def test_a_broken_trajectory_scores_zero_and_a_missing_verdict_is_none():
+def test_no_reward_pays_for_making_a_mistake():
+    """A mistake caught and repaired scores what a right step scores, never more (else the policy
+    learns to draw wrong first sketches to repair them); a mistake missed or left standing costs."""
+    trajectories = hand_labelled()
+    kinds = [construction_labels(t) for t in trajectories]
+    clean = next(t for t, k in zip(trajectories, kinds) if set(k) == {"right"})
+    repaired = next(t for t, k in zip(trajectories, kinds) if "right" in k and set(k) != {"right"})
+    missed = copy.deepcopy(repaired)
+    step = next(s for s in missed.steps if s.refinements)
+    step.inspection, step.refinements = "aligned.", []
+    judged = judge_rollouts([clean, repaired, missed], OracleJudge(), exact=True)
+    rewards = reward_functions()
+    for name in ("inspection", "refine"):
+        right, caught, left = rewards[name]([t.prompt for t in (clean, repaired, missed)], [""] * 3, judged=judged)
+        assert right == caught > left, name
+
+
+def test_a_broken_trajectory_scores_the_worst_and_a_missing_verdict_is_none():
     broken = copy.deepcopy(hand_labelled()[0])
     broken.meta["failed"] = "no legal token"
     j = judge_rollouts([broken], OracleJudge(), exact=True)[0]
-    assert j.final is False and j.states == j.caught == j.repairs == 0
+    assert j.final is False and j.broken and j.states == j.caught == 0
     rewards = reward_functions()
+    objects = sum(r.count for r in PromptRecord.from_json(broken.record).include)
+    assert rewards["inspection"](["p"], [""], judged=[j]) == [-1.0]
+    assert rewards["refine"](["p"], [""], judged=[j]) == [-float(objects)]
     assert rewards["final"](["p"], [""], judged=[Judged(final=None)]) == [None]  # TRL leaves it out
 
 

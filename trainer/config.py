@@ -66,12 +66,13 @@ class GrpoConfig:
     reward_weights: dict[str, float] = field(default_factory=lambda: {
         "final": 1.0, "inspection": 0.5, "refine": 0.5, "steps": 0.05})
     """Weight of each reward component: `final` (the last image satisfies the prompt), `inspection`
-    (flagged wrong states minus false alarms, per visual state), `refine` (refinements that turn a
-    wrong state right), `steps` (minus the steps beyond the scene's objects)."""
+    (right verdicts minus wrong ones, per visual state), `refine` (minus the steps whose last state is
+    wrong: a repair earns back what the mistake cost), `steps` (minus the steps beyond the scene's
+    objects). None pays for making a mistake (selfplay/rewards.py)."""
     verdict_credit: str = "token"
     """Where the `inspection` reward is credited: "token" (each verdict word gets its own advantage:
     right or wrong against the judge, minus the batch's mean for states of the same label) or
-    "sequence" (the trajectory's caught-minus-false-alarms share joins its group-relative reward)."""
+    "sequence" (the trajectory's right-minus-wrong verdict share joins its group-relative reward)."""
     prompts: int = 600
     """Training-split prompts per round to draw the steps' prompts from."""
     tasks: list[str] = field(default_factory=lambda: list(TASKS))
