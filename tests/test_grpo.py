@@ -76,10 +76,12 @@ def test_the_trainer_computes_the_engines_log_probs(policy, tmp_path):
         row = s.prompt_ids + s.completion_ids
         ids[i, plen - len(s.prompt_ids): plen - len(s.prompt_ids) + len(row)] = torch.tensor(row)
         mask[i, plen - len(s.prompt_ids): plen - len(s.prompt_ids) + len(row)] = 1
-    with torch.no_grad():
-        logps, _, _ = trainer._get_per_token_logps_and_entropies(policy.model, ids, mask, width)
-    for i, s in enumerate(rolled):
-        assert torch.allclose(logps[i, : len(s.logprobs)], torch.tensor(s.logprobs), atol=1e-4)
+    for chunk_rows in (16, 2):  # one chunk; length-sorted chunks of two, each cut to its own span
+        trainer.chunk_rows = chunk_rows
+        with torch.no_grad():
+            logps, _, _ = trainer._get_per_token_logps_and_entropies(policy.model, ids, mask, width)
+        for i, s in enumerate(rolled):
+            assert torch.allclose(logps[i, : len(s.logprobs)], torch.tensor(s.logprobs), atol=1e-4)
 
 
 def test_a_verdict_the_threshold_decided_is_not_the_models_choice(policy):
