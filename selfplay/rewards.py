@@ -65,16 +65,6 @@ class Judged:
         return len(self.verdicts)
 
     @property
-    def caught(self) -> int:
-        """Wrong states the model flagged ("conflict")."""
-        return sum(wrong and said for _, wrong, said in self.verdicts)
-
-    @property
-    def false_alarms(self) -> int:
-        """Right states the model flagged."""
-        return sum(not wrong and said for _, wrong, said in self.verdicts)
-
-    @property
     def right_verdicts(self) -> int:
         """States whose verdict agrees with the judge's label."""
         return sum(wrong == said for _, wrong, said in self.verdicts)
@@ -105,8 +95,8 @@ def judge_rollouts(trajectories: list[Trajectory], judge, exact: bool) -> list[J
             out.append(Judged(final=False, task=task, broken=True, left_wrong=objects))
             continue
         mine = by_source.get(k, [])
-        last = set(itertools.accumulate(1 + len(s.refinements) for s in t.steps))  # 1 + each step's last index
-        left_wrong = sum(s.wrong for s in mine if s.index + 1 in last)
+        last = {n - 1 for n in itertools.accumulate(1 + len(s.refinements) for s in t.steps)}  # each step's last state
+        left_wrong = sum(s.wrong for s in mine if s.index in last)
         out.append(Judged(final=finals[k], task=task, left_wrong=left_wrong,
                           extra_steps=max(0, len(t.steps) - sum(r.count for r in record.include)),
                           unjudged=visual_states(t) - len(mine) + (finals[k] is None),

@@ -109,13 +109,14 @@ def test_rewards_on_hand_made_trajectories():
     for t, j in zip(trajectories, judged):
         kinds = construction_labels(t)
         assert j.states == len(kinds) and j.unjudged == 0
-        assert j.caught == sum(k != "right" for k in kinds) and j.false_alarms == 0
-        assert j.left_wrong == 0 and j.right_verdicts == j.states
+        assert [wrong for _, wrong, _ in j.verdicts] == [k != "right" for k in kinds]
+        assert j.right_verdicts == j.states and j.left_wrong == 0  # every mistake flagged, no false alarm
         assert j.final == is_correct(PromptRecord.from_json(t.record), t.final_image)
     k = next(i for i, t in enumerate(trajectories) if all(c == "right" for c in construction_labels(t)))
     alarmed = copy.deepcopy(trajectories[k])
     alarmed.steps[0].inspection = "conflict. the red circle is blue instead of red."
-    assert judge_rollouts([alarmed], OracleJudge(), exact=True)[0].false_alarms == 1
+    j = judge_rollouts([alarmed], OracleJudge(), exact=True)[0]
+    assert j.right_verdicts == j.states - 1
     k = next(i for i, t in enumerate(trajectories) if any(s.refinements for s in t.steps))
     unrepaired = copy.deepcopy(trajectories[k])
     step = next(s for s in unrepaired.steps if s.refinements)
@@ -181,7 +182,7 @@ def test_a_broken_trajectory_scores_the_worst_and_a_missing_verdict_is_none():
     broken = copy.deepcopy(hand_labelled()[0])
     broken.meta["failed"] = "no legal token"
     j = judge_rollouts([broken], OracleJudge(), exact=True)[0]
-    assert j.final is False and j.broken and j.states == j.caught == 0
+    assert j.final is False and j.broken and j.states == 0
     rewards = reward_functions()
     objects = sum(r.count for r in PromptRecord.from_json(broken.record).include)
     assert rewards["inspection"](["p"], [""], judged=[j]) == [-1.0]

@@ -127,6 +127,7 @@ def train_grpo(policy, prompts: list[str], cfg: TrainConfig, out: str | Path, sa
 def _trainer_class():
     """`InterleavedGRPOTrainer`, defined on first use: importing TRL costs seconds."""
     import torch
+    import torch.nn.functional as F
     from trl import GRPOTrainer
 
     class InterleavedGRPOTrainer(GRPOTrainer):
@@ -190,7 +191,7 @@ def _trainer_class():
             prompt_width = width - logits_to_keep
             legal = self._legal_ids.to(input_ids.device)
             if legal.shape[1] < logits_to_keep:  # TRL padded further (pad_to_multiple_of)
-                legal = torch.nn.functional.pad(legal, (0, logits_to_keep - legal.shape[1]), value=self._legal_sets.shape[0] - 1)
+                legal = F.pad(legal, (0, logits_to_keep - legal.shape[1]), value=self._legal_sets.shape[0] - 1)
             legal = legal[:, :logits_to_keep]
             real = attention_mask.bool()
             first = real.int().argmax(1)                                  # first real token of each row
@@ -209,9 +210,9 @@ def _trainer_class():
                 allowed = self._legal_sets[legal[part, :keep]].scatter(-1, target[..., None], True)
                 lp = torch.log_softmax(logits.masked_fill(~allowed, float("-inf")), -1)
                 pad = (0, logits_to_keep - keep)                          # positions past every row's end
-                logps.append(torch.nn.functional.pad(lp.gather(-1, target[..., None]).squeeze(-1), pad))
+                logps.append(F.pad(lp.gather(-1, target[..., None]).squeeze(-1), pad))
                 if compute_entropy:
-                    entropies.append(torch.nn.functional.pad(-(lp.exp() * lp.masked_fill(~allowed, 0.0)).sum(-1), pad))
+                    entropies.append(F.pad(-(lp.exp() * lp.masked_fill(~allowed, 0.0)).sum(-1), pad))
             back = torch.argsort(order)                                   # chunks back into batch order
             return torch.cat(logps)[back], torch.cat(entropies)[back] if compute_entropy else None, None
 
