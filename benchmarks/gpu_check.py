@@ -135,7 +135,7 @@ def main() -> None:
     from strokes.data.build import DataConfig, make_rows
     from strokes.model.image_tokenizer import ImageTokenizer, fitting_images
     from strokes.model.processor import Processor, build_text_tokenizer
-    from strokes.model.tiny import Policy
+    from strokes.model.policy import Policy
     from strokes.shapeworld import make_suite
     from strokes.trajectory import from_row, to_dataset
     from trainer.sft import tokenize

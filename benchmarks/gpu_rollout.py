@@ -131,7 +131,8 @@ def main() -> None:
 
     from rollout import Engine, RolloutConfig
     from rollout.grammar import Grammar
-    from strokes.model.tiny import ModelConfig, Policy
+    from strokes.model.policy import Policy
+    from strokes.model.tiny import ModelConfig
     from strokes.shapeworld import make_suite
 
     if args.tiny:

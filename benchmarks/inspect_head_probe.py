@@ -26,7 +26,7 @@ from judges import OracleJudge
 from rollout import Engine, RolloutConfig
 from selfplay.inspect_eval import LabelledState, format_table, inspection_table, label_states
 from selfplay.inspect_head import InspectHeadConfig, fit_inspect_head, state_features
-from strokes.model.tiny import Policy
+from strokes.model.policy import Policy
 from strokes.shapeworld import make_suite
 
 

@@ -26,7 +26,7 @@ from pathlib import Path
 from judges import OracleJudge
 from rollout import Engine, RolloutConfig, write_geneval
 from strokes.geneval import score_dir
-from strokes.model.tiny import Policy
+from strokes.model.policy import Policy
 from strokes.shapeworld import PromptRecord, detect, make_suite
 from strokes.shapeworld.queries import missing_parts
 from strokes.shapeworld.render import detections_to_scene

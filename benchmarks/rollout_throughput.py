@@ -92,7 +92,8 @@ def main() -> None:
     torch.set_num_threads(1)
     from rollout import Engine, RolloutConfig, rollout
     from rollout.cluster import connect
-    from strokes.model.tiny import ModelConfig, Policy
+    from strokes.model.policy import Policy
+    from strokes.model.tiny import ModelConfig
     from strokes.shapeworld import make_suite
 
     skip = set(filter(None, args.skip.split(",")))

@@ -75,9 +75,10 @@ ARMS = {
 def run_arm(processor, tokenized, arm: str, lora: bool, args, tmp: Path) -> dict:
     import torch
 
-    from strokes.model.tiny import Policy
+    from strokes.model.policy import Policy
     from trainer.config import LoraConfig, TrainConfig
-    from trainer.sft import make_trainer, use_bf16, use_cuda
+    from trainer.sft import make_trainer
+    from trainer.trl_common import use_bf16, use_cuda
 
     packing, variant = ARMS[arm]
     policy = Policy.build(args.model, processor=processor)
@@ -131,7 +132,7 @@ def main() -> None:
 
     from selfplay.config import load_config
     from strokes.data.build import DataConfig, build, load
-    from strokes.model.tiny import Policy
+    from strokes.model.policy import Policy
     from trainer.sft import tokenize
 
     run = load_config(args.config)

@@ -1,4 +1,4 @@
-"""Judges: turning a trajectory step into a verdict (DESIGN.md §2, §3, §7).
+"""Judges: turning a trajectory step into a verdict (docs/design.md §2, §3, §7).
 
 - `OracleJudge`: exact, from the ShapeWorld checker; also gives corrections and `corrected_scene`.
 - `GPTJudge`: any OpenAI-compatible endpoint, with concurrency, retries, budget and cache.

@@ -1,7 +1,7 @@
 """Connecting to Ray: join a cluster by address, or start a local one that stays on this machine.
 
 A local cluster gets an explicit CPU count and a small object store, and is configured the way
-DESIGN.md §8 found keeps all of Ray's traffic on loopback: `RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0`,
+docs/design.md §8 found keeps all of Ray's traffic on loopback: `RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0`,
 `RAY_USAGE_STATS_ENABLED=0`, and `$HOME/ray_bootstrap_config.yaml` holding `cluster_name: local`
 and `provider: {type: local}` (without it Ray binds the non-loopback address and probes a cloud
 metadata address). Joining a real cluster (`address`) changes none of this.

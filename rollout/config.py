@@ -10,8 +10,7 @@ from dataclasses import dataclass
 from typing import ClassVar
 
 from strokes.config_loader import require
-
-from .grammar import MODES
+from strokes.trajectory import MODES
 
 
 @dataclass

@@ -28,6 +28,8 @@ from dataclasses import dataclass
 
 import torch
 
+from strokes.trajectory import MODES
+
 # Grammar states: where a row is, i.e. what the last special token it read opened or closed.
 PROMPT, PROMPT_END, INS, AFTER_INS, DES, AFTER_DES, IMAGE, AFTER_IMAGE, INSPECT, AFTER_INSPECT, \
     REFINE, AFTER_REFINE, DONE = range(13)
@@ -38,7 +40,6 @@ _NEXT_STATE = {"<prompt>": PROMPT, "</prompt>": PROMPT_END, "<ins>": INS, "</ins
                "<inspect>": INSPECT, "</inspect>": AFTER_INSPECT, "<refine>": REFINE,
                "</refine>": AFTER_REFINE, "<eos>": DONE}
 _TEXT_SPANS = ((INS, "</ins>"), (DES, "</des>"), (INSPECT, "</inspect>"), (REFINE, "</refine>"))
-MODES = ("process", "judge", "single_pass")
 
 # Mask ids: rows of `Grammar.masks`.
 (M_NONE, M_PAD, M_INS, M_VSTART, M_WORDS, M_WORDS_CLOSE, M_CLOSE, M_DES, M_CODES, M_VEND, M_INSPECT,

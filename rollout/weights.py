@@ -30,7 +30,7 @@ from pathlib import Path
 from strokes.errors import InputError
 from strokes.model.checkpoint_check import CHECKSUMS, check_checkpoint
 from strokes.model.inspect_head import InspectHead
-from strokes.model.tiny import Policy
+from strokes.model.policy import Policy
 
 ADAPTER_CONFIG = "adapter_config.json"
 # config.json fields that differ between checkpoints of one model without changing its forward pass

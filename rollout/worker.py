@@ -37,7 +37,7 @@ class ShardWorker:
     """Computes shards with an `Engine`. In-process it wraps a given policy or loads `checkpoint`;
     as a Ray actor (in a `RolloutFleet`) it starts empty, `load`s checkpoints into the policy it
     holds (`weights.PolicySlot`: in place, or an adapter swap), and keeps to one torch thread
-    (DESIGN.md §8: two threads per process collapse when the other core is busy)."""
+    (docs/design.md §8: two threads per process collapse when the other core is busy)."""
 
     def __init__(self, checkpoint: str | None, cfg: RolloutConfig, judge=None, policy=None,
                  single_thread: bool = False) -> None:

@@ -50,18 +50,17 @@ from typing import ClassVar
 
 import numpy as np
 
-from rollout import write_geneval
 from strokes.config_loader import from_dict, read, require
 from strokes.errors import InputError
-from strokes.geneval import score_dir
 from strokes.io import atomic_path
-from strokes.shapeworld import TASKS, make_suite
+from strokes.shapeworld import TASKS
 
 from .config import EVAL_MODES, RunConfig, load_config
-from .loop import eval_rollouts
+from .evaluation import eval_suite, evaluate_mode
+from .run_dir import CONTROL_EVAL, EVAL, RunDir, write_event, write_scores
+from .stats import SPREADS, spread
 
-SOURCES = ("eval", "control_eval")
-SPREADS = ("half-range", "se")
+SOURCES = (EVAL, CONTROL_EVAL)
 EVAL_SEED_STRIDE = 7919  # sampling seed of an evaluation arm's seed k: loop.eval_seed + stride * k
 
 
@@ -307,17 +306,17 @@ def _run_eval_arm(cfg: AblationConfig, root: Path, path: Path, name: str, seed: 
 
 
 def _eval_done(run_dir: Path) -> bool:
-    return (run_dir / "round_000" / "eval" / "scores.json").is_file()
+    return bool(RunDir(run_dir).scores(0, EVAL))
 
 
 def eval_arm(cfg: AblationConfig, root: Path, name: str, seed: int) -> Path:
-    """Evaluate an evaluation arm's checkpoint for `seed` in this process, into
-    `<run_dir>/round_000/eval/` (the loop's layout, so the same reader serves every arm)."""
+    """Evaluate an evaluation arm's checkpoint for `seed` in this process, into round 0's eval stage
+    of its run folder (the loop's layout, so the same reader serves every arm)."""
     import torch
 
     arm = cfg.arms[name]
     run_dir = run_dir_of(cfg, root, name, seed)
-    final = run_dir / "round_000" / "eval"
+    final = RunDir(run_dir).stage(0, EVAL)
     if _eval_done(run_dir):
         return final
     torch.set_num_threads(cfg.threads)
@@ -328,22 +327,17 @@ def eval_arm(cfg: AblationConfig, root: Path, name: str, seed: int) -> Path:
     t0 = time.time()
     with atomic_path(final, folder=True) as tmp:
         scores = evaluate_checkpoint(run_cfg, checkpoint, arm.mode or cfg.mode, seed, tmp)
-        (tmp / "events.jsonl").write_text(json.dumps({"event": "eval", "arm": name, "seed": seed,
-                                                      "seconds": round(time.time() - t0, 2), **scores}) + "\n")
+        write_event(tmp, {"event": "eval", "arm": name, "seed": seed, "seconds": round(time.time() - t0, 2), **scores})
     return final
 
 
 def evaluate_checkpoint(cfg: RunConfig, checkpoint: Path, mode: str, seed: int, out: Path) -> dict:
     """The loop's held-out suite (`loop.eval_per_task`, `loop.eval_seed`, `loop.eval_samples`) in one
-    mode, GenEval layout in `out/<mode>/geneval` and `out/scores.json` as the loop writes them.
+    mode, GenEval layout in `out/<mode>/geneval` and the scores as the loop writes them.
     Seed k samples with `loop.eval_seed + EVAL_SEED_STRIDE * k`: seed 0 is the loop's own eval."""
-    suite = make_suite("test", cfg.loop.eval_per_task, cfg.loop.eval_seed)
     sample_seed = cfg.loop.eval_seed + EVAL_SEED_STRIDE * seed
-    trajs = eval_rollouts(cfg, checkpoint, suite, mode, sample_seed, out / mode)
-    write_geneval(trajs, suite, out / mode / "geneval")
-    sc = score_dir(out / mode / "geneval")
-    scores = {mode: {**sc.to_json(), "failed": sum("failed" in t.meta for t in trajs)}}
-    (out / "scores.json").write_text(json.dumps(scores, indent=2))
+    scores = {mode: evaluate_mode(cfg, checkpoint, eval_suite(cfg), mode, sample_seed, out)}
+    write_scores(out, scores)
     return scores
 
 
@@ -352,19 +346,14 @@ def evaluate_checkpoint(cfg: RunConfig, checkpoint: Path, mode: str, seed: int, 
 def scores_at(run_dir: Path, mode: str, source: str = "eval", rnd: int = -1) -> dict | None:
     """Scores of `mode` in `run_dir`'s round `rnd` (-1: the last round that has `source`): task
     accuracies, overall, its sampling SE and the round read; None when there is none yet."""
-    if rnd >= 0:
-        candidates = [run_dir / f"round_{rnd:03d}"]
-    else:
-        candidates = sorted(run_dir.glob("round_[0-9][0-9][0-9]"), reverse=True)
-    for rd in candidates:
-        f = rd / source / "scores.json"
-        if f.is_file():
-            data = json.loads(f.read_text())
+    run = RunDir(run_dir)
+    for r in [rnd] if rnd >= 0 else reversed(run.rounds()):
+        data = run.scores(r, source)
+        if data:
             if mode not in data:
-                raise InputError(f"{f}: no {mode!r} scores (it has {', '.join(data)})")
+                raise InputError(f"{run.stage(r, source)}: no {mode!r} scores (it has {', '.join(data)})")
             s = data[mode]
-            return {"overall": s["overall"], "overall_se": s["overall_se"], **s["per_task"],
-                    "round": int(rd.name.removeprefix("round_"))}
+            return {"overall": s["overall"], "overall_se": s["overall_se"], **s["per_task"], "round": r}
     return None
 
 
@@ -467,12 +456,6 @@ def tabulate(cfg: AblationConfig, root: Path) -> dict:
     return out
 
 
-def _spread(v: np.ndarray, how: str) -> float:
-    if len(v) < 2:
-        return 0.0
-    return float((v.max() - v.min()) / 2 if how == "half-range" else v.std(ddof=1) / np.sqrt(len(v)))
-
-
 def markdown(out: dict, columns: list[str]) -> str:
     """Mean ± spread over seeds, in points, one row per arm; where each row came from below."""
     how = out.get("spread", "half-range")
@@ -485,7 +468,7 @@ def markdown(out: dict, columns: list[str]) -> str:
             cells = []
             for c in columns:
                 v = 100 * np.array(row[c])
-                cells.append(f"{v.mean():.1f} ± {_spread(v, how):.1f}" if len(v) > 1 else f"{v.mean():.1f}")
+                cells.append(f"{v.mean():.1f} ± {spread(v, how):.1f}" if len(v) > 1 else f"{v.mean():.1f}")
             rows.append(f"| {arm} | " + " | ".join(cells) + f" | {', '.join(map(str, row.get('seeds', [])))} |")
         if "origin" in row:
             se = f"; eval sampling SE of overall per run ≈ {100 * np.mean(row['eval_se']):.1f}" if row.get("eval_se") else ""
@@ -506,7 +489,7 @@ def _plot(out: dict, columns: list[str], path: Path) -> None:
     width = 0.8 / max(len(arms), 1)
     for i, arm in enumerate(arms):
         vals = [100 * np.mean(out["results"][arm][c]) for c in columns]
-        errs = [100 * _spread(np.array(out["results"][arm][c]), how) for c in columns]
+        errs = [100 * spread(np.array(out["results"][arm][c]), how) for c in columns]
         ax.bar(np.arange(len(columns)) + i * width, vals, width, yerr=errs, capsize=2, label=arm)
     ax.set_xticks(np.arange(len(columns)) + width * (len(arms) - 1) / 2, columns)
     ax.set_ylabel("accuracy (%)")

@@ -1,9 +1,10 @@
 """The run config: one YAML file with a section per component, each a documented dataclass defined
-beside the code it configures.
+beside the code it configures. A file may `inherit` a parent and hold only what differs from it
+(`strokes/config_loader.py`).
 
     model:     the tiny unified model's shape              strokes.model.tiny.ModelConfig
     data:      base data pipelines, mixture, replay source  strokes.data.build.DataConfig
-    train:     SFT of each round (TRL)                      trainer.config.TrainConfig
+    train:     how each round trains: SFT or GRPO (TRL)    trainer.config.TrainConfig
     rollout:   sampling, caps, batching, Ray actors         rollout.config.RolloutConfig
     judge:     oracle | gpt | self, endpoint and budgets    judges.config.JudgeConfig
     critique:  self-sampled or symbolic corrections, replay selfplay.critique.CritiqueConfig
@@ -23,6 +24,7 @@ from rollout.config import RolloutConfig
 from strokes.config_loader import load, require
 from strokes.data.build import DataConfig
 from strokes.errors import InputError
+from strokes.trajectory import MODES
 from strokes.model.tiny import ModelConfig
 from trainer.config import TrainConfig
 
@@ -30,9 +32,9 @@ from .critique import CritiqueConfig
 from .inspect_head import InspectHeadConfig
 from .tracking import TrackingConfig
 
-# The eval modes, named once: the policy alone (process, single_pass), the configured judge as
-# external inspector (judge), the oracle as external planner (planner).
-EVAL_MODES = ("process", "single_pass", "judge", "planner")
+# The eval modes: the rollout modes (the policy alone: process, single_pass; the configured judge as
+# external inspector: judge) and the oracle as external planner (planner).
+EVAL_MODES = (*MODES, "planner")
 
 
 @dataclass
@@ -100,7 +102,7 @@ class RunConfig:
     data: DataConfig = field(default_factory=DataConfig)
     """Base data pipelines and mixture (round 0 from scratch, replay, control arm)."""
     train: TrainConfig = field(default_factory=TrainConfig)
-    """SFT of each round (TRL)."""
+    """How each round trains: SFT on its data or GRPO on its own rollouts (TRL)."""
     rollout: RolloutConfig = field(default_factory=RolloutConfig)
     """Sampling, caps, batching, Ray actors."""
     judge: JudgeConfig = field(default_factory=JudgeConfig)

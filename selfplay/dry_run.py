@@ -14,6 +14,7 @@ from pathlib import Path
 
 from strokes.errors import InputError
 from strokes.model.tiny import ModelConfig
+from strokes.shapeworld import TASKS
 
 from .config import RunConfig, load_config
 
@@ -74,8 +75,8 @@ def plan(cfg: RunConfig, from_scratch: bool = False) -> dict:
         "rounds": rounds,
         "per_round": {"method": t.method,
                       "rollout_prompts": 0 if t.method == "grpo" else cfg.loop.prompts_per_round * cfg.loop.samples_per_prompt,
-                      "eval_records": 6 * cfg.loop.eval_per_task, "eval_modes": cfg.loop.eval_modes,
-                      "validation_records": 6 * cfg.loop.validation_per_task,
+                      "eval_records": len(TASKS) * cfg.loop.eval_per_task, "eval_modes": cfg.loop.eval_modes,
+                      "validation_records": len(TASKS) * cfg.loop.validation_per_task,
                       "inspect_head_prompts": cfg.inspect_head.prompts if cfg.inspect_head.enabled else 0,
                       "inspect": cfg.rollout.inspect, "retries": cfg.rollout.retries,
                       "judge": cfg.judge.kind, "critique": cfg.critique.mode, "control_arm": cfg.loop.control,

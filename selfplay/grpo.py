@@ -11,24 +11,24 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import math
 from pathlib import Path
 
 from rollout import Engine
-from strokes.model.tiny import Policy
-from strokes.shapeworld import PromptRecord, make_suite
+from strokes.model.policy import Policy
+from strokes.shapeworld import PromptRecord
 from trainer.grpo import SampleFn, train_grpo
 
+from .config import RunConfig
+from .evaluation import sampled_verdicts, training_suite
 from .rewards import judge_rollouts, reward_functions, verdict_advantages
 
 
-def grpo_prompts(cfg, rnd: int) -> list[str]:
+def grpo_prompts(cfg: RunConfig, rnd: int) -> list[str]:
     """The round's training prompts: `train.grpo.prompts` training-split records of `train.grpo.tasks`
     as JSON strings (the rollout function reads the record back, so the judge knows what the prompt
     asks). TRL's sampler shuffles them."""
     g = cfg.train.grpo
-    suite = make_suite("train", math.ceil(g.prompts / len(g.tasks)), cfg.loop.seed * 1000 + rnd, tuple(g.tasks))
-    suite = suite[: g.prompts]
+    suite = training_suite(g.prompts, cfg.loop.seed * 1000 + rnd, tuple(g.tasks))[: g.prompts]
     return [json.dumps(r.to_json()) for r in suite]
 
 
@@ -61,11 +61,11 @@ def make_sampler(engine: Engine, judge, exact: bool, verdict_weight: float = 0.0
     return sample
 
 
-def grpo_stage(cfg, parent: Path, prompts: list[str], out: Path, judge) -> dict:
+def grpo_stage(cfg: RunConfig, parent: Path, prompts: list[str], out: Path, judge) -> dict:
     """GRPO of `parent` for `train.grpo.steps` steps on `prompts` (`grpo_prompts`); the checkpoint
     lands in `out/checkpoint`, TRL's log lines in `out/metrics.jsonl` (as SFT's do). Returns the
     training summary."""
-    rollout_cfg = dataclasses.replace(cfg.rollout, mode="process", retries=0, inspect="sample", actors=0)
+    rollout_cfg = dataclasses.replace(sampled_verdicts(cfg.rollout), mode="process", actors=0)
     policy = Policy.from_pretrained(parent)
     engine = Engine(policy, rollout_cfg)  # shares policy.model with the trainer: it samples the live weights
     g = cfg.train.grpo

@@ -29,7 +29,7 @@ from rollout import Engine
 from rollout.shards import label, make_shards
 from strokes.data.pipelines import PipelineConfig, TrajectoryMaker
 from strokes.errors import InputError
-from strokes.model.tiny import Policy
+from strokes.model.policy import Policy
 from strokes.shapeworld import PromptRecord
 from strokes.trajectory import write_jsonl
 

@@ -13,7 +13,6 @@ import base64
 import html
 import io
 import json
-import math
 import platform
 import subprocess
 import time
@@ -26,16 +25,9 @@ from strokes.io import write_atomic
 from strokes.trajectory import read_jsonl
 
 from .inspect_stats import inspect_stats
-from .run_state import STAGES, RunState
-
-
-def _rounds(run_dir: Path) -> list[Path]:
-    return sorted(p for p in run_dir.glob("round_[0-9][0-9][0-9]") if p.is_dir())
-
-
-def _scores(folder: Path) -> dict:
-    f = folder / "scores.json"
-    return json.loads(f.read_text()) if f.exists() else {}
+from .run_dir import (CHECKPOINT, CONTROL_EVAL, CONTROL_VALIDATE, DATA, EVAL, STAGES, VALIDATE, RunDir,
+                      read_scores)
+from .stats import gap, significant
 
 
 def _inspect(folder: Path) -> dict | None:
@@ -50,27 +42,27 @@ def _validation(folder: Path) -> dict | None:
     """The validation split's process score and the own-sketch inspection table, when measured."""
     if not (folder / "inspection.json").exists():
         return None
-    return {"score": _scores(folder)["process"], **json.loads((folder / "inspection.json").read_text())}
+    return {"score": read_scores(folder)["process"], **json.loads((folder / "inspection.json").read_text())}
 
 
 def collect(run_dir: Path, inspect: bool = False) -> dict:
-    """Everything the report shows, as plain data (also used by tests and `ablate`); `inspect` adds
-    the Inspect/Refine statistics of each eval (a few seconds per eval)."""
+    """Everything the report shows, as plain data (also used by tests); `inspect` adds the
+    Inspect/Refine statistics of each eval (a few seconds per eval)."""
+    run = RunDir(run_dir)
     rows = []
-    for rd in _rounds(run_dir):
-        rnd = int(rd.name.split("_")[1])
-        entry = {"round": rnd, "eval": _scores(rd / "eval"), "control": _scores(rd / "control_eval")}
+    for rnd in run.rounds():
+        entry = {"round": rnd, "eval": run.scores(rnd, EVAL), "control": run.scores(rnd, CONTROL_EVAL)}
         if inspect:
-            entry["inspect"] = {arm: _inspect(rd / f) for arm, f in (("policy", "eval"), ("control", "control_eval"))}
-        entry["validate"] = {arm: _validation(rd / folder)
-                             for arm, folder in (("policy", "validate"), ("control", "control_validate"))}
-        if (rd / "data" / "summary.json").exists():
-            entry["data"] = json.loads((rd / "data" / "summary.json").read_text())
-        curve = _grpo_curve(rd / "checkpoint" / "events.jsonl")
+            entry["inspect"] = {arm: _inspect(run.stage(rnd, s)) for arm, s in (("policy", EVAL), ("control", CONTROL_EVAL))}
+        entry["validate"] = {arm: _validation(run.stage(rnd, s))
+                             for arm, s in (("policy", VALIDATE), ("control", CONTROL_VALIDATE))}
+        if (run.stage(rnd, DATA) / "summary.json").exists():
+            entry["data"] = json.loads((run.stage(rnd, DATA) / "summary.json").read_text())
+        curve = _grpo_curve(run.events(rnd, CHECKPOINT))
         if curve:
             entry["grpo"] = curve
         rows.append(entry)
-    return {"rounds": rows, "promotions": RunState.load(run_dir).promotions}
+    return {"rounds": rows, "promotions": run.state().promotions}
 
 
 GRPO_KEYS = ("reward", "reward_std", "rewards/final/mean", "rewards/inspection/mean", "rewards/refine/mean",
@@ -78,18 +70,10 @@ GRPO_KEYS = ("reward", "reward_std", "rewards/final/mean", "rewards/inspection/m
 """What the report keeps of each GRPO log line (TRL's names; `groups/*` are ours)."""
 
 
-def _grpo_curve(events: Path) -> list[dict]:
+def _grpo_curve(events: list[dict]) -> list[dict]:
     """A GRPO round's log lines (step and `GRPO_KEYS`), in step order; [] for an SFT round."""
-    if not events.exists():
-        return []
-    rows = [json.loads(line) for line in events.read_text().splitlines()]
-    return [{"step": r["step"], **{k: r[k] for k in GRPO_KEYS if k in r}} for r in rows
+    return [{"step": r["step"], **{k: r[k] for k in GRPO_KEYS if k in r}} for r in events
             if r.get("event") == "train" and "reward" in r]
-
-
-def gap(a: dict, b: dict) -> tuple[float, float]:
-    """Difference of two overall scores and its standard error (independent samples)."""
-    return a["overall"] - b["overall"], math.sqrt(a["overall_se"] ** 2 + b["overall_se"] ** 2)
 
 
 def _png(fig) -> str:
@@ -99,15 +83,20 @@ def _png(fig) -> str:
 
 
 def _plots(data: dict) -> list[str]:
+    """The report's figures as base64 PNGs: overall per round, per task per round, GRPO curves."""
     import matplotlib
 
     matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
     rounds = [r for r in data["rounds"] if r["eval"]]
     if not rounds:
         return []
-    out = []
+    grpo = [r for r in data["rounds"] if r.get("grpo")]
+    return [_overall_plot(rounds), _task_plot(rounds)] + ([_grpo_plot(grpo)] if grpo else [])
+
+
+def _overall_plot(rounds: list[dict]) -> str:
+    import matplotlib.pyplot as plt
+
     fig, ax = plt.subplots(figsize=(6, 3.6))
     modes = sorted({m for r in rounds for m in r["eval"]})
     styles = {"process": "-o", "single_pass": "--s", "judge": ":^"}
@@ -127,8 +116,12 @@ def _plots(data: dict) -> list[str]:
     ax.set_xticks([r["round"] for r in rounds])
     ax.legend(fontsize=8)
     ax.grid(alpha=0.3)
-    out.append(_png(fig))
-    plt.close(fig)
+    return _close(fig)
+
+
+def _task_plot(rounds: list[dict]) -> str:
+    import matplotlib.pyplot as plt
+
     modes = sorted({m for r in rounds for m in r["eval"]})
     fig, axes = plt.subplots(1, len(modes), figsize=(5 * len(modes), 3.4), squeeze=False)
     for ax, mode in zip(axes[0], modes):
@@ -142,25 +135,36 @@ def _plots(data: dict) -> list[str]:
         ax.set_ylim(-2, 102)
         ax.grid(alpha=0.3)
     axes[0][-1].legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.02, 1))  # outside: it hid points
-    out.append(_png(fig))
-    plt.close(fig)
-    grpo = [r for r in data["rounds"] if r.get("grpo")]
-    if grpo:
-        fig, axes = plt.subplots(1, 3, figsize=(15, 3.4))
+    return _close(fig)
+
+
+GRPO_PANELS = (("reward (mean of the batch)", ("reward", "rewards/final/mean")),
+               ("process reward components", ("rewards/inspection/mean", "rewards/refine/mean", "rewards/steps/mean")),
+               ("KL to the round's start", ("kl",)))
+
+
+def _grpo_plot(grpo: list[dict]) -> str:
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, len(GRPO_PANELS), figsize=(11, 3.2))  # fits a 1100-px page
+    for ax, (title, keys) in zip(axes, GRPO_PANELS):
         for r in grpo:
             steps = [x["step"] for x in r["grpo"]]
-            for ax, keys in zip(axes, (("reward", "rewards/final/mean"), ("rewards/inspection/mean", "rewards/refine/mean",
-                                                                          "rewards/steps/mean"), ("kl",))):
-                for k in keys:
-                    ax.plot(steps, [x.get(k, float("nan")) for x in r["grpo"]], label=f"round {r['round']} {k}")
-        for ax, title in zip(axes, ("reward (mean of the batch)", "process reward components", "KL to the round's start")):
-            ax.set_title(title)
-            ax.set_xlabel("GRPO step")
-            ax.grid(alpha=0.3)
-            ax.legend(fontsize=7)
-        out.append(_png(fig))
-        plt.close(fig)
-    return out
+            for k in keys:
+                ax.plot(steps, [x.get(k, float("nan")) for x in r["grpo"]], label=f"round {r['round']} {k}")
+        ax.set_title(title, fontsize=10)
+        ax.set_xlabel("GRPO step")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=6)
+    return _close(fig)
+
+
+def _close(fig) -> str:
+    import matplotlib.pyplot as plt
+
+    png = _png(fig)
+    plt.close(fig)
+    return png
 
 
 def _table(headers: list[str], rows: list[list]) -> str:
@@ -194,10 +198,10 @@ fell more than the tolerance below the current policy's.</dd>
 </dl>"""
 
 
-def _summary(run_dir: Path, data: dict) -> str:
+def _summary(run: RunDir, data: dict) -> str:
     """The box a reader sees first: the policy the run ended with, the net change of the process score
     since round 0 (points ± 1 SE, significant when |gap| > 2 SE) and the wall time."""
-    state = RunState.load(run_dir)
+    state = run.state()
     items = [f"Current policy: round {state.policy_round}" + ("" if state.policy else " (no policy yet)")]
     evals = [r for r in data["rounds"] if "process" in r["eval"]]
     ended = next((r for r in evals if r["round"] == state.policy_round), None)
@@ -210,7 +214,7 @@ def _summary(run_dir: Path, data: dict) -> str:
             items.append(_change("Last round", evals[-1], evals[0]))
     elif evals:
         items.append(f"Process score at round 0: {_pct(evals[0]['eval']['process'])} % (no later round to compare)")
-    seconds = sum(t for *_, t in _stage_times(run_dir))
+    seconds = sum(t for *_, t in _stage_times(run))
     items.append(f"Wall time: {seconds / 60:.1f} min over the stages")
     return '<div class="summary"><ul>' + "".join(f"<li>{html.escape(i)}</li>" for i in items) + "</ul></div>"
 
@@ -218,32 +222,26 @@ def _summary(run_dir: Path, data: dict) -> str:
 def _change(label: str, r: dict, r0: dict) -> str:
     """A round's process score against round 0's, in points ± 1 SE, and whether |gap| > 2 SE."""
     d, se = gap(r["eval"]["process"], r0["eval"]["process"])
-    significant = se > 0 and abs(d) > 2 * se
+    yes = significant(d, se)
     return (f"{label}: process score of round {r['round']} vs round 0 {100 * d:+.1f} ± {100 * se:.1f} points "
-            f"({'significant' if significant else 'not significant'}: |gap| {'>' if significant else '≤'} 2 SE)")
+            f"({'significant' if yes else 'not significant'}: |gap| {'>' if yes else '≤'} 2 SE)")
 
 
-def _stage_times(run_dir: Path) -> list[tuple[int, str, float]]:
+def _stage_times(run: RunDir) -> list[tuple[int, str, float]]:
     """(round, stage, seconds) of every completed stage, from the stages' own events."""
-    out = []
-    for rd in _rounds(run_dir):
-        for events in (rd / name / "events.jsonl" for name in STAGES):
-            for e in map(json.loads, events.read_text().splitlines() if events.exists() else []):
-                if e.get("event") == "stage":
-                    out.append((e["round"], e["stage"], e["seconds"]))
-    return out
+    return [(e["round"], e["stage"], e["seconds"]) for rnd in run.rounds() for name in STAGES
+            for e in run.events(rnd, name) if e.get("event") == "stage"]
 
 
-def _metadata(run_dir: Path) -> str:
+def _metadata(run: RunDir) -> str:
     """Date, commit, seed, machine, wall time per stage and the config (collapsed): enough to tell two
     reports apart and to rerun one."""
-    config = run_dir / "config.yaml"
-    text = config.read_text() if config.exists() else ""
+    text = run.config.read_text() if run.config.exists() else ""
     seed = (yaml.safe_load(text) or {}).get("loop", {}).get("seed", "-")
     rows = [["date", time.strftime("%Y-%m-%d %H:%M", time.localtime())], ["git commit", _commit()],
             ["seed (loop.seed)", seed],
             ["machine", f"{platform.platform()}, {platform.machine()}, Python {platform.python_version()}"]]
-    times = _table(["round", "stage", "seconds"], [list(t) for t in _stage_times(run_dir)])
+    times = _table(["round", "stage", "seconds"], [list(t) for t in _stage_times(run)])
     return ("<h2>Run metadata</h2>" + _table(["what", "value"], rows) + "<details><summary>wall time per stage</summary>"
             + times + "</details><details><summary>config.yaml</summary><pre>" + html.escape(text)
             + "</pre></details>")
@@ -279,41 +277,47 @@ def _strip(rnd: int, png: Path) -> str:
             + (f'<ol class="frames">{frames}</ol>' if frames else ""))
 
 
-def write_report(run_dir: Path) -> Path:
-    run_dir = Path(run_dir)
-    data = collect(run_dir, inspect=True)
-    parts = [f"<h1>strokes run: {html.escape(run_dir.name)}</h1>", _summary(run_dir, data), GLOSSARY,
-             _metadata(run_dir)]
-    rows = []
-    for r in data["rounds"]:
-        for arm, key in (("policy", "eval"), ("control", "control")):
-            for mode, s in r[key].items():
-                rows.append([r["round"], arm, mode, _pct(s)] + [f"{100 * v:.0f}" for v in s["per_task"].values()])
+def _accuracy(data: dict) -> list[str]:
+    """The held-out accuracy table (every round, arm and mode) and the plots."""
+    rows = [[r["round"], arm, mode, _pct(s)] + [f"{100 * v:.0f}" for v in s["per_task"].values()]
+            for r in data["rounds"] for arm, key in (("policy", "eval"), ("control", "control"))
+            for mode, s in r[key].items()]
+    parts = []
     if rows:
         first = next(r for r in data["rounds"] if r["eval"])
         tasks = list(next(iter(first["eval"].values()))["per_task"])
-        parts.append("<h2>Accuracy on the held-out suite (GenEval rules, %, ± 1 SE)</h2>")
-        parts.append(_table(["round", "arm", "mode", "overall"] + tasks, rows))
+        parts += ["<h2>Accuracy on the held-out suite (GenEval rules, %, ± 1 SE)</h2>",
+                  _table(["round", "arm", "mode", "overall"] + tasks, rows)]
     alts = ["GenEval overall per round, policy and control arms, per eval mode, with ±1 SE error bars",
             "Per-task accuracy per round, one panel per eval mode",
             "GRPO rounds: reward, its process components and the KL to the round's starting policy, per step"]
-    parts += [f'<img src="data:image/png;base64,{p}" alt="{alt}">' for p, alt in zip(_plots(data), alts)]
-    parts.append("<h2>Gaps (overall, points ± SE)</h2>")
-    gaps = []
+    return parts + [f'<img src="data:image/png;base64,{p}" alt="{alt}">' for p, alt in zip(_plots(data), alts)]
+
+
+def _gaps(data: dict) -> list[str]:
+    """The last round against round 0 and against its control, and process against single pass."""
+    def row(label: str, a: dict, b: dict) -> list:
+        d, se = gap(a, b)
+        return [label, f"{100 * d:+.1f} ± {100 * se:.1f}", f"{d / se:.1f}" if se else "-"]
+
+    rows = []
     evals = [r for r in data["rounds"] if "process" in r["eval"]]
     if evals:
         r0, last = evals[0], evals[-1]
-        d, se = gap(last["eval"]["process"], r0["eval"]["process"])
-        gaps.append([f"round {last['round']} vs round 0 (process)", f"{100 * d:+.1f} ± {100 * se:.1f}", f"{d / se:.1f}" if se else "-"])
+        rows.append(row(f"round {last['round']} vs round 0 (process)", last["eval"]["process"], r0["eval"]["process"]))
         for r in ([r0, last] if last is not r0 else [r0]):  # did the rounds change what the process adds?
             if "single_pass" in r["eval"]:
-                d, se = gap(r["eval"]["process"], r["eval"]["single_pass"])
-                gaps.append([f"process vs single-pass (round {r['round']})", f"{100 * d:+.1f} ± {100 * se:.1f}",
-                             f"{d / se:.1f}" if se else "-"])
+                rows.append(row(f"process vs single-pass (round {r['round']})", r["eval"]["process"],
+                                r["eval"]["single_pass"]))
         if "process" in last["control"]:
-            d, se = gap(last["eval"]["process"], last["control"]["process"])
-            gaps.append([f"round {last['round']} vs control (process)", f"{100 * d:+.1f} ± {100 * se:.1f}", f"{d / se:.1f}" if se else "-"])
-    parts.append(_table(["comparison", "gap", "gap / SE"], gaps))
+            rows.append(row(f"round {last['round']} vs control (process)", last["eval"]["process"],
+                            last["control"]["process"]))
+    return ["<h2>Gaps (overall, points ± SE)</h2>", _table(["comparison", "gap", "gap / SE"], rows)]
+
+
+def _inspection(data: dict) -> list[str]:
+    """The model's Inspect and Refine on the eval rollouts, and its own-sketch AUC on validation."""
+    parts = []
     inspect_rows = [[r["round"], arm, f"{st['wrong']} ({st['plan_errors']} plan errors)", _share(st["recall"]),
                      f"{_share(st['plan_recall'])} / {_share(st['image_recall'])}",
                      _share(st["false_alarm_rate"]), _share(st["fix_rate"])]
@@ -323,15 +327,11 @@ def write_report(run_dir: Path) -> Path:
         parts.append(_table(["round", "arm", "wrong sketches", "flagged by the model (recall)", "recall: plan / image errors",
                              "right sketches flagged (false alarms)", "flagged wrong ones fixed by its refinement"],
                             inspect_rows))
-    auc_rows = []
-    for r in data["rounds"]:
-        for arm, v in r.get("validate", {}).items():
-            if v:
-                t = v["table"]
-                auc_rows.append([r["round"], arm, _pct(v["score"]), f"{t['all']['states']} ({t['all']['wrong']} wrong)",
-                                 _auc(t["all"]), _auc(t.get("within_task", {})), _auc(t["plan"]), _auc(t["image"]),
-                                 _auc(t["refined"]),
-                                 _share(t["all"].get("recall@0.05")), _share(t["all"].get("recall@0.10"))])
+    auc_rows = [[r["round"], arm, _pct(v["score"]), f"{v['table']['all']['states']} ({v['table']['all']['wrong']} wrong)",
+                 _auc(v["table"]["all"]), _auc(v["table"].get("within_task", {})), _auc(v["table"]["plan"]),
+                 _auc(v["table"]["image"]), _auc(v["table"]["refined"]),
+                 _share(v["table"]["all"].get("recall@0.05")), _share(v["table"]["all"].get("recall@0.10"))]
+                for r in data["rounds"] for arm, v in r.get("validate", {}).items() if v]
     if auc_rows:
         parts.append("<h2>Own-sketch inspection on the validation split (exact judge; promotion compares its score)</h2>")
         parts.append("<p>Every visual state the model drew (first sketches and refined states) is labelled by the "
@@ -342,51 +342,75 @@ def write_report(run_dir: Path) -> Path:
                              "within task", "plan errors",
                              "image errors", "refined states", "recall @5% false alarms", "recall @10% false alarms"],
                             auc_rows))
-    grpo_rows = []
+    return parts
+
+
+GRPO_COLUMNS = ("reward", "rewards/final/mean", "rewards/inspection/mean", "rewards/refine/mean",
+                "rewards/steps/mean", "groups/any_right", "frac_reward_zero_std")
+
+
+def _grpo(data: dict) -> list[str]:
+    """Each GRPO round's first fifth of steps against its last fifth."""
+    def mean(k: str, part: list[dict]) -> str:
+        xs = [x[k] for x in part if k in x]
+        return f"{sum(xs) / len(xs):.3f}" if xs else "-"
+
+    rows = []
     for r in data["rounds"]:
         c = r.get("grpo")
         if c:
-            def mean(k: str, part: list[dict]) -> str:
-                xs = [x[k] for x in part if k in x]
-                return f"{sum(xs) / len(xs):.3f}" if xs else "-"
+            head, tail = c[: max(1, len(c) // 5)], c[-max(1, len(c) // 5):]
+            rows.append([r["round"], c[-1]["step"]] + [f"{mean(k, head)} → {mean(k, tail)}" for k in GRPO_COLUMNS]
+                        + [mean("kl", tail)])
+    if not rows:
+        return []
+    return ["<h2>GRPO rounds (first fifth of the steps → last fifth)</h2>",
+            _table(["round", "steps", "reward", "final right", "inspection", "steps left wrong (−)", "extra steps (−)",
+                    "groups with a right one", "groups with one reward (no signal)", "KL at the end"], rows)]
 
-            head, tail = c[: max(1, len(c) // 5)], c[-max(1, len(c) // 5):]  # first and last fifth of the steps
-            grpo_rows.append([r["round"], c[-1]["step"]] + [f"{mean(k, head)} → {mean(k, tail)}" for k in
-                             ("reward", "rewards/final/mean", "rewards/inspection/mean", "rewards/refine/mean",
-                              "rewards/steps/mean", "groups/any_right", "frac_reward_zero_std")] + [mean("kl", tail)])
-    if grpo_rows:
-        parts.append("<h2>GRPO rounds (first fifth of the steps → last fifth)</h2>")
-        parts.append(_table(["round", "steps", "reward", "final right", "inspection", "steps left wrong (−)", "extra steps (−)",
-                             "groups with a right one", "groups with one reward (no signal)", "KL at the end"],
-                            grpo_rows))
-    judge_rows = []
-    for r in data["rounds"]:
-        d = r.get("data")
-        if d and "critique" in d:
-            judge_rows.append([r["round"], d["critique"], d["replay"],
-                               ", ".join(f"{k} {v}" for k, v in sorted(d["outcomes"].items())),
-                               ", ".join(f"{k} {v}" for k, v in sorted(d["conflicts"].items())),
-                               "-" if d["acceptance_rate"] is None else f"{100 * d['acceptance_rate']:.0f}%"])
-    if judge_rows:
-        parts.append("<h2>Judge and critique data per round</h2>")
-        parts.append(_table(["round", "critique traces", "replay rows", "rollout outcomes",
-                             "conflicts found (source:kind)", "corrections accepted"], judge_rows))
-    if data["promotions"]:
-        parts.append("<h2>Promotions</h2>")
-        parts.append(_table(["round", "promoted", "new (validation %)", "current (validation %)",
-                             "tolerance (points)"],
-                            [[k, v["promoted"], f"{100 * v['new']:.1f}", f"{100 * v['current']:.1f}",
-                              f"{100 * v['tolerance']:.1f}"]
-                             for k, v in sorted(data["promotions"].items(), key=lambda kv: int(kv[0]))]))
-    strips = [_strip(int(rd.name[6:]), p) for rd in _rounds(run_dir)
-              for p in (sorted((rd / "eval" / "strips").glob("*.png")) if (rd / "eval" / "strips").exists() else [])]
-    if strips:
-        parts.append("<h2>Trajectory strips of fixed prompts, round by round</h2>")
-        parts += strips
-    style = ("<style>body{font-family:sans-serif;max-width:1100px;margin:2em auto}table{border-collapse:collapse;"
-             "margin:1em 0}td,th{border:1px solid #ccc;padding:3px 8px;font-size:13px}"
-             ".summary{border:2px solid #447;background:#f3f5fb;padding:.5em 1em;margin:1em 0}"
-             ".flagged{color:#b00}ol.frames{font-size:13px}</style>")
-    page = f"<!doctype html><html><head><meta charset='utf-8'><title>strokes report</title>{style}</head><body>"
+
+def _judge(data: dict) -> list[str]:
+    """What the judge found in each SFT round's rollouts and what became training data."""
+    rows = [[r["round"], d["critique"], d["replay"], ", ".join(f"{k} {v}" for k, v in sorted(d["outcomes"].items())),
+             ", ".join(f"{k} {v}" for k, v in sorted(d["conflicts"].items())),
+             "-" if d["acceptance_rate"] is None else f"{100 * d['acceptance_rate']:.0f}%"]
+            for r in data["rounds"] if (d := r.get("data")) and "critique" in d]
+    if not rows:
+        return []
+    return ["<h2>Judge and critique data per round</h2>",
+            _table(["round", "critique traces", "replay rows", "rollout outcomes",
+                    "conflicts found (source:kind)", "corrections accepted"], rows)]
+
+
+def _promotions(data: dict) -> list[str]:
+    if not data["promotions"]:
+        return []
+    return ["<h2>Promotions</h2>",
+            _table(["round", "promoted", "new (validation %)", "current (validation %)", "tolerance (points)"],
+                   [[k, v["promoted"], f"{100 * v['new']:.1f}", f"{100 * v['current']:.1f}", f"{100 * v['tolerance']:.1f}"]
+                    for k, v in sorted(data["promotions"].items(), key=lambda kv: int(kv[0]))])]
+
+
+def _strips(run: RunDir) -> list[str]:
+    strips = [_strip(rnd, p) for rnd in run.rounds()
+              for p in sorted((run.stage(rnd, EVAL) / "strips").glob("*.png"))]
+    return ["<h2>Trajectory strips of fixed prompts, round by round</h2>", *strips] if strips else []
+
+
+STYLE = ("<style>body{font-family:sans-serif;max-width:1100px;margin:2em auto}img{max-width:100%}"
+         "table{border-collapse:collapse;"
+         "margin:1em 0}td,th{border:1px solid #ccc;padding:3px 8px;font-size:13px}"
+         ".summary{border:2px solid #447;background:#f3f5fb;padding:.5em 1em;margin:1em 0}"
+         ".flagged{color:#b00}ol.frames{font-size:13px}</style>")
+
+
+def write_report(run_dir: Path) -> Path:
+    """`run_dir/report.html`: every section above, in reading order, one self-contained page."""
+    run = RunDir(run_dir)
+    data = collect(run.path, inspect=True)
+    parts = [f"<h1>strokes run: {html.escape(run.path.name)}</h1>", _summary(run, data), GLOSSARY, _metadata(run),
+             *_accuracy(data), *_gaps(data), *_inspection(data), *_grpo(data), *_judge(data), *_promotions(data),
+             *_strips(run)]
+    page = f"<!doctype html><html><head><meta charset='utf-8'><title>strokes report</title>{STYLE}</head><body>"
     page += "\n".join(parts) + "</body></html>"
-    return write_atomic(run_dir / "report.html", page)
+    return write_atomic(run.report, page)

@@ -1,4 +1,4 @@
-"""strokes: the shared foundation every other package stands on (DESIGN.md §2).
+"""strokes: the shared foundation every other package stands on (docs/design.md §2).
 
 Errors, the trajectory and verdict schemas, the language of plans and inspections, GenEval scoring,
 the typed YAML config loader, atomic writes, the world (`strokes.shapeworld`), the models and

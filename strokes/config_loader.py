@@ -17,6 +17,14 @@ every field documented by a docstring line under it (tests/test_configs.py check
 `__post_init__` through `require`, which names the field. The run config (`selfplay.config.RunConfig`)
 nests them. A wrong field name, a value of the wrong type or out of range fails with one line naming
 the dotted field (`train.lr`), never a traceback.
+
+A config file may name a parent and hold only what differs from it:
+
+    inherit: shapeworld.yaml      # relative to this file's folder
+    train: {method: sft, lr: 5.0e-4}
+
+Sections merge key by key (a mapping in the child updates the parent's, any other value replaces
+it); a missing parent or a cycle of parents fails with one line naming the file.
 """
 
 from __future__ import annotations
@@ -133,22 +141,49 @@ def apply_overrides(data: dict, overrides: list[str]) -> dict:
     return data
 
 
+INHERIT = "inherit"
+"""The key naming a config file's parent."""
+
+
 def read(path: str | Path | None, overrides: list[str] | None = None) -> dict:
-    """The YAML at `path` (or nothing) as a dict of sections, with `key=value` overrides applied."""
-    data: Any = {}
-    if path is not None:
-        p = Path(path)
-        if not p.is_file():
-            raise InputError(f"{p}: no such config file")
-        try:
-            data = yaml.safe_load(p.read_text()) or {}
-        except yaml.YAMLError as e:
-            mark = getattr(e, "problem_mark", None)
-            line = f":{mark.line + 1}" if mark else ""
-            raise InputError(f"{p}{line}: malformed YAML ({getattr(e, 'problem', e)})") from None
-        if not isinstance(data, dict):
-            raise InputError(f"{p}: a config must be a mapping of sections, got {type(data).__name__}")
+    """The YAML at `path` (or nothing) as a dict of sections, its parents merged in (`inherit`), with
+    `key=value` overrides applied."""
+    data = _resolved(Path(path), ()) if path is not None else {}
     return apply_overrides(data, overrides or [])
+
+
+def _resolved(path: Path, children: tuple[Path, ...]) -> dict:
+    """The file at `path` merged onto its parents; `children` are the files that inherit from it."""
+    if not path.is_file():
+        if children:
+            raise InputError(f"{children[-1]}: field '{INHERIT}' names no config file: {path}")
+        raise InputError(f"{path}: no such config file")
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        line = f":{mark.line + 1}" if mark else ""
+        raise InputError(f"{path}{line}: malformed YAML ({getattr(e, 'problem', e)})") from None
+    if not isinstance(data, dict):
+        raise InputError(f"{path}: a config must be a mapping of sections, got {type(data).__name__}")
+    parent = data.pop(INHERIT, None)
+    if parent is None:
+        return data
+    if not isinstance(parent, str) or not parent:
+        raise InputError(f"{path}: field '{INHERIT}' must name a config file, got {parent!r}")
+    parent_path = path.parent / parent
+    chain = (*children, path)
+    if any(parent_path.resolve() == p.resolve() for p in chain):
+        raise InputError(f"{path}: '{INHERIT}' makes a cycle: " + " -> ".join(str(p) for p in (*chain, parent_path)))
+    return merge(_resolved(parent_path, chain), data)
+
+
+def merge(base: dict, update: dict) -> dict:
+    """`update` onto `base`: mappings merge key by key, any other value replaces (a new dict)."""
+    out = dict(base)
+    for key, value in update.items():
+        out[key] = merge(out[key], value) if isinstance(value, dict) and isinstance(out.get(key), dict) else value
+    return out
 
 
 def load(cls: type[T], path: str | Path | None, overrides: list[str] | None = None) -> T:

@@ -23,7 +23,7 @@ from pathlib import Path
 
 def temporary_path(path: Path, folder: bool = False) -> Path:
     """Where `atomic_path` writes before the rename: `<name>.tmp` beside a folder (the run
-    directory's stage convention, DESIGN.md §6); a hidden per-process, per-thread name beside a
+    directory's stage convention, docs/design.md §6); a hidden per-process, per-thread name beside a
     file, so concurrent writers of one file never share a temporary."""
     if folder:
         return path.with_name(path.name + ".tmp")

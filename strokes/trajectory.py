@@ -1,4 +1,4 @@
-"""The model-agnostic trajectory (DESIGN.md §4) and its storage as JSONL + PNG or an HF dataset.
+"""The model-agnostic trajectory (docs/design.md §4) and its storage as JSONL + PNG or an HF dataset.
 
 A trajectory is a prompt and ordered steps. A step is a Plan (`instruction` for <ins>, `description`
 of the whole scene so far for <des>), a Sketch (`image`), an Inspect (`inspection` text), and zero or
@@ -22,6 +22,10 @@ import numpy as np
 from PIL import Image
 
 from .io import atomic_path
+
+MODES = ("process", "judge", "single_pass")
+"""How a trajectory is made: "process" (the model plans, sketches, inspects and refines by itself),
+"judge" (an external judge writes each inspection and correction), "single_pass" (prompt -> one image)."""
 
 
 @dataclass

@@ -97,3 +97,49 @@ def test_a_mixture_weight_given_as_text_in_yaml_names_its_key(tmp_path):
 def test_the_shipped_configs_still_load():
     for path in sorted((ROOT / "configs").glob("*.yaml")):
         load_config(path)
+
+
+def test_a_config_inherits_its_parent_and_says_only_what_differs(tmp_path):
+    (tmp_path / "parent.yaml").write_text("train: {lr: 1.0e-3, batch_size: 6}\ndata: {mixture: {conflict: 2.0}}\n")
+    (tmp_path / "child.yaml").write_text("inherit: parent.yaml\ntrain: {lr: 5.0e-4}\n")
+    cfg = load_config(tmp_path / "child.yaml")
+    assert cfg.train.lr == 5e-4 and cfg.train.batch_size == 6  # the child's value wins, the rest is the parent's
+    assert cfg.data.mixture["conflict"] == 2.0
+
+
+@pytest.mark.parametrize("files, message", [
+    ({"a.yaml": "inherit: b.yaml\n", "b.yaml": "inherit: a.yaml\n"}, "makes a cycle"),
+    ({"a.yaml": "inherit: missing.yaml\n"}, "names no config file"),
+    ({"a.yaml": "inherit: [b.yaml]\n"}, "must name a config file"),
+])
+def test_a_broken_chain_of_parents_is_refused_in_one_line(tmp_path, files, message):
+    for name, text in files.items():
+        (tmp_path / name).write_text(text)
+    with pytest.raises(InputError) as e:
+        load_config(tmp_path / "a.yaml")
+    assert message in str(e.value) and "a.yaml" in str(e.value) and "\n" not in str(e.value)
+
+
+ROOT_CONFIGS = {"base.yaml", "shapeworld.yaml", "cluster.yaml"}
+
+
+def test_every_shipped_config_but_the_roots_holds_only_what_differs_from_its_parent():
+    import yaml
+
+    from strokes.config_loader import INHERIT, read
+
+    def leaves(data: dict, prefix: str = "") -> dict:
+        out = {}
+        for k, v in data.items():
+            out.update(leaves(v, f"{prefix}{k}.") if isinstance(v, dict) else {f"{prefix}{k}": v})
+        return out
+
+    for path in sorted((ROOT / "configs").glob("*.yaml")):
+        own = yaml.safe_load(path.read_text())
+        if path.name in ROOT_CONFIGS:
+            assert INHERIT not in own, f"{path.name} is a root config"
+            continue
+        assert INHERIT in own, f"{path.name} names no parent (roots: {', '.join(sorted(ROOT_CONFIGS))})"
+        parent = leaves(read(path.parent / own.pop(INHERIT)))
+        same = [k for k, v in leaves(own).items() if parent.get(k, object()) == v]
+        assert not same, f"{path.name} repeats its parent's values: {same}"

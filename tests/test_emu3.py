@@ -16,7 +16,7 @@ import torch
 
 from strokes.errors import InputError
 from strokes.model.emu3 import Emu3ModelConfig, Emu3Policy, Emu3Processor, save_tiny_base
-from strokes.model.tiny import Policy
+from strokes.model.policy import Policy
 from strokes.shapeworld import make_suite
 
 TINY = Emu3ModelConfig(hidden_size=64, num_layers=2, num_heads=2, intermediate_size=128, codebook_size=64,

@@ -20,7 +20,7 @@ from selfplay.cli import main
 from selfplay.grpo import make_sampler
 from selfplay.rewards import Judged, judge_rollouts, reward_functions, verdict_advantages
 from strokes.errors import InputError
-from strokes.model.tiny import Policy
+from strokes.model.policy import Policy
 from strokes.shapeworld import PromptRecord, make_suite
 from strokes.shapeworld.check import is_correct
 from trainer.config import GrpoConfig, TrainConfig

@@ -14,7 +14,7 @@ from test_rollout_support import tiny_checkpoint
 from selfplay.cli import main
 from strokes.errors import InputError
 from strokes.model.checkpoint_check import check_checkpoint
-from strokes.model.tiny import Policy
+from strokes.model.policy import Policy
 from strokes.shapeworld import make_suite, write_records
 
 

@@ -12,7 +12,7 @@ import yaml
 
 from selfplay.cli import main
 from selfplay.config import load_config
-from selfplay.run_state import RunState
+from selfplay.run_dir import RunState
 from strokes.config_loader import dump
 from strokes.errors import InputError
 
@@ -107,4 +107,5 @@ def test_the_dry_run_checks_the_paths_the_run_starts_from(setup, capsys):
     recipe.write_text("model: {hidden_size: 64, num_heads: 2}\n")
     assert main(["run", str(cfg), "--dry-run", "--from-scratch", "--set", "loop.base_checkpoint=/nonexistent",
                  "--set", f"loop.base_recipe={recipe}"]) == 0
-    assert json.loads(capsys.readouterr().out)["policy"]["hidden"] == 64  # the recipe's shape, not the checkpoint's
+    planned = json.loads(capsys.readouterr().out.split("# the plan\n", 1)[1])
+    assert planned["policy"]["hidden"] == 64  # the recipe's shape, not the checkpoint's

@@ -17,7 +17,7 @@ from selfplay.cli import main
 from selfplay.inspect_eval import inspection_table, label_states, visual_states
 from strokes.data.pipelines import PipelineConfig, TrajectoryMaker
 from strokes.language import CONFLICT
-from strokes.model.tiny import Policy
+from strokes.model.policy import Policy
 from strokes.shapeworld import make_suite
 
 

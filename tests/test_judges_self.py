@@ -19,7 +19,8 @@ from rollout.config import RolloutConfig
 from rollout.engine import Engine
 from strokes.model.image_tokenizer import ImageTokenizer, fitting_images
 from strokes.model.processor import Processor, build_text_tokenizer
-from strokes.model.tiny import ModelConfig, Policy
+from strokes.model.policy import Policy
+from strokes.model.tiny import ModelConfig
 from strokes.verdict import Verdict
 
 

@@ -1,4 +1,4 @@
-"""The packages' layering (DESIGN.md §2), read from the source with `ast`, every import counted
+"""The packages' layering (docs/design.md §2), read from the source with `ast`, every import counted
 (function-level ones too):
 
     strokes     the foundation: imports nothing else of ours

@@ -19,7 +19,8 @@ from selfplay.cli import main
 @pytest.fixture(scope="module")
 def base_checkpoint(tmp_path_factory) -> Path:
     """A tiny untrained policy standing in for the shipped base model."""
-    from strokes.model.tiny import ModelConfig, Policy
+    from strokes.model.policy import Policy
+    from strokes.model.tiny import ModelConfig
 
     path = tmp_path_factory.mktemp("base") / "checkpoint"
     Policy.build(ModelConfig(hidden_size=32, num_layers=1, num_heads=2, intermediate_size=64)).save_pretrained(path)

@@ -2,7 +2,7 @@
 
 Encode -> decode gives back every text and every pixel; the patch codebook reproduces every ground
 truth render of a test suite exactly (and the scorer agrees); nothing maps to <unk>. The loss mask is
-checked by reading the ids with the grammar (DESIGN.md §4): no loss on the prompt, on a deliberately
+checked by reading the ids with the grammar (docs/design.md §4): no loss on the prompt, on a deliberately
 wrong plan (its <ins>, <des> and sketch) or on a deliberately wrong sketch; loss on everything else.
 """
 
@@ -17,7 +17,8 @@ from test_pipelines import make
 from strokes.data.build import summarize
 from strokes.data.pipelines import SOURCES, PipelineConfig, TrajectoryMaker
 from strokes.model.processor import BOUNDARY, IMAGE, PROMPT, TEXT, Processor
-from strokes.model.tiny import ModelConfig, Policy
+from strokes.model.policy import Policy
+from strokes.model.tiny import ModelConfig
 from strokes.shapeworld import TASKS, check, make_suite, render, target_scene
 from strokes.trajectory import Trajectory
 

@@ -2,9 +2,9 @@
 first one writes a checkpoint that loads.
 
 The driver runs in a fresh (spawned) process that starts its own local cluster the project's way
-(`rollout.cluster.connect`, HOME pointed at a temporary folder: loopback only, DESIGN.md §8) and
+(`rollout.cluster.connect`, HOME pointed at a temporary folder: loopback only, docs/design.md §8) and
 shuts it down. The test process itself never starts Ray: the rollout tests own its one Ray session
-per test process, and restarting Ray inside a process is what DESIGN.md §8 warns against.
+per test process, and restarting Ray inside a process is what docs/design.md §8 warns against.
 """
 
 from __future__ import annotations
@@ -73,7 +73,7 @@ def test_two_ray_workers_train_one_checkpoint(dataset_dir, tmp_path_factory, tmp
     import multiprocessing
     from concurrent.futures import ProcessPoolExecutor
 
-    from strokes.model.tiny import Policy
+    from strokes.model.policy import Policy
     from strokes.trajectory import from_row
 
     parent = tiny_checkpoint(tmp_path_factory)

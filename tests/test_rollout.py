@@ -24,7 +24,7 @@ from selfplay.visualize import BORDER, GAP, strip_image
 from strokes.data.pipelines import TrajectoryMaker
 from strokes.errors import InputError
 from strokes.language import inspection_text, parse_description
-from strokes.model.tiny import Policy
+from strokes.model.policy import Policy
 from strokes.shapeworld import detect, make_suite, write_records
 from strokes.shapeworld.check import check_items
 from strokes.shapeworld.scene import noun_phrase

@@ -1,4 +1,4 @@
-"""Rollouts on Ray actors: one local cluster per test session, kept on loopback (DESIGN.md §8).
+"""Rollouts on Ray actors: one local cluster per test session, kept on loopback (docs/design.md §8).
 
 The cluster is the test session's one `ray_cluster` (tests/conftest.py).
 """
@@ -79,7 +79,7 @@ def checkpoints(checkpoint, tmp_path_factory):
     from peft import LoraConfig, get_peft_model
     from test_rollout_support import TINY
 
-    from strokes.model.tiny import Policy
+    from strokes.model.policy import Policy
 
     torch.set_num_threads(1)
     root = tmp_path_factory.mktemp("fleet")

@@ -9,7 +9,8 @@ from __future__ import annotations
 import shutil
 from pathlib import Path
 
-from strokes.model.tiny import ModelConfig, Policy
+from strokes.model.policy import Policy
+from strokes.model.tiny import ModelConfig
 
 TINY = ModelConfig(hidden_size=64, num_layers=2, num_heads=2, intermediate_size=128)
 

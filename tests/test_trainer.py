@@ -14,11 +14,13 @@ import torch
 from selfplay.cli import main
 from strokes.data.build import DataConfig, build, load
 from strokes.errors import InputError
-from strokes.model.tiny import ModelConfig, Policy
+from strokes.model.policy import Policy
+from strokes.model.tiny import ModelConfig
 from strokes.trajectory import from_row
 from trainer.config import LoraConfig, TrainConfig
 from trainer.losses import segment_table
-from trainer.sft import make_trainer, sft_config, tokenize, train, use_bf16, use_cuda
+from trainer.sft import make_trainer, sft_config, tokenize, train
+from trainer.trl_common import use_bf16, use_cuda
 
 torch.set_num_threads(1)
 TINY = ModelConfig(hidden_size=32, num_layers=2, num_heads=2, intermediate_size=64)

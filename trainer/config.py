@@ -1,4 +1,5 @@
-"""`TrainConfig`: everything that decides how one round's SFT runs (TRL `SFTTrainer` underneath)."""
+"""`TrainConfig`: everything that decides how one round trains: SFT (TRL's `SFTTrainer`, `sft.py`)
+or GRPO (TRL's `GRPOTrainer`, `grpo.py`, with its own section `train.grpo`)."""
 
 from __future__ import annotations
 
@@ -101,7 +102,8 @@ class GrpoConfig:
 
 @dataclass
 class TrainConfig:
-    """One round's training. Defaults suit the tiny model on a CPU; on CUDA, bf16 switches on by itself."""
+    """One round's training, SFT or GRPO. Defaults suit the tiny model on a CPU; on CUDA, bf16 switches on
+    by itself."""
 
     SECTION: ClassVar[str] = "train"
 

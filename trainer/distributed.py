@@ -16,7 +16,7 @@ Workers load the parent checkpoint and the round's dataset from paths, so `paren
 `batch_size * grad_accum * workers` rows per optimizer step.
 
 This module joins a running Ray instance, or the cluster at `address`; it does not start a local
-one (the driver does that, with the loopback settings of DESIGN.md §8: `rollout.cluster.connect`).
+one (the driver does that, with the loopback settings of docs/design.md §8: `rollout.cluster.connect`).
 """
 
 from __future__ import annotations
@@ -26,7 +26,7 @@ import tempfile
 from pathlib import Path
 
 from strokes.errors import InputError
-from strokes.model.tiny import Policy
+from strokes.model.policy import Policy
 
 from .config import TrainConfig
 from .sft import train

@@ -39,7 +39,7 @@ from typing import Callable
 from strokes.errors import InputError
 
 from .config import REWARDS, TrainConfig
-from .sft import peft_config, run_and_save, setup_wandb, train_callbacks, trainer_args
+from .trl_common import peft_config, run_and_save, setup_wandb, train_callbacks, trainer_args
 
 SampleFn = Callable[[list[str], int], dict]
 """prompts, seed -> {"prompt_ids", "completion_ids", "logprobs", "env_mask", **extra fields}, one

@@ -25,14 +25,14 @@ from pathlib import Path
 
 from strokes.io import write_atomic
 
-from .sample import MODES, add_sampling_args, config_from_args, quiet_loading
+from .sample import CLI_MODES, add_sampling_args, config_from_args, quiet_loading
 
 
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("eval", help="generate a suite's images with a checkpoint and score them")
     p.add_argument("checkpoint", help="policy folder (save_pretrained)")
     p.add_argument("--suite", required=True, help="GenEval-format JSONL (selfplay suite)")
-    p.add_argument("--mode", choices=sorted(MODES), default="process")
+    p.add_argument("--mode", choices=sorted(CLI_MODES), default="process")
     p.add_argument("--samples", type=int, default=None, help="images per record (default 1, or the run's "
                                                               "loop.eval_samples with --config)")
     p.add_argument("--config", default=None, help="a run's config (RUN/config.yaml): roll out as its eval does; "
@@ -60,7 +60,7 @@ def run_eval_config(args: argparse.Namespace, pool: dict):
         raise InputError(f"{flag}: with --config the sampling settings come from the run's config "
                          f"(change them with --set rollout.{changed[0]}=...)")
     run_cfg = load_config(args.config, args.set)
-    cfg = dataclasses.replace(run_cfg.rollout, mode=MODES[args.mode], seed=run_cfg.loop.eval_seed, **pool).validate()
+    cfg = dataclasses.replace(run_cfg.rollout, mode=CLI_MODES[args.mode], seed=run_cfg.loop.eval_seed, **pool).validate()
     return cfg, args.samples or run_cfg.loop.eval_samples
 
 
@@ -120,11 +120,12 @@ def claim_output(out: Path, mine: dict, fresh: bool) -> None:
 
 
 def run(args: argparse.Namespace) -> None:
-    from rollout import RolloutDir, rollout, write_geneval
+    from rollout import RolloutDir, rollout
     from strokes.errors import InputError
-    from strokes.geneval import score_dir
     from strokes.model.checkpoint_check import check_checkpoint
     from strokes.shapeworld import read_records
+
+    from ..evaluation import score_rollouts
 
     if args.samples is not None and args.samples < 1:
         raise InputError(f"--samples must be at least 1, got {args.samples}")
@@ -141,8 +142,7 @@ def run(args: argparse.Namespace) -> None:
     out = Path(args.out or f"eval-{Path(args.suite).stem}-{args.mode}")
     claim_output(out, fingerprint(Path(args.checkpoint), Path(args.suite), cfg, samples), args.fresh)
     summary = rollout(records, out / "rollout", cfg, checkpoint=args.checkpoint, samples=samples)
-    write_geneval(RolloutDir(out / "rollout").trajectories(), records, out / "geneval")
-    score = score_dir(out / "geneval")
+    score = score_rollouts(RolloutDir(out / "rollout").trajectories(), records, out)
     result = {"checkpoint": str(args.checkpoint), "suite": str(args.suite), "mode": cfg.mode,
               "samples": samples, "score": score.to_json(), "rollout": summary.to_json()}
     write_atomic(out / "score.json", json.dumps(result, indent=2) + "\n")

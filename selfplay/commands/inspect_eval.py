@@ -36,8 +36,9 @@ def run(args: argparse.Namespace) -> None:
     from strokes.model.checkpoint_check import check_checkpoint
 
     from ..config import load_config
+    from ..evaluation import validate
     from ..inspect_eval import format_table
-    from ..loop import validate
+    from ..run_dir import read_scores
     from .sample import quiet_loading
 
     checkpoint = Path(args.checkpoint)
@@ -51,7 +52,7 @@ def run(args: argparse.Namespace) -> None:
     out = Path(args.out or f"inspect-eval-{checkpoint.resolve().name}")
     with atomic_path(out, folder=True) as tmp:
         table = validate(cfg, checkpoint, tmp, 0, log=lambda _: None)
-    score = json.loads((out / "scores.json").read_text())["process"]
+    score = read_scores(out)["process"]
     skipped = json.loads((out / "inspection.json").read_text())["skipped"]
     print(format_table(table))
     print(f"validation process {100 * score['overall']:.1f} ± {100 * score['overall_se']:.1f}; "

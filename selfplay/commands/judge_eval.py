@@ -38,29 +38,25 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from judges import JudgeConfig, OracleJudge
+    from judges import JudgeConfig
     from judges.evaluate import evaluate, labelled_contexts
     from strokes.errors import InputError
 
-    from .judge_serve import build_judge
+    from .judge_serve import judge_from_args
 
     if args.n < 2:
         raise InputError(f"--n must be at least 2, got {args.n}")
     if args.batch_size < 1:
         raise InputError(f"--batch-size must be at least 1, got {args.batch_size}")
+    cfg = JudgeConfig(kind=args.judge, base_url=args.base_url, model=args.model, api_key_env=args.api_key_env,
+                      concurrency=args.concurrency, timeout_s=args.timeout, max_retries=args.max_retries,
+                      budget_requests=args.budget_requests, cache_dir=args.cache_dir, prompts_file=args.prompts_file)
+    judge = judge_from_args(args, cfg)
+    name = args.judge
     if args.judge == "gpt":
-        from judges.gpt import GPTJudge
-
-        cfg = JudgeConfig(kind="gpt", base_url=args.base_url, model=args.model, api_key_env=args.api_key_env,
-                          concurrency=args.concurrency, timeout_s=args.timeout, max_retries=args.max_retries,
-                          budget_requests=args.budget_requests, cache_dir=args.cache_dir,
-                          prompts_file=args.prompts_file)
-        judge = GPTJudge(cfg)
         name = f"gpt ({args.model} at {judge.client.base_url})"
-    elif args.judge == "oracle":
-        judge, name = OracleJudge(), "oracle"
-    else:
-        judge, name = build_judge(args), f"self ({args.checkpoint}, T={args.temperature:g})"
+    elif args.judge == "self":
+        name = f"self ({args.checkpoint}, T={args.temperature:g})"
     contexts = labelled_contexts(args.n, args.seed, args.split)
     report = evaluate(judge, contexts, name, args.batch_size)
     if args.json:

@@ -38,28 +38,22 @@ def add_self_judge_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--device", default="auto", help="device of the self judge's policy (auto, cpu, cuda)")
 
 
-def build_judge(args: argparse.Namespace):
-    """The judge `args.judge` names: the oracle, or the self judge over a checkpoint's Inspect."""
-    from judges import OracleJudge, SelfJudge
-
-    if args.judge == "oracle":
-        return OracleJudge()
-    return SelfJudge(policy_inspect_fn(args.checkpoint, args.temperature, args.device))
-
-
-def policy_inspect_fn(checkpoint: str | None, temperature: float = 1.0, device: str = "auto"):
-    """The Inspect (+ Refine) of the policy in `checkpoint`, as the self judge's `inspect_fn`: the
-    rollout engine's, so the judge inspects exactly as the policy does inside a rollout."""
+def judge_from_args(args: argparse.Namespace, cfg=None):
+    """The judge the command line names (`cfg`, a `JudgeConfig`, or `--judge` alone), built by the one
+    factory (`selfplay.evaluation.policy_judge`); the self judge inspects with `--checkpoint`."""
+    from judges import JudgeConfig
     from rollout.config import RolloutConfig
-    from rollout.engine import Engine
     from strokes.errors import InputError
-    from strokes.model.tiny import Policy
 
-    if not checkpoint:
-        raise InputError("--checkpoint is required with --judge self")
-    if temperature < 0:
-        raise InputError(f"--temperature must be >= 0, got {temperature}")
-    return Engine(Policy.from_pretrained(checkpoint), RolloutConfig(temperature=temperature, device=device)).inspect
+    from ..evaluation import policy_judge
+
+    cfg = cfg or JudgeConfig(kind=args.judge)
+    if cfg.kind == "self":
+        if not args.checkpoint:
+            raise InputError("--checkpoint is required with --judge self")
+        if args.temperature < 0:
+            raise InputError(f"--temperature must be >= 0, got {args.temperature}")
+    return policy_judge(cfg, args.checkpoint, RolloutConfig(temperature=args.temperature, device=args.device))
 
 
 def is_loopback(host: str) -> bool:
@@ -87,7 +81,7 @@ def run(args: argparse.Namespace) -> int:
     if not key and not is_loopback(args.host):
         print(f"selfplay judge-serve: warning: --host {args.host} is not loopback and no API key is set: "
               "anyone who can reach it can use the judge", file=sys.stderr, flush=True)
-    judge = build_judge(args)
+    judge = judge_from_args(args)
     try:
         server = JudgeServer(judge, args.host, args.port, key, args.model_name, load_prompts(args.prompts_file),
                              args.max_batch)

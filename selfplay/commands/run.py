@@ -57,7 +57,7 @@ def _check_resume(cfg: RunConfig, run_dir: Path, allowed: list[str]) -> None:
     from strokes.errors import InputError
 
     from ..config import RunConfig
-    from ..run_state import RunState
+    from ..run_dir import RunState
 
     new = _flat(dataclasses.asdict(cfg))
     for name in allowed:
@@ -86,6 +86,7 @@ def _check_resume(cfg: RunConfig, run_dir: Path, allowed: list[str]) -> None:
 
 
 def run(args: argparse.Namespace) -> None:
+    import dataclasses
     import json
     import time
 
@@ -107,8 +108,12 @@ def run(args: argparse.Namespace) -> None:
 
         from ..dry_run import plan, warnings
 
+        import yaml
+
         planned = plan(cfg, args.from_scratch)
-        print(json.dumps(planned, indent=2))
+        print(f"# the resolved config: {args.config}, its parents and --set\n"
+              + yaml.safe_dump(dataclasses.asdict(cfg), sort_keys=False))
+        print("# the plan\n" + json.dumps(planned, indent=2))
         for line in warnings(cfg, planned):
             print(line, file=sys.stderr)
         return

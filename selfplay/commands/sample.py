@@ -10,28 +10,33 @@ import argparse
 import sys
 from pathlib import Path
 
-MODES = {"process": "process", "single-pass": "single_pass", "single_pass": "single_pass"}
+from rollout.config import RolloutConfig
+from strokes.trajectory import MODES
+
+# The modes a policy samples in alone (judge mode needs a judge), by their command-line spellings.
+CLI_MODES = {spelling: m for m in MODES if m != "judge" for spelling in {m, m.replace("_", "-")}}
+
+# The sampling flags: the `RolloutConfig` field each sets, its type and help (defaults are the config's).
+SAMPLING_FLAGS = {"seed": (int, "sampling seed"),
+                  "temperature": (float, "0 is greedy; below 1 collapses images"),
+                  "top_k": (int, "sample among the k most likely tokens (0: off)"),
+                  "top_p": (float, "nucleus sampling mass (1: off)"),
+                  "max_steps": (int, "cap on plan-sketch-inspect steps"),
+                  "max_refines": (int, "cap on refinements per step"),
+                  "batch_size": (int, "rows decoded together"),
+                  "device": (str, "auto, cpu, cuda, cuda:1, ...")}
 
 
 def add_sampling_args(p: argparse.ArgumentParser) -> None:
-    """Sampling flags shared by `sample` and `eval` (defaults are RolloutConfig's)."""
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--temperature", type=float, default=1.0, help="0 is greedy; below 1 collapses images")
-    p.add_argument("--top-k", type=int, default=0)
-    p.add_argument("--top-p", type=float, default=1.0)
-    p.add_argument("--max-steps", type=int, default=8)
-    p.add_argument("--max-refines", type=int, default=2)
-    p.add_argument("--batch-size", type=int, default=128)
-    p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1, ...")
+    """Sampling flags shared by `sample` and `eval`, with `RolloutConfig`'s defaults."""
+    defaults = RolloutConfig()
+    for name, (kind, what) in SAMPLING_FLAGS.items():
+        p.add_argument("--" + name.replace("_", "-"), type=kind, default=getattr(defaults, name), help=what)
 
 
-def config_from_args(args: argparse.Namespace, **extra):
-    from rollout import RolloutConfig
-
-    fields = dict(mode=MODES[args.mode], seed=args.seed, temperature=args.temperature, top_k=args.top_k,
-                  top_p=args.top_p, max_steps=args.max_steps, max_refines=args.max_refines,
-                  batch_size=args.batch_size, device=args.device)
-    return RolloutConfig(**{**fields, **extra}).validate()
+def config_from_args(args: argparse.Namespace, **extra) -> RolloutConfig:
+    fields = {name: getattr(args, name) for name in SAMPLING_FLAGS}
+    return RolloutConfig(**{**fields, "mode": CLI_MODES[args.mode], **extra}).validate()
 
 
 def quiet_loading() -> None:
@@ -48,7 +53,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--out", default="out/strip.png", help="image strip: every visual state side by side "
                                                            "(default out/strip.png; folders are made)")
     p.add_argument("--interactive", action="store_true", help="accept or rewrite each plan before its sketch")
-    p.add_argument("--mode", choices=sorted(MODES), default="process")
+    p.add_argument("--mode", choices=sorted(CLI_MODES), default="process")
     p.add_argument("--scale", type=int, default=4, help="upscaling of the strip")
     add_sampling_args(p)
     p.set_defaults(func=run)
@@ -90,7 +95,7 @@ def run(args: argparse.Namespace) -> None:
     from rollout import Engine
     from rollout.outputs import save_png_atomic
     from strokes.errors import InputError
-    from strokes.model.tiny import Policy
+    from strokes.model.policy import Policy
     from strokes.shapeworld import record_from_text
 
     from ..visualize import describe, strip_image

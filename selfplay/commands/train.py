@@ -23,7 +23,7 @@ def run(args: argparse.Namespace) -> None:
     from strokes.config_loader import dump
     from strokes.data.build import build, load
     from strokes.model.checkpoint_check import check_checkpoint
-    from strokes.model.tiny import Policy
+    from strokes.model.policy import Policy
 
     from ..config import load_config
 

@@ -36,7 +36,7 @@ from ..config_loader import require
 from ..errors import InputError
 from ..io import atomic_path
 from .processor import SPECIALS, Processor, join_words, vocabulary
-from .tiny import Policy
+from .policy import Policy
 
 KIND = "strokes.emu3"
 # Tokens Emu3's tokenizer brings (names as in the released checkpoints). The tiny base carries them

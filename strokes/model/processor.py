@@ -2,7 +2,7 @@
 
 Text goes through a word-level `tokenizers` model wrapped as a `PreTrainedTokenizerFast`, built
 locally from the ShapeWorld vocabulary (nothing is downloaded); images go through the patch
-codebook, each code an ordinary vocabulary token `<img_k>`. The token grammar (DESIGN.md §4, with one
+codebook, each code an ordinary vocabulary token `<img_k>`. The token grammar (docs/design.md §4, with one
 change: every visual state, refined ones included, is followed by its own inspection, so a model can
 refine more than once and knows when a refinement worked):
 

@@ -1,4 +1,4 @@
-"""ShapeWorld: the built-in world, with exact rendering and exact judging (DESIGN.md §5).
+"""ShapeWorld: the built-in world, with exact rendering and exact judging (docs/design.md §5).
 
 `ShapeWorld` bundles what the rest of the system needs from a world (suites, target scenes,
 `render`, `detect`, `check`); a user's world plugs in by offering the same methods.

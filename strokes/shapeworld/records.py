@@ -130,7 +130,7 @@ def _exclusion(g: object, where: str) -> Exclusion:
 
 
 def prompt_text(rec: PromptRecord) -> str:
-    """GenEval's templates without 'a photo of' (DESIGN.md §5)."""
+    """GenEval's templates without 'a photo of' (docs/design.md §5)."""
     inc = rec.include
 
     def phrase(r: Requirement) -> str:

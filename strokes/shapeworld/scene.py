@@ -1,4 +1,4 @@
-"""ShapeWorld's vocabulary, scene graphs and the GenEval relation rule (DESIGN.md §5).
+"""ShapeWorld's vocabulary, scene graphs and the GenEval relation rule (docs/design.md §5).
 
 A scene is a list of objects on a grid; relations are not stored but *decided* from geometry, exactly
 as GenEval decides them from detected boxes, so a scene, its render and its detections can never

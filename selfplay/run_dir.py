@@ -1,5 +1,16 @@
-"""The run directory's bookkeeping (DESIGN.md §6): the stages of a round, in order, and `state.json`
-(which stages are complete, which policy is current)."""
+"""The run folder, and the one place that knows its layout (docs/design.md §6).
+
+    runs/<name>/
+      config.yaml  state.json  metrics.jsonl  report.html
+      round_000/  checkpoint/  eval/  validate/
+      round_001/  data/  checkpoint/  eval/  validate/  control/  control_eval/  control_validate/  promote/
+
+Every stage of a round is a folder named after it; inside it, `events.jsonl` holds what the stage
+logged and `scores.json` its GenEval scores per eval mode (eval stages). `state.json` records which
+stages are complete and which policy is current, and `metrics.jsonl` is rebuilt from the stages'
+events in round and `STAGES` order, so a resumed run never logs twice. Other modules reach these
+files through `RunDir` and the `read_*`/`write_*` helpers here, never by name.
+"""
 
 from __future__ import annotations
 
@@ -13,11 +24,81 @@ from strokes.errors import InputError
 from strokes.io import write_atomic
 
 # Every stage of a round, in the order its events go into `metrics.jsonl`. The rounds name their
-# stages from here, and `stage` refuses any other name, so a new stage cannot be left out of the log.
+# stages from here, and the loop refuses any other name, so a new stage cannot be left out of the log.
 STAGES = ("checkpoint", "rollouts", "data", "inspect_head", "eval", "validate", "control", "control_inspect_head",
           "control_eval", "control_validate", "promote")
 (CHECKPOINT, ROLLOUTS, DATA, INSPECT_HEAD, EVAL, VALIDATE, CONTROL, CONTROL_INSPECT_HEAD, CONTROL_EVAL,
  CONTROL_VALIDATE, PROMOTE) = STAGES
+
+SCORES = "scores.json"
+EVENTS = "events.jsonl"
+_ROUND = re.compile(r"round_(\d{3})")
+
+
+def write_scores(folder: Path, scores: dict) -> None:
+    """A stage's scores, by eval mode (each `strokes.geneval.Score.to_json()` plus counts)."""
+    (folder / SCORES).write_text(json.dumps(scores, indent=2))
+
+
+def read_scores(folder: Path) -> dict:
+    """A stage folder's scores by mode; {} when it has none (not evaluated yet)."""
+    path = folder / SCORES
+    return json.loads(path.read_text()) if path.is_file() else {}
+
+
+def write_event(folder: Path, event: dict, first: bool = False) -> None:
+    """Append one event to a stage folder's log (`first`: start the log afresh)."""
+    with open(folder / EVENTS, "w" if first else "a") as f:
+        f.write(json.dumps(event, default=float) + "\n")
+
+
+def read_events(folder: Path) -> list[dict]:
+    """A stage folder's events, in the order they were logged; [] when it has none."""
+    path = folder / EVENTS
+    return [json.loads(line) for line in path.read_text().splitlines()] if path.is_file() else []
+
+
+class RunDir:
+    """Paths and records of one run folder."""
+
+    def __init__(self, path: str | Path) -> None:
+        self.path = Path(path)
+        self.config = self.path / "config.yaml"
+        self.metrics = self.path / "metrics.jsonl"
+        self.report = self.path / "report.html"
+
+    def round(self, rnd: int) -> Path:
+        return self.path / f"round_{rnd:03d}"
+
+    def stage(self, rnd: int, name: str) -> Path:
+        """The folder of stage `name` of round `rnd` (a name from `STAGES`)."""
+        if name not in STAGES:
+            raise ValueError(f"stage {name!r} is not in STAGES")
+        return self.round(rnd) / name
+
+    def rounds(self) -> list[int]:
+        """The round numbers that have a folder, in order."""
+        found = (_ROUND.fullmatch(p.name) for p in self.path.glob("round_*") if p.is_dir())
+        return sorted(int(m.group(1)) for m in found if m)
+
+    def scores(self, rnd: int, name: str) -> dict:
+        """Scores by eval mode of stage `name` of round `rnd`; {} when it has none."""
+        return read_scores(self.stage(rnd, name))
+
+    def events(self, rnd: int, name: str) -> list[dict]:
+        return read_events(self.stage(rnd, name))
+
+    def rebuild_metrics(self) -> None:
+        """`metrics.jsonl` = every stage's events, in round and `STAGES` order."""
+        lines = []
+        for rnd in self.rounds():
+            for name in STAGES:
+                path = self.stage(rnd, name) / EVENTS
+                lines += path.read_text().splitlines() if path.is_file() else []
+        write_atomic(self.metrics, "".join(line + "\n" for line in lines))
+
+    def state(self) -> RunState:
+        return RunState.load(self.path)
 
 
 @dataclass
@@ -40,7 +121,7 @@ class RunState:
         """The state in `run_dir/state.json`, or a fresh one saved there later. A damaged file (cut
         short, hand-edited) is refused with one line naming it and what is wrong: guessing would
         redo or skip stages of a run silently. `{}` is a fresh state; unknown keys are ignored."""
-        path = run_dir / "state.json"
+        path = Path(run_dir) / "state.json"
         if not path.exists():
             return cls(path=path)
         try:
@@ -88,7 +169,3 @@ def _problem(data: dict) -> str:
     if not (isinstance(promotions, dict) and all(isinstance(v, dict) for v in promotions.values())):
         return f"'promotions' must map rounds to promotion events, got {promotions!r}"
     return ""
-
-
-def round_dir(run_dir: Path, rnd: int) -> Path:
-    return run_dir / f"round_{rnd:03d}"

@@ -1,0 +1,182 @@
+"""The bodies of a round's training-side stages: the base policy, the round's data, its training,
+the control arm and the Inspect head. (Evaluation stages are in `evaluation.py`; the loop that runs
+them in order, resumably, is `loop.py`.)
+
+Each writes into the folder it is given (the loop hands it `<stage>.tmp/` and renames it when the
+stage returns) and logs through `selfplay.run_dir.write_event`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import random
+import shutil
+from pathlib import Path
+
+from judges import OracleJudge, corrected_scene
+from rollout import RolloutFleet
+from strokes.data.build import build, load, make_rows
+from strokes.errors import InputError
+from strokes.model.inspect_head import FILE as HEAD_FILE
+from strokes.model.policy import Policy
+from strokes.shapeworld import PromptRecord
+from strokes.trajectory import Trajectory, from_row, to_dataset, write_jsonl
+from trainer.distributed import fit
+from trainer.sft import train
+
+from .config import RunConfig, load_config
+from .critique import build_self_critique, build_symbolic_critique
+from .evaluation import policy_judge, rollout_stage, sampled_verdicts, training_suite
+from .grpo import grpo_prompts, grpo_stage
+from .inspect_head import fit_inspect_head
+from .run_dir import write_event
+
+
+def base_stage(cfg: RunConfig, from_scratch: bool, out: Path) -> None:
+    """Round 0's policy in `out/checkpoint`: the shipped base checkpoint, or (`from_scratch`) one trained
+    from `loop.base_recipe` on freshly built base data."""
+    if from_scratch:
+        recipe = load_config(cfg.loop.base_recipe)
+        build(recipe.data, out / "data")
+        train(Policy.build(recipe.model), load(out / "data"), recipe.train, out / "train")
+        shutil.move(str(out / "train" / "checkpoint"), str(out / "checkpoint"))
+        shutil.rmtree(out / "data")
+    else:
+        source = Path(cfg.loop.base_checkpoint)
+        if not (source / "config.json").is_file():
+            raise InputError(f"{source}: no base checkpoint (run with --from-scratch to train one)")
+        shutil.copytree(source, out / "checkpoint")
+
+
+def round_suite(cfg: RunConfig, rnd: int) -> list[PromptRecord]:
+    """The training prompts an SFT round rolls out: `loop.prompts_per_round` records, each
+    `loop.samples_per_prompt` times."""
+    per_prompt = cfg.loop.samples_per_prompt
+    suite = training_suite(cfg.loop.prompts_per_round, cfg.loop.seed * 1000 + rnd)
+    return (suite * per_prompt)[: cfg.loop.prompts_per_round * per_prompt]
+
+
+def critique_stage(cfg: RunConfig, rnd: int, rollouts: list[Trajectory], checkpoint: Path, out: Path) -> dict:
+    """An SFT round's data: judge the rollouts, build critique traces, mix in base-data replay, save
+    the round's dataset.
+
+    ShapeWorld executes any judge's corrective instruction exactly (`corrected_scene` applies the
+    edit to the detected scene), and the critique builder has the same judge accept the result; a
+    world without an exact renderer would have the policy re-sketch instead (`resketch`)."""
+    judge = policy_judge(cfg.judge, checkpoint, cfg.rollout)
+    critique_cfg = dataclasses.replace(cfg.critique, seed=cfg.critique.seed + rnd)
+    traces, stats = build_self_critique(rollouts, judge, critique_cfg, exact=corrected_scene)
+    if cfg.critique.mode == "symbolic":  # as many corrections, from perturbed scene graphs instead
+        records = [PromptRecord.from_json(t.record) for t in rollouts if t.record]
+        traces = build_symbolic_critique(records, len(traces), critique_cfg)
+    n_replay = max(int(round(cfg.critique.replay_ratio * len(traces))), cfg.critique.min_replay)
+    replay_cfg = dataclasses.replace(cfg.data, size=max(n_replay, 1), seed=cfg.data.seed + 7919 * rnd)
+    replay = [from_row(row) for row in make_rows(replay_cfg, progress=False)][:n_replay]
+    rows = traces + replay
+    random.Random(cfg.loop.seed + rnd).shuffle(rows)
+    save_dataset(rows, out / "dataset")
+    write_jsonl(traces[:50], out / "examples")
+    summary = {"critique": len(traces), "replay": len(replay), **stats.to_json()}
+    (out / "summary.json").write_text(json.dumps(summary, indent=2))
+    judge_stats = getattr(judge, "stats", None)
+    write_event(out, {"event": "data", "round": rnd, **summary,
+                      **({"judge": judge_stats.to_json()} if hasattr(judge_stats, "to_json") else {})})
+    return summary
+
+
+def prompts_stage(cfg: RunConfig, rnd: int, out: Path) -> dict:
+    """A GRPO round's data: its training prompts (`prompts.json`), drawn like the SFT rounds' ones."""
+    prompts = grpo_prompts(cfg, rnd)
+    (out / "dataset").mkdir()
+    (out / "dataset" / "prompts.json").write_text(json.dumps(prompts))
+    summary = {"prompts": len(prompts)}
+    (out / "summary.json").write_text(json.dumps(summary, indent=2))
+    write_event(out, {"event": "data", "round": rnd, **summary})
+    return summary
+
+
+def save_dataset(rows: list[Trajectory], path: Path) -> None:
+    """An HF dataset on disk; an empty one is a folder with an EMPTY marker, since `datasets`
+    saves zero rows as zero shards that it cannot load back."""
+    if not rows:
+        path.mkdir(parents=True)
+        (path / "EMPTY").touch()
+        return
+    to_dataset(rows).save_to_disk(str(path))
+
+
+def train_stage(cfg: RunConfig, parent: Path, dataset_dir: Path, out: Path, rnd: int, arm: str,
+                max_steps: int = -1) -> dict:
+    """The round's training of `parent`: SFT on the round's dataset, in this process or on Ray Train
+    workers (`train.distributed`), or with `train.method: grpo` (the policy arm) GRPO on its own
+    rollouts of the round's prompts (`dataset_dir/prompts.json`); the checkpoint lands in
+    `out/checkpoint`."""
+    if cfg.train.round_method(rnd) == "grpo" and arm == "policy":
+        prompts = json.loads((dataset_dir / "prompts.json").read_text())
+        summary = grpo_stage(cfg, parent, prompts, out / "train", policy_judge(cfg.judge, parent, cfg.rollout))
+        return _keep_training(out, summary, rnd, arm)
+    if (dataset_dir / "EMPTY").exists() or max_steps == 0:  # nothing to learn: the parent carries on
+        shutil.copytree(parent, out / "checkpoint")
+        summary = {"steps": 0, "rows": 0}
+        write_event(out, {"event": "train", "round": rnd, "arm": arm, "steps": 0, "rows": 0})
+        (out / "train_summary.json").write_text(json.dumps(summary))
+        return summary
+    train_cfg = dataclasses.replace(cfg.train, max_steps=max_steps) if max_steps > 0 else cfg.train
+    summary = fit(parent, dataset_dir, train_cfg, out / "train", address=cfg.rollout.ray_address)
+    return _keep_training(out, summary, rnd, arm)
+
+
+def _keep_training(out: Path, summary: dict, rnd: int, arm: str) -> dict:
+    """Move a finished training's checkpoint from `out/train` to `out/checkpoint`, its log lines into
+    the stage's events and its summary beside them."""
+    shutil.move(str(out / "train" / "checkpoint"), str(out / "checkpoint"))
+    for line in (out / "train" / "metrics.jsonl").read_text().splitlines():
+        write_event(out, {**json.loads(line), "round": rnd, "arm": arm})
+    shutil.rmtree(out / "train")
+    (out / "train_summary.json").write_text(json.dumps(summary, indent=2, default=float))
+    return summary
+
+
+def control_stage(cfg: RunConfig, rnd: int, parent: Path, data_summary: dict, steps: int, out: Path) -> None:
+    """Same parent, same number of optimizer steps, base data only (as many rows as the round had; a
+    GRPO round has no rows, so as many as the steps take), trained by SFT whatever the policy's method."""
+    size = max(data_summary.get("critique", 0) + data_summary.get("replay", 0),
+               steps * cfg.train.batch_size * cfg.train.grad_accum, 1)
+    control_cfg = dataclasses.replace(cfg.data, size=size, seed=cfg.data.seed + 104729 * rnd)
+    rows = [from_row(row) for row in make_rows(control_cfg, progress=False)]
+    save_dataset(rows, out / "dataset")
+    write_event(out, {"event": "control", "round": rnd, "parent": str(parent), "steps": steps})
+    sft = dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, method="sft"))  # whatever the policy's method
+    train_stage(sft, parent, out / "dataset", out, rnd, "control", max_steps=steps)
+    shutil.rmtree(out / "dataset")
+
+
+def head_stage(cfg: RunConfig, checkpoint: Path, out: Path, rnd: int, arm: str,
+               fleet: RolloutFleet | None = None) -> Path:
+    """`checkpoint` with an Inspect head fitted on its own labelled sketches (`selfplay/inspect_head.py`):
+    it rolls out `inspect_head.prompts` training-split prompts (sampled verdicts, no retries), the
+    exact judge labels every visual state, and the head lands with a hard-linked copy of the
+    checkpoint's files in `out/checkpoint`, which the round evaluates and promotes."""
+    head_cfg = dataclasses.replace(cfg.inspect_head, seed=cfg.inspect_head.seed + rnd)
+    seed = 1000 * (cfg.loop.seed + cfg.inspect_head.seed) + 100 + rnd  # apart from the rounds' and the validation's
+    suite = training_suite(head_cfg.prompts, seed)
+    plain = dataclasses.replace(cfg, rollout=sampled_verdicts(cfg.rollout))
+    trajectories = rollout_stage(plain, checkpoint, suite, "process", seed, out / "rollouts", fleet=fleet)
+    head = fit_inspect_head(Policy.from_pretrained(checkpoint), trajectories, OracleJudge(), head_cfg)
+    shutil.copytree(checkpoint, out / "checkpoint", copy_function=_link,
+                    ignore=shutil.ignore_patterns(HEAD_FILE))
+    head.save(out / "checkpoint")
+    shutil.rmtree(out / "rollouts")
+    write_event(out, {"event": "inspect_head", "round": rnd, "arm": arm, "threshold": head.threshold,
+                      **{f"held_out/{k}": v for k, v in head.held_out.items()}})
+    return out / "checkpoint"
+
+
+def _link(src: str, dst: str) -> None:
+    """A hard link where the filesystem allows it (a checkpoint's weights are not copied), else a copy."""
+    try:
+        os.link(src, dst)
+    except OSError:
+        shutil.copy2(src, dst)
