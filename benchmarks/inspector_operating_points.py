@@ -25,9 +25,10 @@ from pathlib import Path
 
 from judges import OracleJudge
 from rollout import Engine, RolloutConfig, write_geneval
-from strokes.geneval import score_dir
+from strokes.shapeworld import score_folder
 from strokes.model.policy import Policy
-from strokes.shapeworld import PromptRecord, detect, make_suite
+from strokes.records import PromptRecord
+from strokes.shapeworld import detect, make_suite
 from strokes.shapeworld.queries import missing_parts
 from strokes.shapeworld.render import detections_to_scene
 from strokes.verdict import StepContext, Verdict
@@ -98,7 +99,7 @@ def main() -> None:
             t.meta["index"], t.meta["sample"] = k // args.samples, k % args.samples
         with tempfile.TemporaryDirectory() as tmp:
             write_geneval(trajectories, suite, Path(tmp))
-            score = score_dir(Path(tmp))
+            score = score_folder(Path(tmp))
         rates = ("–", "–") if judge is None else tuple(
             f"{100 * a / max(b, 1):.0f}%" for a, b in (judge.flagged["wrong"], judge.flagged["right"]))
         print(f"| {name} | {writes} | {rates[0]} | {rates[1]} | {100 * score.overall:.1f} ± {100 * score.standard_error():.1f} "

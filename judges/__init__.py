@@ -20,8 +20,9 @@ from .oracle import OracleJudge, corrected_scene
 from .self_judge import InspectFn, SelfJudge
 
 
-def make_judge(cfg: JudgeConfig, inspect_fn: InspectFn | None = None):
-    """The judge a config asks for. Kind "self" needs the policy's `inspect_fn`."""
+def make_judge(cfg: JudgeConfig, inspect_fn: InspectFn | None = None, image_side: int = 64):
+    """The judge a config asks for. Kind "self" needs the policy's `inspect_fn` and the side of the
+    images that policy reads."""
     cfg.validate()
     if cfg.kind == "oracle":
         return OracleJudge()
@@ -31,7 +32,7 @@ def make_judge(cfg: JudgeConfig, inspect_fn: InspectFn | None = None):
         return GPTJudge(cfg)
     if inspect_fn is None:
         raise InputError("judge.kind 'self' needs a policy to inspect with (a checkpoint)")
-    return SelfJudge(inspect_fn)
+    return SelfJudge(inspect_fn, image_side)
 
 
 __all__ = ["KINDS", "InspectFn", "JudgeConfig", "OracleJudge", "SelfJudge", "corrected_scene", "make_judge"]

@@ -8,6 +8,7 @@ from typing import ClassVar
 from strokes.config_loader import require
 
 KINDS = ("oracle", "gpt", "self")
+SERVABLE = ("", "oracle", "self")  # judges a run can serve to itself (`JudgeConfig.serve`)
 
 
 @dataclass
@@ -42,7 +43,12 @@ class JudgeConfig:
     cache_dir: str = ""
     """Folder of cached answers keyed by a hash of the full request; "" disables the cache."""
     prompts_file: str = ""
-    """The judge prompts (YAML); "" is the built-in `judges/prompts.yaml`."""
+    """The judge prompts (YAML), or a built-in set by name: "" (ShapeWorld's, `judges/prompts.yaml`) or
+    "natural" (natural images in GenEval's terms, `judges/prompts_natural.yaml`)."""
+    serve: str = ""
+    """With kind "gpt": start this judge of ours ("oracle", or "self" = the base checkpoint's Inspect)
+    behind the OpenAI-compatible judge server on 127.0.0.1 for the run and judge through it, as a
+    remote endpoint is judged (`base_url` and `model` are then the server's); "" uses `base_url`."""
 
     def __post_init__(self) -> None:
         self.validate()
@@ -56,4 +62,7 @@ class JudgeConfig:
         for name in ("backoff", "timeout_s"):
             require(self, name, getattr(self, name) > 0, "must be > 0")
         require(self, "model", bool(self.model), "must not be empty")
+        require(self, "serve", self.serve in SERVABLE, f"must be one of {', '.join(map(repr, SERVABLE))}")
+        require(self, "serve", not self.serve or self.kind == "gpt",
+                "needs kind: gpt (the served judge is reached over the OpenAI API)")
         return self

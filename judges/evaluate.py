@@ -23,7 +23,7 @@ from collections import Counter
 from dataclasses import dataclass, field
 
 from strokes.data.pipelines import PipelineConfig, TrajectoryMaker
-from strokes.shapeworld import TASKS
+from strokes.records import TASKS
 from strokes.shapeworld.suites import sample_record
 from strokes.verdict import ConflictKind, Judge, StepContext, Verdict
 

@@ -21,11 +21,17 @@ import yaml
 from PIL import Image
 
 from strokes.errors import InputError
-from strokes.shapeworld import CANVAS, PromptRecord
+from strokes.records import PromptRecord
 from strokes.trajectory import Refinement, Step, png_bytes
 from strokes.verdict import StepContext, Verdict
 
+MAX_SIDE = 1024
+"""The largest image side a judge server reads unless its judge says otherwise (`image_side`)."""
 DEFAULT_PROMPTS = Path(__file__).with_name("prompts.yaml")
+BUILTIN_PROMPTS = {"": DEFAULT_PROMPTS, "shapeworld": DEFAULT_PROMPTS,
+                   "natural": Path(__file__).with_name("prompts_natural.yaml")}
+"""Prompt files shipped with the package, by name: ShapeWorld's flat shapes (the default), and
+natural images judged in GenEval's terms (an open world's)."""
 _FIELDS = ("prompt", "record", "history", "instruction", "description")
 _IMAGES = ("image", "previous", "history")
 
@@ -42,8 +48,9 @@ class Prompts:
 
 
 def load_prompts(path: str | Path = "") -> Prompts:
-    """Read a prompts file ("" is the built-in one); a missing key fails naming the file and key."""
-    p = Path(path) if path else DEFAULT_PROMPTS
+    """Read a prompts file, or a built-in one by name (`BUILTIN_PROMPTS`; "" is ShapeWorld's); a
+    missing key fails naming the file and key."""
+    p = BUILTIN_PROMPTS.get(str(path), Path(path))
     try:
         data = yaml.safe_load(p.read_text())
     except FileNotFoundError:
@@ -73,23 +80,24 @@ def image_url(image: np.ndarray) -> str:
     return "data:image/png;base64," + base64.b64encode(png_bytes(image)).decode("ascii")
 
 
-def image_of_url(url: str) -> np.ndarray:
+def image_of_url(url: str, max_side: int = MAX_SIDE) -> np.ndarray:
     """The RGB array in a base64 data URL; ValueError for anything else (remote URLs included:
-    a judge server fetches nothing) and for an image larger than the world's canvas. The size is
-    read from the header before anything is decoded: a few KB of PNG can declare gigapixels."""
+    a judge server fetches nothing) and for an image with a side over `max_side` (what the judge
+    reads). The size is read from the header before anything is decoded: a few KB of PNG can
+    declare gigapixels."""
     m = re.match(r"^data:image/[a-z]+;base64,(.*)$", url, re.S)
     if not m:
         raise ValueError("image_url must be a base64 data URL (data:image/png;base64,...)")
     try:
         with Image.open(io.BytesIO(base64.b64decode(m.group(1), validate=True))) as im:
             size = im.size
-            if max(size) <= CANVAS:
+            if max(size) <= max_side:
                 return np.asarray(im.convert("RGB"))
     except Exception as e:  # noqa: BLE001
         # A decoder fed untrusted bytes fails in many ways (OSError, SyntaxError for a broken chunk,
         # zlib.error, DecompressionBombError); to the client each means the same.
         raise ValueError(f"image_url does not hold a readable image ({type(e).__name__}: {e})") from None
-    raise ValueError(f"image_url holds a {size[0]}x{size[1]} image; the largest judged is {CANVAS}x{CANVAS}")
+    raise ValueError(f"image_url holds a {size[0]}x{size[1]} image; the largest judged is {max_side}x{max_side}")
 
 
 # ---- messages ----------------------------------------------------------------------------------------
@@ -125,9 +133,9 @@ def build_messages(ctx: StepContext, prompts: Prompts) -> list[dict]:
     return [{"role": "system", "content": prompts.system}, {"role": "user", "content": parts}]
 
 
-def parse_messages(messages: Any, prompts: Prompts) -> StepContext:
+def parse_messages(messages: Any, prompts: Prompts, max_side: int = MAX_SIDE) -> StepContext:
     """The step in the last user message; ValueError naming what is wrong with a malformed one
-    (an image larger than the canvas and a record that is not a prompt record included)."""
+    (an image with a side over `max_side` and a record that is not a prompt record included)."""
     if not isinstance(messages, list) or not messages:
         raise ValueError("'messages' must be a non-empty list")
     user = next((m for m in reversed(messages) if isinstance(m, dict) and m.get("role") == "user"), None)
@@ -161,7 +169,7 @@ def parse_messages(messages: Any, prompts: Prompts) -> StepContext:
             key = pending or ("image" if "image" not in images else None)
             if key is None:
                 raise ValueError(f"content part {i}: an image without a label")
-            images[key] = image_of_url(url)
+            images[key] = image_of_url(url, max_side)
             pending = None
         else:
             raise ValueError(f"content part {i}: unsupported type {kind!r} (text and image_url are)")

@@ -19,7 +19,8 @@ from collections import Counter
 import numpy as np
 
 from strokes.language import Edit, inspection_text, instruction_text, parse_description, parse_instruction
-from strokes.shapeworld import COLORS, SHAPES, Obj, PromptRecord, Scene, detect
+from strokes.records import PromptRecord
+from strokes.shapeworld import CANVAS, COLORS, SHAPES, Obj, Scene, check, detect
 from strokes.shapeworld.check import Item, check_items, plan_conflicts
 from strokes.shapeworld.queries import missing_parts
 from strokes.shapeworld.render import Detection, detections_to_scene
@@ -59,6 +60,8 @@ class OracleJudge:
     """Exact judge for ShapeWorld. `stats` counts unparsable instructions and descriptions."""
 
     name = "oracle"
+    image_side = CANVAS
+    """It reads ShapeWorld's canvas (a judge server refuses larger images)."""
 
     def __init__(self) -> None:
         self.stats: Counter = Counter()
@@ -66,16 +69,25 @@ class OracleJudge:
     def judge(self, contexts: list[StepContext]) -> list[Verdict]:
         return [self.verdict(c) for c in contexts]
 
+    def whole_scene(self, rec: PromptRecord, image) -> Verdict:
+        """Whether a finished picture satisfies its record (a context with no instruction whose
+        description is the prompt: how an eval image is put to a judge): GenEval's rule, exactly."""
+        self.stats["scenes"] += 1
+        conflicts = check(rec, image)
+        return Verdict(aligned=not conflicts, conflicts=conflicts, correction="")
+
     def inspect(self, contexts: list[StepContext]) -> list[tuple[str, str]]:
         """(inspection text in the paper's templates, corrective instruction) per step: the same
         shape as a policy's Inspect + Refine, so the oracle can stand in for a policy's own judgment."""
         return [(inspection_text(v), v.correction) for v in self.judge(contexts)]
 
     def verdict(self, ctx: StepContext) -> Verdict:
+        rec = PromptRecord.from_json(ctx.record, "step record") if ctx.record else None
+        if rec is not None and not ctx.instruction and ctx.description == rec.text:
+            return self.whole_scene(rec, ctx.image)
         dets = detect(ctx.image)
         items = parse_description(ctx.description)
         edit = parse_instruction(ctx.instruction)
-        rec = PromptRecord.from_json(ctx.record, "step record") if ctx.record else None
         self.stats["steps"] += 1
         if items is None:
             self.stats["unparsable_description"] += 1

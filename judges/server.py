@@ -36,7 +36,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 from strokes.verdict import Judge, StepContext
 
-from .messages import Prompts, load_prompts, parse_messages
+from .messages import MAX_SIDE, Prompts, load_prompts, parse_messages
 
 log = logging.getLogger(__name__)
 MAX_BODY = 64 * 1024 * 1024
@@ -124,6 +124,9 @@ class JudgeServer:
                  model: str | None = None, prompts: Prompts | None = None, max_batch: int = 32,
                  batch_wait_s: float = 0.002, idle_timeout_s: float = IDLE_TIMEOUT_S) -> None:
         self.judge = judge
+        # the largest image the judge reads: its own side (the exact judge's 64-px canvas, a policy's
+        # images), else any up to MAX_SIDE
+        self.max_image_side = getattr(judge, "image_side", MAX_SIDE)
         self.model = model or f"strokes-{getattr(judge, 'name', 'judge')}"
         self.api_key = api_key or None
         self.prompts = prompts or load_prompts()
@@ -185,7 +188,7 @@ class JudgeServer:
         if rf is not None and (not isinstance(rf, dict) or rf.get("type") not in ("json_schema", "json_object", "text")):
             return 400, _error("response_format must be of type json_schema, json_object or text", "response_format")
         try:
-            ctx = parse_messages(body.get("messages"), self.prompts)
+            ctx = parse_messages(body.get("messages"), self.prompts, self.max_image_side)
         except ValueError as e:
             return 400, _error(str(e), "messages")
         try:

@@ -18,7 +18,7 @@ from typing import Callable, Sequence
 import torch
 
 from strokes.errors import InputError
-from strokes.shapeworld import PromptRecord
+from strokes.records import PromptRecord
 from strokes.trajectory import Trajectory
 from strokes.verdict import Judge, StepContext
 

@@ -10,7 +10,7 @@ import numpy as np
 
 from strokes.geneval import write_samples
 from strokes.io import atomic_path
-from strokes.shapeworld import PromptRecord
+from strokes.records import PromptRecord
 from strokes.trajectory import Trajectory
 
 

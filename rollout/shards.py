@@ -22,7 +22,7 @@ from typing import Sequence
 
 from strokes.errors import InputError
 from strokes.io import write_atomic
-from strokes.shapeworld import PromptRecord
+from strokes.records import PromptRecord
 from strokes.trajectory import Trajectory, read_jsonl, write_jsonl
 
 from .engine import Prompt, prompt_record, prompt_text

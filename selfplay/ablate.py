@@ -53,7 +53,7 @@ import numpy as np
 from strokes.config_loader import from_dict, read, require
 from strokes.errors import InputError
 from strokes.io import atomic_path
-from strokes.shapeworld import TASKS
+from strokes.records import TASKS
 
 from .config import EVAL_MODES, RunConfig, load_config
 from .evaluation import eval_suite, evaluate_mode

@@ -9,6 +9,7 @@ beside the code it configures. A file may `inherit` a parent and hold only what 
     judge:     oracle | gpt | self, endpoint and budgets    judges.config.JudgeConfig
     critique:  self-sampled or symbolic corrections, replay selfplay.critique.CritiqueConfig
     inspect_head: the policy's Inspect head, fitted per checkpoint selfplay.inspect_head.InspectHeadConfig
+    world:     shapeworld, or a team's prompts and scorer    selfplay.world.config.WorldConfig
     loop:      rounds, prompts, eval suite, promotion       selfplay.config.LoopConfig
     tracking:  wandb mirror of metrics.jsonl                selfplay.tracking.TrackingConfig
 """
@@ -31,6 +32,7 @@ from trainer.config import TrainConfig
 from .critique import CritiqueConfig
 from .inspect_head import InspectHeadConfig
 from .tracking import TrackingConfig
+from .world.config import WorldConfig
 
 # The eval modes: the rollout modes (the policy alone: process, single_pass; the configured judge as
 # external inspector: judge) and the oracle as external planner (planner).
@@ -109,6 +111,8 @@ class RunConfig:
     """oracle | gpt | self, endpoint and budgets."""
     critique: CritiqueConfig = field(default_factory=CritiqueConfig)
     """Self-sampled or symbolic corrections, replay."""
+    world: WorldConfig = field(default_factory=WorldConfig)
+    """The world the prompts, suites and scores come from: ShapeWorld, or a team's own (open)."""
     inspect_head: InspectHeadConfig = field(default_factory=InspectHeadConfig)
     """The policy's Inspect head, fitted on its own labelled sketches for every evaluated checkpoint."""
     loop: LoopConfig = field(default_factory=LoopConfig)
@@ -117,10 +121,32 @@ class RunConfig:
     """wandb mirror of metrics.jsonl."""
 
     def __post_init__(self) -> None:
+        if self.world.kind == "open":
+            self._check_open_world()
         head_file = Path(self.loop.base_checkpoint) / "inspect_head.json"
         if self.rollout.inspect == "head" and not self.inspect_head.enabled and not head_file.is_file():
             raise InputError("rollout.inspect: 'head' needs inspect_head.enabled: true (or a base checkpoint "
                              "with an Inspect head)")
+
+
+    def _check_open_world(self) -> None:
+        """What an open world cannot do (no exact judge, renderer or base-data pipelines), one line each."""
+        w = "config field '{}' {} in an open world (world.kind: open)"
+        if self.judge.kind == "oracle":
+            raise InputError(w.format("judge.kind", "cannot be 'oracle': the exact judge knows only ShapeWorld "
+                                                    "(use gpt with base_url, or self)"))
+        if self.train.method != "grpo":
+            raise InputError(w.format("train.method", "must be grpo: SFT critique rounds need ShapeWorld's "
+                                                      "exact corrections and continuations"))
+        if self.loop.control and not self.world.control_data:
+            raise InputError(w.format("loop.control", "needs world.control_data (a trajectory dataset for the "
+                                                      "control arm), or set loop.control: false"))
+        if self.judge.kind == "gpt" and not self.judge.prompts_file:
+            raise InputError(w.format("judge.prompts_file", "must be set: the built-in prompts describe "
+                                                            "ShapeWorld's flat shapes (use 'natural' or your own)"))
+        if "planner" in self.loop.eval_modes:
+            raise InputError(w.format("loop.eval_modes", "cannot hold 'planner': the oracle planner plans "
+                                                         "ShapeWorld scenes"))
 
 
 def load_config(path: str | Path | None, overrides: list[str] | None = None) -> RunConfig:

@@ -26,7 +26,8 @@ from strokes.config_loader import require
 from strokes.data.continuation import continuation
 from strokes.data.pipelines import PipelineConfig, TrajectoryMaker, aligned_inspection
 from strokes.language import description_text, inspection_text, parse_description, parse_instruction
-from strokes.shapeworld import PromptRecord, Scene, detect, render
+from strokes.records import PromptRecord
+from strokes.shapeworld import Scene, detect, render
 from strokes.shapeworld.queries import missing_parts
 from strokes.shapeworld.render import detections_to_scene
 from strokes.trajectory import Refinement, Step, Trajectory

@@ -14,7 +14,7 @@ from pathlib import Path
 
 from strokes.errors import InputError
 from strokes.model.tiny import ModelConfig
-from strokes.shapeworld import TASKS
+from strokes.records import TASKS
 
 from .config import RunConfig, load_config
 
@@ -32,8 +32,8 @@ def _start(cfg: RunConfig, from_scratch: bool) -> ModelConfig | Path:
             raise InputError(f"loop.base_recipe {recipe}: {e}") from None
     cfg_file = Path(cfg.loop.base_checkpoint) / "config.json"
     if not cfg_file.is_file():
-        raise InputError(f"loop.base_checkpoint: {cfg_file.parent}: no base checkpoint (no config.json; "
-                         "pass --from-scratch to train one)")
+        hint = "; pass --from-scratch to train one" if cfg.world.kind == "shapeworld" else ": convert your model first"
+        raise InputError(f"loop.base_checkpoint: {cfg_file.parent}: no base checkpoint (no config.json{hint})")
     return cfg_file
 
 

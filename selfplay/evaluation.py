@@ -10,24 +10,23 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import math
 import shutil
 from pathlib import Path
 from typing import Callable
 
-from judges import JudgeConfig, OracleJudge, make_judge
-from rollout import Engine, RolloutConfig, RolloutDir, RolloutFleet, rollout, write_geneval
+from rollout import RolloutConfig, RolloutDir, RolloutFleet, rollout, write_geneval
 from strokes import console
-from strokes.geneval import Score, score_dir
-from strokes.model.policy import Policy
-from strokes.shapeworld import TASKS, PromptRecord, make_suite
+from strokes.geneval import Score
+from strokes.records import TASKS, PromptRecord
 from strokes.trajectory import Trajectory, write_jsonl
 
 from .config import RunConfig
 from .inspect_eval import inspection_table, label_states, summary_event
+from .judging import policy_judge
 from .oracle_planner import planner_rollout
 from .run_dir import write_event, write_scores
 from .visualize import captions, strip_image
+from .world import make_world
 
 Log = Callable[[str], None]
 
@@ -35,28 +34,21 @@ Log = Callable[[str], None]
 # ---- suites ---------------------------------------------------------------------------------------
 
 def eval_suite(cfg: RunConfig) -> list[PromptRecord]:
-    """The held-out suite the report shows: `loop.eval_per_task` test-split records per task."""
-    return make_suite("test", cfg.loop.eval_per_task, cfg.loop.eval_seed)
+    """The held-out suite the report shows: `loop.eval_per_task` records per task."""
+    return make_world(cfg).eval_suite(cfg.loop.eval_per_task, cfg.loop.eval_seed)
 
 
 def validation_suite(cfg: RunConfig) -> list[PromptRecord]:
-    """The validation split promotion compares on: training-split records, never the test suite."""
-    return make_suite("train", cfg.loop.validation_per_task, cfg.loop.validation_seed)
+    """The validation split promotion compares on: training prompts held out, never the test suite."""
+    return make_world(cfg).validation_suite(cfg.loop.validation_per_task, cfg.loop.validation_seed)
 
 
-def training_suite(n: int, seed: int, tasks: tuple[str, ...] = TASKS) -> list[PromptRecord]:
-    """At least `n` training-split records, equal shares of `tasks`."""
-    return make_suite("train", math.ceil(n / len(tasks)), seed, tuple(tasks))
+def training_suite(cfg: RunConfig, n: int, seed: int, tasks: tuple[str, ...] = TASKS) -> list[PromptRecord]:
+    """At least `n` training prompts, equal shares of `tasks` where the world has them."""
+    return make_world(cfg).training_suite(n, seed, tuple(tasks))
 
 
 # ---- rollouts and scores ---------------------------------------------------------------------------
-
-def policy_judge(cfg: JudgeConfig, checkpoint: str | Path, rollout_cfg: RolloutConfig):
-    """The judge `cfg` names (`judges.make_judge`); the self judge inspects with the policy at
-    `checkpoint`, through the rollout engine, so it inspects exactly as the policy does in a rollout."""
-    inspect_fn = Engine(Policy.from_pretrained(checkpoint), rollout_cfg).inspect if cfg.kind == "self" else None
-    return make_judge(cfg, inspect_fn)
-
 
 def sampled_verdicts(cfg: RolloutConfig) -> RolloutConfig:
     """`cfg` with the policy's own sampled verdicts and no redraws: what the model writes is what it
@@ -84,10 +76,12 @@ def rollout_stage(cfg: RunConfig, checkpoint: Path, records: list, mode: str, se
     return trajectories
 
 
-def score_rollouts(trajectories: list[Trajectory], records: list[PromptRecord], folder: Path) -> Score:
-    """The final images of `trajectories` in GenEval's layout under `folder/geneval`, scored by GenEval's rules."""
-    write_geneval(trajectories, records, folder / "geneval")
-    return score_dir(folder / "geneval")
+def score_rollouts(cfg: RunConfig, trajectories: list[Trajectory], records: list[PromptRecord], folder: Path) -> Score:
+    """The final images of `trajectories` in GenEval's layout under `folder/geneval` (what GenEval's
+    own scorer reads), scored by the world: GenEval's rules decided exactly, by a judge, or by a scorer."""
+    world = make_world(cfg)
+    write_geneval(trajectories, records, folder / "geneval", world.image_size)
+    return world.score(folder / "geneval")
 
 
 def eval_rollouts(cfg: RunConfig, checkpoint: Path, suite: list, mode: str, seed: int, out: Path,
@@ -109,7 +103,7 @@ def evaluate_mode(cfg: RunConfig, checkpoint: Path, suite: list, mode: str, seed
     """One eval mode on `suite`: rollouts and GenEval layout in `out/<mode>`; its scores (the
     `Score` fields and how many trajectories failed)."""
     trajectories = eval_rollouts(cfg, checkpoint, suite, mode, seed, out / mode, fleet)
-    score = score_rollouts(trajectories, suite, out / mode)
+    score = score_rollouts(cfg, trajectories, suite, out / mode)
     return {**score.to_json(), "failed": sum("failed" in t.meta for t in trajectories)}
 
 
@@ -140,11 +134,11 @@ def validate(cfg: RunConfig, checkpoint: Path, out: Path, rnd: int, arm: str = "
     inspections leave the trajectory."""
     suite, seed = validation_suite(cfg), cfg.loop.validation_seed
     trajectories = rollout_stage(cfg, checkpoint, suite, "process", seed, out / "process", fleet=fleet)
-    score = score_rollouts(trajectories, suite, out / "process")
+    score = score_rollouts(cfg, trajectories, suite, out / "process")
     if cfg.rollout.retries:
         plain = dataclasses.replace(cfg, rollout=dataclasses.replace(cfg.rollout, retries=0))
         trajectories = rollout_stage(plain, checkpoint, suite, "process", seed, out / "no_retries", fleet=fleet)
-    states, skipped = label_states(trajectories, OracleJudge())
+    states, skipped = label_states(trajectories, make_world(cfg).label_judge())
     table = inspection_table(states, seed=rnd)
     write_scores(out, {"process": score.to_json()})
     (out / "inspection.json").write_text(json.dumps({"table": table, "skipped": skipped}, indent=2))
@@ -170,11 +164,12 @@ def strips(cfg: RunConfig, checkpoint: Path, out: Path, fleet: RolloutFleet | No
     from PIL import Image
 
     out.mkdir(parents=True, exist_ok=True)
+    world = make_world(cfg)
     trajectories = rollout_stage(cfg, checkpoint, list(cfg.loop.strip_prompts), "process", cfg.loop.eval_seed,
                                  out / "rollouts", fleet=fleet)
     for text, trajectory in zip(cfg.loop.strip_prompts, trajectories):
         if trajectory.steps:
             name = text.replace(' ', '_')
             Image.fromarray(strip_image(trajectory, 2)).save(out / f"{name}.png")
-            (out / f"{name}.json").write_text(json.dumps(captions(trajectory), indent=2))
+            (out / f"{name}.json").write_text(json.dumps(captions(trajectory, world.final_conflicts), indent=2))
     shutil.rmtree(out / "rollouts")

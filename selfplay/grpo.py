@@ -15,12 +15,13 @@ from pathlib import Path
 
 from rollout import Engine
 from strokes.model.policy import Policy
-from strokes.shapeworld import PromptRecord
+from strokes.records import PromptRecord
 from trainer.grpo import SampleFn, train_grpo
 
 from .config import RunConfig
 from .evaluation import sampled_verdicts, training_suite
-from .rewards import judge_rollouts, reward_functions, verdict_advantages
+from .rewards import ExactCheck, judge_rollouts, reward_functions, verdict_advantages
+from .world import make_world
 
 
 def grpo_prompts(cfg: RunConfig, rnd: int) -> list[str]:
@@ -28,11 +29,11 @@ def grpo_prompts(cfg: RunConfig, rnd: int) -> list[str]:
     as JSON strings (the rollout function reads the record back, so the judge knows what the prompt
     asks). TRL's sampler shuffles them."""
     g = cfg.train.grpo
-    suite = training_suite(g.prompts, cfg.loop.seed * 1000 + rnd, tuple(g.tasks))[: g.prompts]
+    suite = training_suite(cfg, g.prompts, cfg.loop.seed * 1000 + rnd, tuple(g.tasks))[: g.prompts]
     return [json.dumps(r.to_json()) for r in suite]
 
 
-def make_sampler(engine: Engine, judge, exact: bool, verdict_weight: float = 0.0) -> SampleFn:
+def make_sampler(engine: Engine, judge, exact: ExactCheck | None = None, verdict_weight: float = 0.0) -> SampleFn:
     """The rollout function TRL calls: trajectories for the prompts, their tokens, log-probs and legal
     sets (`legal`), the mask of tokens the model chose (`env_mask`), the judge's findings (`judged`) and, with a
     `verdict_weight`, each verdict word's own advantage (`token_advantages`, `verdict_advantages`)."""
@@ -70,7 +71,8 @@ def grpo_stage(cfg: RunConfig, parent: Path, prompts: list[str], out: Path, judg
     engine = Engine(policy, rollout_cfg)  # shares policy.model with the trainer: it samples the live weights
     g = cfg.train.grpo
     verdict_weight = g.reward_weights.get("inspection", 0.0) if g.verdict_credit == "token" else 0.0
-    sample = make_sampler(engine, judge, exact=cfg.judge.kind == "oracle", verdict_weight=verdict_weight)
+    exact = make_world(cfg).is_correct if cfg.judge.kind == "oracle" else None
+    sample = make_sampler(engine, judge, exact=exact, verdict_weight=verdict_weight)
     return train_grpo(policy, prompts, cfg.train, out, sample, reward_functions(), engine.legal_sets,
                       temperature=rollout_cfg.temperature)
 

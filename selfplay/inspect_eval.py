@@ -21,7 +21,7 @@ from sklearn.metrics import roc_auc_score, roc_curve
 
 from judges.oracle import edit_items
 from strokes.language import description_text, parse_description, parse_instruction
-from strokes.shapeworld import PromptRecord
+from strokes.records import PromptRecord
 from strokes.trajectory import Refinement, Trajectory
 from strokes.verdict import StepContext, Verdict
 

@@ -31,11 +31,12 @@ from typing import Callable
 from rollout import RolloutFleet
 from strokes.config_loader import dump
 from strokes.io import atomic_path
-from strokes.shapeworld import TASKS
+from strokes.records import TASKS
 from strokes.trajectory import read_jsonl
 
 from .config import RunConfig
 from .evaluation import evaluate, rollout_stage, validate
+from .judging import served_judge
 from .report import write_report
 from .run_dir import (CHECKPOINT, CONTROL, CONTROL_EVAL, CONTROL_INSPECT_HEAD, CONTROL_VALIDATE, DATA, EVAL,
                       INSPECT_HEAD, PROMOTE, ROLLOUTS, VALIDATE, RunDir, RunState, write_event)
@@ -52,12 +53,13 @@ def run(cfg: RunConfig, run_dir: Path, from_scratch: bool = False, log: Log = pr
     run = RunDir(run_dir)
     run.path.mkdir(parents=True, exist_ok=True)
     dump(cfg, run.config)
-    loop = Loop(cfg, run, log)
-    try:
-        loop.rounds(from_scratch)
-    finally:
-        if loop.fleet is not None:
-            loop.fleet.close()
+    with served_judge(cfg, log) as cfg:
+        loop = Loop(cfg, run, log)
+        try:
+            loop.rounds(from_scratch)
+        finally:
+            if loop.fleet is not None:
+                loop.fleet.close()
     run.rebuild_metrics()
     write_report(run.path)
     loop.tracker.finish()

@@ -30,7 +30,7 @@ from rollout.shards import label, make_shards
 from strokes.data.pipelines import PipelineConfig, TrajectoryMaker
 from strokes.errors import InputError
 from strokes.model.policy import Policy
-from strokes.shapeworld import PromptRecord
+from strokes.records import PromptRecord
 from strokes.trajectory import write_jsonl
 
 from .config import RunConfig

@@ -151,7 +151,7 @@ def _grpo_plot(grpo: list[dict]) -> str:
         for r in grpo:
             steps = [x["step"] for x in r["grpo"]]
             for k in keys:
-                ax.plot(steps, [x.get(k, float("nan")) for x in r["grpo"]], label=f"round {r['round']} {k}")
+                ax.plot(steps, [float("nan") if x.get(k) is None else x[k] for x in r["grpo"]], label=f"round {r['round']} {k}")
         ax.set_title(title, fontsize=10)
         ax.set_xlabel("GRPO step")
         ax.grid(alpha=0.3)
@@ -352,7 +352,7 @@ GRPO_COLUMNS = ("reward", "rewards/final/mean", "rewards/inspection/mean", "rewa
 def _grpo(data: dict) -> list[str]:
     """Each GRPO round's first fifth of steps against its last fifth."""
     def mean(k: str, part: list[dict]) -> str:
-        xs = [x[k] for x in part if k in x]
+        xs = [x[k] for x in part if x.get(k) is not None]  # None: the judge gave no verdict that step
         return f"{sum(xs) / len(xs):.3f}" if xs else "-"
 
     rows = []

@@ -31,9 +31,10 @@ import itertools
 from dataclasses import dataclass, field, replace
 from typing import Callable
 
+import numpy as np
+
 from strokes.language import says_conflict
-from strokes.shapeworld import PromptRecord
-from strokes.shapeworld.check import is_correct
+from strokes.records import PromptRecord
 from strokes.trajectory import Trajectory
 from strokes.verdict import StepContext
 
@@ -76,9 +77,13 @@ def flagged(t: Trajectory) -> list[bool]:
     return [says_conflict(x) for x in texts]
 
 
-def judge_rollouts(trajectories: list[Trajectory], judge, exact: bool) -> list[Judged]:
-    """One `Judged` per trajectory. `exact`: the judge is ShapeWorld's exact one, so the final image
-    is checked by the GenEval rule itself."""
+ExactCheck = Callable[[PromptRecord, np.ndarray], bool]
+"""An exact GenEval check of an image against its record (ShapeWorld's `is_correct`)."""
+
+
+def judge_rollouts(trajectories: list[Trajectory], judge, exact: ExactCheck | None = None) -> list[Judged]:
+    """One `Judged` per trajectory. `exact`: the world's exact GenEval check, used for the final image
+    when the judge is the exact one (else the judge's verdict on the last state decides)."""
     # labelled with the verdict the model wrote as each state's score (1: it said conflict)
     said = [replace(t, meta={**t.meta, "inspect_scores": [float(f) for f in flagged(t)]}) for t in trajectories]
     states, _ = label_states(said, judge)
@@ -104,13 +109,13 @@ def judge_rollouts(trajectories: list[Trajectory], judge, exact: bool) -> list[J
     return out
 
 
-def _finals(trajectories: list[Trajectory], judge, exact: bool) -> list[bool | None]:
+def _finals(trajectories: list[Trajectory], judge, exact: ExactCheck | None) -> list[bool | None]:
     """Whether each trajectory's last image satisfies its prompt."""
     usable = [k for k, t in enumerate(trajectories) if t.steps and t.record is not None and "failed" not in t.meta]
     finals: list[bool | None] = [False] * len(trajectories)
-    if exact:
+    if exact is not None:
         for k in usable:
-            finals[k] = is_correct(PromptRecord.from_json(trajectories[k].record), trajectories[k].final_image)
+            finals[k] = exact(PromptRecord.from_json(trajectories[k].record), trajectories[k].final_image)
         return finals
     contexts = []
     for k in usable:

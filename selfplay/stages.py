@@ -15,23 +15,24 @@ import random
 import shutil
 from pathlib import Path
 
-from judges import OracleJudge, corrected_scene
 from rollout import RolloutFleet
-from strokes.data.build import build, load, make_rows
+from strokes.data.build import build, load
 from strokes.errors import InputError
 from strokes.model.inspect_head import FILE as HEAD_FILE
 from strokes.model.policy import Policy
-from strokes.shapeworld import PromptRecord
-from strokes.trajectory import Trajectory, from_row, to_dataset, write_jsonl
+from strokes.records import PromptRecord
+from strokes.trajectory import Trajectory, to_dataset, write_jsonl
 from trainer.distributed import fit
 from trainer.sft import train
 
 from .config import RunConfig, load_config
 from .critique import build_self_critique, build_symbolic_critique
-from .evaluation import policy_judge, rollout_stage, sampled_verdicts, training_suite
+from .evaluation import rollout_stage, sampled_verdicts, training_suite
 from .grpo import grpo_prompts, grpo_stage
 from .inspect_head import fit_inspect_head
+from .judging import policy_judge
 from .run_dir import write_event
+from .world import make_world
 
 
 def base_stage(cfg: RunConfig, from_scratch: bool, out: Path) -> None:
@@ -54,7 +55,7 @@ def round_suite(cfg: RunConfig, rnd: int) -> list[PromptRecord]:
     """The training prompts an SFT round rolls out: `loop.prompts_per_round` records, each
     `loop.samples_per_prompt` times."""
     per_prompt = cfg.loop.samples_per_prompt
-    suite = training_suite(cfg.loop.prompts_per_round, cfg.loop.seed * 1000 + rnd)
+    suite = training_suite(cfg, cfg.loop.prompts_per_round, cfg.loop.seed * 1000 + rnd)
     return (suite * per_prompt)[: cfg.loop.prompts_per_round * per_prompt]
 
 
@@ -62,18 +63,18 @@ def critique_stage(cfg: RunConfig, rnd: int, rollouts: list[Trajectory], checkpo
     """An SFT round's data: judge the rollouts, build critique traces, mix in base-data replay, save
     the round's dataset.
 
-    ShapeWorld executes any judge's corrective instruction exactly (`corrected_scene` applies the
-    edit to the detected scene), and the critique builder has the same judge accept the result; a
-    world without an exact renderer would have the policy re-sketch instead (`resketch`)."""
+    ShapeWorld executes any judge's corrective instruction exactly (the world's `corrected_state`
+    applies the edit to the detected scene), and the critique builder has the same judge accept the
+    result (an open world has no SFT critique rounds: `selfplay/config.py` refuses them)."""
+    world = make_world(cfg)
     judge = policy_judge(cfg.judge, checkpoint, cfg.rollout)
     critique_cfg = dataclasses.replace(cfg.critique, seed=cfg.critique.seed + rnd)
-    traces, stats = build_self_critique(rollouts, judge, critique_cfg, exact=corrected_scene)
+    traces, stats = build_self_critique(rollouts, judge, critique_cfg, exact=world.corrected_state)
     if cfg.critique.mode == "symbolic":  # as many corrections, from perturbed scene graphs instead
         records = [PromptRecord.from_json(t.record) for t in rollouts if t.record]
         traces = build_symbolic_critique(records, len(traces), critique_cfg)
     n_replay = max(int(round(cfg.critique.replay_ratio * len(traces))), cfg.critique.min_replay)
-    replay_cfg = dataclasses.replace(cfg.data, size=max(n_replay, 1), seed=cfg.data.seed + 7919 * rnd)
-    replay = [from_row(row) for row in make_rows(replay_cfg, progress=False)][:n_replay]
+    replay = world.base_rows(max(n_replay, 1), cfg.data.seed + 7919 * rnd)[:n_replay]
     rows = traces + replay
     random.Random(cfg.loop.seed + rnd).shuffle(rows)
     save_dataset(rows, out / "dataset")
@@ -144,9 +145,7 @@ def control_stage(cfg: RunConfig, rnd: int, parent: Path, data_summary: dict, st
     GRPO round has no rows, so as many as the steps take), trained by SFT whatever the policy's method."""
     size = max(data_summary.get("critique", 0) + data_summary.get("replay", 0),
                steps * cfg.train.batch_size * cfg.train.grad_accum, 1)
-    control_cfg = dataclasses.replace(cfg.data, size=size, seed=cfg.data.seed + 104729 * rnd)
-    rows = [from_row(row) for row in make_rows(control_cfg, progress=False)]
-    save_dataset(rows, out / "dataset")
+    save_dataset(make_world(cfg).base_rows(size, cfg.data.seed + 104729 * rnd), out / "dataset")
     write_event(out, {"event": "control", "round": rnd, "parent": str(parent), "steps": steps})
     sft = dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, method="sft"))  # whatever the policy's method
     train_stage(sft, parent, out / "dataset", out, rnd, "control", max_steps=steps)
@@ -161,10 +160,10 @@ def head_stage(cfg: RunConfig, checkpoint: Path, out: Path, rnd: int, arm: str,
     checkpoint's files in `out/checkpoint`, which the round evaluates and promotes."""
     head_cfg = dataclasses.replace(cfg.inspect_head, seed=cfg.inspect_head.seed + rnd)
     seed = 1000 * (cfg.loop.seed + cfg.inspect_head.seed) + 100 + rnd  # apart from the rounds' and the validation's
-    suite = training_suite(head_cfg.prompts, seed)
+    suite = training_suite(cfg, head_cfg.prompts, seed)
     plain = dataclasses.replace(cfg, rollout=sampled_verdicts(cfg.rollout))
     trajectories = rollout_stage(plain, checkpoint, suite, "process", seed, out / "rollouts", fleet=fleet)
-    head = fit_inspect_head(Policy.from_pretrained(checkpoint), trajectories, OracleJudge(), head_cfg)
+    head = fit_inspect_head(Policy.from_pretrained(checkpoint), trajectories, make_world(cfg).label_judge(), head_cfg)
     shutil.copytree(checkpoint, out / "checkpoint", copy_function=_link,
                     ignore=shutil.ignore_patterns(HEAD_FILE))
     head.save(out / "checkpoint")

@@ -3,10 +3,11 @@ the loop's report strips)."""
 
 from __future__ import annotations
 
+from typing import Callable
+
 import numpy as np
 
 from strokes.language import says_conflict
-from strokes.shapeworld import PromptRecord, check, record_from_text
 from strokes.trajectory import Trajectory
 
 SCALE = 3  # strip panels are the canvas scaled up this much (nearest neighbour)
@@ -49,16 +50,12 @@ def flagged_steps(t: Trajectory) -> list[int]:
     return [k for k, s in enumerate(t.steps, start=1) if says_conflict(s.inspection)]
 
 
-def final_conflicts(t: Trajectory) -> list[str] | None:
-    """What the exact judge finds wrong with the final image ([] when it satisfies the prompt); None
-    when there is no image or no record (the prompt parses into none of ShapeWorld's templates)."""
-    record = PromptRecord.from_json(t.record) if t.record else record_from_text(t.prompt)
-    if record is None or t.final_image is None:
-        return None
-    return [c.sentence() for c in check(record, t.final_image)]
+Conflicts = Callable[[Trajectory], "list[str] | None"]
+"""The world's verdict on a trajectory's final image: what is wrong ([] when right), None when it
+cannot be checked (`selfplay.world`'s `final_conflicts`)."""
 
 
-def captions(t: Trajectory) -> dict:
+def captions(t: Trajectory, conflicts: Conflicts) -> dict:
     """Words for a strip, frame by frame in `states` order: the step's <ins> (or <refine>), the
     model's inspection and whether it flagged the frame; and the final image's exact verdict
     (`conflicts` [] when right, None when it cannot be checked)."""
@@ -68,12 +65,12 @@ def captions(t: Trajectory) -> dict:
                        "flagged": says_conflict(s.inspection)})
         frames.extend({"step": k, "kind": "refinement", "instruction": r.instruction, "inspection": r.inspection,
                        "flagged": says_conflict(r.inspection)} for r in s.refinements)
-    return {"prompt": t.prompt, "frames": frames, "conflicts": final_conflicts(t)}
+    return {"prompt": t.prompt, "frames": frames, "conflicts": conflicts(t)}
 
 
-def describe(t: Trajectory, index: int | None = None, header: bool = True) -> str:
+def describe(t: Trajectory, index: int | None = None, header: bool = True, conflicts: Conflicts | None = None) -> str:
     """A trajectory as readable text: prompt; per step the plan (<ins>, <des>), inspection and
-    refinements, with the loss flags; the final image's GenEval verdict when the record is known.
+    refinements, with the loss flags; the final image's GenEval verdict when `conflicts` can give it.
     `header` names where the trajectory came from (a data set's source and variant)."""
     variant = t.meta.get("error", t.meta.get("detour", t.meta.get("outcome", "none")))
     head = (f"#{index}  " if index is not None else "") + f"{t.source} ({variant})"
@@ -97,9 +94,9 @@ def describe(t: Trajectory, index: int | None = None, header: bool = True) -> st
         for r in s.refinements:
             lines.append(f"    refine:   {r.instruction}" + ("  WRONG IMAGE" if r.wrong_image else ""))
             lines.append(f"    inspect:  {r.inspection}")
-    if t.record is not None and t.final_image is not None:
-        conflicts = check(PromptRecord.from_json(t.record), t.final_image)
-        verdict = "correct" if not conflicts else "WRONG (" + "; ".join(c.sentence() for c in conflicts) + ")"
+    wrong = conflicts(t) if conflicts is not None else None
+    if wrong is not None:
+        verdict = "correct" if not wrong else "WRONG (" + "; ".join(wrong) + ")"
         lines.append(f"  final image by the GenEval rules: {verdict}")
     if "failed" in t.meta:
         lines.append(f"  failed: {t.meta['failed']}")

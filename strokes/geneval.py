@@ -1,8 +1,10 @@
-"""GenEval's folder layout and scoring.
+"""GenEval's folder layout and scoring, whoever decides each image.
 
 Layout: `<dir>/<index:05d>/metadata.jsonl` (one record) and `<dir>/<index:05d>/samples/<k:04d>.png`.
-Score: each image is correct or not (the checker, i.e. GenEval's rules); a task's accuracy is the mean
-over its images; overall is the mean of the task accuracies present.
+Score: each image is correct or not (by GenEval's rule for its record, decided by whatever can see
+it: ShapeWorld's exact checker, a judge, or GenEval's own detector-based script, whose
+`results.jsonl` `read_results` reads); a task's accuracy is the mean over its images; overall is
+the mean of the task accuracies present.
 """
 
 from __future__ import annotations
@@ -10,14 +12,14 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterable, Sequence
+from typing import Callable, Iterable, Sequence
 
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
 from .errors import InputError
 from .io import atomic_path
-from .shapeworld import TASKS, PromptRecord, check
+from .records import TASKS, PromptRecord
 
 
 def save_png(image: np.ndarray, path: Path) -> None:
@@ -79,7 +81,7 @@ class Score:
                 "missing": len(self.missing)}
 
     def table(self) -> str:
-        tasks = [t for t in TASKS if t in self.per_task]
+        tasks = list(self.per_task)  # GenEval's tasks in its order first (`score_results`)
         head = "| " + " | ".join(tasks + ["overall"]) + " |"
         sep = "|" + "---|" * (len(tasks) + 1)
         row = "| " + " | ".join(f"{100 * self.per_task[t]:.1f}" for t in tasks) + f" | {100 * self.overall:.1f} |"
@@ -95,8 +97,9 @@ def score_results(results: Iterable[tuple[str, bool]]) -> Score:
     return Score({t: float(np.mean(hits[t])) for t in order}, {t: len(hits[t]) for t in order})
 
 
-def iter_samples(root: Path, size: int | None = None):
-    """Yield (record, [images]) per record folder of a GenEval-layout directory, in index order."""
+def iter_samples(root: Path, size: int | None = None, check: Callable[[PromptRecord, str], None] | None = None):
+    """Yield (record, [images]) per record folder of a GenEval-layout directory, in index order;
+    `check(record, where)` may refuse a record (a world that cannot read it)."""
     root = Path(root)
     if not root.is_dir():
         raise InputError(f"{root}: no such folder")
@@ -118,6 +121,8 @@ def iter_samples(root: Path, size: int | None = None):
         except json.JSONDecodeError as e:
             raise InputError(f"{meta}:1: malformed JSON ({e.msg})") from None
         rec = PromptRecord.from_json(raw, f"{meta}:1")
+        if check is not None:
+            check(rec, f"{meta}:1")
         pngs = sorted((d / "samples").glob("*.png"))
         if not pngs:
             raise InputError(f"{d / 'samples'}: no PNG images")
@@ -134,10 +139,33 @@ def missing_images(root: Path) -> list[str]:
     return [f"{d.name}/samples/{k:04d}.png" for d, ks in held.items() for k in range(expected) if k not in ks]
 
 
-def score_dir(root: Path, size: int = 64) -> Score:
-    """Score a GenEval-layout folder of ShapeWorld images; `missing` names the images it lacks."""
-    score = score_results(
-        (rec.tag, not check(rec, img)) for rec, imgs in iter_samples(root, size) for img in imgs
-    )
+def score_dir(root: Path, correct: Callable[[PromptRecord, list[np.ndarray]], list[bool]],
+              size: int | None = None, check: Callable[[PromptRecord, str], None] | None = None) -> Score:
+    """Score a GenEval-layout folder: `correct(record, images)` decides each image of a record
+    (`check` may refuse a record first); `missing` names the images the folder lacks."""
+    score = score_results((rec.tag, ok) for rec, imgs in iter_samples(root, size, check)
+                          for ok in correct(rec, imgs))
     score.missing = tuple(missing_images(root))
     return score
+
+
+def read_results(path: str | Path) -> Score:
+    """The score in the `results.jsonl` of GenEval's own scorer (`evaluate_images.py`: one JSON line per
+    image with its `tag` and `correct`), aggregated as GenEval's `summary_scores.py` does."""
+    p = Path(path)
+    if not p.is_file():
+        raise InputError(f"{p}: no such file")
+    pairs = []
+    for n, line in enumerate(p.read_text(encoding="utf-8", errors="replace").splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError as e:
+            raise InputError(f"{p}:{n}: malformed JSON ({e.msg})") from None
+        if not isinstance(row, dict) or not isinstance(row.get("tag"), str) or not isinstance(row.get("correct"), bool):
+            raise InputError(f"{p}:{n}: a GenEval result line needs 'tag' (text) and 'correct' (true/false)")
+        pairs.append((row["tag"], row["correct"]))
+    if not pairs:
+        raise InputError(f"{p}: no results")
+    return score_results(pairs)

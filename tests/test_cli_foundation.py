@@ -139,7 +139,7 @@ def test_failed_render_leaves_no_output(tmp_path, capsys):
 def test_interrupted_write_leaves_nothing_behind(tmp_path):
     """`write_samples` is atomic: a failure part way leaves neither the folder nor its temporary."""
     from strokes.geneval import write_samples
-    from strokes.shapeworld import PromptRecord
+    from strokes.records import PromptRecord
 
     rec = PromptRecord.from_json(GOOD)
 

@@ -12,7 +12,8 @@ from judges import OracleJudge, corrected_scene
 from selfplay.critique import CritiqueConfig, build_self_critique, build_symbolic_critique, step_contexts
 from strokes.data.pipelines import PipelineConfig, TrajectoryMaker
 from strokes.language import parse_inspection
-from strokes.shapeworld import TASKS, PromptRecord, check, sample_record
+from strokes.records import TASKS, PromptRecord
+from strokes.shapeworld import check, sample_record
 from strokes.trajectory import Refinement
 
 

@@ -92,7 +92,7 @@ def test_a_round_runs_end_to_end(policy, tmp_path):
     from rollout import Engine, RolloutConfig, RolloutDir, rollout, write_geneval
     from selfplay.critique import CritiqueConfig, build_self_critique
     from strokes.data.build import DataConfig, make_rows
-    from strokes.geneval import score_dir
+    from strokes.shapeworld import score_folder
     from strokes.trajectory import from_row, to_dataset
     from trainer.config import LoraConfig, TrainConfig
     from trainer.sft import train
@@ -136,7 +136,7 @@ def test_a_round_runs_end_to_end(policy, tmp_path):
     rollout(suite, tmp_path / "eval", RolloutConfig(mode="single_pass", batch_size=6, device="cpu"),
             checkpoint=new, progress=False)
     n = write_geneval(RolloutDir(tmp_path / "eval").trajectories(), suite, tmp_path / "geneval")
-    score = score_dir(tmp_path / "geneval")
+    score = score_folder(tmp_path / "geneval")
     assert n == 6 and sum(score.counts.values()) == 6 and 0.0 <= score.overall <= 1.0
     # Reload: the same logits from the saved checkpoint.
     loaded = Policy.from_pretrained(new)
@@ -341,6 +341,7 @@ def test_a_grpo_step_with_lora_runs_on_the_adapter(policy, tmp_path):
     from judges import OracleJudge
     from rollout import Engine, RolloutConfig
     from selfplay.grpo import make_sampler
+    from strokes.shapeworld import is_correct
     from selfplay.rewards import reward_functions
     from trainer.config import GrpoConfig, LoraConfig, TrainConfig
     from trainer.grpo import train_grpo
@@ -352,7 +353,7 @@ def test_a_grpo_step_with_lora_runs_on_the_adapter(policy, tmp_path):
     tcfg = TrainConfig(method="grpo", lr=1e-2, warmup_steps=0, logging_steps=1, save_steps=1000,
                        num_threads=1, device="cpu", lora=LoraConfig(enabled=True, r=4, alpha=8),
                        grpo=GrpoConfig(steps=1, prompts_per_step=1, generations=2, beta=0.1))
-    summary = train_grpo(trained, prompts, tcfg, tmp_path / "grpo", make_sampler(engine, OracleJudge(), exact=True),
+    summary = train_grpo(trained, prompts, tcfg, tmp_path / "grpo", make_sampler(engine, OracleJudge(), exact=is_correct),
                          reward_functions(), engine.legal_sets)
     assert summary["steps"] == 1
     logged = [json.loads(line) for line in (tmp_path / "grpo" / "metrics.jsonl").read_text().splitlines()]

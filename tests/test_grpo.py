@@ -21,7 +21,8 @@ from selfplay.grpo import make_sampler
 from selfplay.rewards import Judged, judge_rollouts, reward_functions, verdict_advantages
 from strokes.errors import InputError
 from strokes.model.policy import Policy
-from strokes.shapeworld import PromptRecord, make_suite
+from strokes.records import PromptRecord
+from strokes.shapeworld import make_suite
 from strokes.shapeworld.check import is_correct
 from trainer.config import GrpoConfig, TrainConfig
 
@@ -105,7 +106,7 @@ def test_rewards_on_hand_made_trajectories():
     none is a false alarm, no step is left wrong; a false alarm added by hand costs, and so does a
     repair taken away."""
     trajectories = hand_labelled()
-    judged = judge_rollouts(trajectories, OracleJudge(), exact=True)
+    judged = judge_rollouts(trajectories, OracleJudge(), exact=is_correct)
     for t, j in zip(trajectories, judged):
         kinds = construction_labels(t)
         assert j.states == len(kinds) and j.unjudged == 0
@@ -115,13 +116,13 @@ def test_rewards_on_hand_made_trajectories():
     k = next(i for i, t in enumerate(trajectories) if all(c == "right" for c in construction_labels(t)))
     alarmed = copy.deepcopy(trajectories[k])
     alarmed.steps[0].inspection = "conflict. the red circle is blue instead of red."
-    j = judge_rollouts([alarmed], OracleJudge(), exact=True)[0]
+    j = judge_rollouts([alarmed], OracleJudge(), exact=is_correct)[0]
     assert j.right_verdicts == j.states - 1
     k = next(i for i, t in enumerate(trajectories) if any(s.refinements for s in t.steps))
     unrepaired = copy.deepcopy(trajectories[k])
     step = next(s for s in unrepaired.steps if s.refinements)
     step.refinements = []
-    assert judge_rollouts([unrepaired], OracleJudge(), exact=True)[0].left_wrong == 1
+    assert judge_rollouts([unrepaired], OracleJudge(), exact=is_correct)[0].left_wrong == 1
 
     logged = {}
     rewards = reward_functions()
@@ -153,7 +154,7 @@ def test_each_verdict_word_gets_its_own_advantage_against_its_labels_baseline():
 def test_the_sampler_puts_verdict_credit_on_the_word_after_each_inspect(policy):
     engine = Engine(policy, RolloutConfig(batch_size=8, max_steps=2, max_refines=1, max_text_tokens=12))
     prompts = [json.dumps(r.to_json()) for r in make_suite("train", 1, 0)]
-    out = make_sampler(engine, OracleJudge(), exact=True, verdict_weight=1.0)(prompts, 0)
+    out = make_sampler(engine, OracleJudge(), exact=is_correct, verdict_weight=1.0)(prompts, 0)
     inspect = policy.processor.special["<inspect>"]
     assert len(out["token_advantages"]) == len(prompts) and any(out["token_advantages"])
     for ids, credit, j in zip(out["completion_ids"], out["token_advantages"], out["judged"]):
@@ -171,7 +172,7 @@ def test_no_reward_pays_for_making_a_mistake():
     missed = copy.deepcopy(repaired)
     step = next(s for s in missed.steps if s.refinements)
     step.inspection, step.refinements = "aligned.", []
-    judged = judge_rollouts([clean, repaired, missed], OracleJudge(), exact=True)
+    judged = judge_rollouts([clean, repaired, missed], OracleJudge(), exact=is_correct)
     rewards = reward_functions()
     for name in ("inspection", "refine"):
         right, caught, left = rewards[name]([t.prompt for t in (clean, repaired, missed)], [""] * 3, judged=judged)
@@ -181,7 +182,7 @@ def test_no_reward_pays_for_making_a_mistake():
 def test_a_broken_trajectory_scores_the_worst_and_a_missing_verdict_is_none():
     broken = copy.deepcopy(hand_labelled()[0])
     broken.meta["failed"] = "no legal token"
-    j = judge_rollouts([broken], OracleJudge(), exact=True)[0]
+    j = judge_rollouts([broken], OracleJudge(), exact=is_correct)[0]
     assert j.final is False and j.broken and j.states == 0
     rewards = reward_functions()
     objects = sum(r.count for r in PromptRecord.from_json(broken.record).include)

@@ -15,7 +15,8 @@ from selfplay.cli import main
 from strokes.errors import InputError
 from strokes.model.checkpoint_check import check_checkpoint
 from strokes.model.policy import Policy
-from strokes.shapeworld import make_suite, write_records
+from strokes.records import write_records
+from strokes.shapeworld import make_suite
 
 
 @pytest.fixture(scope="module")

@@ -19,7 +19,8 @@ from judges.evaluate import evaluate, labelled_contexts
 from judges.oracle import edit_items
 from strokes.data.pipelines import TrajectoryMaker
 from strokes.language import description_text, inspection_text, parse_description, parse_instruction
-from strokes.shapeworld import TASKS, Obj, Scene, render, sample_record
+from strokes.records import TASKS
+from strokes.shapeworld import Obj, Scene, render, sample_record
 from strokes.shapeworld.check import Item
 from strokes.verdict import ConflictKind, StepContext
 

@@ -104,3 +104,29 @@ def test_the_checks_see_imports():
     graph = _graph()
     assert "strokes.errors" in graph["strokes.shapeworld.records"]
     assert "strokes.shapeworld.queries" in graph["judges.oracle"]
+
+
+# The modules that may import `strokes.shapeworld`: ShapeWorld's own parts and tools, and the loop's
+# world seam. The loop itself (driver, stages, evaluation, GRPO, rewards, report), the rollout engine,
+# the trainers and the world-agnostic judges reach ShapeWorld only through `selfplay.world`.
+SHAPEWORLD_USERS = {
+    "strokes.data.build", "strokes.data.continuation", "strokes.data.pipelines",  # its base-data pipelines
+    "strokes.language",  # its plan and inspection language
+    "strokes.model.processor", "strokes.model.image_tokenizer",  # the tiny model's vocabulary and codebook
+    "judges.oracle", "judges.evaluate",  # the exact judge, and judge-eval on ShapeWorld steps
+    "selfplay.world.shapeworld",  # the world seam's ShapeWorld
+    "selfplay.critique",  # SFT critique traces: exact corrections and continuations
+    "selfplay.commands.suite", "selfplay.commands.render", "selfplay.commands.sample",  # ShapeWorld tools
+    "selfplay.commands.eval", "selfplay.commands.score",
+}
+
+
+def test_only_shapeworld_and_the_world_seam_import_shapeworld():
+    modules = _modules()
+    users = {name for name, path in modules.items() if not name.startswith("strokes.shapeworld")
+             for target, _ in _imports(name, path, modules) if target.startswith("strokes.shapeworld")}
+    assert users <= SHAPEWORLD_USERS, f"these import strokes.shapeworld: {sorted(users - SHAPEWORLD_USERS)}"
+    assert "selfplay.world.shapeworld" in users  # the check sees imports at all
+    for loop_module in ("selfplay.loop", "selfplay.stages", "selfplay.evaluation", "selfplay.grpo",
+                        "selfplay.rewards", "selfplay.report"):
+        assert loop_module in modules and loop_module not in SHAPEWORLD_USERS

@@ -25,7 +25,8 @@ from selfplay.visualize import BORDER, GAP, SCALE, WRONG, strip_image
 from strokes.data.build import DataConfig, make_rows
 from strokes.data.pipelines import SOURCES, PipelineConfig, TrajectoryMaker
 from strokes.language import EDIT_KINDS, parse_description, parse_inspection, parse_instruction
-from strokes.shapeworld import TASKS, PromptRecord, check, detect, sample_record
+from strokes.records import TASKS, PromptRecord
+from strokes.shapeworld import check, detect, sample_record
 from strokes.shapeworld.check import Item, check_items, plan_conflicts
 from strokes.trajectory import Trajectory, from_row
 

@@ -19,7 +19,8 @@ from strokes.data.pipelines import SOURCES, PipelineConfig, TrajectoryMaker
 from strokes.model.processor import BOUNDARY, IMAGE, PROMPT, TEXT, Processor
 from strokes.model.policy import Policy
 from strokes.model.tiny import ModelConfig
-from strokes.shapeworld import TASKS, check, make_suite, render, target_scene
+from strokes.records import TASKS
+from strokes.shapeworld import check, make_suite, render, target_scene
 from strokes.trajectory import Trajectory
 
 PER_TASK = 10  # 60 trajectories per source

@@ -25,7 +25,8 @@ from strokes.data.pipelines import TrajectoryMaker
 from strokes.errors import InputError
 from strokes.language import inspection_text, parse_description
 from strokes.model.policy import Policy
-from strokes.shapeworld import detect, make_suite, write_records
+from strokes.records import write_records
+from strokes.shapeworld import detect, make_suite
 from strokes.shapeworld.check import check_items
 from strokes.shapeworld.scene import noun_phrase
 from strokes.verdict import Conflict, ConflictKind, StepContext, Verdict

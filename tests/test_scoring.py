@@ -13,14 +13,11 @@ import pytest
 from geneval_reference import evaluate, relative_position
 
 from strokes.geneval import score_results
+from strokes.records import TASKS, Exclusion, PromptRecord, Requirement
 from strokes.shapeworld import (
     COLORS,
     SHAPES,
-    TASKS,
-    Exclusion,
     Obj,
-    PromptRecord,
-    Requirement,
     Scene,
     check,
     check_detections,

@@ -17,27 +17,24 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from strokes.errors import InputError
+from strokes.records import FREE_TEXT, TASKS, Exclusion, PromptRecord, Requirement, prompt_text, read_prompts
 from strokes.shapeworld import (
     COLORS,
     RELATIONS,
     SHAPES,
-    TASKS,
-    Exclusion,
     Obj,
-    PromptRecord,
-    Requirement,
     Scene,
-    ShapeWorld,
     check,
+    check_vocabulary,
     detect,
     is_held_out,
     make_suite,
+    read_records,
     relations,
     render,
     sample_record,
     target_scene,
 )
-from strokes.shapeworld.records import prompt_text
 from strokes.shapeworld.render import FILL, MASKS
 from strokes.shapeworld.suites import color_attr_pairs
 
@@ -57,16 +54,6 @@ def test_ground_truth_renders_are_correct_on_every_task():
         assert check(rec, image, strict=True) == [], rec.text
     assert {t: len(h) for t, h in hits.items()} == {t: 50 for t in TASKS}
     assert all(all(h) for h in hits.values())
-
-
-def test_world_interface_wraps_the_module_functions():
-    """`ShapeWorld` offers suite / target_scene / render / detect / check in one object."""
-    world = ShapeWorld()
-    rec = world.suite("test", 1, seed=3)[4]
-    image = world.render(world.target_scene(rec, random.Random(0)))
-    assert image.shape == (64, 64, 3) and image.dtype == np.uint8
-    assert len(world.detect(image)) == 2  # a position record has two objects
-    assert world.check(rec, image, strict=True) == []
 
 
 # ---- rendering and detection -------------------------------------------------------------------
@@ -228,11 +215,31 @@ def test_unknown_keys_are_kept():
     ({"class": "circle", "position": ["next to", 0]}, "'position'"),
 ])
 def test_invalid_records_name_the_place_and_the_field(group, fragment):
-    """Errors read 'suite.jsonl:7: include[1]: ...'."""
+    """Errors read 'suite.jsonl:7: include[1]: ...': GenEval's format refuses a malformed group,
+    ShapeWorld a class or colour it cannot draw."""
     d = {"tag": "position", "include": [{"class": "square"}, group]}
     with pytest.raises(InputError, match=r"^suite\.jsonl:7: include\[1\]: ") as e:
-        PromptRecord.from_json(d, "suite.jsonl:7")
+        check_vocabulary(PromptRecord.from_json(d, "suite.jsonl:7"), "suite.jsonl:7")
     assert fragment in str(e.value)
+
+
+def test_geneval_records_name_any_class_and_shapeworld_refuses_what_it_cannot_draw(tmp_path):
+    """GenEval's own records (COCO classes, their colours) load as records; ShapeWorld's reader
+    refuses them, and a plain-text prompt file gives free-text records."""
+    line = {"tag": "color_attr", "include": [{"class": "wine glass", "count": 1, "color": "purple"},
+                                             {"class": "apple", "count": 1, "color": "black"}],
+            "prompt": "a photo of a purple wine glass and a black apple"}
+    (tmp_path / "geneval.jsonl").write_text(json.dumps(line) + "\n")
+    (rec,) = read_prompts(tmp_path / "geneval.jsonl")
+    assert rec.to_json() == line and rec.classes == {"wine glass", "apple"}
+    with pytest.raises(InputError, match="geneval.jsonl:1: include\\[0\\]: unknown class 'wine glass'"):
+        read_records(tmp_path / "geneval.jsonl")
+    (tmp_path / "plain.txt").write_text("a cat on a mat\n\n  two dogs  \n")
+    plain = read_prompts(tmp_path / "plain.txt")
+    assert [(r.tag, r.text) for r in plain] == [(FREE_TEXT, "a cat on a mat"), (FREE_TEXT, "two dogs")]
+    assert PromptRecord.from_json(plain[0].to_json()) == plain[0]
+    with pytest.raises(InputError, match="no GenEval rule"):
+        check_vocabulary(plain[0])
 
 
 def test_position_must_refer_to_an_earlier_group():

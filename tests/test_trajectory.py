@@ -16,7 +16,7 @@ from test_pipelines import make
 from strokes.data.build import DataConfig, build, load, make_rows
 from strokes.data.pipelines import SOURCES, PipelineConfig, TrajectoryMaker
 from strokes.errors import InputError
-from strokes.shapeworld import TASKS
+from strokes.records import TASKS
 from strokes.trajectory import (
     Refinement,
     Step,

@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 from typing import ClassVar
 
 from strokes.config_loader import require
-from strokes.shapeworld import TASKS
+from strokes.records import TASKS
 
 SEGMENTS = ("text", "image", "boundary")  # segment kinds that carry loss, each with its own weight
 METHODS = ("sft", "grpo", "sft_then_grpo")  # how a round trains (TrainConfig.method)

@@ -119,6 +119,7 @@ def run_show(args: argparse.Namespace) -> None:
     from strokes.trajectory import from_dataset
 
     from ..visualize import describe, strip_image
+    from ..world.shapeworld import final_conflicts
 
     if args.n < 1:
         raise InputError(f"--n must be at least 1, got {args.n}")
@@ -135,5 +136,5 @@ def run_show(args: argparse.Namespace) -> None:
         path = out / f"{index:05d}.png"
         with atomic_path(path) as tmp:
             Image.fromarray(strip_image(t)).save(tmp, format="PNG")
-        print(describe(t, index))
+        print(describe(t, index, conflicts=final_conflicts))
         print(f"  strip: {path}\n")

@@ -49,7 +49,8 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run_eval_config(args: argparse.Namespace, pool: dict):
-    """The rollout settings and images per record of a run's eval (`--config`), for `--mode`."""
+    """The run's config (`--config`), and the rollout settings and images per record of its eval
+    for `--mode`."""
     from strokes.errors import InputError
 
     from ..config import load_config
@@ -61,7 +62,7 @@ def run_eval_config(args: argparse.Namespace, pool: dict):
                          f"(change them with --set rollout.{changed[0]}=...)")
     run_cfg = load_config(args.config, args.set)
     cfg = dataclasses.replace(run_cfg.rollout, mode=CLI_MODES[args.mode], seed=run_cfg.loop.eval_seed, **pool).validate()
-    return cfg, args.samples or run_cfg.loop.eval_samples
+    return run_cfg, cfg, args.samples or run_cfg.loop.eval_samples
 
 
 def _sampling_defaults() -> dict:
@@ -123,26 +124,31 @@ def run(args: argparse.Namespace) -> None:
     from rollout import RolloutDir, rollout
     from strokes.errors import InputError
     from strokes.model.checkpoint_check import check_checkpoint
-    from strokes.shapeworld import read_records
+    from strokes.records import read_records
+    from strokes.shapeworld import check_vocabulary
 
+    from ..config import load_config
     from ..evaluation import score_rollouts
+    from ..judging import served_judge
 
     if args.samples is not None and args.samples < 1:
         raise InputError(f"--samples must be at least 1, got {args.samples}")
-    records = read_records(args.suite)
     check_checkpoint(args.checkpoint)
     quiet_loading()
     pool = dict(actors=args.actors, actor_cpus=args.actor_cpus, shard_size=args.shard_size, ray_address=args.ray_address)
     if args.config:
-        cfg, samples = run_eval_config(args, pool)
+        run_cfg, cfg, samples = run_eval_config(args, pool)
     else:
         if args.set:
             raise InputError("--set changes fields of --config; give --config too")
-        cfg, samples = config_from_args(args, **pool), args.samples or 1
+        run_cfg, cfg, samples = load_config(None), config_from_args(args, **pool), args.samples or 1
+    shapeworld = run_cfg.world.kind == "shapeworld"  # it can draw only its own vocabulary
+    records = read_records(args.suite, check_vocabulary if shapeworld else None)
     out = Path(args.out or f"eval-{Path(args.suite).stem}-{args.mode}")
     claim_output(out, fingerprint(Path(args.checkpoint), Path(args.suite), cfg, samples), args.fresh)
     summary = rollout(records, out / "rollout", cfg, checkpoint=args.checkpoint, samples=samples)
-    score = score_rollouts(RolloutDir(out / "rollout").trajectories(), records, out)
+    with served_judge(run_cfg) as run_cfg:  # an open world's scores come from its judge
+        score = score_rollouts(run_cfg, RolloutDir(out / "rollout").trajectories(), records, out)
     result = {"checkpoint": str(args.checkpoint), "suite": str(args.suite), "mode": cfg.mode,
               "samples": samples, "score": score.to_json(), "rollout": summary.to_json()}
     write_atomic(out / "score.json", json.dumps(result, indent=2) + "\n")

@@ -38,6 +38,7 @@ def run(args: argparse.Namespace) -> None:
     from ..config import load_config
     from ..evaluation import validate
     from ..inspect_eval import format_table
+    from ..judging import served_judge
     from ..run_dir import read_scores
     from .sample import quiet_loading
 
@@ -50,8 +51,8 @@ def run(args: argparse.Namespace) -> None:
         cfg = dataclasses.replace(cfg, loop=dataclasses.replace(cfg.loop, validation_per_task=args.per_task))
     quiet_loading()
     out = Path(args.out or f"inspect-eval-{checkpoint.resolve().name}")
-    with atomic_path(out, folder=True) as tmp:
-        table = validate(cfg, checkpoint, tmp, 0, log=lambda _: None)
+    with atomic_path(out, folder=True) as tmp, served_judge(cfg, log=lambda _: None) as judged:
+        table = validate(judged, checkpoint, tmp, 0, log=lambda _: None)
     score = read_scores(out)["process"]
     skipped = json.loads((out / "inspection.json").read_text())["skipped"]
     print(format_table(table))

@@ -40,12 +40,12 @@ def add_self_judge_args(p: argparse.ArgumentParser) -> None:
 
 def judge_from_args(args: argparse.Namespace, cfg=None):
     """The judge the command line names (`cfg`, a `JudgeConfig`, or `--judge` alone), built by the one
-    factory (`selfplay.evaluation.policy_judge`); the self judge inspects with `--checkpoint`."""
+    factory (`selfplay.judging.policy_judge`); the self judge inspects with `--checkpoint`."""
     from judges import JudgeConfig
     from rollout.config import RolloutConfig
     from strokes.errors import InputError
 
-    from ..evaluation import policy_judge
+    from ..judging import policy_judge
 
     cfg = cfg or JudgeConfig(kind=args.judge)
     if cfg.kind == "self":

@@ -99,6 +99,8 @@ def run(args: argparse.Namespace) -> None:
     cfg = load_config(args.config, args.set)
     name = args.name or Path(args.config).stem
     run_dir = Path(args.runs) / name
+    if args.from_scratch and cfg.world.kind != "shapeworld":
+        raise InputError("--from-scratch trains ShapeWorld's base model; an open world starts from loop.base_checkpoint")
     if args.allow_change and not args.resume:
         raise InputError("--allow-change only applies with --resume")
     if args.resume and run_dir.is_dir():

@@ -128,7 +128,8 @@ def run(args: argparse.Namespace) -> None:
 def verdict_lines(traj) -> str:
     """How the sample ended: whether the final image satisfies the prompt by the exact judge, and
     which steps the model's own inspection flagged."""
-    from ..visualize import final_conflicts, flagged_steps
+    from ..visualize import flagged_steps
+    from ..world.shapeworld import final_conflicts
 
     conflicts = final_conflicts(traj)
     if conflicts is None:

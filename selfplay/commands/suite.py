@@ -16,7 +16,8 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> None:
     from strokes.errors import InputError
-    from strokes.shapeworld import make_suite, write_records
+    from strokes.records import write_records
+    from strokes.shapeworld import make_suite
 
     if args.per_task < 1:
         raise InputError(f"--per-task must be at least 1, got {args.per_task}")

@@ -18,7 +18,8 @@ import numpy as np
 from ..config_loader import require
 from ..errors import InputError
 from ..io import atomic_path
-from ..shapeworld import TASKS, sample_record
+from ..records import TASKS
+from ..shapeworld import sample_record
 from ..trajectory import Trajectory, features, from_row, to_row
 from .pipelines import SOURCES, PipelineConfig, TrajectoryMaker
 

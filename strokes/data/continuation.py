@@ -5,7 +5,8 @@ from __future__ import annotations
 import random
 
 from ..language import instruction_text
-from ..shapeworld import COLORS, Obj, PromptRecord, Scene, relations, render
+from ..records import PromptRecord
+from ..shapeworld import COLORS, Obj, Scene, relations, render
 from ..shapeworld.check import Item
 from ..shapeworld.queries import missing_parts
 from ..shapeworld.scene import free_slots

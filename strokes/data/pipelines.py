@@ -24,7 +24,8 @@ from dataclasses import dataclass, field, replace
 from typing import ClassVar
 
 from ..language import Edit, description_text, inspection_text, instruction_text
-from ..shapeworld import COLORS, SHAPES, Obj, PromptRecord, Scene, detect, relations, render, target_scene
+from ..records import PromptRecord
+from ..shapeworld import COLORS, SHAPES, Obj, Scene, detect, relations, render, target_scene
 from ..shapeworld.check import Item, check_items, plan_conflicts
 from ..shapeworld.queries import missing_parts
 from ..shapeworld.scene import OPPOSITE, free_slots

@@ -263,16 +263,16 @@ def add_markers(tokenizer) -> int:
     return n
 
 
-def tiny_base(cfg: Emu3ModelConfig):
+def tiny_base(cfg: Emu3ModelConfig, words: list[str] = ()):
     """A tiny random Emu3 of the real classes and a word-level tokenizer over the ShapeWorld words
-    that carries Emu3's own token names (its specials, then the visual tokens): a stand-in for a
-    downloaded checkpoint, with no grammar markers yet."""
+    (and `words`: another world's prompt words) that carries Emu3's own token names (its specials,
+    then the visual tokens): a stand-in for a downloaded checkpoint, with no grammar markers yet."""
     import torch
     from tokenizers import Tokenizer, models, pre_tokenizers
     from transformers import Emu3Config, Emu3ForConditionalGeneration, PreTrainedTokenizerFast
 
     vocab: dict[str, int] = {}
-    for t in EMU3_TOKENS + vocabulary() + [visual_token(k) for k in range(cfg.codebook_size)]:
+    for t in EMU3_TOKENS + vocabulary() + list(words) + [visual_token(k) for k in range(cfg.codebook_size)]:
         vocab.setdefault(t, len(vocab))
     tk = Tokenizer(models.WordLevel(vocab=vocab, unk_token="<|endoftext|>"))
     tk.pre_tokenizer = pre_tokenizers.Whitespace()
@@ -310,15 +310,15 @@ class Emu3Policy(Policy):
     kind = KIND
 
     @classmethod
-    def build(cls, cfg: Emu3ModelConfig, processor=None) -> "Emu3Policy":
-        """From `cfg.base` (a real checkpoint), or a tiny random Emu3 when it is empty. Seeded: the
-        new marker embeddings are drawn the same way every time."""
+    def build(cls, cfg: Emu3ModelConfig, processor=None, words: list[str] = ()) -> "Emu3Policy":
+        """From `cfg.base` (a real checkpoint), or a tiny random Emu3 when it is empty (its tokenizer
+        also knowing `words`). Seeded: the new marker embeddings are drawn the same way every time."""
         import torch
 
         torch.manual_seed(cfg.seed)
         if cfg.base:
             return cls.from_base(cfg.base, cfg.image_size, cfg.canvas, dtype=cfg.dtype)
-        model, tokenizer = tiny_base(cfg)
+        model, tokenizer = tiny_base(cfg, words)
         return cls.adapt(model, tokenizer, cfg.image_size, cfg.canvas)
 
     @classmethod
@@ -373,26 +373,46 @@ def _normalisation(folder: Path) -> tuple[list[float], list[float]]:
     return [0.5] * 3, [0.5] * 3
 
 
+TINY_SHAPE = dict(hidden_size=64, num_layers=2, num_heads=2, intermediate_size=128, codebook_size=64)
+"""The `--tiny` policy's shape: a random Emu3 that runs a round on two CPU cores in minutes."""
+
+
+def prompt_words(path: str | Path) -> list[str]:
+    """Every word of a prompt file's prompts (GenEval JSONL or plain text), in first-seen order."""
+    from ..records import read_prompts
+
+    return list(dict.fromkeys(w for r in read_prompts(path) for w in r.text.lower().split()))
+
+
 def main(argv: list[str] | None = None) -> None:
     """`python -m strokes.model.emu3 --base DIR --out DIR`: turn a downloaded Emu3 checkpoint into a
-    policy checkpoint (grammar markers added, processor saved) that `loop.base_checkpoint` can name."""
+    policy checkpoint (grammar markers added, processor saved) that `loop.base_checkpoint` can name;
+    `--tiny --words PROMPTS` writes a tiny random one whose tokenizer knows the prompts' words."""
     import argparse
 
     parser = argparse.ArgumentParser(description=main.__doc__.splitlines()[0])
-    parser.add_argument("--base", required=True, help="Emu3 checkpoint folder (Hugging Face layout)")
+    source = parser.add_mutually_exclusive_group(required=True)
+    source.add_argument("--base", help="Emu3 checkpoint folder (Hugging Face layout)")
+    source.add_argument("--tiny", action="store_true", help="a tiny random Emu3 instead (CPU runs and tests)")
+    parser.add_argument("--words", help="with --tiny: a prompt file whose words the tokenizer must know")
     parser.add_argument("--out", required=True, help="policy checkpoint folder to write")
     parser.add_argument("--image-size", type=int, default=64, help="side the VQ encodes (multiple of 8)")
+    parser.add_argument("--canvas", type=int, default=64, help="side of the images it draws and judges read: "
+                                                               "64 for ShapeWorld, --image-size for an open world")
     parser.add_argument("--dtype", default="auto", help="auto (the checkpoint's) or float32")
     args = parser.parse_args(argv)
     try:
-        policy = Emu3Policy.build(Emu3ModelConfig(base=args.base, image_size=args.image_size, dtype=args.dtype))
+        shape = TINY_SHAPE if args.tiny else {}
+        cfg = Emu3ModelConfig(base=args.base or "", image_size=args.image_size, canvas=args.canvas,
+                              dtype=args.dtype, **shape)
+        policy = Emu3Policy.build(cfg, words=prompt_words(args.words) if args.words else ())
     except InputError as e:
         raise SystemExit(f"error: {e}") from None
     out = Path(args.out)
     with atomic_path(out, folder=True) as tmp:
         policy.save_pretrained(tmp)
     p = policy.processor
-    print(f"{out}: {sum(x.numel() for x in policy.model.parameters()) / 1e9:.2f}B parameters, "
+    print(f"{out}: {sum(x.numel() for x in policy.model.parameters()) / 1e6:.1f}M parameters, "
           f"{p.num_codes} codes at ids {p.code_offset}..{p.code_offset + p.num_codes - 1}, "
           f"{p.codes_per_image} codes per image, markers at ids {min(p.special.values())}..{max(p.special.values())}")
 

@@ -31,6 +31,13 @@ def checkpoint_kind(folder: str | Path) -> str:
     return json.loads(meta.read_text()).get("processor", TINY) if meta.is_file() else TINY
 
 
+def checkpoint_image_side(folder: str | Path) -> int:
+    """The side in pixels of the images a checkpoint's policy draws and reads (processor.json's
+    `canvas`; the tiny model's codebook covers a 64-px canvas), without loading the model."""
+    meta = Path(folder) / "processor.json"
+    return int(json.loads(meta.read_text()).get("canvas", 64)) if meta.is_file() else 64
+
+
 def adapter(kind: str) -> type:
     """The policy class for a checkpoint kind; a one-line error for an unknown one."""
     if kind not in ADAPTERS:

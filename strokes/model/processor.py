@@ -89,6 +89,7 @@ class Processor:
     def __init__(self, tokenizer, image_tokenizer: ImageTokenizer) -> None:
         self.tokenizer = tokenizer
         self.image_tokenizer = image_tokenizer
+        self.fixed_side = image_tokenizer.size  # the codebook tokenizes this canvas only (adapters resize)
         ids = tokenizer.convert_tokens_to_ids
         self.special = {t: ids(t) for t in SPECIALS}
         self.code_offset = ids("<img_0>")

@@ -15,10 +15,12 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from ..geneval import Score, score_dir
+from ..records import PromptRecord
 from ..verdict import Conflict, ConflictKind
-from .records import PromptRecord
+from .records import check_vocabulary
 from .render import Detection, detect
-from .scene import OPPOSITE, noun_phrase, relations
+from .scene import CANVAS, OPPOSITE, noun_phrase, relations
 
 
 def _phrase(d: Detection) -> str:
@@ -108,6 +110,15 @@ def check_detections(rec: PromptRecord, dets: list[Detection], strict: bool = Fa
 def check(rec: PromptRecord, image: np.ndarray, strict: bool = False) -> list[Conflict]:
     """Conflicts between a record and an RGB image (see `check_detections`)."""
     return check_detections(rec, detect(image), strict)
+
+
+def score_folder(root, size: int = CANVAS) -> Score:
+    """A GenEval-layout folder of ShapeWorld images, each decided by the exact checker (GenEval's
+    rules); a record outside ShapeWorld's vocabulary is refused, naming its file."""
+    def correct(rec: PromptRecord, images: list[np.ndarray]) -> list[bool]:
+        return [not check(rec, image) for image in images]
+
+    return score_dir(root, correct, size, check=check_vocabulary)
 
 
 def is_correct(rec: PromptRecord, image: np.ndarray) -> bool:

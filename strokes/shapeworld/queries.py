@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from .records import PromptRecord
+from ..records import PromptRecord
 from .scene import Scene, noun_phrase, relations
 
 

@@ -11,6 +11,8 @@ from dataclasses import dataclass, replace
 
 import numpy as np
 
+from ..records import NUMBER_WORDS, RELATIONS, noun_phrase, plural  # noqa: F401 (ShapeWorld's vocabulary)
+
 SHAPES: tuple[str, ...] = ("circle", "square", "triangle")
 COLORS: dict[str, tuple[int, int, int]] = {
     "red": (220, 40, 40),
@@ -20,7 +22,6 @@ COLORS: dict[str, tuple[int, int, int]] = {
     "purple": (140, 60, 180),
     "orange": (245, 130, 30),
 }
-RELATIONS: tuple[str, ...] = ("left of", "right of", "above", "below")
 OPPOSITE = {"left of": "right of", "right of": "left of", "above": "below", "below": "above"}
 BACKGROUND = (255, 255, 255)
 CANVAS = 64  # default canvas side in pixels
@@ -28,9 +29,7 @@ OBJECT_SIZE = 12  # every shape is drawn inside a 12x12 box
 GRID = 4  # box corners lie on a 4-px grid
 MIN_GAP = 4  # boxes keep at least this many pixels apart
 POSITION_THRESHOLD = 0.1  # GenEval's shrink factor for relations
-PLURALS = {"circle": "circles", "square": "squares", "triangle": "triangles"}
-NUMBER_WORDS = {1: "one", 2: "two", 3: "three", 4: "four", 5: "five", 6: "six", 7: "seven", 8: "eight",
-                9: "nine", 10: "ten"}  # larger counts are written in digits
+PLURALS = {s: plural(s) for s in SHAPES}
 
 
 @dataclass(frozen=True)
@@ -126,10 +125,3 @@ def free_slots(scene: Scene) -> list[tuple[int, int]]:
         for x in pos
         if all(boxes_apart(Obj("square", "red", x, y), o) for o in scene.objects)
     ]
-
-
-def noun_phrase(shape: str, count: int = 1, color: str | None = None) -> str:
-    """'a circle', 'a red circle', 'three triangles', 'two blue squares'."""
-    rest = ([color] if color else []) + [shape if count == 1 else PLURALS[shape]]
-    article = ("an" if rest[0][0] in "aeiou" else "a") if count == 1 else NUMBER_WORDS.get(count, str(count))
-    return " ".join([article, *rest])

@@ -13,7 +13,7 @@ import itertools
 import random
 
 from ..errors import InputError
-from .records import TASKS, Exclusion, PromptRecord, Requirement, prompt_text
+from ..records import TASKS, Exclusion, PromptRecord, Requirement, prompt_text
 from .scene import CANVAS, COLORS, RELATIONS, SHAPES, Obj, Scene, free_slots, relations
 
 COUNTS = (2, 3, 4)

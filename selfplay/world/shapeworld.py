@@ -1,0 +1,66 @@
+"""ShapeWorld as the loop's world: generated suites (the test split holds out a fifth of the colour
+pairs), 64-px canvases, the exact judge, exact corrections and exact GenEval scoring, and base data
+made by its pipelines. This is the only module of the loop that imports `strokes.shapeworld`."""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from pathlib import Path
+
+from judges import OracleJudge, corrected_scene
+from strokes.data.build import DataConfig, make_rows
+from strokes.geneval import Score
+from strokes.records import TASKS, PromptRecord
+from strokes.shapeworld import CANVAS, check, drawable, is_correct, make_suite, record_from_text, score_folder
+from strokes.trajectory import Trajectory, from_row
+
+
+def final_conflicts(t: Trajectory) -> list[str] | None:
+    """What the exact judge finds wrong with a trajectory's final image ([] when it satisfies the
+    prompt); None when there is no image or no record ShapeWorld can check (a typed prompt outside
+    its templates)."""
+    record = PromptRecord.from_json(t.record) if t.record else record_from_text(t.prompt)
+    if record is None or t.final_image is None or not drawable(record):
+        return None
+    return [c.sentence() for c in check(record, t.final_image)]
+
+
+class ShapeWorld:
+    """The built-in world (docs/shapeworld.md)."""
+
+    name = "shapeworld"
+    exact = True
+    image_size = CANVAS
+
+    def __init__(self, data: DataConfig) -> None:
+        self.data = data
+
+    def eval_suite(self, per_task: int, seed: int) -> list[PromptRecord]:
+        return make_suite("test", per_task, seed)
+
+    def validation_suite(self, per_task: int, seed: int) -> list[PromptRecord]:
+        return make_suite("train", per_task, seed)
+
+    def training_suite(self, n: int, seed: int, tasks: tuple[str, ...] = TASKS) -> list[PromptRecord]:
+        return make_suite("train", math.ceil(n / len(tasks)), seed, tuple(tasks))
+
+    def label_judge(self) -> OracleJudge:
+        """Who labels every visual state for the inspection tables: the exact judge."""
+        return OracleJudge()
+
+    def score(self, folder: Path) -> Score:
+        return score_folder(folder, self.image_size)
+
+    final_conflicts = staticmethod(final_conflicts)
+
+    is_correct = staticmethod(is_correct)
+    """GenEval's rule for one image, decided exactly (GRPO's final reward with the exact judge)."""
+
+    corrected_state = staticmethod(corrected_scene)
+    """The exact scene a judge's correction leads to (the critique builder renders it)."""
+
+    def base_rows(self, size: int, seed: int) -> list[Trajectory]:
+        """`size` base-data trajectories (the base pipelines' mixture): replay and the control arm."""
+        cfg = dataclasses.replace(self.data, size=size, seed=seed)
+        return [from_row(row) for row in make_rows(cfg, progress=False)]
