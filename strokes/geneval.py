@@ -19,7 +19,7 @@ from PIL import Image, UnidentifiedImageError
 
 from .errors import InputError
 from .io import atomic_path
-from .records import TASKS, PromptRecord
+from .records import TASKS, PromptRecord, json_lines
 
 
 def save_png(image: np.ndarray, path: Path) -> None:
@@ -152,20 +152,11 @@ def score_dir(root: Path, correct: Callable[[PromptRecord, list[np.ndarray]], li
 def read_results(path: str | Path) -> Score:
     """The score in the `results.jsonl` of GenEval's own scorer (`evaluate_images.py`: one JSON line per
     image with its `tag` and `correct`), aggregated as GenEval's `summary_scores.py` does."""
-    p = Path(path)
-    if not p.is_file():
-        raise InputError(f"{p}: no such file")
     pairs = []
-    for n, line in enumerate(p.read_text(encoding="utf-8", errors="replace").splitlines(), start=1):
-        if not line.strip():
-            continue
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError as e:
-            raise InputError(f"{p}:{n}: malformed JSON ({e.msg})") from None
+    for where, row in json_lines(path):
         if not isinstance(row, dict) or not isinstance(row.get("tag"), str) or not isinstance(row.get("correct"), bool):
-            raise InputError(f"{p}:{n}: a GenEval result line needs 'tag' (text) and 'correct' (true/false)")
+            raise InputError(f"{where}: a GenEval result line needs 'tag' (text) and 'correct' (true/false)")
         pairs.append((row["tag"], row["correct"]))
     if not pairs:
-        raise InputError(f"{p}: no results")
+        raise InputError(f"{path}: no results")
     return score_results(pairs)

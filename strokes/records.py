@@ -14,7 +14,7 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Iterable
+from typing import Callable, Iterable, Iterator
 
 from .errors import InputError
 from .io import write_atomic
@@ -199,30 +199,35 @@ def prompt_text(rec: PromptRecord) -> str:
     return " and ".join(phrase(r) for r in inc)
 
 
-def read_records(path: str | Path, check: Callable[[PromptRecord, str], None] | None = None) -> list[PromptRecord]:
-    """Read a GenEval-format JSONL file; a bad line raises InputError naming file and line. `check`
-    (record, where) may refuse records a world cannot draw, with its own one-line error."""
+def json_lines(path: str | Path) -> Iterator[tuple[str, object]]:
+    """(where, decoded object) for each non-blank line of a JSONL file, `where` being "file:line";
+    a missing file, non-UTF-8 text or malformed JSON fails in one line naming the place."""
     p = Path(path)
     if not p.is_file():
         raise InputError(f"{p}: no such file")
-    out = []
     for n, raw in enumerate(p.read_bytes().splitlines(), start=1):
         try:
             line = raw.decode("utf-8")
         except UnicodeDecodeError:
             raise InputError(f"{p}:{n}: not UTF-8 text") from None
-        if not line.strip():
-            continue
-        try:
-            d = json.loads(line)
-        except json.JSONDecodeError as e:
-            raise InputError(f"{p}:{n}: malformed JSON ({e.msg})") from None
-        rec = PromptRecord.from_json(d, f"{p}:{n}")
+        if line.strip():
+            try:
+                yield f"{p}:{n}", json.loads(line)
+            except json.JSONDecodeError as e:
+                raise InputError(f"{p}:{n}: malformed JSON ({e.msg})") from None
+
+
+def read_records(path: str | Path, check: Callable[[PromptRecord, str], None] | None = None) -> list[PromptRecord]:
+    """Read a GenEval-format JSONL file; a bad line raises InputError naming file and line. `check`
+    (record, where) may refuse records a world cannot draw, with its own one-line error."""
+    out = []
+    for where, d in json_lines(path):
+        rec = PromptRecord.from_json(d, where)
         if check is not None:
-            check(rec, f"{p}:{n}")
+            check(rec, where)
         out.append(rec)
     if not out:
-        raise InputError(f"{p}: no records")
+        raise InputError(f"{path}: no records")
     return out
 
 

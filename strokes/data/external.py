@@ -23,7 +23,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import InputError
-from ..records import PromptRecord
+from ..records import PromptRecord, json_lines
 from ..trajectory import Refinement, Step, Trajectory, png_array, to_dataset
 
 
@@ -32,9 +32,9 @@ def load_trajectories(path: str | Path, image_side: int | None = None):
     `image_side`, every image must be that many pixels square (a policy whose processor needs it)."""
     p = Path(path)
     if p.is_file() and p.suffix == ".jsonl":
-        rows, base = _jsonl_rows(p), p.parent
+        rows, base = (row for _, row in json_lines(p)), p.parent
     elif (p / "trajectories.jsonl").is_file():
-        rows, base = _jsonl_rows(p / "trajectories.jsonl"), p
+        rows, base = (row for _, row in json_lines(p / "trajectories.jsonl")), p
     elif (p / "dataset_info.json").is_file() or (p / "state.json").is_file():
         import datasets
 
@@ -51,15 +51,6 @@ def load_trajectories(path: str | Path, image_side: int | None = None):
     if not trajectories:
         raise InputError(f"{p}: no trajectories")
     return to_dataset(trajectories)
-
-
-def _jsonl_rows(path: Path):
-    for n, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
-        if line.strip():
-            try:
-                yield json.loads(line)
-            except json.JSONDecodeError as e:
-                raise InputError(f"{path}:{n}: malformed JSON ({e.msg})") from None
 
 
 def _trajectory(row: object, where: str, base: Path, image_side: int | None) -> Trajectory:
