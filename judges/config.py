@@ -45,6 +45,9 @@ class JudgeConfig:
     prompts_file: str = ""
     """The judge prompts (YAML), or a built-in set by name: "" (ShapeWorld's, `judges/prompts.yaml`) or
     "natural" (natural images in GenEval's terms, `judges/prompts_natural.yaml`)."""
+    max_unjudged: float = 0.05
+    """The share of a GRPO step's or a critique stage's verdicts that may be missing (a dead or
+    failing judge) before the round stops with one line naming the causes (judges/unjudged.py)."""
     serve: str = ""
     """With kind "gpt": start this judge of ours ("oracle", or "self" = the base checkpoint's Inspect)
     behind the OpenAI-compatible judge server on 127.0.0.1 for the run and judge through it, as a
@@ -62,6 +65,7 @@ class JudgeConfig:
         for name in ("backoff", "timeout_s"):
             require(self, name, getattr(self, name) > 0, "must be > 0")
         require(self, "model", bool(self.model), "must not be empty")
+        require(self, "max_unjudged", 0.0 <= self.max_unjudged <= 1.0, "must be a fraction between 0 and 1")
         require(self, "serve", self.serve in SERVABLE, f"must be one of {', '.join(map(repr, SERVABLE))}")
         require(self, "serve", not self.serve or self.kind == "gpt",
                 "needs kind: gpt (the served judge is reached over the OpenAI API)")

@@ -13,6 +13,8 @@ import dataclasses
 import json
 from pathlib import Path
 
+from judges import JudgeConfig
+from judges.unjudged import require_verdicts
 from rollout import Engine
 from strokes.model.policy import Policy
 from strokes.records import PromptRecord
@@ -33,16 +35,25 @@ def grpo_prompts(cfg: RunConfig, rnd: int) -> list[str]:
     return [json.dumps(r.to_json()) for r in suite]
 
 
-def make_sampler(engine: Engine, judge, exact: ExactCheck | None = None, verdict_weight: float = 0.0) -> SampleFn:
+def make_sampler(engine: Engine, judge, exact: ExactCheck | None = None, verdict_weight: float = 0.0,
+                 judge_cfg: JudgeConfig | None = None) -> SampleFn:
     """The rollout function TRL calls: trajectories for the prompts, their tokens, log-probs and legal
     sets (`legal`), the mask of tokens the model chose (`env_mask`), the judge's findings (`judged`) and, with a
-    `verdict_weight`, each verdict word's own advantage (`token_advantages`, `verdict_advantages`)."""
+    `verdict_weight`, each verdict word's own advantage (`token_advantages`, `verdict_advantages`).
+    With `judge_cfg`, a step whose missing verdicts exceed `judge_cfg.max_unjudged` stops the round
+    (`judges.unjudged.require_verdicts`) instead of training on zero advantages."""
     eos, inspect = engine.processor.special["<eos>"], engine.processor.special["<inspect>"]
+    calls = 0
 
     def sample(prompts: list[str], seed: int) -> dict:
+        nonlocal calls
+        calls += 1
         records = [PromptRecord.from_json(json.loads(p)) for p in prompts]
         rolled = engine.sample(records, seed)
         judged = judge_rollouts([s.trajectory for s in rolled], judge, exact)
+        if judge_cfg is not None:
+            require_verdicts(judge_cfg, sum(j.unjudged for j in judged), sum(j.asked for j in judged),
+                             f"GRPO step {calls}'s rollouts", judge)
         out = {"prompt_ids": [], "completion_ids": [], "logprobs": [], "env_mask": [], "legal": [], "judged": judged}
         for s in rolled:
             empty = not s.completion_ids  # refused at admission: one inert token keeps TRL's shapes
@@ -72,7 +83,7 @@ def grpo_stage(cfg: RunConfig, parent: Path, prompts: list[str], out: Path, judg
     g = cfg.train.grpo
     verdict_weight = g.reward_weights.get("inspection", 0.0) if g.verdict_credit == "token" else 0.0
     exact = make_world(cfg).is_correct if cfg.judge.kind == "oracle" else None
-    sample = make_sampler(engine, judge, exact=exact, verdict_weight=verdict_weight)
+    sample = make_sampler(engine, judge, exact=exact, verdict_weight=verdict_weight, judge_cfg=cfg.judge)
     return train_grpo(policy, prompts, cfg.train, out, sample, reward_functions(), engine.legal_sets,
                       temperature=rollout_cfg.temperature)
 

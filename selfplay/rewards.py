@@ -57,6 +57,8 @@ class Judged:
     """Steps beyond the scene's object count."""
     unjudged: int = 0
     """Visual states (and final verdicts) the judge could not give a verdict on."""
+    asked: int = 0
+    """Verdicts asked of the judge: every visual state, and the final one unless the exact check gave it."""
     verdicts: list[tuple[int, bool, bool]] = field(default_factory=list)
     """Per labelled state: (its index among the visual states, judged wrong, the model said conflict)."""
 
@@ -105,6 +107,7 @@ def judge_rollouts(trajectories: list[Trajectory], judge, exact: ExactCheck | No
         out.append(Judged(final=finals[k], task=task, left_wrong=left_wrong,
                           extra_steps=max(0, len(t.steps) - sum(r.count for r in record.include)),
                           unjudged=visual_states(t) - len(mine) + (finals[k] is None),
+                          asked=visual_states(t) + (exact is None),
                           verdicts=[(s.index, s.wrong, bool(s.score)) for s in mine]))
     return out
 

@@ -5,7 +5,9 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import dataclasses
 import json
+import socket
 from types import SimpleNamespace
 
 import pytest
@@ -14,7 +16,9 @@ from test_inspect_eval import construction_labels, hand_labelled
 from test_loop import base_checkpoint, kill9_mid_training_then_resume, stages, tiny_config  # noqa: F401  (fixture)
 from test_rollout_support import tiny_checkpoint
 
-from judges import OracleJudge
+from judges import JudgeConfig, OracleJudge
+from judges.gpt import GPTJudge
+from judges.unjudged import TooManyUnjudged
 from rollout import Engine, RolloutConfig
 from selfplay.cli import main
 from selfplay.grpo import make_sampler
@@ -242,3 +246,19 @@ def test_kill9_in_a_grpo_round_then_resume_matches_an_uninterrupted_run(tmp_path
     assert all(torch.equal(wa[k], wb[k]) for k in wa)
     scores = [json.loads((r / "round_001" / "eval" / "scores.json").read_text()) for r in (a, b)]
     assert scores[0] == scores[1]
+
+
+def test_a_step_the_judge_left_unjudged_stops_the_round_naming_the_cause(policy):
+    """A dead judge no longer trains on zero advantages: past `judge.max_unjudged` the step stops
+    with one line that says why; at 1.0 the step goes on with the verdicts it has (none)."""
+    engine = Engine(policy, RolloutConfig(batch_size=8, max_steps=2, max_refines=1, max_text_tokens=12))
+    prompts = [json.dumps(r.to_json()) for r in make_suite("train", 1, 0)[:4]]
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    cfg = JudgeConfig(kind="gpt", base_url=f"http://127.0.0.1:{port}/v1", api_key_env="NO_KEY", max_retries=0)
+    with pytest.raises(TooManyUnjudged, match=r"verdicts missing in GRPO step 1's rollouts.*connection refused"):
+        make_sampler(engine, GPTJudge(cfg), judge_cfg=cfg)(prompts, 0)
+    tolerant = dataclasses.replace(cfg, max_unjudged=1.0)
+    out = make_sampler(engine, GPTJudge(tolerant), judge_cfg=tolerant)(prompts, 0)
+    assert all(j.final is None or j.broken for j in out["judged"]) and sum(j.asked for j in out["judged"]) > 0

@@ -9,11 +9,9 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 
 from .judge_serve import add_self_judge_args
-
-UNJUDGED = ("unparsable", "failed", "over_budget")  # the reasons a judge returns no verdict
-RETRIED = ("timeouts", "http_errors")  # failed attempts of the GPT judge (the last one included)
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -40,6 +38,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     from judges import JudgeConfig
     from judges.evaluate import evaluate, labelled_contexts
+    from judges.unjudged import failure_breakdown
     from strokes.errors import InputError
 
     from .judge_serve import judge_from_args
@@ -64,16 +63,7 @@ def run(args: argparse.Namespace) -> int:
     else:
         print(report.table())
         print(failure_breakdown(report.stats))
+    if report.unjudged == report.steps:
+        print(f"selfplay judge-eval: no step was judged ({failure_breakdown(report.stats)})", file=sys.stderr)
+        return 1
     return 0
-
-
-def failure_breakdown(stats: dict) -> str:
-    """One line: the judge's failures by reason ("unjudged: unparsable 5, failed 2; retries 6
-    (timeouts 3, http_errors 4)"), so a table with unjudged steps says why."""
-    def counts(keys: tuple[str, ...]) -> str:
-        return ", ".join(f"{k} {stats[k]}" for k in keys if stats.get(k)) or "none"
-
-    line = f"unjudged: {counts(UNJUDGED)}"
-    if stats.get("retries"):
-        line += f"; retries {stats['retries']} ({counts(RETRIED)})"
-    return line
