@@ -6,9 +6,10 @@ from dataclasses import dataclass
 from typing import ClassVar
 
 from strokes.config_loader import require
+from strokes.errors import InputError
 
-KINDS = ("oracle", "gpt", "self")
-SERVABLE = ("", "oracle", "self")  # judges a run can serve to itself (`JudgeConfig.serve`)
+KINDS = ("oracle", "gpt", "self", "vlm")
+SERVABLE = ("", "oracle", "self", "vlm")  # judges a run can serve to itself (`JudgeConfig.serve`)
 
 
 @dataclass
@@ -19,7 +20,8 @@ class JudgeConfig:
 
     kind: str = "oracle"
     """"oracle" (exact, from the ShapeWorld checker), "gpt" (any OpenAI-compatible endpoint, our own
-    `selfplay judge-serve` included) or "self" (the current policy's own Inspect)."""
+    `selfplay judge-serve` included), "self" (the current policy's own Inspect) or "vlm" (the stand-in
+    VLM judge: the exact one with `profile`'s mistakes, judges/vlm.py)."""
     base_url: str | None = None
     """The endpoint for kind "gpt", e.g. "http://127.0.0.1:8000/v1"; None is api.openai.com."""
     model: str = "gpt-4.1-mini"
@@ -48,8 +50,12 @@ class JudgeConfig:
     max_unjudged: float = 0.05
     """The share of a GRPO step's or a critique stage's verdicts that may be missing (a dead or
     failing judge) before the round stops with one line naming the causes (judges/unjudged.py)."""
+    profile: str = "typical"
+    """The stand-in VLM judge's error profile (kind or serve "vlm"): "strong", "typical" or a YAML file."""
+    profile_seed: int = 0
+    """Its seed: which steps it gets wrong (the same steps, asked again, the same way)."""
     serve: str = ""
-    """With kind "gpt": start this judge of ours ("oracle", or "self" = the base checkpoint's Inspect)
+    """With kind "gpt": start this judge of ours ("oracle", "vlm", or "self" = the base checkpoint's Inspect)
     behind the OpenAI-compatible judge server on 127.0.0.1 for the run and judge through it, as a
     remote endpoint is judged (`base_url` and `model` are then the server's); "" uses `base_url`."""
 
@@ -69,4 +75,11 @@ class JudgeConfig:
         require(self, "serve", self.serve in SERVABLE, f"must be one of {', '.join(map(repr, SERVABLE))}")
         require(self, "serve", not self.serve or self.kind == "gpt",
                 "needs kind: gpt (the served judge is reached over the OpenAI API)")
+        if "vlm" in (self.kind, self.serve):
+            from .vlm import load_profile
+
+            try:
+                load_profile(self.profile)
+            except InputError as e:
+                raise InputError(f"judge.profile: {e}") from None
         return self

@@ -40,7 +40,8 @@ def served_judge(cfg: RunConfig, log: Callable[[str], None] = print) -> Iterator
     decided = dataclasses.replace(cfg.rollout, inspect="threshold")
     inner = policy_judge(dataclasses.replace(j, kind=j.serve, serve=""), cfg.loop.base_checkpoint, decided)
     with JudgeServer(inner, port=0, prompts=load_prompts(j.prompts_file), max_batch=j.concurrency) as server:
-        log(f"judge: the {j.serve} judge behind the judge server on {server.base_url}")
+        what = f"{j.serve} judge (profile {j.profile}, seed {j.profile_seed})" if j.serve == "vlm" else f"{j.serve} judge"
+        log(f"judge: the {what} behind the judge server on {server.base_url}")
         try:
             yield dataclasses.replace(cfg, judge=dataclasses.replace(j, base_url=server.base_url, model=server.model))
         finally:

@@ -16,7 +16,7 @@ from .judge_serve import add_self_judge_args
 
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("judge-eval", help="measure a judge's precision and recall against the oracle")
-    p.add_argument("--judge", choices=("oracle", "gpt", "self"), default="oracle")
+    p.add_argument("--judge", choices=("oracle", "gpt", "self", "vlm"), default="oracle")
     p.add_argument("--n", type=int, default=500, help="steps to judge (half with a conflict)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--split", choices=("train", "test"), default="test", help="prompt split the steps come from")
@@ -49,13 +49,16 @@ def run(args: argparse.Namespace) -> int:
         raise InputError(f"--batch-size must be at least 1, got {args.batch_size}")
     cfg = JudgeConfig(kind=args.judge, base_url=args.base_url, model=args.model, api_key_env=args.api_key_env,
                       concurrency=args.concurrency, timeout_s=args.timeout, max_retries=args.max_retries,
-                      budget_requests=args.budget_requests, cache_dir=args.cache_dir, prompts_file=args.prompts_file)
+                      budget_requests=args.budget_requests, cache_dir=args.cache_dir, prompts_file=args.prompts_file,
+                      profile=args.profile, profile_seed=args.profile_seed)
     judge = judge_from_args(args, cfg)
     name = args.judge
     if args.judge == "gpt":
         name = f"gpt ({args.model} at {judge.client.base_url})"
     elif args.judge == "self":
         name = f"self ({args.checkpoint}, T={args.temperature:g})"
+    elif args.judge == "vlm":
+        name = f"vlm ({args.profile}, seed {args.profile_seed})"
     contexts = labelled_contexts(args.n, args.seed, args.split)
     report = evaluate(judge, contexts, name, args.batch_size)
     if args.json:
