@@ -11,10 +11,10 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import time
 from pathlib import Path
 
-from judges import JudgeConfig
-from judges.unjudged import require_verdicts
+from judges.unjudged import judge_stats, require_verdicts
 from rollout import Engine
 from strokes.model.policy import Policy
 from strokes.records import PromptRecord
@@ -22,6 +22,7 @@ from trainer.grpo import SampleFn, train_grpo
 
 from .config import RunConfig
 from .evaluation import sampled_verdicts, training_suite
+from .judging import JudgeMeter
 from .rewards import ExactCheck, judge_rollouts, reward_functions, verdict_advantages
 from .world import make_world
 
@@ -36,25 +37,29 @@ def grpo_prompts(cfg: RunConfig, rnd: int) -> list[str]:
 
 
 def make_sampler(engine: Engine, judge, exact: ExactCheck | None = None, verdict_weight: float = 0.0,
-                 judge_cfg: JudgeConfig | None = None) -> SampleFn:
+                 meter: JudgeMeter | None = None) -> SampleFn:
     """The rollout function TRL calls: trajectories for the prompts, their tokens, log-probs and legal
     sets (`legal`), the mask of tokens the model chose (`env_mask`), the judge's findings (`judged`) and, with a
     `verdict_weight`, each verdict word's own advantage (`token_advantages`, `verdict_advantages`).
-    With `judge_cfg`, a step whose missing verdicts exceed `judge_cfg.max_unjudged` stops the round
+    With a `meter`, the step's judge cost and timings go to the reward functions' log (`judge_cost`),
+    and a step whose missing verdicts exceed `judge.max_unjudged` stops the round
     (`judges.unjudged.require_verdicts`) instead of training on zero advantages."""
     eos, inspect = engine.processor.special["<eos>"], engine.processor.special["<inspect>"]
-    calls = 0
 
     def sample(prompts: list[str], seed: int) -> dict:
-        nonlocal calls
-        calls += 1
         records = [PromptRecord.from_json(json.loads(p)) for p in prompts]
+        t0 = time.perf_counter()
         rolled = engine.sample(records, seed)
+        t1 = time.perf_counter()
         judged = judge_rollouts([s.trajectory for s in rolled], judge, exact)
-        if judge_cfg is not None:
-            require_verdicts(judge_cfg, sum(j.unjudged for j in judged), sum(j.asked for j in judged),
-                             f"GRPO step {calls}'s rollouts", judge)
-        out = {"prompt_ids": [], "completion_ids": [], "logprobs": [], "env_mask": [], "legal": [], "judged": judged}
+        extra = {}
+        if meter is not None:
+            missing, asked = sum(j.unjudged for j in judged), sum(j.asked for j in judged)
+            cost = meter.step([s.trajectory for s in rolled], judged, t1 - t0, time.perf_counter() - t1)
+            require_verdicts(meter.cfg, missing, asked, f"GRPO step {len(meter.steps)}'s rollouts", judge)
+            extra["judge_cost"] = [cost] * len(prompts)
+        out = {"prompt_ids": [], "completion_ids": [], "logprobs": [], "env_mask": [], "legal": [], "judged": judged,
+               **extra}
         for s in rolled:
             empty = not s.completion_ids  # refused at admission: one inert token keeps TRL's shapes
             out["prompt_ids"].append(s.prompt_ids)
@@ -76,14 +81,23 @@ def make_sampler(engine: Engine, judge, exact: ExactCheck | None = None, verdict
 def grpo_stage(cfg: RunConfig, parent: Path, prompts: list[str], out: Path, judge) -> dict:
     """GRPO of `parent` for `train.grpo.steps` steps on `prompts` (`grpo_prompts`); the checkpoint
     lands in `out/checkpoint`, TRL's log lines in `out/metrics.jsonl` (as SFT's do). Returns the
-    training summary."""
+    training summary, with what the judge cost (`judge`: requests, tokens, seconds against rollout
+    seconds, and its counters). A judge budget that cannot pay for another step ends the round after
+    the last whole step."""
     rollout_cfg = dataclasses.replace(sampled_verdicts(cfg.rollout), mode="process", actors=0)
     policy = Policy.from_pretrained(parent)
     engine = Engine(policy, rollout_cfg)  # shares policy.model with the trainer: it samples the live weights
     g = cfg.train.grpo
     verdict_weight = g.reward_weights.get("inspection", 0.0) if g.verdict_credit == "token" else 0.0
-    exact = make_world(cfg).is_correct if cfg.judge.kind == "oracle" else None
-    sample = make_sampler(engine, judge, exact=exact, verdict_weight=verdict_weight, judge_cfg=cfg.judge)
-    return train_grpo(policy, prompts, cfg.train, out, sample, reward_functions(), engine.legal_sets,
-                      temperature=rollout_cfg.temperature)
+    world = make_world(cfg)
+    exact = world.is_correct if cfg.judge.kind == "oracle" else None
+    # against a judge that is not the exact one, the world's exact judge (where it has one) labels
+    # the same rollouts again: how often the training judge agrees, per task
+    reference = world.label_judge() if cfg.judge.kind != "oracle" and world.exact else None
+    meter = JudgeMeter(judge, cfg.judge, reference, world.is_correct if reference is not None else None)
+    sample = make_sampler(engine, judge, exact=exact, verdict_weight=verdict_weight, meter=meter)
+    summary = train_grpo(policy, prompts, cfg.train, out, sample, reward_functions(), engine.legal_sets,
+                         temperature=rollout_cfg.temperature, should_stop=meter.over_budget)
+    summary["judge"] = {**meter.totals(), "counters": judge_stats(judge)}
+    return summary
 
