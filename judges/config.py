@@ -10,6 +10,7 @@ from strokes.errors import InputError
 
 KINDS = ("oracle", "gpt", "self", "vlm")
 SERVABLE = ("", "oracle", "self", "vlm")  # judges a run can serve to itself (`JudgeConfig.serve`)
+FINAL_REWARDS = ("auto", "holistic", "questions")
 
 
 @dataclass
@@ -47,6 +48,11 @@ class JudgeConfig:
     prompts_file: str = ""
     """The judge prompts (YAML), or a built-in set by name: "" (ShapeWorld's, `judges/prompts.yaml`) or
     "natural" (natural images in GenEval's terms, `judges/prompts_natural.yaml`)."""
+    final_reward: str = "auto"
+    """How GRPO's final reward asks the judge about a finished picture: "holistic" (one verdict on
+    the last step: 1 or 0), "questions" (one question per part of the prompt, the reward the share
+    answered yes: robust to a judge's mistakes, selfplay/questions.py) or "auto" (questions for kinds
+    gpt and vlm, holistic for self; the exact judge always scores by GenEval's exact rule)."""
     max_unjudged: float = 0.05
     """The share of a GRPO step's or a critique stage's verdicts that may be missing (a dead or
     failing judge) before the round stops with one line naming the causes (judges/unjudged.py)."""
@@ -62,6 +68,11 @@ class JudgeConfig:
     def __post_init__(self) -> None:
         self.validate()
 
+    @property
+    def asks_questions(self) -> bool:
+        """Whether GRPO's final reward asks atomic questions (`final_reward`)."""
+        return self.final_reward == "questions" or (self.final_reward == "auto" and self.kind in ("gpt", "vlm"))
+
     def validate(self) -> "JudgeConfig":
         """Check every field (a one-line InputError naming the first bad one); returns self."""
         require(self, "kind", self.kind in KINDS, f"must be one of {', '.join(KINDS)}")
@@ -71,6 +82,7 @@ class JudgeConfig:
         for name in ("backoff", "timeout_s"):
             require(self, name, getattr(self, name) > 0, "must be > 0")
         require(self, "model", bool(self.model), "must not be empty")
+        require(self, "final_reward", self.final_reward in FINAL_REWARDS, f"must be one of {', '.join(FINAL_REWARDS)}")
         require(self, "max_unjudged", 0.0 <= self.max_unjudged <= 1.0, "must be a fraction between 0 and 1")
         require(self, "serve", self.serve in SERVABLE, f"must be one of {', '.join(map(repr, SERVABLE))}")
         require(self, "serve", not self.serve or self.kind == "gpt",

@@ -37,11 +37,12 @@ def grpo_prompts(cfg: RunConfig, rnd: int) -> list[str]:
 
 
 def make_sampler(engine: Engine, judge, exact: ExactCheck | None = None, verdict_weight: float = 0.0,
-                 meter: JudgeMeter | None = None) -> SampleFn:
+                 meter: JudgeMeter | None = None, questions: bool = False) -> SampleFn:
     """The rollout function TRL calls: trajectories for the prompts, their tokens, log-probs and legal
     sets (`legal`), the mask of tokens the model chose (`env_mask`), the judge's findings (`judged`) and, with a
     `verdict_weight`, each verdict word's own advantage (`token_advantages`, `verdict_advantages`).
-    With a `meter`, the step's judge cost and timings go to the reward functions' log (`judge_cost`),
+    `questions`: the final reward from the judge's answers to the prompt's atomic questions
+    (`judge.final_reward`). With a `meter`, the step's judge cost and timings go to the reward functions' log (`judge_cost`),
     and a step whose missing verdicts exceed `judge.max_unjudged` stops the round
     (`judges.unjudged.require_verdicts`) instead of training on zero advantages."""
     eos, inspect = engine.processor.special["<eos>"], engine.processor.special["<inspect>"]
@@ -51,7 +52,7 @@ def make_sampler(engine: Engine, judge, exact: ExactCheck | None = None, verdict
         t0 = time.perf_counter()
         rolled = engine.sample(records, seed)
         t1 = time.perf_counter()
-        judged = judge_rollouts([s.trajectory for s in rolled], judge, exact)
+        judged = judge_rollouts([s.trajectory for s in rolled], judge, exact, questions)
         extra = {}
         if meter is not None:
             missing, asked = sum(j.unjudged for j in judged), sum(j.asked for j in judged)
@@ -95,7 +96,8 @@ def grpo_stage(cfg: RunConfig, parent: Path, prompts: list[str], out: Path, judg
     # the same rollouts again: how often the training judge agrees, per task
     reference = world.label_judge() if cfg.judge.kind != "oracle" and world.exact else None
     meter = JudgeMeter(judge, cfg.judge, reference, world.is_correct if reference is not None else None)
-    sample = make_sampler(engine, judge, exact=exact, verdict_weight=verdict_weight, meter=meter)
+    sample = make_sampler(engine, judge, exact=exact, verdict_weight=verdict_weight, meter=meter,
+                          questions=cfg.judge.asks_questions)
     summary = train_grpo(policy, prompts, cfg.train, out, sample, reward_functions(), engine.legal_sets,
                          temperature=rollout_cfg.temperature, should_stop=meter.over_budget)
     summary["judge"] = {**meter.totals(), "counters": judge_stats(judge)}
