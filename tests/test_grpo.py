@@ -7,6 +7,7 @@ import contextlib
 import copy
 import dataclasses
 import json
+import re
 import socket
 from types import SimpleNamespace
 
@@ -299,3 +300,26 @@ def test_each_step_logs_its_judge_cost_and_agreement_and_a_budget_ends_the_round
     assert (reason is not None) == (2 * asked > 60)
     if reason:
         assert reason.startswith(f"judge.budget_requests: {asked} of 60 requests spent after 1 steps")
+
+
+@pytest.mark.slow
+def test_a_grpo_round_rewarded_by_the_served_stand_in_vlm_judge(tmp_path, base_checkpoint, capsys):  # noqa: F811
+    """judge.serve: vlm: the run serves the typical profile on loopback and rewards through the
+    openai client with atomic questions; the console, the summary and the report say what the judge
+    cost and how often it agreed with the exact judge, per task."""
+    cfg = tiny_config(tmp_path, base_checkpoint, loop={"rounds": 1, "control": False},
+                      judge={"kind": "gpt", "serve": "vlm", "profile": "typical", "api_key_env": "NO_KEY"},
+                      train={"method": "grpo", "lr": 1e-3,
+                             "grpo": {"steps": 2, "prompts_per_step": 2, "generations": 2, "prompts": 6}})
+    assert main(["run", str(cfg), "--runs", str(tmp_path / "runs"), "--name", "v"]) == 0
+    out = capsys.readouterr().out
+    assert "the vlm judge (profile typical, seed 0) behind the judge server" in out
+    assert re.search(r"round 1: judge \d+ requests, [\d.]+k tokens, \d+ verdicts over 2 steps; per step judge "
+                     r"[\d.]+s against rollout [\d.]+s; agrees with the exact judge on [\d.]+% of \d+ states", out), out
+    run = tmp_path / "runs" / "v"
+    judge = json.loads((run / "round_001" / "checkpoint" / "train_summary.json").read_text())["judge"]
+    assert judge["judge_requests"] == judge["judge_verdicts"] > 0 and judge["counters"]["failed"] == 0
+    assert judge["agreement"] and all(task in ("counting", "position", "color_attr", "two_object", "colors",
+                                               "single_object") for task in judge["agreement"])
+    report = (run / "report.html").read_text()
+    assert "The training judge against the exact judge on the round's own rollouts" in report

@@ -4,6 +4,7 @@ it is served, and reached by the GPT judge, through the same OpenAI-compatible A
 
 from __future__ import annotations
 
+import json
 import math
 
 import pytest
@@ -14,6 +15,7 @@ from judges.evaluate import labelled_contexts
 from judges.gpt import GPTJudge
 from judges.server import JudgeServer
 from judges.vlm import PROFILES, VLMJudge, load_profile
+from selfplay.cli import main
 from strokes.errors import InputError
 from strokes.shapeworld.render import render
 from strokes.shapeworld.scene import Obj, Scene
@@ -147,3 +149,13 @@ def test_served_and_judged_through_the_openai_client(contexts):
                                       api_key_env="NO_KEY"))
         assert srv.model == "strokes-vlm"
         assert client.judge(contexts[:40]) == judge.judge(contexts[:40])
+
+
+def test_judge_eval_and_judge_serve_name_the_vlm_judge(capsys):
+    assert main(["judge-eval", "--judge", "vlm", "--profile", "typical", "--n", "60", "--json"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report["judge"] == "vlm (typical, seed 0)" and report["unjudged"] == 0
+    recall = report["rows"][0]["recall"]
+    assert 0.5 < recall < 1.0  # it misses some, as a VLM does
+    assert main(["judge-serve", "--judge", "vlm", "--profile", "no-such-profile", "--port", "0"]) == 2
+    assert "no such VLM judge profile (shipped: strong, typical)" in capsys.readouterr().err
