@@ -106,13 +106,15 @@ def main() -> None:
     def rewards(judge, kind: str) -> list[float]:
         if kind == "picture":
             return picture(judge)
+        if kind == "both":  # the questions' share, counted only when the whole-picture question agrees
+            return [q * w for q, w in zip(rewards(judge, "questions"), picture(judge))]
         return finals(judge_rollouts(trajectories, judge, None, kind == "questions"))
 
     exact = grouped(finals(judge_rollouts(trajectories, OracleJudge(), world.is_correct)))
     rows = []
     tasks = [PromptRecord.from_json(t.record).tag for t in trajectories][:: args.generations]
     for profile in ("exact", "strong", "typical"):
-        for kind in ("holistic", "picture", "questions"):
+        for kind in ("holistic", "picture", "questions", "both"):
             orders, corrs, secs, per_task = [], [], [], {}
             for seed in range(1 if profile == "exact" else args.seeds):
                 judge = OracleJudge() if profile == "exact" else VLMJudge(load_profile(profile), seed)
