@@ -183,11 +183,11 @@ class VLMJudge:
         """(the exact verdict, the chance each of its conflicts is missed, the chance of a false
         alarm were it aligned): the profile's task rates times the image's difficulty."""
         exact = self.exact.verdict(ctx)
-        rates = self.profile.rates((ctx.record or {}).get("tag", ""))
+        task = (ctx.record or {}).get("tag", "")
+        rates = self.profile.rates(task)
         dets = detect(ctx.image)
         misses = [min(MAX_CHANCE, (1.0 - rates.recall) * self._difficulty(c, ctx.image, dets))
                   for c in exact.conflicts]
-        task = (ctx.record or {}).get("tag", "")
         kind = {"counting": ConflictKind.wrong_count, "position": ConflictKind.wrong_relation,
                 "colors": ConflictKind.wrong_color, "color_attr": ConflictKind.wrong_color}.get(task)
         factor = self._image_factor(kind, None, ctx.image, dets) if kind is not None else 1.0
