@@ -119,6 +119,7 @@ def train_stage(cfg: RunConfig, parent: Path, dataset_dir: Path, out: Path, rnd:
     if cfg.train.round_method(rnd) == "grpo" and arm == "policy":
         prompts = json.loads((dataset_dir / "prompts.json").read_text())
         summary = grpo_stage(cfg, parent, prompts, out / "train", policy_judge(cfg.judge, parent, cfg.rollout))
+        write_event(out, {"event": "judge", "round": rnd, "arm": arm, **summary["judge"]})  # the round's judge cost
         return _keep_training(out, summary, rnd, arm)
     if (dataset_dir / "EMPTY").exists() or max_steps == 0:  # nothing to learn: the parent carries on
         shutil.copytree(parent, out / "checkpoint")

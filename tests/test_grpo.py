@@ -226,6 +226,8 @@ def test_a_tiny_grpo_round_end_to_end(tmp_path, base_checkpoint):  # noqa: F811
         assert all(key in e for e in steps), key
     judge = json.loads((run / "round_001" / "checkpoint" / "train_summary.json").read_text())["judge"]
     assert judge["steps"] == 2 and judge["judge_verdicts"] == sum(e["judge/verdicts"] for e in steps)
+    round_line = [e for e in events if e["event"] == "judge" and e["round"] == 1]  # the round's cost, in metrics.jsonl
+    assert len(round_line) == 1 and round_line[0]["judge_verdicts"] == judge["judge_verdicts"]
     control = [e for e in events if e["event"] == "train" and e.get("arm") == "control" and "loss" in e]
     assert control and control[-1]["step"] == 2  # the same optimizer steps, on base data
     trained = Policy.from_pretrained(run / "round_001" / "checkpoint" / "checkpoint")
