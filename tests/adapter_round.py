@@ -98,9 +98,10 @@ def run_round(policy: Policy, tmp_path: Path, model_class: str, first_q: FirstQ)
         assert torch.allclose(loaded.model(input_ids=ids).logits, model(input_ids=ids).logits, atol=1e-5)
 
 
-def grpo_step(policy: Policy, tmp_path: Path, model_class: str, first_q: FirstQ) -> None:
+def grpo_step(policy: Policy, tmp_path: Path, model_class: str, first_q: FirstQ, lora: bool = True) -> None:
     """One GRPO step through the same rollout function and judge rewards as the loop's GRPO rounds:
-    LoRA adapters on the text model, merged back; the rewards are logged; the checkpoint reloads."""
+    LoRA adapters on the text model, merged back (or, without `lora`, every weight trained, against a
+    reference model TRL loads from the policy's folder); the rewards are logged; the checkpoint reloads."""
     from judges import OracleJudge
     from rollout import Engine, RolloutConfig
     from selfplay.grpo import make_sampler
@@ -114,7 +115,7 @@ def grpo_step(policy: Policy, tmp_path: Path, model_class: str, first_q: FirstQ)
     engine = Engine(trained, RolloutConfig(batch_size=4, max_steps=1, max_refines=1, max_text_tokens=6, device="cpu"))
     prompts = [json.dumps(r.to_json()) for r in make_suite("train", 1, 0, tasks=("colors",))]
     tcfg = TrainConfig(method="grpo", lr=1e-2, warmup_steps=0, logging_steps=1, save_steps=1000,
-                       num_threads=1, device="cpu", lora=LoraConfig(enabled=True, r=4, alpha=8),
+                       num_threads=1, device="cpu", lora=LoraConfig(enabled=lora, r=4, alpha=8),
                        grpo=GrpoConfig(steps=1, prompts_per_step=1, generations=2, beta=0.1))
     summary = train_grpo(trained, prompts, tcfg, tmp_path / "grpo", make_sampler(engine, OracleJudge(), exact=is_correct),
                          reward_functions(), engine.legal_sets)

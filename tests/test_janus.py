@@ -133,10 +133,13 @@ def test_a_round_runs_end_to_end(policy, tmp_path):
     run_round(policy, tmp_path, "JanusUnified", first_q)
 
 
-def test_a_grpo_step_with_lora_runs_on_the_adapter(policy, tmp_path):
-    """One GRPO step through the loop's rollout function and judge rewards: LoRA on the text model,
-    merged back into a `JanusUnified`, rewards logged, the checkpoint reloads."""
-    grpo_step(policy, tmp_path, "JanusUnified", first_q)
+@pytest.mark.parametrize("lora", [True, False], ids=["lora", "full"])
+def test_a_grpo_step_runs_on_the_adapter(policy, tmp_path, lora):
+    """One GRPO step through the loop's rollout function and judge rewards: LoRA on the text model
+    merged back into a `JanusUnified`, or every weight trained against a KL reference that TRL loads
+    from the policy's folder (it must come back as the one-vocabulary model, or the reference's
+    log-probs over codes would not exist); rewards logged, the checkpoint reloads."""
+    grpo_step(policy, tmp_path, "JanusUnified", first_q, lora=lora)
 
 
 def test_checkpoint_round_trip(policy, rows, tmp_path):

@@ -47,6 +47,7 @@ KIND = "strokes.janus"
 # them too, so that the tiny and the real tokenizer differ only in size.
 JANUS_TOKENS = ["<｜begin▁of▁sentence｜>", "<｜end▁of▁sentence｜>", "<｜▁pad▁｜>", "<image_placeholder>",
                 "<begin_of_image>", "<end_of_image>"]
+PAD = JANUS_TOKENS[2]
 
 
 @dataclass
@@ -144,22 +145,31 @@ class JanusProcessor(VQProcessor):
 
 # ---- building and loading policies ----------------------------------------------------------------------
 
-def tiny_base(cfg: JanusModelConfig, words: list[str] = ()):
-    """A tiny random Janus of the real classes (text model, SigLIP encoder, VQ, generation embeddings,
-    aligner and head) and a word-level tokenizer over the ShapeWorld words (and `words`) carrying
-    Janus's token names: a stand-in for a downloaded checkpoint, with no grammar markers yet."""
-    import torch
+def word_tokenizer(words: list[str] = ()):
+    """A word-level tokenizer over the ShapeWorld words (and `words`) that carries Janus-Pro's token
+    names: the stand-in for Janus's own tokenizer in tiny checkpoints and the GPU check."""
     from tokenizers import Tokenizer, models, pre_tokenizers
-    from transformers import JanusConfig, JanusForConditionalGeneration, PreTrainedTokenizerFast
+    from transformers import PreTrainedTokenizerFast
 
     vocab: dict[str, int] = {}
     for t in JANUS_TOKENS + vocabulary() + list(words):
         vocab.setdefault(t, len(vocab))
-    pad = "<｜▁pad▁｜>"
-    tk = Tokenizer(models.WordLevel(vocab=vocab, unk_token=pad))
+    tk = Tokenizer(models.WordLevel(vocab=vocab, unk_token=PAD))
     tk.pre_tokenizer = pre_tokenizers.Whitespace()
-    tokenizer = PreTrainedTokenizerFast(tokenizer_object=tk, pad_token=pad)
+    tokenizer = PreTrainedTokenizerFast(tokenizer_object=tk, pad_token=PAD)
     tokenizer.add_tokens(JANUS_TOKENS, special_tokens=True)
+    return tokenizer
+
+
+def tiny_base(cfg: JanusModelConfig, words: list[str] = ()):
+    """A tiny random Janus of the real classes (text model, SigLIP encoder, VQ, generation embeddings,
+    aligner and head) and `word_tokenizer(words)`: a stand-in for a downloaded checkpoint, with no
+    grammar markers yet."""
+    import torch
+    from transformers import JanusConfig, JanusForConditionalGeneration
+
+    tokenizer = word_tokenizer(words)
+    vocab = tokenizer.get_vocab()
     factor = 2 ** (cfg.vq_levels - 1)
     h = cfg.hidden_size
     config = JanusConfig(
@@ -167,7 +177,7 @@ def tiny_base(cfg: JanusModelConfig, words: list[str] = ()):
                          intermediate_size=cfg.intermediate_size, num_hidden_layers=cfg.num_layers,
                          num_attention_heads=cfg.num_heads, num_key_value_heads=cfg.num_heads,
                          max_position_embeddings=cfg.max_positions, attention_dropout=0.0,
-                         pad_token_id=vocab[pad], bos_token_id=vocab[JANUS_TOKENS[0]], eos_token_id=vocab[JANUS_TOKENS[1]]),
+                         pad_token_id=vocab[PAD], bos_token_id=vocab[JANUS_TOKENS[0]], eos_token_id=vocab[JANUS_TOKENS[1]]),
         vision_config=dict(hidden_size=32, num_hidden_layers=1, num_attention_heads=1, mlp_ratio=2.0,
                            image_size=cfg.image_size, patch_size=factor, projection_dim=h,
                            num_image_tokens=(cfg.image_size // factor) ** 2),
@@ -220,11 +230,16 @@ class JanusPolicy(Policy):
         if not (folder / "config.json").is_file():
             raise InputError(f"model.base: {folder} is not a checkpoint folder (no config.json)")
         model = JanusUnified.from_pretrained(folder, dtype=dtype)
-        tokenizer = AutoTokenizer.from_pretrained(folder)
-        if add_markers(tokenizer) and len(tokenizer) > model.code_offset:  # no spare rows left: grow them
+        mean, std = image_normalisation(folder)
+        return cls.adapt(model, AutoTokenizer.from_pretrained(folder), canvas, mean, std)
+
+    @classmethod
+    def adapt(cls, model, tokenizer, canvas: int = 64, mean=None, std=None) -> "JanusPolicy":
+        """Add the grammar markers to a `JanusUnified`'s tokenizer (in spare embedding rows, or grown
+        ones when there are none) and wrap model and processor."""
+        if add_markers(tokenizer) and len(tokenizer) > model.code_offset:
             model.resize_token_embeddings(len(tokenizer), mean_resizing=False)
         _finish(model)
-        mean, std = image_normalisation(folder)
         return cls(model, JanusProcessor(tokenizer, model.model.vqmodel, model.code_offset, canvas, mean, std))
 
     @classmethod
@@ -241,9 +256,13 @@ class JanusPolicy(Policy):
 
 def _finish(model) -> None:
     """Expose the text model's position limit where generic code looks for it (the rollout decoder
-    reads `model.config.max_position_embeddings`); freeze the VQ as Janus does, and the SigLIP
-    understanding encoder this adapter does not use (sketches are read back as codes)."""
+    reads `model.config.max_position_embeddings`) and an `auto_map` (how TRL finds the class of its
+    reference model, `janus_model.py`); freeze the VQ as Janus does, and the SigLIP understanding
+    encoder this adapter does not use (sketches are read back as codes)."""
+    from .janus_model import JANUS_AUTO_MAP
+
     model.config.max_position_embeddings = model.config.get_text_config().max_position_embeddings
+    model.config.auto_map = JANUS_AUTO_MAP
     for part in (model.model.vqmodel, model.model.vision_model, model.model.aligner):
         part.requires_grad_(False)
         part.eval()

@@ -16,12 +16,18 @@ forward that presents the two as one vocabulary of `V + K` ids, `V` the language
 Everything else (the Llama text model, its KV cache, position ids, packed rows) is Janus's own.
 The SigLIP understanding encoder (`vision_model`, `aligner`) stays in the model and its checkpoint
 but is not used: sketches are read back as their codes, as Janus reads the codes it generates.
+
+Importing this module registers `JanusUnified` as `AutoModelForCausalLM`'s class for Janus configs
+(Janus has none of its own). TRL's GRPO trainer, fine-tuning every weight with a KL term, loads its
+reference model from the policy's folder by the config's `architectures` and, for a class that is
+not in `transformers`, through `AutoModelForCausalLM` (once the config has an `auto_map`, which
+`JANUS_AUTO_MAP` gives it): so the reference is the same one-vocabulary model.
 """
 
 from __future__ import annotations
 
 import torch
-from transformers import JanusForConditionalGeneration
+from transformers import AutoModelForCausalLM, JanusConfig, JanusForConditionalGeneration
 from transformers.modeling_utils import slice_logits_to_keep
 from transformers.models.janus.modeling_janus import JanusCausalLMOutputWithPast
 from transformers.utils.deprecation import deprecate_kwarg
@@ -55,3 +61,9 @@ class JanusUnified(JanusForConditionalGeneration):
         logits = torch.cat([self.lm_head(h), self.model.generation_head(h).to(h.dtype)], -1)
         return JanusCausalLMOutputWithPast(logits=logits, cache=out.cache, hidden_states=out.hidden_states,
                                            attentions=out.attentions)
+
+
+AutoModelForCausalLM.register(JanusConfig, JanusUnified, exist_ok=True)
+JANUS_AUTO_MAP: dict = {}
+"""`config.auto_map` of a saved policy: empty (no remote code), present so that TRL falls back to
+`AutoModelForCausalLM` for a class `transformers` does not export (`trl.trainer.utils.create_model_from_path`)."""
