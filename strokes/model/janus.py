@@ -166,13 +166,23 @@ def tiny_base(cfg: JanusModelConfig, words: list[str] = ()):
     aligner and head) and `word_tokenizer(words)`: a stand-in for a downloaded checkpoint, with no
     grammar markers yet."""
     import torch
-    from transformers import JanusConfig, JanusForConditionalGeneration
+    from transformers import JanusForConditionalGeneration
 
     tokenizer = word_tokenizer(words)
+    config = tiny_config(cfg, tokenizer)
+    torch.manual_seed(cfg.seed)
+    return JanusForConditionalGeneration(config), tokenizer
+
+
+def tiny_config(cfg: JanusModelConfig, tokenizer):
+    """A `JanusConfig` of `cfg`'s tiny shape over `tokenizer` (`word_tokenizer`): every part of Janus,
+    each as small as its classes allow (one SigLIP layer, a 4-level VQ with 32 channels)."""
+    from transformers import JanusConfig
+
     vocab = tokenizer.get_vocab()
     factor = 2 ** (cfg.vq_levels - 1)
     h = cfg.hidden_size
-    config = JanusConfig(
+    return JanusConfig(
         text_config=dict(model_type="llama", vocab_size=len(tokenizer), hidden_size=h,
                          intermediate_size=cfg.intermediate_size, num_hidden_layers=cfg.num_layers,
                          num_attention_heads=cfg.num_heads, num_key_value_heads=cfg.num_heads,
@@ -185,8 +195,6 @@ def tiny_base(cfg: JanusModelConfig, words: list[str] = ()):
                        base_channels=cfg.vq_channels, channel_multiplier=[1] * cfg.vq_levels, num_res_blocks=1,
                        projection_dim=h, image_token_embed_dim=h, num_hidden_layers=2),
         image_token_id=vocab["<image_placeholder>"], tie_word_embeddings=False)
-    torch.manual_seed(cfg.seed)
-    return JanusForConditionalGeneration(config), tokenizer
 
 
 def save_tiny_base(cfg: JanusModelConfig, folder: str | Path, words: list[str] = ()) -> Path:
