@@ -183,14 +183,18 @@ def main() -> None:
         if device.type == "cuda":
             torch.cuda.empty_cache()
     print(f"\n{name}; copy {bw / 1e9:.0f} GB/s; total {time.perf_counter() - t_start:.0f} s\n")
-    cols = [("model", "model"), ("rollout_batch", "batch"), ("rollout_tokens_per_s", "rollout tok/s"),
-            ("decode_steps_per_s", "decode steps/s"), ("roof_steps_per_s", "read roof steps/s"),
-            ("pct_of_read_roof", "% of roof"), ("rollout_peak_gb", "peak GB"), ("train", "GRPO"),
-            ("grpo_step_s", "GRPO step s"), ("grpo_peak_gb", "GRPO peak GB"), ("skipped", "skipped")]
-    print("| " + " | ".join(c for _, c in cols) + " |\n|" + "---|" * len(cols))
-    for r in rows:
-        cells = [f"{r[k]:.3g}" if isinstance(r.get(k), float) else str(r.get(k, "")) for k, _ in cols]
-        print("| " + " | ".join(cells) + " |")
+    rollout_cols = [("model", "model"), ("rollout_batch", "batch"), ("rollout_tokens_per_s", "rollout tok/s"),
+                    ("decode_steps_per_s", "decode steps/s"), ("roof_steps_per_s", "read roof steps/s"),
+                    ("pct_of_read_roof", "% of roof"), ("rollout_peak_gb", "peak GB"), ("skipped", "skipped")]
+    grpo_cols = [("model", "model"), ("train", "GRPO"), ("grpo_trajectories_per_step", "trajectories/step"),
+                 ("grpo_step_s", "step s"), ("grpo_peak_gb", "peak GB")]
+    for cols, kind in ((rollout_cols, "rollout_batch"), (grpo_cols, "train")):
+        print("| " + " | ".join(c for _, c in cols) + " |\n|" + "---|" * len(cols))
+        for r in rows:
+            if kind in r:
+                cells = [f"{r[k]:.3g}" if isinstance(r.get(k), float) else str(r.get(k, "")) for k, _ in cols]
+                print("| " + " | ".join(cells) + " |")
+        print()
     if args.json:
         Path(args.json).write_text(json.dumps({"device": name, "copy_bandwidth": bw, "rows": rows}, indent=2))
 
