@@ -1,6 +1,7 @@
 """The loop's steps on a real-architecture adapter (Emu3, Janus-Pro), shared by their test files:
-a round (rollout with a plan review -> oracle judge -> critique + replay -> LoRA SFT step, merged ->
-eval -> reload gives the same logits) and a GRPO step with LoRA. Each adapter's test file builds
+the processor's grammar against the tiny processor's, a round (rollout with a plan review -> oracle
+judge -> critique + replay -> LoRA SFT step, merged -> eval -> reload gives the same logits) and a
+GRPO step. Each adapter's test file builds
 its tiny random policy and says where its first text-model layer is and what its model class is."""
 
 from __future__ import annotations
@@ -32,6 +33,28 @@ def blank_canvas_decoder(policy: Policy) -> Policy:
         conv.weight.zero_()
         conv.bias.fill_(1.0)  # (1.0 - mean 0.5) / std 0.5: white
     return p
+
+
+def check_grammar_like_the_tiny_processor(processor, rows: list[dict]) -> None:
+    """Same trajectory, same token structure: the adapter's masks and segment kinds equal the tiny
+    processor's position by position, the text round-trips through the model's tokenizer, and each
+    image is the VQ's fixed grid of codes (64 in the tiny configs)."""
+    from strokes.model.image_tokenizer import ImageTokenizer, fitting_images
+    from strokes.model.processor import Processor, build_text_tokenizer
+    from strokes.trajectory import from_row
+
+    it = ImageTokenizer.fit(fitting_images(40, 64, 0), 32, 8, 0)
+    tiny = Processor(build_text_tokenizer(it.num_codes), it)
+    for row in rows:
+        t = from_row(row)
+        a, b = processor.encode(t), tiny.encode(t)
+        assert a.completion_mask == b.completion_mask and a.segments == b.segments
+        back = processor.decode(a.input_ids)
+        assert back.prompt == t.prompt and len(back.steps) == len(t.steps)
+        for x, y in zip(back.steps, t.steps):
+            assert (x.instruction, x.description, x.inspection) == (y.instruction, y.description, y.inspection)
+            assert x.image.shape == (64, 64, 3) and x.image.dtype == np.uint8
+        assert sum(processor.is_code(i) for i in a.input_ids) == processor.codes_per_image * len(t.images())
 
 
 def saved(policy: Policy, path: Path) -> Path:

@@ -13,7 +13,7 @@ import json
 import numpy as np
 import pytest
 import torch
-from adapter_round import grpo_step, run_round
+from adapter_round import check_grammar_like_the_tiny_processor, grpo_step, run_round
 
 from strokes.errors import InputError
 from strokes.model.emu3 import Emu3ModelConfig, Emu3Policy, Emu3Processor, save_tiny_base
@@ -52,28 +52,12 @@ def test_processor_keeps_the_grammar_and_loss_mask_of_the_tiny_processor(policy,
     """Same trajectory, same token structure: the masks and segment kinds of the Emu3 processor
     equal the tiny processor's position by position, and the text round-trips through Emu3's
     tokenizer. The grammar markers were added after Emu3's vocabulary; codes are its visual block."""
-    from strokes.model.image_tokenizer import ImageTokenizer, fitting_images
-    from strokes.model.processor import Processor, build_text_tokenizer
-    from strokes.trajectory import from_row
-
     p = policy.processor
     vocab = json.loads((policy.model.config.to_json_string()))["vocabulary_map"]
     assert p.code_offset == vocab["<|visual token 000000|>"] and p.num_codes == 64 and p.codes_per_image == 64
     assert min(p.special.values()) >= len(vocab)  # markers are new tokens at the end
     assert policy.model.get_input_embeddings().num_embeddings == p.vocab_size == len(vocab) + 15
-    it = ImageTokenizer.fit(fitting_images(40, 64, 0), 32, 8, 0)
-    tiny = Processor(build_text_tokenizer(it.num_codes), it)
-    for row in rows:
-        t = from_row(row)
-        a, b = p.encode(t), tiny.encode(t)
-        assert a.completion_mask == b.completion_mask and a.segments == b.segments
-        back = p.decode(a.input_ids)
-        assert back.prompt == t.prompt and len(back.steps) == len(t.steps)
-        for x, y in zip(back.steps, t.steps):
-            assert (x.instruction, x.description, x.inspection) == (y.instruction, y.description, y.inspection)
-            assert x.image.shape == (64, 64, 3) and x.image.dtype == np.uint8
-        codes = [i for i in a.input_ids if p.is_code(i)]
-        assert len(codes) == 64 * len(t.images())
+    check_grammar_like_the_tiny_processor(p, rows)
 
 
 def test_a_round_runs_end_to_end(policy, tmp_path):

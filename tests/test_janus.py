@@ -15,7 +15,7 @@ import json
 import numpy as np
 import pytest
 import torch
-from adapter_round import grpo_step, run_round
+from adapter_round import check_grammar_like_the_tiny_processor, grpo_step, run_round
 
 from strokes.errors import InputError
 from strokes.model.janus import JanusModelConfig, JanusPolicy, JanusProcessor, save_tiny_base
@@ -75,24 +75,9 @@ def test_one_vocabulary_is_janus_text_head_then_its_generation_head(policy):
 def test_processor_keeps_the_grammar_and_loss_mask_of_the_tiny_processor(policy, rows):
     """Same trajectory, same token structure as the tiny processor, position by position; the text
     round-trips through Janus's tokenizer and each image is its VQ's fixed grid of codes."""
-    from strokes.model.image_tokenizer import ImageTokenizer, fitting_images
-    from strokes.model.processor import Processor, build_text_tokenizer
-    from strokes.trajectory import from_row
-
     p = policy.processor
     assert p.codes_per_image == 64 and p.image_tokenizer.image_size == 64
-    it = ImageTokenizer.fit(fitting_images(40, 64, 0), 32, 8, 0)
-    tiny = Processor(build_text_tokenizer(it.num_codes), it)
-    for row in rows:
-        t = from_row(row)
-        a, b = p.encode(t), tiny.encode(t)
-        assert a.completion_mask == b.completion_mask and a.segments == b.segments
-        back = p.decode(a.input_ids)
-        assert back.prompt == t.prompt and len(back.steps) == len(t.steps)
-        for x, y in zip(back.steps, t.steps):
-            assert (x.instruction, x.description, x.inspection) == (y.instruction, y.description, y.inspection)
-            assert x.image.shape == (64, 64, 3) and x.image.dtype == np.uint8
-        assert sum(p.is_code(i) for i in a.input_ids) == 64 * len(t.images())
+    check_grammar_like_the_tiny_processor(p, rows)
 
 
 def test_packed_rows_stay_isolated_as_the_trainer_feeds_them(policy):
@@ -109,23 +94,30 @@ def test_packed_rows_stay_isolated_as_the_trainer_feeds_them(policy):
     assert torch.allclose(packed, alone, atol=1e-5)
 
 
-def test_rollout_logprobs_agree_with_a_teacher_forced_forward(policy):
-    """The engine decodes with a KV cache through the one-vocabulary forward; the log-probabilities it
-    records are those of a plain forward over the finished trajectory, masked to each token's legal set."""
+def test_cached_decoding_samples_from_the_plain_forwards_logits(policy):
+    """The engine decodes through the one-vocabulary forward with a KV cache, refilling and compacting
+    rows: at every sampled position the logits it sampled from equal a plain forward's over the
+    finished sequence (text positions from the LM head, code positions from the generation head)."""
     from rollout import Engine, RolloutConfig
 
     torch.set_num_threads(1)
-    engine = Engine(policy, RolloutConfig(batch_size=4, max_steps=1, max_refines=1, max_text_tokens=6, device="cpu"))
-    rolled = engine.sample(make_suite("train", 1, 0, tasks=("colors",)), seed=3)
-    assert any(policy.processor.is_code(i) for s in rolled for i in s.completion_ids)
-    for s in rolled:
-        ids = torch.tensor([s.prompt_ids + s.completion_ids])
+    engine = Engine(policy, RolloutConfig(batch_size=4, refill_fraction=0.5, max_steps=1, max_refines=1,
+                                          max_text_tokens=6, device="cpu"))
+    p = policy.processor
+    engine.decoder.trace = []
+    prompts = [r.text for r in make_suite("test", 1, 3)]  # 6 prompts through a batch of 4
+    outs = engine.decoder.run([p.prompt_ids(t) for t in prompts], engine.generator(0))
+    assert engine.decoder.stats["refills"] >= 1
+    seen = {(k, t): lg for k, t, lg in engine.decoder.trace}
+    sampled_codes = 0
+    for k, o in enumerate(outs):
+        assert not o.error
         with torch.no_grad():
-            logits = policy.model(input_ids=ids).logits[0, len(s.prompt_ids) - 1: -1].float()
-        allowed = engine.legal_sets[torch.tensor(s.legal)]
-        masked = torch.log_softmax(logits.masked_fill(~allowed, float("-inf")), -1)
-        expected = masked.gather(1, torch.tensor(s.completion_ids)[:, None]).squeeze(1)
-        assert torch.allclose(torch.tensor(s.logprobs), expected, atol=1e-4)
+            plain = policy.model(input_ids=torch.tensor([o.ids])).logits[0].float()
+        for t in range(o.context_length, len(o.ids)):
+            assert torch.allclose(seen[(k, t)], plain[t - 1], atol=1e-4, rtol=1e-4), f"row {k} position {t}"
+            sampled_codes += p.is_code(o.ids[t])
+    assert sampled_codes >= 6 * 64
 
 
 def test_a_round_runs_end_to_end(policy, tmp_path):

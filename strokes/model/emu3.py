@@ -32,10 +32,10 @@ from typing import ClassVar
 
 from ..config_loader import require
 from ..errors import InputError
-from ..io import atomic_path
 from .policy import Policy
 from .processor import vocabulary
-from .vq_adapter import VQImageCodec, VQProcessor, add_markers, image_normalisation, load_submodule, prompt_words
+from .vq_adapter import (VQImageCodec, VQProcessor, add_markers, checkpoint_folder, conversion_parser,
+                         image_normalisation, load_submodule, prompt_words, save_base, write_policy)
 
 KIND = "strokes.emu3"
 # Tokens Emu3's tokenizer brings (names as in the released checkpoints). The tiny base carries them
@@ -192,11 +192,7 @@ def tiny_base(cfg: Emu3ModelConfig, words: list[str] = ()):
 
 def save_tiny_base(cfg: Emu3ModelConfig, folder: str | Path) -> Path:
     """Write a tiny random Emu3 checkpoint in Hugging Face's layout (what `base:` points at)."""
-    model, tokenizer = tiny_base(cfg)
-    folder = Path(folder)
-    model.save_pretrained(folder)
-    tokenizer.save_pretrained(folder)
-    return folder
+    return save_base(*tiny_base(cfg), folder)
 
 
 class Emu3Policy(Policy):
@@ -221,9 +217,7 @@ class Emu3Policy(Policy):
         """A policy from an Emu3 checkpoint that has never seen our grammar (real weights)."""
         from transformers import AutoTokenizer, Emu3ForConditionalGeneration
 
-        folder = Path(folder)
-        if not (folder / "config.json").is_file():
-            raise InputError(f"model.base: {folder} is not a checkpoint folder (no config.json)")
+        folder = checkpoint_folder(folder, "model.base")
         model = Emu3ForConditionalGeneration.from_pretrained(folder, dtype=dtype)
         mean, std = image_normalisation(folder)
         return cls.adapt(model, AutoTokenizer.from_pretrained(folder), image_size, canvas, mean, std)
@@ -241,9 +235,7 @@ class Emu3Policy(Policy):
     def from_pretrained(cls, folder: str | Path, dtype=None) -> "Emu3Policy":
         from transformers import Emu3ForConditionalGeneration
 
-        folder = Path(folder)
-        if not (folder / "config.json").is_file():
-            raise InputError(f"{folder}: not a checkpoint (no config.json)")
+        folder = checkpoint_folder(folder, "checkpoint")
         model = Emu3ForConditionalGeneration.from_pretrained(folder, dtype=dtype)
         _finish(model)
         return cls(model, Emu3Processor.from_pretrained(folder, vq=model.model.vqmodel))
@@ -265,18 +257,8 @@ def main(argv: list[str] | None = None) -> None:
     """`python -m strokes.model.emu3 --base DIR --out DIR`: turn a downloaded Emu3 checkpoint into a
     policy checkpoint (grammar markers added, processor saved) that `loop.base_checkpoint` can name;
     `--tiny --words PROMPTS` writes a tiny random one whose tokenizer knows the prompts' words."""
-    import argparse
-
-    parser = argparse.ArgumentParser(description=main.__doc__.splitlines()[0])
-    source = parser.add_mutually_exclusive_group(required=True)
-    source.add_argument("--base", help="Emu3 checkpoint folder (Hugging Face layout)")
-    source.add_argument("--tiny", action="store_true", help="a tiny random Emu3 instead (CPU runs and tests)")
-    parser.add_argument("--words", help="with --tiny: a prompt file whose words the tokenizer must know")
-    parser.add_argument("--out", required=True, help="policy checkpoint folder to write")
+    parser = conversion_parser(main.__doc__, "Emu3")
     parser.add_argument("--image-size", type=int, default=64, help="side the VQ encodes (multiple of 8)")
-    parser.add_argument("--canvas", type=int, default=64, help="side of the images it draws and judges read: "
-                                                               "64 for ShapeWorld, --image-size for an open world")
-    parser.add_argument("--dtype", default="auto", help="auto (the checkpoint's) or float32")
     args = parser.parse_args(argv)
     try:
         shape = TINY_SHAPE if args.tiny else {}
@@ -285,13 +267,7 @@ def main(argv: list[str] | None = None) -> None:
         policy = Emu3Policy.build(cfg, words=prompt_words(args.words) if args.words else ())
     except InputError as e:
         raise SystemExit(f"error: {e}") from None
-    out = Path(args.out)
-    with atomic_path(out, folder=True) as tmp:
-        policy.save_pretrained(tmp)
-    p = policy.processor
-    print(f"{out}: {sum(x.numel() for x in policy.model.parameters()) / 1e6:.1f}M parameters, "
-          f"{p.num_codes} codes at ids {p.code_offset}..{p.code_offset + p.num_codes - 1}, "
-          f"{p.codes_per_image} codes per image, markers at ids {min(p.special.values())}..{max(p.special.values())}")
+    write_policy(policy, args.out)
 
 
 if __name__ == "__main__":

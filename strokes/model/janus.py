@@ -37,10 +37,10 @@ from typing import ClassVar
 
 from ..config_loader import require
 from ..errors import InputError
-from ..io import atomic_path
 from .policy import Policy
 from .processor import vocabulary
-from .vq_adapter import VQImageCodec, VQProcessor, add_markers, image_normalisation, load_submodule, prompt_words
+from .vq_adapter import (VQImageCodec, VQProcessor, add_markers, checkpoint_folder, conversion_parser,
+                         image_normalisation, load_submodule, prompt_words, save_base, write_policy)
 
 KIND = "strokes.janus"
 # Tokens Janus-Pro's tokenizer brings (names as in the released checkpoints); the tiny base carries
@@ -199,11 +199,7 @@ def tiny_config(cfg: JanusModelConfig, tokenizer):
 
 def save_tiny_base(cfg: JanusModelConfig, folder: str | Path, words: list[str] = ()) -> Path:
     """Write a tiny random Janus checkpoint in Hugging Face's layout (what `base:` points at)."""
-    model, tokenizer = tiny_base(cfg, words)
-    folder = Path(folder)
-    model.save_pretrained(folder)
-    tokenizer.save_pretrained(folder)
-    return folder
+    return save_base(*tiny_base(cfg, words), folder)
 
 
 class JanusPolicy(Policy):
@@ -234,9 +230,7 @@ class JanusPolicy(Policy):
 
         from .janus_model import JanusUnified
 
-        folder = Path(folder)
-        if not (folder / "config.json").is_file():
-            raise InputError(f"model.base: {folder} is not a checkpoint folder (no config.json)")
+        folder = checkpoint_folder(folder, "model.base")
         model = JanusUnified.from_pretrained(folder, dtype=dtype)
         mean, std = image_normalisation(folder)
         return cls.adapt(model, AutoTokenizer.from_pretrained(folder), canvas, mean, std)
@@ -254,9 +248,7 @@ class JanusPolicy(Policy):
     def from_pretrained(cls, folder: str | Path, dtype=None) -> "JanusPolicy":
         from .janus_model import JanusUnified
 
-        folder = Path(folder)
-        if not (folder / "config.json").is_file():
-            raise InputError(f"{folder}: not a checkpoint (no config.json)")
+        folder = checkpoint_folder(folder, "checkpoint")
         model = JanusUnified.from_pretrained(folder, dtype=dtype)
         _finish(model)
         return cls(model, JanusProcessor.from_pretrained(folder, vq=model.model.vqmodel))
@@ -284,31 +276,14 @@ def main(argv: list[str] | None = None) -> None:
     """`python -m strokes.model.janus --base DIR --out DIR`: turn a downloaded Janus(-Pro) checkpoint
     into a policy checkpoint (grammar markers added, processor saved) that `loop.base_checkpoint`
     can name; `--tiny [--words PROMPTS]` writes a tiny random one instead."""
-    import argparse
-
-    parser = argparse.ArgumentParser(description=main.__doc__.splitlines()[0])
-    source = parser.add_mutually_exclusive_group(required=True)
-    source.add_argument("--base", help="Janus checkpoint folder (Hugging Face layout)")
-    source.add_argument("--tiny", action="store_true", help="a tiny random Janus instead (CPU runs and tests)")
-    parser.add_argument("--words", help="with --tiny: a prompt file whose words the tokenizer must know")
-    parser.add_argument("--out", required=True, help="policy checkpoint folder to write")
-    parser.add_argument("--canvas", type=int, default=64, help="side of the images it draws and judges read: "
-                                                               "64 for ShapeWorld")
-    parser.add_argument("--dtype", default="auto", help="auto (the checkpoint's) or float32")
-    args = parser.parse_args(argv)
+    args = conversion_parser(main.__doc__, "Janus").parse_args(argv)
     try:
         cfg = JanusModelConfig(base=args.base or "", canvas=args.canvas, dtype=args.dtype,
                                **(TINY_SHAPE if args.tiny else {}))
         policy = JanusPolicy.build(cfg, words=prompt_words(args.words) if args.words else ())
     except InputError as e:
         raise SystemExit(f"error: {e}") from None
-    out = Path(args.out)
-    with atomic_path(out, folder=True) as tmp:
-        policy.save_pretrained(tmp)
-    p = policy.processor
-    print(f"{out}: {policy.num_parameters() / 1e6:.1f}M parameters, {p.num_codes} codes at ids "
-          f"{p.code_offset}..{p.vocab_size - 1}, {p.codes_per_image} codes per image "
-          f"({p.image_tokenizer.image_size} px), markers at ids {min(p.special.values())}..{max(p.special.values())}")
+    write_policy(policy, args.out)
 
 
 if __name__ == "__main__":

@@ -10,10 +10,13 @@ the adapters differ only in how their VQ is called and where their codes sit in 
   read. Subclasses say how their VQ encodes pixels and decodes codes.
 - `VQProcessor`: `Processor` (grammar, loss mask, parser) over the model's own tokenizer, with our
   grammar markers added as special tokens (`add_markers`) and `text_ids` every ordinary token.
+- the conversion command's common half (`conversion_parser`, `write_policy`): a downloaded
+  checkpoint (or a tiny random one) in, a policy checkpoint out.
 """
 
 from __future__ import annotations
 
+import argparse
 import json
 from pathlib import Path
 from typing import ClassVar
@@ -21,6 +24,7 @@ from typing import ClassVar
 import numpy as np
 
 from ..errors import InputError
+from ..io import atomic_path
 from .processor import SPECIALS, Processor, join_words
 
 
@@ -181,3 +185,46 @@ def prompt_words(path: str | Path) -> list[str]:
     from ..records import read_prompts
 
     return list(dict.fromkeys(w for r in read_prompts(path) for w in r.text.lower().split()))
+
+
+def checkpoint_folder(folder: str | Path, field: str) -> Path:
+    """`folder` when it holds a Hugging Face checkpoint (`config.json`); else a one-line error naming
+    `field` (what the folder came from)."""
+    folder = Path(folder)
+    if not (folder / "config.json").is_file():
+        raise InputError(f"{field}: {folder} is not a checkpoint folder (no config.json)")
+    return folder
+
+
+def save_base(model, tokenizer, folder: str | Path) -> Path:
+    """Write a model and its tokenizer in Hugging Face's layout, as a downloaded checkpoint is."""
+    folder = Path(folder)
+    model.save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    return folder
+
+
+def conversion_parser(doc: str, model: str) -> argparse.ArgumentParser:
+    """The arguments every `python -m strokes.model.<adapter>` conversion takes: `--base DIR` or
+    `--tiny [--words PROMPTS]`, `--out`, `--canvas`, `--dtype`."""
+    parser = argparse.ArgumentParser(description=doc.splitlines()[0])
+    source = parser.add_mutually_exclusive_group(required=True)
+    source.add_argument("--base", help=f"{model} checkpoint folder (Hugging Face layout)")
+    source.add_argument("--tiny", action="store_true", help=f"a tiny random {model} instead (CPU runs and tests)")
+    parser.add_argument("--words", help="with --tiny: a prompt file whose words the tokenizer must know")
+    parser.add_argument("--out", required=True, help="policy checkpoint folder to write")
+    parser.add_argument("--canvas", type=int, default=64, help="side of the images it draws and judges read: "
+                                                               "64 for ShapeWorld, the VQ's size for an open world")
+    parser.add_argument("--dtype", default="auto", help="auto (the checkpoint's) or float32")
+    return parser
+
+
+def write_policy(policy, out: str | Path) -> None:
+    """Save a converted policy atomically and say what it is in one line."""
+    out = Path(out)
+    with atomic_path(out, folder=True) as tmp:
+        policy.save_pretrained(tmp)
+    p = policy.processor
+    print(f"{out}: {policy.num_parameters() / 1e6:.1f}M parameters, {p.num_codes} codes at ids "
+          f"{p.code_offset}..{p.code_offset + p.num_codes - 1}, {p.codes_per_image} codes per image "
+          f"({p.image_tokenizer.image_size} px), markers at ids {min(p.special.values())}..{max(p.special.values())}")
