@@ -18,7 +18,8 @@ cache would not fit the free memory is reported as skipped. GRPO: the 1B arm tra
 (beta 0: no reference model, which TRL would load from a checkpoint folder), the 7B arm LoRA r=16
 with beta 0.02 (the reference is the base with adapters off).
 
-    python benchmarks/gpu_check_janus.py            # on the GPU machine; --json FILE keeps the rows
+    python benchmarks/gpu_check_janus.py            # on the GPU machine (estimated 8 min, not yet run on one); --json FILE
+    python benchmarks/gpu_check_janus.py --models janus-pro-7b   # one shape per call (estimated 5 min)
     python benchmarks/gpu_check_janus.py --tiny     # same code, CPU, a tiny random Janus: checks the script
 """
 
@@ -128,6 +129,8 @@ def main() -> None:
     parser.add_argument("--tiny", action="store_true", help="CPU, a tiny random Janus, float32: checks the script")
     parser.add_argument("--batches", default="", help="rollout batches, comma-separated (default 1,64,256; tiny 1,4,8)")
     parser.add_argument("--grpo-steps", type=int, default=3, help="GRPO steps per arm (the first one untimed)")
+    parser.add_argument("--models", default="", help="on the GPU, which shapes (default: janus-pro-1b,janus-pro-7b); "
+                                                     "one per call keeps each call short")
     parser.add_argument("--json", default="", help="also write the rows to this file")
     args = parser.parse_args()
 
@@ -143,6 +146,8 @@ def main() -> None:
         if not torch.cuda.is_available():
             raise SystemExit("no GPU here: run with --tiny to check the script on CPU")
         device, dtype, arms, group = torch.device("cuda"), torch.bfloat16, ARMS["gpu"], (4, 8)
+        if args.models:
+            arms = [(shape, mode) for shape, mode in arms if shape in args.models.split(",")]
         batches = [int(b) for b in (args.batches or "1,64,256").split(",")]
     t_start = time.perf_counter()
     bw = copy_bandwidth(device, 64 if args.tiny else 2048)

@@ -224,3 +224,24 @@ def test_markers_take_spare_rows_when_the_vocabulary_has_them(tmp_path):
     assert p.processor.code_offset == rows == p.model.get_input_embeddings().num_embeddings
     assert max(p.processor.special.values()) == len(tokenizer) + 14
     assert p.model(input_ids=torch.tensor([[0, rows + 3]])).logits.shape[-1] == rows + 64
+
+
+def test_a_rollout_actor_loads_the_next_checkpoint_in_place(policy, tmp_path):
+    """`rollout.weights.PolicySlot` (what a rollout actor does between rounds): a later Janus
+    checkpoint is copied into the same model object, whose logits then equal a fresh load's, and
+    the processor keeps reading the model's own VQ."""
+    from dataclasses import replace
+
+    from rollout.weights import PolicySlot
+
+    policy.save_pretrained(tmp_path / "a")
+    JanusPolicy.build(replace(TINY, seed=1)).save_pretrained(tmp_path / "b")
+    ids = torch.tensor([policy.processor.prompt_ids("a red circle") + [policy.processor.code_offset + 3]])
+    slot = PolicySlot()
+    assert slot.load(tmp_path / "a") == "fresh"
+    model = slot.policy.model
+    assert slot.load(tmp_path / "b") == "in_place" and slot.policy.model is model
+    with torch.no_grad():
+        assert torch.equal(model(input_ids=ids).logits, Policy.from_pretrained(tmp_path / "b").model(input_ids=ids).logits)
+        assert not torch.equal(model(input_ids=ids).logits, policy.model(input_ids=ids).logits)
+    assert slot.policy.processor.image_tokenizer.vq is model.model.vqmodel
