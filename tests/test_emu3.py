@@ -95,7 +95,7 @@ def test_bad_inputs_fail_in_one_line(base_dir, tmp_path):
         Emu3Policy.from_base(bad)
     (tmp_path / "odd").mkdir()
     (tmp_path / "odd" / "config.json").write_text("{}")
-    (tmp_path / "odd" / "processor.json").write_text(json.dumps({"processor": "strokes.janus"}))
+    (tmp_path / "odd" / "processor.json").write_text(json.dumps({"processor": "strokes.bagel"}))
     with pytest.raises(InputError, match="unknown policy kind"):
         Policy.from_pretrained(tmp_path / "odd")
 
