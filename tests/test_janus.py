@@ -208,6 +208,9 @@ def test_bad_inputs_fail_in_one_line(tmp_path):
         JanusPolicy.from_base(tmp_path / "nowhere")
     with pytest.raises(InputError, match="not a checkpoint"):
         JanusPolicy.from_pretrained(tmp_path)
+    (tmp_path / "config.json").write_text(json.dumps({"model_type": "multi_modality"}))  # DeepSeek's own layout
+    with pytest.raises(InputError, match="'multi_modality' checkpoint, not transformers' Janus"):
+        JanusPolicy.from_base(tmp_path)
 
 
 def test_markers_take_spare_rows_when_the_vocabulary_has_them(tmp_path):

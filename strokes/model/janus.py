@@ -231,6 +231,11 @@ class JanusPolicy(Policy):
         from .janus_model import JanusUnified
 
         folder = checkpoint_folder(folder, "model.base")
+        kind = json.loads((folder / "config.json").read_text()).get("model_type")
+        if kind != "janus":
+            raise InputError(f"model.base: {folder} holds a {kind!r} checkpoint, not transformers' Janus "
+                             "('janus'); DeepSeek's original layout converts with transformers' "
+                             "convert_janus_weights_to_hf.py (docs/adapters.md)")
         model = JanusUnified.from_pretrained(folder, dtype=dtype)
         mean, std = image_normalisation(folder)
         return cls.adapt(model, AutoTokenizer.from_pretrained(folder), canvas, mean, std)
