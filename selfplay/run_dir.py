@@ -119,8 +119,10 @@ class RunState:
     @classmethod
     def load(cls, run_dir: Path) -> RunState:
         """The state in `run_dir/state.json`, or a fresh one saved there later. A damaged file (cut
-        short, hand-edited) is refused with one line naming it and what is wrong: guessing would
-        redo or skip stages of a run silently. `{}` is a fresh state; unknown keys are ignored."""
+        short, hand-edited, or missing any of the keys `save` always writes, `{}` included) is
+        refused with one line naming it and what is wrong: guessing would redo or skip stages of a
+        run silently (a `{}` used to re-run every stage over the old outputs). Unknown keys are
+        ignored."""
         path = Path(run_dir) / "state.json"
         if not path.exists():
             return cls(path=path)
@@ -135,6 +137,9 @@ class RunState:
         names = {f.name for f in dataclasses.fields(cls)} - {"path"}
         state = {k: v for k, v in data.items() if k in names}
         problem = _problem(state)
+        missing = sorted(names - state.keys())
+        if not problem and missing:
+            problem = f"missing {', '.join(repr(k) for k in missing)}"
         if problem:
             raise InputError(f"{path}: corrupt run state ({problem})")
         return cls(**state, path=path)

@@ -31,7 +31,8 @@ def setup(tmp_path) -> tuple[Path, Path]:
     run = tmp_path / "runs" / "c"
     run.mkdir(parents=True)
     dump(load_config(cfg), run / "config.yaml")
-    (run / "state.json").write_text(json.dumps({"done": ["0:checkpoint"], "policy": None}))
+    (run / "state.json").write_text(json.dumps({"done": ["0:checkpoint"], "policy": None, "policy_round": 0,
+                                                "promotions": {}}))
     return cfg, run
 
 
@@ -87,13 +88,22 @@ def test_a_damaged_state_json_is_refused_in_one_line(tmp_path, text, problem):
     assert "state.json: corrupt run state" in msg and problem in msg and "\n" not in msg
 
 
-def test_an_empty_state_is_a_fresh_one_and_a_damaged_one_stops_a_resume(setup, capsys):
+def test_a_state_missing_its_keys_stops_a_resume_naming_them(setup, capsys):
+    """`{}` (or any state short of the keys `RunState.save` always writes) is not a fresh run: resuming
+    it used to re-run every stage over the old outputs without a word."""
     cfg, run = setup
     (run / "state.json").write_text("{}")
-    assert RunState.load(run).done == []
+    code, err = selfplay_run(capsys, cfg)
+    assert code == 2
+    assert "state.json: corrupt run state (missing 'done', 'policy', 'policy_round', 'promotions')" in err
+    (run / "state.json").write_text('{"done": ["0:checkpoint"], "policy": null, "policy_round": 0}')
+    code, err = selfplay_run(capsys, cfg)
+    assert code == 2 and "(missing 'promotions')" in err
     (run / "state.json").write_text('{"done": 5}')
     code, err = selfplay_run(capsys, cfg)
-    assert code == 2 and "state.json: corrupt run state" in err
+    assert code == 2 and "state.json: corrupt run state ('done' must be a list" in err
+    RunState(path=run / "state.json").save()  # what the loop writes for a run that has done nothing yet
+    assert RunState.load(run).done == []
 
 
 def test_the_dry_run_checks_the_paths_the_run_starts_from(setup, capsys):
