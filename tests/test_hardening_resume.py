@@ -1,6 +1,6 @@
 """Hardening of `selfplay run` (issue 16): a resume keeps the run's own config unless a field safe to
 change is named with --allow-change, a damaged state.json is refused in one line, and --dry-run checks
-the paths the run would start from. No model is built: the run folders are written by hand."""
+the paths the run would start from. The run folders are written by hand around a tiny saved policy."""
 
 from __future__ import annotations
 
@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 import yaml
+from test_rollout_support import tiny_checkpoint
 
 from selfplay.cli import main
 from selfplay.config import load_config
@@ -16,16 +17,10 @@ from selfplay.run_dir import RunState
 from strokes.config_loader import dump
 from strokes.errors import InputError
 
-SHAPE = {"hidden_size": 32, "num_hidden_layers": 1, "vocab_size": 100, "intermediate_size": 64,
-         "num_attention_heads": 2, "max_position_embeddings": 512}
-
-
 @pytest.fixture
-def setup(tmp_path) -> tuple[Path, Path]:
+def setup(tmp_path, tmp_path_factory) -> tuple[Path, Path]:
     """(config file, run folder): a run killed after round 0's checkpoint, with its config.yaml."""
-    base = tmp_path / "base"
-    base.mkdir()
-    (base / "config.json").write_text(json.dumps(SHAPE))
+    base = tiny_checkpoint(tmp_path_factory)  # the dry run checks it in full
     cfg = tmp_path / "c.yaml"
     cfg.write_text(yaml.safe_dump({"loop": {"base_checkpoint": str(base), "rounds": 1}}))
     run = tmp_path / "runs" / "c"
@@ -117,5 +112,5 @@ def test_the_dry_run_checks_the_paths_the_run_starts_from(setup, capsys):
     recipe.write_text("model: {hidden_size: 64, num_heads: 2}\n")
     assert main(["run", str(cfg), "--dry-run", "--from-scratch", "--set", "loop.base_checkpoint=/nonexistent",
                  "--set", f"loop.base_recipe={recipe}"]) == 0
-    planned = json.loads(capsys.readouterr().out.split("# the plan\n", 1)[1])
+    planned = json.loads(capsys.readouterr().out.split("# the plan\n", 1)[1].split("# what runs where", 1)[0])
     assert planned["policy"]["hidden"] == 64  # the recipe's shape, not the checkpoint's

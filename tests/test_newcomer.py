@@ -127,8 +127,9 @@ def test_prompts_in_our_templates_parse_back_into_their_records():
 def test_the_cluster_dry_run_warns_about_the_tiny_model_and_wandb_online(capsys):
     assert main(["run", "configs/cluster.yaml", "--dry-run"]) == 0
     err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 2
-    assert "2.3M-parameter model" in err[0] and "loop.base_checkpoint" in err[0]
-    assert "wandb login" in err[1]
+    assert len(err) == 3
+    assert "train.max_length 4096 is beyond the model's 1024 positions" in err[0]
+    assert "2.3M-parameter model" in err[1] and "loop.base_checkpoint" in err[1]
+    assert "wandb login" in err[2]
     assert main(["run", "configs/shapeworld.yaml", "--dry-run"]) == 0
     assert capsys.readouterr().err == ""
