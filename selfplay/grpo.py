@@ -5,23 +5,40 @@ the weights (`trainer/grpo.py`), and the next step samples from the updated weig
 Rollouts here are process mode with the policy's own sampled verdicts and no redraws
 (`rollout.retries` is for evaluation): what the model writes is what it is rewarded for, and every
 token it chose is in the trajectory the trainer sees.
+
+Each step keeps a sample of its trajectories (whole groups, up to `KEEP_PER_STEP`) with their reward
+components and the judge's findings in the stage folder (`selfplay.run_dir.write_step_trajectories`),
+so what the reward paid for can be read afterwards (the report shows a few): reward hacking shows in
+the trajectories, not in the curves.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import json
+from dataclasses import asdict
 from pathlib import Path
+from typing import Callable
 
 from rollout import Engine
 from strokes.model.policy import Policy
 from strokes.records import PromptRecord
+from strokes.trajectory import Trajectory, to_row
 from trainer.grpo import SampleFn, train_grpo
 
 from .config import RunConfig
 from .evaluation import sampled_verdicts, training_suite
-from .rewards import ExactCheck, judge_rollouts, reward_functions, verdict_advantages
+from .rewards import ExactCheck, Judged, judge_rollouts, reward_functions, verdict_advantages
+from .run_dir import write_step_trajectories
 from .world import make_world
+
+KEEP_PER_STEP = 16
+"""Trajectories kept of each GRPO step (whole groups, the first ones TRL handed over: its sampler
+shuffles the prompts): about 40 kB a step compressed, with every visual state as PNG."""
+
+Keep = Callable[[list[Trajectory], list[Judged]], None]
+"""Called with each step's trajectories and what the judge found in them, in TRL's order."""
 
 
 def grpo_prompts(cfg: RunConfig, rnd: int) -> list[str]:
@@ -33,16 +50,20 @@ def grpo_prompts(cfg: RunConfig, rnd: int) -> list[str]:
     return [json.dumps(r.to_json()) for r in suite]
 
 
-def make_sampler(engine: Engine, judge, exact: ExactCheck | None = None, verdict_weight: float = 0.0) -> SampleFn:
+def make_sampler(engine: Engine, judge, exact: ExactCheck | None = None, verdict_weight: float = 0.0,
+                 keep: Keep | None = None) -> SampleFn:
     """The rollout function TRL calls: trajectories for the prompts, their tokens, log-probs and legal
     sets (`legal`), the mask of tokens the model chose (`env_mask`), the judge's findings (`judged`) and, with a
-    `verdict_weight`, each verdict word's own advantage (`token_advantages`, `verdict_advantages`)."""
+    `verdict_weight`, each verdict word's own advantage (`token_advantages`, `verdict_advantages`).
+    `keep` sees every step's trajectories and findings (`step_keeper`)."""
     eos, inspect = engine.processor.special["<eos>"], engine.processor.special["<inspect>"]
 
     def sample(prompts: list[str], seed: int) -> dict:
         records = [PromptRecord.from_json(json.loads(p)) for p in prompts]
         rolled = engine.sample(records, seed)
         judged = judge_rollouts([s.trajectory for s in rolled], judge, exact)
+        if keep is not None:
+            keep([s.trajectory for s in rolled], judged)
         out = {"prompt_ids": [], "completion_ids": [], "logprobs": [], "env_mask": [], "legal": [], "judged": judged}
         for s in rolled:
             empty = not s.completion_ids  # refused at admission: one inert token keeps TRL's shapes
@@ -62,17 +83,50 @@ def make_sampler(engine: Engine, judge, exact: ExactCheck | None = None, verdict
     return sample
 
 
-def grpo_stage(cfg: RunConfig, parent: Path, prompts: list[str], out: Path, judge) -> dict:
+def trajectory_rows(trajectories: list[Trajectory], judged: list[Judged], group: int, step: int) -> list[dict]:
+    """The rows a step keeps: whole groups of `group` trajectories, up to `KEEP_PER_STEP` (at least
+    one group), each trajectory as stored elsewhere (`to_row`, its visual states as base64 PNG) with
+    the step, its group, its reward components and the judge's findings."""
+    import base64
+
+    n = min(len(trajectories), max(group, KEEP_PER_STEP // group * group))
+    kept, found = trajectories[:n], judged[:n]
+    rewards = {name: fn([t.prompt for t in kept], None, judged=found) for name, fn in reward_functions().items()}
+    rows = []
+    for k, (t, j) in enumerate(zip(kept, found)):
+        row = to_row(t)
+        row["images"] = [base64.b64encode(png).decode() for png in row["images"]]
+        rows.append({"step": step, "group": k // group, **row,
+                     "rewards": {name: values[k] for name, values in rewards.items()}, "judged": asdict(j)})
+    return rows
+
+
+def step_keeper(folder: Path, group: int) -> Keep:
+    """A `Keep` that writes each step's `trajectory_rows` into `folder` (steps numbered from 1 in
+    the order TRL asks for them: the loop restarts a killed training stage from its first step)."""
+    steps = itertools.count(1)
+
+    def keep(trajectories: list[Trajectory], judged: list[Judged]) -> None:
+        step = next(steps)
+        write_step_trajectories(folder, step, trajectory_rows(trajectories, judged, group, step))
+
+    return keep
+
+
+def grpo_stage(cfg: RunConfig, parent: Path, prompts: list[str], out: Path, judge,
+               keep_in: Path | None = None) -> dict:
     """GRPO of `parent` for `train.grpo.steps` steps on `prompts` (`grpo_prompts`); the checkpoint
-    lands in `out/checkpoint`, TRL's log lines in `out/metrics.jsonl` (as SFT's do). Returns the
-    training summary."""
+    lands in `out/checkpoint`, TRL's log lines in `out/metrics.jsonl` (as SFT's do), and with
+    `keep_in` (the stage folder) a sample of each step's trajectories there. Returns the training
+    summary."""
     rollout_cfg = dataclasses.replace(sampled_verdicts(cfg.rollout), mode="process", actors=0)
     policy = Policy.from_pretrained(parent)
     engine = Engine(policy, rollout_cfg)  # shares policy.model with the trainer: it samples the live weights
     g = cfg.train.grpo
     verdict_weight = g.reward_weights.get("inspection", 0.0) if g.verdict_credit == "token" else 0.0
     exact = make_world(cfg).is_correct if cfg.judge.kind == "oracle" else None
-    sample = make_sampler(engine, judge, exact=exact, verdict_weight=verdict_weight)
+    keep = step_keeper(keep_in, g.generations) if keep_in is not None else None
+    sample = make_sampler(engine, judge, exact=exact, verdict_weight=verdict_weight, keep=keep)
     return train_grpo(policy, prompts, cfg.train, out, sample, reward_functions(), engine.legal_sets,
                       temperature=rollout_cfg.temperature)
 

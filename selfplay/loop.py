@@ -97,6 +97,7 @@ class Loop:
         cfg = self.cfg
         base = self.stage(0, CHECKPOINT, lambda tmp: base_stage(cfg, from_scratch, tmp)) / "checkpoint"
         evaluated = self.eval_round(0, base)
+        self.tracker.sync(0)
         if self.state.policy is None:
             self.state.policy = str(evaluated)
             self.state.save()
@@ -134,7 +135,6 @@ class Loop:
         self.stage(rnd, EVAL, lambda tmp: evaluate(self.cfg, checkpoint, tmp, rnd, fleet=self.fleet))
         self.stage(rnd, VALIDATE, lambda tmp: validate(self.cfg, checkpoint, tmp, rnd, fleet=self.fleet, log=self.log))
         self.run.rebuild_metrics()
-        self.tracker.sync(rnd)
         self.log(f"round {rnd}: " + ", ".join(f"{mode} {100 * s['overall']:.1f} ± {100 * s['overall_se']:.1f}"
                                               for mode, s in self.run.scores(rnd, EVAL).items()))
         return checkpoint

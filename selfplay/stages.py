@@ -116,7 +116,8 @@ def train_stage(cfg: RunConfig, parent: Path, dataset_dir: Path, out: Path, rnd:
     `out/checkpoint`."""
     if cfg.train.round_method(rnd) == "grpo" and arm == "policy":
         prompts = json.loads((dataset_dir / "prompts.json").read_text())
-        summary = grpo_stage(cfg, parent, prompts, out / "train", policy_judge(cfg.judge, parent, cfg.rollout))
+        summary = grpo_stage(cfg, parent, prompts, out / "train", policy_judge(cfg.judge, parent, cfg.rollout),
+                             keep_in=out)
         return _keep_training(out, summary, rnd, arm)
     if (dataset_dir / "EMPTY").exists() or max_steps == 0:  # nothing to learn: the parent carries on
         shutil.copytree(parent, out / "checkpoint")

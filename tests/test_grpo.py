@@ -198,9 +198,10 @@ def test_grpo_config_refuses_unknown_rewards_and_ray_train():
         GrpoConfig(reward_weights={"beauty": 1.0})
 
 
-def test_a_tiny_grpo_round_end_to_end(tmp_path, base_checkpoint):  # noqa: F811
+def test_a_tiny_grpo_round_end_to_end(tmp_path, base_checkpoint, recwarn):  # noqa: F811
     """Round 1 trains by GRPO on the policy's own rollouts: the rewards come from the judge and are
-    logged, the weights move, the checkpoint reloads, the control arm trains the same steps by SFT."""
+    logged, the weights move, the checkpoint reloads, the control arm trains the same steps by SFT;
+    and TRL's use of a deprecated transformers alias prints no FutureWarning into the console."""
     cfg = tiny_config(tmp_path, base_checkpoint, loop={"rounds": 1},
                       train={"method": "grpo", "lr": 1e-3,
                              "grpo": {"steps": 2, "prompts_per_step": 2, "generations": 2, "prompts": 6}})
@@ -223,6 +224,7 @@ def test_a_tiny_grpo_round_end_to_end(tmp_path, base_checkpoint):  # noqa: F811
     moved = [not torch.equal(a, b) for a, b in zip(trained.model.parameters(), base.model.parameters())]
     assert any(moved)
     assert "GRPO rounds" in (run / "report.html").read_text()
+    assert not [w for w in recwarn if issubclass(w.category, FutureWarning)], [str(w.message) for w in recwarn]
 
 
 @pytest.mark.slow
