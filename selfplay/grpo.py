@@ -17,10 +17,12 @@ from __future__ import annotations
 import dataclasses
 import itertools
 import json
+import time
 from dataclasses import asdict
 from pathlib import Path
 from typing import Callable
 
+from judges.unjudged import judge_stats, require_verdicts
 from rollout import Engine
 from strokes.model.policy import Policy
 from strokes.records import PromptRecord
@@ -29,6 +31,7 @@ from trainer.grpo import SampleFn, train_grpo
 
 from .config import RunConfig
 from .evaluation import sampled_verdicts, training_suite
+from .judging import JudgeMeter
 from .rewards import ExactCheck, Judged, judge_rollouts, reward_functions, verdict_advantages
 from .run_dir import write_step_trajectories
 from .world import make_world
@@ -51,20 +54,33 @@ def grpo_prompts(cfg: RunConfig, rnd: int) -> list[str]:
 
 
 def make_sampler(engine: Engine, judge, exact: ExactCheck | None = None, verdict_weight: float = 0.0,
-                 keep: Keep | None = None) -> SampleFn:
+                 keep: Keep | None = None, meter: JudgeMeter | None = None, questions: bool = False) -> SampleFn:
     """The rollout function TRL calls: trajectories for the prompts, their tokens, log-probs and legal
     sets (`legal`), the mask of tokens the model chose (`env_mask`), the judge's findings (`judged`) and, with a
     `verdict_weight`, each verdict word's own advantage (`token_advantages`, `verdict_advantages`).
-    `keep` sees every step's trajectories and findings (`step_keeper`)."""
+    `questions`: the final reward from the judge's answers to the prompt's atomic questions
+    (`judge.final_reward`). `keep` sees every step's trajectories and findings (`step_keeper`). With a
+    `meter`, the step's judge cost and timings go to the reward functions' log (`judge_cost`), and a step
+    whose missing verdicts exceed `judge.max_unjudged` stops the round
+    (`judges.unjudged.require_verdicts`) instead of training on zero advantages."""
     eos, inspect = engine.processor.special["<eos>"], engine.processor.special["<inspect>"]
 
     def sample(prompts: list[str], seed: int) -> dict:
         records = [PromptRecord.from_json(json.loads(p)) for p in prompts]
+        t0 = time.perf_counter()
         rolled = engine.sample(records, seed)
-        judged = judge_rollouts([s.trajectory for s in rolled], judge, exact)
+        t1 = time.perf_counter()
+        judged = judge_rollouts([s.trajectory for s in rolled], judge, exact, questions)
         if keep is not None:
             keep([s.trajectory for s in rolled], judged)
-        out = {"prompt_ids": [], "completion_ids": [], "logprobs": [], "env_mask": [], "legal": [], "judged": judged}
+        extra = {}
+        if meter is not None:
+            missing, asked = sum(j.unjudged for j in judged), sum(j.asked for j in judged)
+            cost = meter.step([s.trajectory for s in rolled], judged, t1 - t0, time.perf_counter() - t1)
+            require_verdicts(meter.cfg, missing, asked, f"GRPO step {len(meter.steps)}'s rollouts", judge)
+            extra["judge_cost"] = [cost] * len(prompts)
+        out = {"prompt_ids": [], "completion_ids": [], "logprobs": [], "env_mask": [], "legal": [], "judged": judged,
+               **extra}
         for s in rolled:
             empty = not s.completion_ids  # refused at admission: one inert token keeps TRL's shapes
             out["prompt_ids"].append(s.prompt_ids)
@@ -118,15 +134,25 @@ def grpo_stage(cfg: RunConfig, parent: Path, prompts: list[str], out: Path, judg
     """GRPO of `parent` for `train.grpo.steps` steps on `prompts` (`grpo_prompts`); the checkpoint
     lands in `out/checkpoint`, TRL's log lines in `out/metrics.jsonl` (as SFT's do), and with
     `keep_in` (the stage folder) a sample of each step's trajectories there. Returns the training
-    summary."""
+    summary, with what the judge cost (`judge`: requests, tokens, seconds against rollout seconds, and
+    its counters). A judge budget that cannot pay for another step ends the round after the last whole
+    step."""
     rollout_cfg = dataclasses.replace(sampled_verdicts(cfg.rollout), mode="process", actors=0)
     policy = Policy.from_pretrained(parent)
     engine = Engine(policy, rollout_cfg)  # shares policy.model with the trainer: it samples the live weights
     g = cfg.train.grpo
     verdict_weight = g.reward_weights.get("inspection", 0.0) if g.verdict_credit == "token" else 0.0
-    exact = make_world(cfg).is_correct if cfg.judge.kind == "oracle" else None
+    world = make_world(cfg)
+    exact = world.is_correct if cfg.judge.kind == "oracle" else None
+    # against a judge that is not the exact one, the world's exact judge (where it has one) labels
+    # the same rollouts again: how often the training judge agrees, per task
+    reference = world.label_judge() if cfg.judge.kind != "oracle" and world.exact else None
+    meter = JudgeMeter(judge, cfg.judge, reference, world.is_correct if reference is not None else None)
     keep = step_keeper(keep_in, g.generations) if keep_in is not None else None
-    sample = make_sampler(engine, judge, exact=exact, verdict_weight=verdict_weight, keep=keep)
-    return train_grpo(policy, prompts, cfg.train, out, sample, reward_functions(), engine.legal_sets,
-                      temperature=rollout_cfg.temperature)
+    sample = make_sampler(engine, judge, exact=exact, verdict_weight=verdict_weight, keep=keep, meter=meter,
+                          questions=cfg.judge.asks_questions)
+    summary = train_grpo(policy, prompts, cfg.train, out, sample, reward_functions(), engine.legal_sets,
+                         temperature=rollout_cfg.temperature, should_stop=meter.over_budget)
+    summary["judge"] = {**meter.totals(), "counters": judge_stats(judge)}
+    return summary
 
