@@ -4,19 +4,27 @@ the weights (`trainer/grpo.py`), and the next step samples from the updated weig
 
 Rollouts here are process mode with the policy's own sampled verdicts and no redraws
 (`rollout.retries` is for evaluation): what the model writes is what it is rewarded for, and every
-token it chose is in the trajectory the trainer sees.
+token it chose is in the trajectory the trainer sees. They run in the trainer's process on its live
+weights, or with `rollout.actors: N` on the run's Ray fleet, which gets each step's weights through
+the object store (`rollout/steps.py`); the judge runs here either way.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import json
+import time
 from pathlib import Path
+from typing import Callable, Sequence
 
-from rollout import Engine
+from rollout import Engine, RolloutFleet
+from rollout.engine import Sampled
+from rollout.steps import FleetRollouts
+from rollout.sync import WeightPublisher
 from strokes.model.policy import Policy
 from strokes.records import PromptRecord
 from trainer.grpo import SampleFn, train_grpo
+from trainer.trl_common import peft_config
 
 from .config import RunConfig
 from .evaluation import sampled_verdicts, training_suite
@@ -33,17 +41,28 @@ def grpo_prompts(cfg: RunConfig, rnd: int) -> list[str]:
     return [json.dumps(r.to_json()) for r in suite]
 
 
-def make_sampler(engine: Engine, judge, exact: ExactCheck | None = None, verdict_weight: float = 0.0) -> SampleFn:
+Draw = Callable[[Sequence[PromptRecord], int, int], list[Sampled]]
+"""records, seed, step -> one `Sampled` per record: where a step's rollouts come from."""
+
+
+def make_sampler(engine: Engine, judge, exact: ExactCheck | None = None, verdict_weight: float = 0.0,
+                 draw: Draw | None = None, draw_metrics: Callable[[], dict] | None = None) -> SampleFn:
     """The rollout function TRL calls: trajectories for the prompts, their tokens, log-probs and legal
     sets (`legal`), the mask of tokens the model chose (`env_mask`), the judge's findings (`judged`) and, with a
-    `verdict_weight`, each verdict word's own advantage (`token_advantages`, `verdict_advantages`)."""
+    `verdict_weight`, each verdict word's own advantage (`token_advantages`, `verdict_advantages`), and
+    `metrics` for the trainer's log (rollout and judge time, and `draw_metrics()`). The rollouts are
+    `engine`'s in this process, or `draw`'s (the fleet's: `FleetRollouts`)."""
     eos, inspect = engine.processor.special["<eos>"], engine.processor.special["<inspect>"]
 
-    def sample(prompts: list[str], seed: int) -> dict:
+    def sample(prompts: list[str], seed: int, step: int = 0) -> dict:
         records = [PromptRecord.from_json(json.loads(p)) for p in prompts]
-        rolled = engine.sample(records, seed)
+        t0 = time.perf_counter()
+        rolled = draw(records, seed, step) if draw is not None else engine.sample(records, seed)
+        t1 = time.perf_counter()
         judged = judge_rollouts([s.trajectory for s in rolled], judge, exact)
-        out = {"prompt_ids": [], "completion_ids": [], "logprobs": [], "env_mask": [], "legal": [], "judged": judged}
+        metrics = {"time/rollout": t1 - t0, "time/judge": time.perf_counter() - t1, **(draw_metrics or dict)()}
+        out = {"prompt_ids": [], "completion_ids": [], "logprobs": [], "env_mask": [], "legal": [], "judged": judged,
+               "metrics": metrics}
         for s in rolled:
             empty = not s.completion_ids  # refused at admission: one inert token keeps TRL's shapes
             out["prompt_ids"].append(s.prompt_ids)
@@ -62,9 +81,12 @@ def make_sampler(engine: Engine, judge, exact: ExactCheck | None = None, verdict
     return sample
 
 
-def grpo_stage(cfg: RunConfig, parent: Path, prompts: list[str], out: Path, judge) -> dict:
+def grpo_stage(cfg: RunConfig, parent: Path, prompts: list[str], out: Path, judge,
+               fleet: RolloutFleet | None = None, on_dispatch: Callable[[int, object], None] | None = None) -> dict:
     """GRPO of `parent` for `train.grpo.steps` steps on `prompts` (`grpo_prompts`); the checkpoint
-    lands in `out/checkpoint`, TRL's log lines in `out/metrics.jsonl` (as SFT's do). Returns the
+    lands in `out/checkpoint`, TRL's log lines in `out/metrics.jsonl` (as SFT's do). With a `fleet`
+    (the run's, `rollout.actors` > 0) each step's rollouts are sampled there from that step's weights
+    (`on_dispatch(shard, actor)` after each shard is sent: tests kill actors with it). Returns the
     training summary."""
     rollout_cfg = dataclasses.replace(sampled_verdicts(cfg.rollout), mode="process", actors=0)
     policy = Policy.from_pretrained(parent)
@@ -72,7 +94,13 @@ def grpo_stage(cfg: RunConfig, parent: Path, prompts: list[str], out: Path, judg
     g = cfg.train.grpo
     verdict_weight = g.reward_weights.get("inspection", 0.0) if g.verdict_credit == "token" else 0.0
     exact = make_world(cfg).is_correct if cfg.judge.kind == "oracle" else None
-    sample = make_sampler(engine, judge, exact=exact, verdict_weight=verdict_weight)
+    draw = None
+    if fleet is not None:
+        # policy.model gets TRL's LoRA layers in place when the trainer starts: published each step
+        draw = FleetRollouts(fleet, rollout_cfg, parent, WeightPublisher(policy.model, peft_config(cfg.train)), engine,
+                             on_dispatch)
+    sample = make_sampler(engine, judge, exact=exact, verdict_weight=verdict_weight, draw=draw,
+                          draw_metrics=(lambda: draw.stats.metrics()) if draw else None)
     return train_grpo(policy, prompts, cfg.train, out, sample, reward_functions(), engine.legal_sets,
                       temperature=rollout_cfg.temperature)
 

@@ -1,0 +1,120 @@
+"""GRPO rollouts on the Ray fleet: each step's weights go to the actors through the object store, a
+step's trajectories do not depend on where its shards ran, and an actor lost mid-step costs none.
+
+The cluster is the test session's one `ray_cluster` (tests/conftest.py).
+"""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+import pytest
+import torch
+from test_rollout_support import tiny_checkpoint
+
+from rollout import Engine, RolloutConfig, RolloutFleet
+from rollout.steps import FleetRollouts, step_shards
+from rollout.sync import WeightPublisher
+from rollout.worker import sample_shard
+from strokes.model.policy import Policy
+from strokes.shapeworld import make_suite
+
+ray = pytest.importorskip("ray")
+
+CFG = RolloutConfig(actors=2, actor_cpus=0.5, batch_size=8, max_steps=2, max_refines=1, max_text_tokens=8,
+                    max_shard_retries=2)
+SEED, STEP = 11, 3
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory):
+    return tiny_checkpoint(tmp_path_factory)
+
+
+@pytest.fixture(scope="module")
+def fleet(ray_cluster, checkpoint):
+    with RolloutFleet(CFG) as f:
+        yield f
+
+
+def trained(checkpoint, lora: bool):
+    """The policy as a trainer holds it some steps into a round: weights moved away from the
+    checkpoint (full fine-tuning), or peft LoRA layers injected into the model in place, as TRL's
+    `GRPOTrainer` injects them, with non-zero weights. Returns (policy, the LoRA config or None)."""
+    torch.manual_seed(5)
+    policy = Policy.from_pretrained(checkpoint)
+    config = None
+    if lora:
+        from peft import LoraConfig, get_peft_model
+
+        config = LoraConfig(r=4, lora_alpha=16, target_modules=["q_proj", "v_proj"], init_lora_weights=False,
+                            task_type="CAUSAL_LM")
+        get_peft_model(policy.model, config)  # injects into policy.model; only the adapter trains
+    else:
+        with torch.no_grad():
+            for p in policy.model.parameters():
+                p.add_(0.05 * torch.randn_like(p))
+    return policy, config
+
+
+def tokens(rolled) -> list:
+    return [(s.prompt_ids, s.completion_ids, s.chosen, s.legal, s.trajectory.meta) for s in rolled]
+
+
+def same(a, b) -> bool:
+    return tokens(a) == tokens(b) and all(torch.allclose(torch.tensor(x.logprobs), torch.tensor(y.logprobs), atol=1e-5)
+                                          for x, y in zip(a, b))
+
+
+def in_process(engine, records) -> list:
+    """The step computed in this process, shard by shard with the same seeds."""
+    return [s for shard in step_shards(records, SEED, CFG.actors, CFG.shard_size)
+            for s in sample_shard(engine, shard, STEP)]
+
+
+@pytest.mark.parametrize("lora", [False, True], ids=["full", "lora"])
+def test_a_steps_trajectories_are_the_same_in_process_and_on_two_actors(fleet, checkpoint, lora):
+    """The actors hold the round's checkpoint; the step's weights (all of them, or the LoRA deltas)
+    arrive through the object store, and every trajectory is the one this process samples from the
+    same weights with the same shard seeds, token for token, and records the step it came from."""
+    torch.set_num_threads(1)
+    policy, config = trained(checkpoint, lora)
+    engine = Engine(policy, CFG)
+    records = make_suite("train", 1, 0)
+    publisher = WeightPublisher(policy.model, config)
+    draw = FleetRollouts(fleet, replace(CFG, actors=0), checkpoint, publisher, engine)
+    rolled = draw(records, SEED, STEP)
+    assert len(rolled) == len(records) and draw.stats.retries == 0 and draw.stats.local_shards == 0
+    assert all(s.trajectory.meta["weights_step"] == STEP for s in rolled)
+    assert same(rolled, in_process(engine, records))
+    base = Engine(Policy.from_pretrained(checkpoint), CFG)
+    assert not same(rolled, in_process(base, records))  # the update was applied: not the checkpoint's own
+    if lora:  # only the adapter travels
+        assert publisher.bytes < 0.2 * sum(
+            p.numel() * 4 for p in policy.model.parameters())
+
+
+def test_an_actor_killed_mid_step_costs_no_trajectory(fleet, checkpoint):
+    """Kill the actor given the step's first shard: the shard reruns on another actor and the step
+    has every trajectory, identical to an undisturbed step. With no retries left the fleet gives up
+    on the shard and this process samples it from the same weights: still the same step."""
+    torch.set_num_threads(1)
+    policy, _ = trained(checkpoint, lora=False)
+    engine = Engine(policy, CFG)
+    records = make_suite("train", 1, 0)
+    expected = in_process(engine, records)
+    for retries, where in ((2, "another actor"), (0, "this process")):
+        killed = []
+
+        def kill_first(index: int, actor) -> None:
+            if not killed:
+                ray.kill(actor, no_restart=True)
+                killed.append(index)
+
+        draw = FleetRollouts(fleet, replace(CFG, actors=0, max_shard_retries=retries), checkpoint,
+                             WeightPublisher(policy.model), engine, on_dispatch=kill_first)
+        rolled = draw(records, SEED, STEP)
+        assert killed and draw.stats.retries >= 1, where
+        assert (draw.stats.local_shards >= 1) == (where == "this process")
+        assert len(rolled) == len(records) and same(rolled, expected), where
+        assert draw.stats.metrics()["rollout/retries"] == draw.stats.retries
