@@ -10,12 +10,14 @@ from dataclasses import replace
 
 import pytest
 import torch
+from test_loop import base_checkpoint, stages, tiny_config  # noqa: F401  (fixture)
 from test_rollout_support import tiny_checkpoint
 
 from rollout import Engine, RolloutConfig, RolloutFleet
 from rollout.steps import FleetRollouts, step_shards
 from rollout.sync import WeightPublisher
 from rollout.worker import sample_shard
+from selfplay.cli import main
 from strokes.model.policy import Policy
 from strokes.shapeworld import make_suite
 
@@ -118,3 +120,50 @@ def test_an_actor_killed_mid_step_costs_no_trajectory(fleet, checkpoint):
         assert (draw.stats.local_shards >= 1) == (where == "this process")
         assert len(rolled) == len(records) and same(rolled, expected), where
         assert draw.stats.metrics()["rollout/retries"] == draw.stats.retries
+
+
+
+@pytest.mark.slow
+def test_a_grpo_round_on_two_actors_end_to_end(ray_cluster, tmp_path, base_checkpoint):  # noqa: F811
+    """`rollout.actors: 2` in a GRPO round: the loop's fleet samples every step with none of its
+    shards lost or sampled here, the weight sync is logged, the weights move, and the round's eval
+    runs on the same fleet afterwards, from the trained checkpoint."""
+    cfg = tiny_config(tmp_path, base_checkpoint, loop={"rounds": 1, "control": False},
+                      rollout={"actors": 2, "actor_cpus": 0.5},
+                      train={"method": "grpo", "lr": 1e-3,
+                             "grpo": {"steps": 2, "prompts_per_step": 2, "generations": 2, "prompts": 6}})
+    assert main(["run", str(cfg), "--runs", str(tmp_path / "runs"), "--name", "g"]) == 0
+    run = tmp_path / "runs" / "g"
+    assert {"1:checkpoint", "1:eval", "1:promote"} <= set(stages(run))
+    events = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    steps = [e for e in events if e["event"] == "train" and "reward" in e]
+    assert [e["step"] for e in steps] == [1, 2]
+    assert all(e["rollout/retries"] == 0 and e["rollout/in_process_shards"] == 0 and e["time/weight_sync"] > 0
+               for e in steps)
+    trained = Policy.from_pretrained(run / "round_001" / "checkpoint" / "checkpoint")
+    base = Policy.from_pretrained(base_checkpoint)
+    assert any(not torch.equal(a, b) for a, b in zip(trained.model.parameters(), base.model.parameters()))
+
+
+def test_the_cluster_grpo_layout_keeps_gpu_0_for_the_trainer(tmp_path):
+    """configs/cluster-grpo.yaml on an 8-GPU node: the trainer on GPU 0, one actor on each of the
+    others; on 4 GPUs the layout does not fit and says so; actors at half a GPU pack two per GPU, and
+    a trainer left without a reserved GPU is told it shares one."""
+    from selfplay.config import load_config
+    from selfplay.placement import grpo_placement
+
+    cfg = load_config("configs/cluster-grpo.yaml")
+    placed = grpo_placement(cfg, 8)
+    assert placed["trainer"] == [0] and placed["actors"] == [[g] for g in range(1, 8)] and not placed["warnings"]
+    assert "needs 8 GPUs" in grpo_placement(cfg, 4)["warnings"][0]
+    half = load_config("configs/cluster-grpo.yaml", ["rollout.num_gpus_per_actor=0.5", "rollout.actors=4"])
+    assert grpo_placement(half, 8)["actors"] == [[1], [1], [2], [2]] and grpo_placement(half, 8)["gpus_idle"] == 5
+    shared = load_config("configs/cluster-grpo.yaml", ["rollout.reserved_gpus=0"])
+    assert "shares GPU 0" in grpo_placement(shared, 8)["warnings"][0]
+
+
+def test_reserved_gpus_apply_to_a_local_cluster_only():
+    from strokes.errors import InputError
+
+    with pytest.raises(InputError, match="rollout.reserved_gpus"):
+        RolloutConfig(reserved_gpus=1, ray_address="auto")
