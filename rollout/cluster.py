@@ -54,8 +54,8 @@ def connect(address: str = "", num_cpus: int = 0, object_store_mb: int = 200, re
         return
     os.environ.update(LOCAL_ENV)
     write_bootstrap_config(Path.home())
-    kwargs = dict(num_cpus=num_cpus or os.cpu_count() or 1, object_store_memory=object_store_mb << 20,
-                  include_dashboard=False, log_to_driver=False)
+    kwargs = {"num_cpus": num_cpus or os.cpu_count() or 1, "object_store_memory": object_store_mb << 20,
+              "include_dashboard": False, "log_to_driver": False}
     if not reserved_gpus:
         ray.init(**kwargs)
         return

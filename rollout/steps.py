@@ -42,9 +42,8 @@ class StepStats:
     local_shards: int = 0
     """Shards sampled in this process because the fleet could not."""
     sync_seconds: float = 0.0
-    """Publishing the step's weights to the object store."""
-    rollout_seconds: float = 0.0
-    """From the publication to the last shard back (the actors' loads of the update included)."""
+    """Publishing the step's weights to the object store (the actors' loads of it are part of
+    their shards' time)."""
     update_mb: float = 0.0
     """Size of the published update."""
 
@@ -91,5 +90,4 @@ class FleetRollouts:
             if shard.index not in done:
                 done[shard.index] = sample_shard(self.local, shard, step)
                 stats.local_shards += 1
-        stats.rollout_seconds = time.perf_counter() - t0 - stats.sync_seconds
         return [s for shard in shards for s in done[shard.index]]

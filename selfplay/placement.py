@@ -24,7 +24,7 @@ def grpo_placement(cfg: RunConfig, gpus: int) -> dict:
     per = r.num_gpus_per_actor
     actors: list[list[int]] = []
     if per >= 1:
-        whole = int(math.ceil(per))
+        whole = math.ceil(per)
         actors = [list(range(r.reserved_gpus + k * whole, r.reserved_gpus + (k + 1) * whole)) for k in range(r.actors)]
     elif per > 0:
         share = int(1 / per)  # actors per GPU

@@ -6,6 +6,7 @@ The cluster is the test session's one `ray_cluster` (tests/conftest.py).
 
 from __future__ import annotations
 
+import json
 from dataclasses import replace
 
 import pytest
@@ -108,7 +109,7 @@ def test_an_actor_killed_mid_step_costs_no_trajectory(fleet, checkpoint):
     for retries, where in ((2, "another actor"), (0, "this process")):
         killed = []
 
-        def kill_first(index: int, actor) -> None:
+        def kill_first(index: int, actor, killed=killed) -> None:
             if not killed:
                 ray.kill(actor, no_restart=True)
                 killed.append(index)
