@@ -12,9 +12,10 @@ from dataclasses import replace
 import pytest
 import torch
 from test_loop import base_checkpoint, stages, tiny_config  # noqa: F401  (fixture)
+from test_rollout_ray import same_trajectories
 from test_rollout_support import tiny_checkpoint
 
-from rollout import Engine, RolloutConfig, RolloutFleet
+from rollout import Engine, RolloutConfig, RolloutDir, RolloutFleet, rollout
 from rollout.steps import FleetRollouts, step_shards
 from rollout.sync import WeightPublisher
 from rollout.worker import sample_shard
@@ -76,10 +77,11 @@ def in_process(engine, records) -> list:
 
 
 @pytest.mark.parametrize("lora", [False, True], ids=["full", "lora"])
-def test_a_steps_trajectories_are_the_same_in_process_and_on_two_actors(fleet, checkpoint, lora):
+def test_a_steps_trajectories_are_the_same_in_process_and_on_two_actors(fleet, checkpoint, lora, tmp_path):
     """The actors hold the round's checkpoint; the step's weights (all of them, or the LoRA deltas)
     arrive through the object store, and every trajectory is the one this process samples from the
-    same weights with the same shard seeds, token for token, and records the step it came from."""
+    same weights with the same shard seeds, token for token, and records the step it came from. A
+    plain rollout on the fleet afterwards gets the checkpoint's own weights back."""
     torch.set_num_threads(1)
     policy, config = trained(checkpoint, lora)
     engine = Engine(policy, CFG)
@@ -92,6 +94,12 @@ def test_a_steps_trajectories_are_the_same_in_process_and_on_two_actors(fleet, c
     assert same(rolled, in_process(engine, records))
     base = Engine(Policy.from_pretrained(checkpoint), CFG)
     assert not same(rolled, in_process(base, records))  # the update was applied: not the checkpoint's own
+    # a plain rollout on the same fleet afterwards (the round's eval) samples the checkpoint's own weights
+    out = rollout(records, tmp_path / "after", replace(CFG, shard_size=3), checkpoint=checkpoint, fleet=fleet,
+                  progress=False)
+    rollout(records, tmp_path / "local", replace(CFG, actors=0, shard_size=3), checkpoint=checkpoint, progress=False)
+    assert out.shards_computed == 2 and same_trajectories(RolloutDir(tmp_path / "after").trajectories(),
+                                                          RolloutDir(tmp_path / "local").trajectories())
     if lora:  # only the adapter travels
         assert publisher.bytes < 0.2 * sum(
             p.numel() * 4 for p in policy.model.parameters())
