@@ -111,15 +111,15 @@ def save_dataset(rows: list[Trajectory], path: Path) -> None:
 
 
 def train_stage(cfg: RunConfig, parent: Path, dataset_dir: Path, out: Path, rnd: int, arm: str,
-                max_steps: int = -1) -> dict:
+                max_steps: int = -1, fleet: RolloutFleet | None = None) -> dict:
     """The round's training of `parent`: SFT on the round's dataset, in this process or on Ray Train
     workers (`train.distributed`), or with `train.method: grpo` (the policy arm) GRPO on its own
-    rollouts of the round's prompts (`dataset_dir/prompts.json`); the checkpoint lands in
-    `out/checkpoint`."""
+    rollouts of the round's prompts (`dataset_dir/prompts.json`), sampled on `fleet` when given; the
+    checkpoint lands in `out/checkpoint`."""
     if cfg.train.round_method(rnd) == "grpo" and arm == "policy":
         prompts = json.loads((dataset_dir / "prompts.json").read_text())
         summary = grpo_stage(cfg, parent, prompts, out / "train", policy_judge(cfg.judge, parent, cfg.rollout),
-                             keep_in=out)
+                             keep_in=out, fleet=fleet)
         return _keep_training(out, summary, rnd, arm)
     if (dataset_dir / "EMPTY").exists() or max_steps == 0:  # nothing to learn: the parent carries on
         shutil.copytree(parent, out / "checkpoint")
