@@ -136,14 +136,18 @@ def _rollout_gb(cfg: RunConfig, m: Shape, gpu: bool) -> float:
     return (m.parameters * _weight_bytes(cfg, gpu) + _kv_bytes(cfg, m, gpu)) / 1e9
 
 
-def _training_bytes(cfg: RunConfig, m: Shape, rows: int, tokens: int) -> int:
-    """A trainer's weights (bf16 or fp32), fp32 gradients and Adam moments of what it trains, and the
-    activations of `rows` x `tokens` (about 34 values per hidden unit, layer and token, 2 bytes each;
-    a tenth with activation checkpointing)."""
+def _train_weight_bytes(cfg: RunConfig, gpu: bool) -> int:
+    """Bytes per weight of a trainer: bf16 when `train.bf16` is on ("auto": on a GPU), else fp32."""
+    return 2 if cfg.train.bf16 is True or (cfg.train.bf16 == "auto" and gpu) else 4
+
+
+def _training_bytes(cfg: RunConfig, m: Shape, gpu: bool, rows: int, tokens: int) -> int:
+    """A trainer's weights, fp32 gradients and Adam moments of what it trains, and the activations of
+    `rows` x `tokens` (about 34 values per hidden unit, layer and token, 2 bytes each; a tenth with
+    activation checkpointing)."""
     t, s = cfg.train, m.shape
-    trainable = _trainable(cfg, m)
     act = rows * tokens * s["hidden"] * s["layers"] * 34 * 2 // (10 if t.activation_checkpointing else 1)
-    return m.parameters * (2 if t.bf16 is True else 4) + trainable * 16 + act
+    return m.parameters * _train_weight_bytes(cfg, gpu) + _trainable(cfg, m) * 16 + act
 
 
 def _trainable(cfg: RunConfig, m: Shape) -> int:
@@ -196,8 +200,8 @@ def grpo_training(cfg: RunConfig, m: Shape) -> Placement | None:
     gpu = _on_gpu(t.device, _cluster(cfg))
     rows = g.prompts_per_step * g.generations
     # a reference copy for the KL unless LoRA (TRL then disables the adapters), and the sampling's KV cache
-    reference = m.parameters * (2 if t.bf16 is True else 4) if g.beta > 0 and not t.lora.enabled else 0
-    memory = (_training_bytes(cfg, m, rows, _grpo_tokens(cfg, m)) + reference + _kv_bytes(cfg, m, gpu)) / 1e9
+    reference = m.parameters * _train_weight_bytes(cfg, gpu) if g.beta > 0 and not t.lora.enabled else 0
+    memory = (_training_bytes(cfg, m, gpu, rows, _grpo_tokens(cfg, m)) + reference + _kv_bytes(cfg, m, gpu)) / 1e9
     return Placement("checkpoint (GRPO)", f"GRPOTrainer + its rollouts, {rows} trajectories/step",
                      f"the loop's process, 1 {'GPU' if gpu else 'CPU'} (train.device {t.device}, "
                      f"rollout.device {cfg.rollout.device})", gpus=float(gpu), memory_gb=memory,
@@ -217,7 +221,7 @@ def sft_training(cfg: RunConfig, m: Shape) -> Placement | None:
              else f"the loop's process ({t.device})")
     return Placement(", ".join(users), f"SFTTrainer, {t.batch_size} x {tokens} tokens a micro-batch", where,
                      gpus=float(workers) if gpu else 0.0,
-                     memory_gb=_training_bytes(cfg, m, t.batch_size, tokens) / 1e9,
+                     memory_gb=_training_bytes(cfg, m, gpu, t.batch_size, tokens) / 1e9,
                      per="worker" if t.distributed == "ray" else "process", budget_gb=_budget(m, gpu))
 
 
