@@ -4,7 +4,9 @@ the weights (`trainer/grpo.py`), and the next step samples from the updated weig
 
 Rollouts here are process mode with the policy's own sampled verdicts and no redraws
 (`rollout.retries` is for evaluation): what the model writes is what it is rewarded for, and every
-token it chose is in the trajectory the trainer sees.
+token it chose is in the trajectory the trainer sees. They run in the trainer's process on its live
+weights, or with `rollout.actors: N` on the run's Ray fleet, which gets each step's weights through
+the object store (`rollout/steps.py`); the judge runs here either way.
 
 Each step keeps a sample of its trajectories (whole groups, up to `KEEP_PER_STEP`) with their reward
 components and the judge's findings in the stage folder (`selfplay.run_dir.write_step_trajectories`),
@@ -17,18 +19,25 @@ from __future__ import annotations
 import dataclasses
 import itertools
 import json
+import time
 from dataclasses import asdict
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Sequence
 
-from rollout import Engine
+from judges.unjudged import judge_stats, require_verdicts
+from rollout import Engine, RolloutFleet
+from rollout.engine import Sampled
+from rollout.steps import FleetRollouts
+from rollout.sync import WeightPublisher
 from strokes.model.policy import Policy
 from strokes.records import PromptRecord
 from strokes.trajectory import Trajectory, to_row
 from trainer.grpo import SampleFn, train_grpo
+from trainer.trl_common import peft_config
 
 from .config import RunConfig
 from .evaluation import sampled_verdicts, training_suite
+from .judging import JudgeMeter
 from .rewards import ExactCheck, Judged, judge_rollouts, reward_functions, verdict_advantages
 from .run_dir import write_step_trajectories
 from .world import make_world
@@ -50,21 +59,43 @@ def grpo_prompts(cfg: RunConfig, rnd: int) -> list[str]:
     return [json.dumps(r.to_json()) for r in suite]
 
 
+Draw = Callable[[Sequence[PromptRecord], int, int], list[Sampled]]
+"""records, seed, step -> one `Sampled` per record: where a step's rollouts come from."""
+
+
 def make_sampler(engine: Engine, judge, exact: ExactCheck | None = None, verdict_weight: float = 0.0,
-                 keep: Keep | None = None) -> SampleFn:
+                 keep: Keep | None = None, meter: JudgeMeter | None = None, questions: bool = False,
+                 draw: Draw | None = None, draw_metrics: Callable[[], dict] | None = None) -> SampleFn:
     """The rollout function TRL calls: trajectories for the prompts, their tokens, log-probs and legal
     sets (`legal`), the mask of tokens the model chose (`env_mask`), the judge's findings (`judged`) and, with a
-    `verdict_weight`, each verdict word's own advantage (`token_advantages`, `verdict_advantages`).
-    `keep` sees every step's trajectories and findings (`step_keeper`)."""
+    `verdict_weight`, each verdict word's own advantage (`token_advantages`, `verdict_advantages`), and
+    `metrics` for the trainer's log (rollout and judge time, and `draw_metrics()`). The rollouts are
+    `engine`'s in this process, or `draw`'s (the fleet's: `FleetRollouts`).
+    `questions`: the final reward from the judge's answers to the prompt's atomic questions
+    (`judge.final_reward`). `keep` sees every step's trajectories and findings (`step_keeper`). With a
+    `meter`, the step's judge cost and timings go to the reward functions' log (`judge_cost`), and a step
+    whose missing verdicts exceed `judge.max_unjudged` stops the round
+    (`judges.unjudged.require_verdicts`) instead of training on zero advantages."""
     eos, inspect = engine.processor.special["<eos>"], engine.processor.special["<inspect>"]
 
-    def sample(prompts: list[str], seed: int) -> dict:
+    def sample(prompts: list[str], seed: int, step: int = 0) -> dict:
         records = [PromptRecord.from_json(json.loads(p)) for p in prompts]
-        rolled = engine.sample(records, seed)
-        judged = judge_rollouts([s.trajectory for s in rolled], judge, exact)
+        t0 = time.perf_counter()
+        rolled = draw(records, seed, step) if draw is not None else engine.sample(records, seed)
+        t1 = time.perf_counter()
+        judged = judge_rollouts([s.trajectory for s in rolled], judge, exact, questions)
+        t2 = time.perf_counter()
         if keep is not None:
             keep([s.trajectory for s in rolled], judged)
-        out = {"prompt_ids": [], "completion_ids": [], "logprobs": [], "env_mask": [], "legal": [], "judged": judged}
+        extra = {}
+        if meter is not None:
+            missing, asked = sum(j.unjudged for j in judged), sum(j.asked for j in judged)
+            cost = meter.step([s.trajectory for s in rolled], judged, t1 - t0, t2 - t1)
+            require_verdicts(meter.cfg, missing, asked, f"GRPO step {len(meter.steps)}'s rollouts", judge)
+            extra["judge_cost"] = [cost] * len(prompts)
+        metrics = {"time/rollout": t1 - t0, "time/judge": t2 - t1, **(draw_metrics or dict)()}
+        out = {"prompt_ids": [], "completion_ids": [], "logprobs": [], "env_mask": [], "legal": [], "judged": judged,
+               "metrics": metrics, **extra}
         for s in rolled:
             empty = not s.completion_ids  # refused at admission: one inert token keeps TRL's shapes
             out["prompt_ids"].append(s.prompt_ids)
@@ -114,19 +145,38 @@ def step_keeper(folder: Path, group: int) -> Keep:
 
 
 def grpo_stage(cfg: RunConfig, parent: Path, prompts: list[str], out: Path, judge,
-               keep_in: Path | None = None) -> dict:
+               keep_in: Path | None = None, fleet: RolloutFleet | None = None,
+               on_dispatch: Callable[[int, object], None] | None = None) -> dict:
     """GRPO of `parent` for `train.grpo.steps` steps on `prompts` (`grpo_prompts`); the checkpoint
     lands in `out/checkpoint`, TRL's log lines in `out/metrics.jsonl` (as SFT's do), and with
-    `keep_in` (the stage folder) a sample of each step's trajectories there. Returns the training
-    summary."""
+    `keep_in` (the stage folder) a sample of each step's trajectories there. With a `fleet` (the
+    run's, `rollout.actors` > 0) each step's rollouts are sampled there from that step's weights
+    (`on_dispatch(shard, actor)` after each shard is sent: tests kill actors with it). Returns the training
+    summary, with what the judge cost (`judge`: requests, tokens, seconds against rollout seconds, and
+    its counters). A judge budget that cannot pay for another step ends the round after the last whole
+    step."""
     rollout_cfg = dataclasses.replace(sampled_verdicts(cfg.rollout), mode="process", actors=0)
     policy = Policy.from_pretrained(parent)
     engine = Engine(policy, rollout_cfg)  # shares policy.model with the trainer: it samples the live weights
     g = cfg.train.grpo
     verdict_weight = g.reward_weights.get("inspection", 0.0) if g.verdict_credit == "token" else 0.0
-    exact = make_world(cfg).is_correct if cfg.judge.kind == "oracle" else None
+    world = make_world(cfg)
+    exact = world.is_correct if cfg.judge.kind == "oracle" else None
+    # against a judge that is not the exact one, the world's exact judge (where it has one) labels
+    # the same rollouts again: how often the training judge agrees, per task
+    reference = world.label_judge() if cfg.judge.kind != "oracle" and world.exact else None
+    meter = JudgeMeter(judge, cfg.judge, reference, world.is_correct if reference is not None else None)
     keep = step_keeper(keep_in, g.generations) if keep_in is not None else None
-    sample = make_sampler(engine, judge, exact=exact, verdict_weight=verdict_weight, keep=keep)
-    return train_grpo(policy, prompts, cfg.train, out, sample, reward_functions(), engine.legal_sets,
-                      temperature=rollout_cfg.temperature)
+    draw = None
+    if fleet is not None:
+        # policy.model gets TRL's LoRA layers in place when the trainer starts: published each step
+        draw = FleetRollouts(fleet, rollout_cfg, parent, WeightPublisher(policy.model, peft_config(cfg.train)), engine,
+                             on_dispatch)
+    sample = make_sampler(engine, judge, exact=exact, verdict_weight=verdict_weight, keep=keep, meter=meter,
+                          questions=cfg.judge.asks_questions, draw=draw,
+                          draw_metrics=(lambda: draw.stats.metrics()) if draw else None)
+    summary = train_grpo(policy, prompts, cfg.train, out, sample, reward_functions(), engine.legal_sets,
+                         temperature=rollout_cfg.temperature, should_stop=meter.over_budget)
+    summary["judge"] = {**meter.totals(), "counters": judge_stats(judge)}
+    return summary
 

@@ -36,7 +36,7 @@ from strokes.trajectory import read_jsonl
 
 from .config import RunConfig
 from .evaluation import evaluate, rollout_stage, validate
-from .judging import served_judge
+from .judging import cost_line, served_judge
 from .report import write_report
 from .run_dir import (CHECKPOINT, CONTROL, CONTROL_EVAL, CONTROL_INSPECT_HEAD, CONTROL_VALIDATE, DATA, EVAL,
                       INSPECT_HEAD, PROMOTE, ROLLOUTS, VALIDATE, RunDir, RunState, write_event)
@@ -118,9 +118,14 @@ class Loop:
                 cfg, current, round_suite(cfg, rnd), "process", cfg.loop.seed * 7 + rnd, tmp, fleet=self.fleet))
             data = self.stage(rnd, DATA, lambda tmp: critique_stage(
                 cfg, rnd, read_jsonl(rollouts / "trajectories"), current, tmp))
-        if self.fleet is not None and (cfg.train.distributed == "ray" or grpo):
+        if self.fleet is not None and cfg.train.distributed == "ray":
             self.fleet.close()  # Ray holds a live actor's GPUs: free them for training; the next rollout restarts it
-        trained = self.stage(rnd, CHECKPOINT, lambda tmp: train_stage(cfg, parent, data / "dataset", tmp, rnd, "policy"))
+        # GRPO samples each step's rollouts on the fleet (its actors get the step's weights)
+        trained = self.stage(rnd, CHECKPOINT, lambda tmp: train_stage(cfg, parent, data / "dataset", tmp, rnd, "policy",
+                                                                        fleet=self.fleet if grpo else None))
+        judge_totals = json.loads((trained / "train_summary.json").read_text()).get("judge") if grpo else None
+        if judge_totals:
+            self.log(cost_line(rnd, judge_totals))
         evaluated = self.eval_round(rnd, trained / "checkpoint")
         if cfg.loop.control:
             steps = json.loads((trained / "train_summary.json").read_text())["steps"]

@@ -420,6 +420,47 @@ def _judge(data: dict) -> list[str]:
                     "conflicts found (source:kind)", "corrections accepted"], rows)]
 
 
+def _training_judge(run: RunDir) -> list[str]:
+    """Each GRPO round's judge: what it cost (requests, tokens, verdicts; its time against the
+    rollouts') and, when it is not the exact judge, how often it agreed with the exact one on the
+    round's own rollouts, per task: the mistakes it missed and the false alarms it raised are what
+    its errors cost the rewards."""
+    cost_rows, agree_rows = [], []
+    for rnd in run.rounds():
+        path = run.stage(rnd, CHECKPOINT) / "train_summary.json"
+        j = json.loads(path.read_text()).get("judge") if path.is_file() else None
+        if not j or "judge_seconds" not in j:
+            continue
+        steps = max(1, j["steps"])
+        ratio = "-" if j["judge_to_rollout"] is None else f"{j['judge_to_rollout']:.2f}"
+        cost_rows.append([rnd, j["steps"], f"{j['judge_requests']:.0f}", f"{j['judge_tokens']:.0f}",
+                          f"{j['judge_verdicts']:.0f}", f"{j['judge_requests'] / steps:.1f}",
+                          f"{j['judge_tokens'] / steps:.0f}", f"{j['judge_seconds'] / steps:.2f}",
+                          f"{j['rollout_seconds'] / steps:.2f}", ratio,
+                          sum(j.get("counters", {}).get(k, 0) for k in ("failed", "unparsable", "over_budget"))])
+        for task, c in (j.get("agreement") or {}).items():
+            def pct(num: str, den: str) -> str:
+                return f"{100 * c.get(num, 0) / c[den]:.1f}" if c.get(den) else "-"
+
+            agree_rows.append([rnd, task, c.get("states", 0), pct("states_agree", "states"),
+                               f"{c.get('missed', 0)} of {c.get('reference_wrong', 0)}",
+                               f"{c.get('false_alarms', 0)} of {c.get('states', 0) - c.get('reference_wrong', 0)}",
+                               c.get("finals", 0), pct("finals_agree", "finals")])
+    parts = []
+    if cost_rows:
+        parts += ["<h2>The training judge's cost per GRPO round</h2>",
+                  _table(["round", "steps", "requests", "tokens", "verdicts", "requests / step", "tokens / step",
+                          "judge s / step", "rollout s / step", "judge / rollout time", "unjudged"], cost_rows)]
+    if agree_rows:
+        parts += ["<h2>The training judge against the exact judge on the round's own rollouts</h2>",
+                  "<p>Every visual state and final image the training judge labelled, labelled again by the exact "
+                  "judge. Missed: states the exact judge calls wrong that the training judge passed (a mistake "
+                  "rewarded); false alarms: right states it flagged (a right step penalised).</p>",
+                  _table(["round", "task", "states", "agree (%)", "missed", "false alarms", "final images",
+                          "final agree (%)"], agree_rows)]
+    return parts
+
+
 def _promotions(data: dict) -> list[str]:
     if not data["promotions"]:
         return []
@@ -447,7 +488,7 @@ def write_report(run_dir: Path) -> Path:
     run = RunDir(run_dir)
     data = collect(run.path, inspect=True)
     parts = [f"<h1>strokes run: {html.escape(run.path.name)}</h1>", _summary(run, data), GLOSSARY, _metadata(run),
-             *_accuracy(data), *_gaps(data), *_inspection(data), *_grpo(data), *_grpo_trajectories(run), *_judge(data),
+             *_accuracy(data), *_gaps(data), *_inspection(data), *_grpo(data), *_grpo_trajectories(run), *_training_judge(run), *_judge(data),
              *_promotions(data),
              *_strips(run)]
     page = f"<!doctype html><html><head><meta charset='utf-8'><title>strokes report</title>{STYLE}</head><body>"

@@ -33,6 +33,7 @@ Every TRL log line (loss, each reward's mean and std, KL, clip ratios, lengths) 
 from __future__ import annotations
 
 import os
+import time
 from pathlib import Path
 from typing import Callable
 
@@ -41,9 +42,10 @@ from strokes.errors import InputError
 from .config import REWARDS, TrainConfig
 from .trl_common import peft_config, run_and_save, setup_wandb, train_callbacks, trainer_args
 
-SampleFn = Callable[[list[str], int], dict]
-"""prompts, seed -> {"prompt_ids", "completion_ids", "logprobs", "env_mask", **extra fields}, one
-entry per prompt; the extra fields (lists, one item per prompt) reach the reward functions."""
+SampleFn = Callable[[list[str], int, int], dict]
+"""prompts, seed, step -> {"prompt_ids", "completion_ids", "logprobs", "env_mask", "legal", **extra
+fields}, one entry per prompt, plus "metrics": {name: number} for the step's log line; the extra
+fields (lists, one item per prompt) reach the reward functions."""
 RewardFn = Callable[..., list]
 """TRL's reward signature: (prompts, completions, **fields) -> one float or None per completion."""
 
@@ -73,10 +75,13 @@ def grpo_args(cfg: TrainConfig, out: Path, temperature: float):
 
 
 def train_grpo(policy, prompts: list[str], cfg: TrainConfig, out: str | Path, sample: SampleFn,
-               rewards: dict[str, RewardFn], legal_sets, temperature: float = 1.0) -> dict:
+               rewards: dict[str, RewardFn], legal_sets, temperature: float = 1.0,
+               should_stop: Callable[[], str | None] | None = None) -> dict:
     """GRPO of `policy` for `cfg.grpo.steps` steps on `prompts` (strings the `sample` function
     understands); writes `out/checkpoint`, `out/metrics.jsonl`, `out/train_summary.json` like SFT
-    and resumes from `out/trainer/` after a kill. `rewards` maps each name in `REWARDS` to its
+    and resumes from `out/trainer/` after a kill. `should_stop`, asked after every step, ends the
+    training there when it gives a reason (printed, and kept in the summary as `stopped`): a judge
+    budget that cannot pay for another step. `rewards` maps each name in `REWARDS` to its
     function; `legal_sets` the grammar's legal-token sets (bool, sets x vocabulary) that the
     `legal` field of `sample`'s output indexes per token; `temperature` the one `sample` draws at. The rollout seed of a step is `cfg.seed` and the step, so a resumed run samples what
     the killed one would have."""
@@ -101,19 +106,22 @@ def train_grpo(policy, prompts: list[str], cfg: TrainConfig, out: str | Path, sa
         was_training = model.training
         model.eval()
         try:
-            out = sample(batch, cfg.seed * 1_000_003 + trainer.state.global_step)
+            out = sample(batch, cfg.seed * 1_000_003 + trainer.state.global_step, trainer.state.global_step)
         finally:
             model.train(was_training)
+        for name, value in out.pop("metrics", {}).items():
+            trainer._log_metric(name, value)
         trainer._legal_ids = trainer.legal_ids([ids or [trainer._legal_sets.shape[0] - 1] for ids in out.pop("legal")])
         return out
 
+    stop = _stop_when(should_stop)
     trainer = _trainer_class()(
         model=policy.model,
         reward_funcs=[_named(rewards[name], name) for name in REWARDS],
         args=grpo_args(cfg, out / "trainer", temperature),
         train_dataset=Dataset.from_dict({"prompt": list(prompts)}),
         processing_class=policy.processor.tokenizer,
-        callbacks=train_callbacks(out / "metrics.jsonl", cfg.max_minutes),
+        callbacks=[*train_callbacks(out / "metrics.jsonl", cfg.max_minutes), stop],
         peft_config=peft_config(cfg),  # LoRA layers go into policy.model in place: the engine samples with them
         rollout_func=rollout_func,
         legal_sets=legal_sets,
@@ -121,7 +129,28 @@ def train_grpo(policy, prompts: list[str], cfg: TrainConfig, out: str | Path, sa
     from transformers.trainer_callback import PrinterCallback
 
     trainer.remove_callback(PrinterCallback)
-    return run_and_save(trainer, policy, cfg, out, own_wandb_run)
+    summary = run_and_save(trainer, policy, cfg, out, own_wandb_run)
+    if stop.reason:
+        summary["stopped"] = stop.reason
+    return summary
+
+
+def _stop_when(ask: Callable[[], str | None] | None):
+    """A callback that ends training after the step at which `ask()` first gives a reason (none
+    without `ask`)."""
+    from transformers import TrainerCallback
+
+    class StopWhen(TrainerCallback):
+        def __init__(self) -> None:
+            self.ask, self.reason = ask, None
+
+        def on_step_end(self, args, state, control, **kw):
+            if self.ask is not None and self.reason is None and (reason := self.ask()):
+                self.reason = reason
+                print(reason, flush=True)
+                control.should_training_stop = True
+
+    return StopWhen()
 
 
 def _trainer_class():
@@ -145,6 +174,8 @@ def _trainer_class():
 
         chunk_rows = 16
         """Trajectories per forward when computing log-probabilities (each chunk cut to its own span)."""
+        _logp_seconds = 0.0
+        """Time in forwards without gradient during this step's generation and scoring."""
 
         def __init__(self, *args, legal_sets: torch.Tensor, **kwargs) -> None:
             super().__init__(*args, **kwargs)
@@ -159,7 +190,14 @@ def _trainer_class():
             return torch.tensor([r + [pad] * (width - len(r)) for r in rows], dtype=torch.long)
 
         def _generate_and_score_completions(self, inputs):
+            """TRL's generation and scoring (our rollout function, rewards, the reference's
+            log-probs), timed for the step's log line: `time/generate` in all, `time/logprobs` the
+            forwards without gradient (the rollout function logs its own parts); the rest of TRL's
+            `step_time` is the loss forward, backward and optimizer step."""
+            t0, self._logp_seconds = time.perf_counter(), 0.0
             out = super()._generate_and_score_completions(inputs)
+            self._metrics["train"]["time/generate"].append(time.perf_counter() - t0)
+            self._metrics["train"]["time/logprobs"].append(self._logp_seconds)
             out["legal_ids"] = self._legal_ids.to(out["completion_ids"].device)  # shuffled with the batch
             credit = [x.get("token_advantages") or [] for x in inputs]  # rollout_func's fields land in inputs
             if any(credit):
@@ -187,6 +225,7 @@ def _trainer_class():
             padding does not change a token's log-probability."""
             if any(v is not None for v in multimodal.values()):
                 raise ValueError("interleaved GRPO takes image codes as tokens, not pixel inputs")
+            t0 = time.perf_counter()
             rows, width = input_ids.shape
             prompt_width = width - logits_to_keep
             legal = self._legal_ids.to(input_ids.device)
@@ -214,6 +253,8 @@ def _trainer_class():
                 if compute_entropy:
                     entropies.append(F.pad(-(lp.exp() * lp.masked_fill(~allowed, 0.0)).sum(-1), pad))
             back = torch.argsort(order)                                   # chunks back into batch order
+            if not torch.is_grad_enabled():
+                self._logp_seconds += time.perf_counter() - t0
             return torch.cat(logps)[back], torch.cat(entropies)[back] if compute_entropy else None, None
 
     return InterleavedGRPOTrainer
