@@ -19,7 +19,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--judge", choices=("oracle", "self", "vlm"), default="oracle",
                    help="oracle: exact ShapeWorld judge; self: a checkpoint's own Inspect; vlm: the stand-in "
                         "VLM judge (the exact one with --profile's mistakes)")
-    p.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1: this machine only)")
+    p.add_argument("--host", default="127.0.0.1", help="address to bind (127.0.0.1: this machine only)")
     p.add_argument("--port", type=int, default=8000, help="port (0 picks a free one)")
     p.add_argument("--api-key", default=None, help="require 'Authorization: Bearer KEY' on every request")
     p.add_argument("--api-key-env", default=None,
