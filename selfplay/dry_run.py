@@ -7,7 +7,8 @@ the GRPO trainer and its rollouts, SFT training, the judge, evaluation), with a 
 device set against what one such device holds (parameters from the base checkpoint's config.json, or
 with --from-scratch from the recipe's model section). Warnings name what would fail or waste the
 run: memory beyond a device, `train.max_length` beyond the model's positions, GPUs idle while GRPO
-trains, a cluster config left on the tiny model, wandb online without a login.
+trains (or a trainer sharing its GPU with an actor, `selfplay.placement`), a cluster config left on
+the tiny model, wandb online without a login.
 
 Each stage's line is one function in `PLACEMENTS` (config and shape in, a `Placement` or None out),
 so a new stage, or a new field deciding where one runs, is one function here.
@@ -28,6 +29,7 @@ from strokes.model.tiny import ModelConfig
 from strokes.records import TASKS
 
 from .config import RunConfig, load_config
+from .placement import grpo_placement
 
 GPU_MEMORY_GB = 80.0
 """Memory of one GPU the plan is checked against unless `--gpu-memory` says otherwise (A100/H100 80 GB)."""
@@ -91,6 +93,8 @@ class Placement:
     """What one `memory_gb` is of: "actor", "worker", "process"."""
     budget_gb: float | None = None
     """What one such device holds: a GPU's memory, or this machine's RAM on CPU; None: unknown."""
+    during_grpo: bool = False
+    """Whether its GPUs work while a GRPO round trains (the trainer, and the actors sampling its steps)."""
 
 
 @dataclass
@@ -138,14 +142,18 @@ def _rollout_gb(cfg: RunConfig, m: Shape, gpu: bool) -> float:
     return (m.parameters * _weight_bytes(cfg, gpu) + _kv_bytes(cfg, m, gpu)) / 1e9
 
 
-def _training_bytes(cfg: RunConfig, m: Shape, rows: int, tokens: int) -> int:
-    """A trainer's weights (bf16 or fp32), fp32 gradients and Adam moments of what it trains, and the
-    activations of `rows` x `tokens` (about 34 values per hidden unit, layer and token, 2 bytes each;
-    a tenth with activation checkpointing)."""
+def _train_weight_bytes(cfg: RunConfig, gpu: bool) -> int:
+    """Bytes per weight of a trainer: bf16 when `train.bf16` is on ("auto": on a GPU), else fp32."""
+    return 2 if cfg.train.bf16 is True or (cfg.train.bf16 == "auto" and gpu) else 4
+
+
+def _training_bytes(cfg: RunConfig, m: Shape, gpu: bool, rows: int, tokens: int) -> int:
+    """A trainer's weights, fp32 gradients and Adam moments of what it trains, and the activations of
+    `rows` x `tokens` (about 34 values per hidden unit, layer and token, 2 bytes each; a tenth with
+    activation checkpointing)."""
     t, s = cfg.train, m.shape
-    trainable = _trainable(cfg, m)
     act = rows * tokens * s["hidden"] * s["layers"] * 34 * 2 // (10 if t.activation_checkpointing else 1)
-    return m.parameters * (2 if t.bf16 is True else 4) + trainable * 16 + act
+    return m.parameters * _train_weight_bytes(cfg, gpu) + _trainable(cfg, m) * 16 + act
 
 
 def _trainable(cfg: RunConfig, m: Shape) -> int:
@@ -172,38 +180,54 @@ def _budget(m: Shape, gpu: bool) -> float | None:
     return m.gpu_memory_gb if gpu else m.ram_gb
 
 
+def _ids(gpus: list[int]) -> str:
+    """GPU ids as people write them: 0, 1-7."""
+    return f"{gpus[0]}-{gpus[-1]}" if len(gpus) > 2 and gpus == list(range(gpus[0], gpus[-1] + 1)) \
+        else ", ".join(map(str, gpus))
+
+
 def rollout_actors(cfg: RunConfig, m: Shape) -> Placement:
-    """Evaluation, validation, Inspect-head and SFT rounds' rollouts: on the Ray fleet or in the loop's process."""
+    """Evaluation, validation, Inspect-head and SFT rounds' rollouts, and with actors GRPO's step
+    rollouts: on the Ray fleet or in the loop's process."""
     r = cfg.rollout
+    grpo_steps = _grpo_rounds(cfg) and r.actors > 0
     stages = ["eval", "validate"] + (["rollouts (SFT rounds)"] if _sft_rounds(cfg) else []) \
-        + (["inspect_head"] if cfg.inspect_head.enabled else [])
+        + (["GRPO step rollouts"] if grpo_steps else []) + (["inspect_head"] if cfg.inspect_head.enabled else [])
     if r.actors:
         gpu = r.num_gpus_per_actor > 0
-        where = f"{r.actors} Ray actors x " + (f"{r.num_gpus_per_actor:g} GPU" if gpu else f"{r.actor_cpus:g} CPU")
+        ids = sorted({g for a in grpo_placement(cfg, 0)["actors"] for g in a})
+        where = f"{r.actors} Ray actors x " + (f"{r.num_gpus_per_actor:g} GPU (GPUs {_ids(ids)})" if gpu
+                                               else f"{r.actor_cpus:g} CPU")
         # an engine runs on one device: a fraction of a GPU holds that fraction of its memory
         budget = m.gpu_memory_gb * min(r.num_gpus_per_actor, 1.0) if gpu else m.ram_gb
-        return Placement(", ".join(stages), f"rollouts, batch {r.batch_size}", where, gpus=r.actors * r.num_gpus_per_actor,
-                         memory_gb=_rollout_gb(cfg, m, gpu), per="actor", budget_gb=budget)
+        return Placement(", ".join(stages), f"rollouts, batch {r.batch_size}", where, gpus=float(len(ids)),
+                         memory_gb=_rollout_gb(cfg, m, gpu), per="actor", budget_gb=budget, during_grpo=grpo_steps)
     gpu = _on_gpu(r.device, _cluster(cfg))
     return Placement(", ".join(stages), f"rollouts, batch {r.batch_size}", f"the loop's process ({r.device})",
                      gpus=float(gpu), memory_gb=_rollout_gb(cfg, m, gpu), budget_gb=_budget(m, gpu))
 
 
 def grpo_training(cfg: RunConfig, m: Shape) -> Placement | None:
-    """A GRPO round's trainer and the rollouts it samples from the live weights, one process (the Ray
-    fleet is closed while it trains)."""
+    """A GRPO round's trainer, in the loop's process on the GPUs `rollout.reserved_gpus` keeps for it
+    (`selfplay.placement`); its step rollouts run on the fleet's actors (`rollout_actors`), or without
+    actors in this process from the live weights."""
     if not _grpo_rounds(cfg):
         return None
     t, g = cfg.train, cfg.train.grpo
     gpu = _on_gpu(t.device, _cluster(cfg))
     rows = g.prompts_per_step * g.generations
-    # a reference copy for the KL unless LoRA (TRL then disables the adapters), and the sampling's KV cache
-    reference = m.parameters * (2 if t.bf16 is True else 4) if g.beta > 0 and not t.lora.enabled else 0
-    memory = (_training_bytes(cfg, m, rows, _grpo_tokens(cfg, m)) + reference + _kv_bytes(cfg, m, gpu)) / 1e9
-    return Placement("checkpoint (GRPO)", f"GRPOTrainer + its rollouts, {rows} trajectories/step",
-                     f"the loop's process, 1 {'GPU' if gpu else 'CPU'} (train.device {t.device}, "
-                     f"rollout.device {cfg.rollout.device})", gpus=float(gpu), memory_gb=memory,
-                     budget_gb=_budget(m, gpu))
+    on_fleet = cfg.rollout.actors > 0
+    trainer = grpo_placement(cfg, 0)["trainer"] if gpu else []
+    # a reference copy for the KL unless LoRA (TRL then disables the adapters), and, sampling here, the KV cache
+    reference = m.parameters * _train_weight_bytes(cfg, gpu) if g.beta > 0 and not t.lora.enabled else 0
+    kv = 0 if on_fleet else _kv_bytes(cfg, m, gpu)
+    memory = (_training_bytes(cfg, m, gpu, rows, _grpo_tokens(cfg, m)) + reference + kv) / 1e9
+    work = f"GRPOTrainer, {rows} trajectories/step" + (" sampled by the actors" if on_fleet else " sampled here")
+    where = f"the loop's process, GPU {trainer[0]}" if trainer else "the loop's process (CPU)"
+    if len(trainer) > 1:  # reserved for it, but one process trains on one device
+        where += f" (GPU {_ids(trainer[1:])} reserved too, unused)"
+    return Placement("checkpoint (GRPO)", work, where, gpus=float(bool(trainer)), memory_gb=memory,
+                     budget_gb=_budget(m, gpu), during_grpo=True)
 
 
 def sft_training(cfg: RunConfig, m: Shape) -> Placement | None:
@@ -219,7 +243,7 @@ def sft_training(cfg: RunConfig, m: Shape) -> Placement | None:
              else f"the loop's process ({t.device})")
     return Placement(", ".join(users), f"SFTTrainer, {t.batch_size} x {tokens} tokens a micro-batch", where,
                      gpus=float(workers) if gpu else 0.0,
-                     memory_gb=_training_bytes(cfg, m, t.batch_size, tokens) / 1e9,
+                     memory_gb=_training_bytes(cfg, m, gpu, t.batch_size, tokens) / 1e9,
                      per="worker" if t.distributed == "ray" else "process", budget_gb=_budget(m, gpu))
 
 
@@ -306,12 +330,15 @@ def warnings(cfg: RunConfig, planned: dict) -> list[str]:
     if "sft" in planned["training"] and cfg.train.max_length > positions:
         out.append(f"warning: train.max_length {cfg.train.max_length} is beyond the model's {positions} positions "
                    f"(max_position_embeddings): no row can be longer; set train.max_length <= {positions}")
-    held = max((p["gpus"] for p in placements), default=0)
-    grpo = next((p for p in placements if p["stage"].startswith("checkpoint (GRPO)")), None)
-    if grpo is not None and held > grpo["gpus"]:
-        out.append(f"warning: {held - grpo['gpus']:g} of the {held:g} GPUs the run plans for sit idle while GRPO "
-                   f"trains (its trainer and rollouts share {grpo['gpus']:g} in the loop's process; the rollout "
-                   f"actors are closed meanwhile)")
+    if any(p["during_grpo"] for p in placements):
+        layout = grpo_placement(cfg, 0)
+        held = max([layout["gpus_needed"]] + [p["gpus"] for p in placements])
+        busy = sum(p["gpus"] for p in placements if p["during_grpo"])
+        if held > busy:
+            out.append(f"warning: {held - busy:g} of the {held:g} GPUs the run plans for sit idle while GRPO "
+                       f"trains (the trainer uses one, the actors sampling its steps {busy - 1:g}); give the actors "
+                       "the rest (rollout.actors, rollout.num_gpus_per_actor) or reserve fewer (rollout.reserved_gpus)")
+        out += [line for line in layout["warnings"] if line.startswith("warning:") and "the machine has" not in line]
     cluster = cfg.rollout.num_gpus_per_actor > 0 or cfg.train.distributed == "ray"
     n = planned["policy"]["parameters"]
     if cluster and n < TINY:

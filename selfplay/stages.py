@@ -19,6 +19,7 @@ from judges.unjudged import require_verdicts
 from rollout import RolloutFleet
 from strokes.data.build import build, load
 from strokes.errors import InputError
+from strokes.model.checkpoint_check import check_checkpoint
 from strokes.model.inspect_head import FILE as HEAD_FILE
 from strokes.model.policy import Policy, check_kind
 from strokes.records import PromptRecord
@@ -49,6 +50,7 @@ def base_stage(cfg: RunConfig, from_scratch: bool, out: Path) -> None:
         source = Path(cfg.loop.base_checkpoint)
         if not (source / "config.json").is_file():
             raise InputError(f"{source}: no base checkpoint (run with --from-scratch to train one)")
+        check_checkpoint(source)  # every file and checksum, before the run builds on it
         check_kind(source, cfg.model.kind)
         shutil.copytree(source, out / "checkpoint")
 

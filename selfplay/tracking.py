@@ -50,6 +50,8 @@ class Tracker:
         self.run_dir = run_dir
         self.cfg = cfg
         self.run = None  # the wandb run
+        self.synced_file = run_dir.path / "wandb_rounds"  # rounds already logged: a resumed run logs each once
+        self.synced = {int(r) for r in self.synced_file.read_text().split()} if self.synced_file.exists() else set()
         if cfg.wandb:
             import wandb
 
@@ -66,8 +68,8 @@ class Tracker:
             self.run.define_metric(ROUND)
 
     def sync(self, rnd: int) -> None:
-        """Log round `rnd`'s eval metrics, per-task table and strips (once per round)."""
-        if self.run is None:
+        """Log round `rnd`'s eval metrics, per-task table and strips (once per round, resumes included)."""
+        if self.run is None or rnd in self.synced:
             return
         import wandb
 
@@ -96,6 +98,8 @@ class Tracker:
         for key in row:  # exact names: they win over the trainer callback's "*" -> train/global_step
             self.run.define_metric(key, step_metric=ROUND)
         self.run.log({ROUND: rnd, **row})
+        self.synced.add(rnd)
+        self.synced_file.write_text("".join(f"{r}\n" for r in sorted(self.synced)))
 
     def finish(self) -> None:
         if self.run is not None:

@@ -57,10 +57,15 @@ def test_the_grpo_plan_is_grpos_own_and_says_which_gpus_sit_idle(capsys):
     assert "sft" not in plan["training"]  # control: false, so no SFT batch anywhere in the plan
     assert plan["training"]["grpo"]["tokens_per_step_at_most"] == 16 * 8 * 1024  # 128 trajectories x positions
     stages = {p["stage"]: p for p in plan["placement"]}
-    assert set(stages) == {"eval, validate", "checkpoint (GRPO)", "judge"}
-    assert stages["eval, validate"]["gpus"] == 8 and stages["checkpoint (GRPO)"]["gpus"] == 1
-    assert "GRPOTrainer + its rollouts, 128 trajectories/step" in table and "8 Ray actors x 1 GPU" in table
-    assert any("7 of the 8 GPUs the run plans for sit idle while GRPO trains" in line for line in err)
+    assert set(stages) == {"eval, validate, GRPO step rollouts", "checkpoint (GRPO)", "judge"}
+    assert stages["eval, validate, GRPO step rollouts"]["gpus"] == 7 and stages["checkpoint (GRPO)"]["gpus"] == 1
+    assert "7 Ray actors x 1 GPU (GPUs 1-7)" in table and "the loop's process, GPU 0" in table
+    assert not [line for line in err if "idle" in line or "shares GPU 0" in line]  # the layout uses all 8
+    code, _, table, err = dry_run(capsys, "configs/cluster-grpo.yaml", "--set", "rollout.reserved_gpus=2")
+    assert "GPU 0 (GPU 1 reserved too, unused)" in table and "GPUs 2-8" in table
+    assert any("1 of the 9 GPUs the run plans for sit idle while GRPO trains" in line for line in err), err
+    code, _, _, err = dry_run(capsys, "configs/cluster-grpo.yaml", "--set", "rollout.reserved_gpus=0")
+    assert any("shares GPU 0 with the first actor" in line for line in err), err
     code, plan, _, _ = dry_run(capsys, "configs/cluster-grpo.yaml", "--set", "loop.control=true")
     assert plan["training"]["sft"]["for"] == ["control arm"] and "control" in {p["stage"] for p in plan["placement"]}
 
@@ -72,7 +77,8 @@ def test_memory_beyond_the_planned_devices_is_a_warning(shaped, capsys):
     assert code == 0 and plan["policy"]["parameters"] > 7e9
     beyond = [line for line in err if "beyond the 80 GB of its GPU" in line]
     assert any(line.startswith("warning: checkpoint (GRPO) needs about") for line in beyond), err
-    assert any(line.startswith("warning: eval, validate needs about") and "per actor" in line for line in beyond), err
+    assert any(line.startswith("warning: eval, validate, GRPO step rollouts needs about") and "per actor" in line
+               for line in beyond), err
     code, _, _, err = dry_run(capsys, "configs/cluster-grpo.yaml", "--set", f"loop.base_checkpoint={base}",
                               "--set", "rollout.batch_size=4", "--set", "train.grpo.prompts_per_step=1",
                               "--set", "train.grpo.generations=2", "--set", "rollout.max_new_tokens=512",

@@ -7,6 +7,7 @@ from __future__ import annotations
 import base64
 import gzip
 import json
+import shutil
 import struct
 from pathlib import Path
 
@@ -63,12 +64,10 @@ def grpo_run(tmp_path_factory, base_checkpoint) -> Path:  # noqa: F811
 def test_every_rounds_metrics_reach_wandb_beside_the_trainers_steps(grpo_run):
     (path,) = grpo_run.glob("wandb/offline-run-*/run-*.wandb")
     records = list(wandb_records(path))
-    rows = [{item.key or "/".join(item.nested_key): json.loads(item.value_json) for item in r.history.item}
-            for r in records if r.WhichOneof("record_type") == "history"]
-    assert any("train/global_step" in row for row in rows)  # the trainer logged into the same run first
-    rounds = [row["round"] for row in rows if "process/overall" in row]
+    assert history(grpo_run, "train/global_step")  # the trainer logged into the same run first
+    rounds = [row["round"] for row in history(grpo_run, "process/overall")]
     assert rounds == [0, 1]  # round 1 used to be dropped: its step was below the trainer's
-    steps = [row["_step"] for row in rows]
+    steps = [row["_step"] for row in history(grpo_run, "_step")]
     assert steps == sorted(steps)
     axes = {r.metric.name: r.metric.step_metric for r in records if r.WhichOneof("record_type") == "metric"}
     assert axes.get("process/overall") == "round" and axes.get("single_pass/overall") == "round"
@@ -90,3 +89,20 @@ def test_a_grpo_round_keeps_each_steps_trajectories_with_their_rewards(grpo_run)
             assert len(traj.images()) == len(row["images"])
     page = (grpo_run / "report.html").read_text()
     assert "GRPO trajectories as the reward saw them" in page and "Round 1, step 2 (4 of its trajectories" in page
+
+
+def history(run: Path, key: str) -> list[dict]:
+    """Every wandb history row holding `key`, across the run's offline runs (one per start)."""
+    return [row for path in sorted(run.glob("wandb/offline-run-*/run-*.wandb")) for r in wandb_records(path)
+            if r.WhichOneof("record_type") == "history"
+            for row in [{i.key or "/".join(i.nested_key): json.loads(i.value_json) for i in r.history.item}]
+            if key in row]
+
+
+def test_a_resumed_run_logs_no_round_twice(grpo_run, tmp_path, monkeypatch):
+    run = Path(shutil.copytree(grpo_run, tmp_path / "runs" / "w"))
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    monkeypatch.delenv("WANDB_DIR", raising=False)
+    assert main(["run", str(run / "config.yaml"), "--runs", str(tmp_path / "runs"), "--name", "w", "--resume"]) == 0
+    assert len(list(run.glob("wandb/offline-run-*"))) == 2  # the resume opened the run again
+    assert [row["round"] for row in history(run, "process/overall")] == [0, 1]
