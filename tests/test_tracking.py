@@ -58,6 +58,9 @@ def grpo_run(tmp_path_factory, base_checkpoint) -> Path:  # noqa: F811
         mp.setenv("WANDB_MODE", "offline")
         mp.delenv("WANDB_DIR", raising=False)
         assert main(["run", str(cfg), "--runs", str(tmp / "runs"), "--name", "w"]) == 0
+    import wandb
+
+    wandb.teardown()  # wandb keeps its settings (the run's folder) per process: later tests get fresh ones
     return tmp / "runs" / "w"
 
 
