@@ -58,3 +58,24 @@ def test_every_options_help_shows_its_default_once():
             if has_default(action):
                 assert text.count(f"(default: {action.default})") >= 1, (name, action.option_strings)
                 assert "(default " not in action.help, (name, action.help)  # no hand-written twin of it
+
+
+def test_wrapping_a_model_in_lora_prints_no_deprecation_warning(recwarn):
+    """peft reads transformers' deprecated `is_gradient_checkpointing` as it wraps a model (TRL every
+    step): silenced by message before every trainer is built, so no run's console shows it."""
+    from peft import LoraConfig, get_peft_model
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    from strokes import console
+
+    def lora() -> None:
+        model = LlamaForCausalLM(LlamaConfig(hidden_size=16, intermediate_size=32, num_hidden_layers=1,
+                                             num_attention_heads=2, vocab_size=32))
+        get_peft_model(model, LoraConfig(r=2, target_modules=["q_proj"]))
+
+    lora()
+    assert any("is_gradient_checkpointing" in str(w.message) for w in recwarn)  # what peft does unhushed
+    recwarn.clear()
+    console.hush_deprecations()
+    lora()
+    assert not [w for w in recwarn if issubclass(w.category, FutureWarning)]

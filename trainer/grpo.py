@@ -37,6 +37,7 @@ import time
 from pathlib import Path
 from typing import Callable
 
+from strokes import console
 from strokes.errors import InputError
 
 from .config import REWARDS, TrainConfig
@@ -98,6 +99,7 @@ def train_grpo(policy, prompts: list[str], cfg: TrainConfig, out: str | Path, sa
     if cfg.num_threads > 0:
         torch.set_num_threads(cfg.num_threads)
     own_wandb_run = setup_wandb(cfg, out)
+    console.hush_deprecations()  # peft warns as it wraps the model in LoRA, TRL every step
     torch.manual_seed(cfg.seed)
     os.environ.setdefault("TRL_EXPERIMENTAL_SILENCE", "1")  # rollout_func is experimental: pinned in pyproject
 
