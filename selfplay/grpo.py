@@ -88,6 +88,40 @@ def grpo_stage(cfg: RunConfig, parent: Path, prompts: list[str], out: Path, judg
     (the run's, `rollout.actors` > 0) each step's rollouts are sampled there from that step's weights
     (`on_dispatch(shard, actor)` after each shard is sent: tests kill actors with it). Returns the
     training summary."""
+    return _train(cfg, parent, prompts, out, judge, fleet, on_dispatch)[0]
+
+
+def grpo_on_ray(cfg: RunConfig, parent: Path, prompts: list[str], out: Path) -> dict:
+    """GRPO with `train.distributed: ray`: `train.workers` Ray Train workers, each a rank of TRL's
+    `GRPOTrainer` that samples its share of every step's prompts with its own engine and judge, the
+    ranks averaging gradients; a worker that dies restarts the group, which resumes from the last
+    trainer checkpoint (`trainer/distributed.py`). Writes what `grpo_stage` writes."""
+    from trainer.distributed import run_workers
+
+    return run_workers(_grpo_worker, {"cfg": cfg, "parent": str(Path(parent).resolve()), "prompts": prompts,
+                                      "out": str(Path(out).resolve())},
+                       cfg.train, Path(out).resolve(), "grpo", cfg.rollout.ray_address)
+
+
+def _grpo_worker(config: dict) -> None:
+    """One Ray Train worker of `grpo_on_ray`."""
+    import torch
+
+    from trainer.distributed import report
+
+    from .judging import policy_judge
+
+    cfg: RunConfig = config["cfg"]
+    torch.set_num_threads(max(cfg.train.num_threads, 1))  # one worker per core (or GPU)
+    parent = Path(config["parent"])
+    summary, policy = _train(cfg, parent, config["prompts"], Path(config["out"]),
+                             policy_judge(cfg.judge, parent, cfg.rollout))
+    report(summary, policy.model)
+
+
+def _train(cfg: RunConfig, parent: Path, prompts: list[str], out: Path, judge, fleet: RolloutFleet | None = None,
+           on_dispatch: Callable[[int, object], None] | None = None) -> tuple[dict, Policy]:
+    """`grpo_stage`'s work; returns the summary and the trained policy."""
     rollout_cfg = dataclasses.replace(sampled_verdicts(cfg.rollout), mode="process", actors=0)
     policy = Policy.from_pretrained(parent)
     engine = Engine(policy, rollout_cfg)  # shares policy.model with the trainer: it samples the live weights
@@ -101,6 +135,6 @@ def grpo_stage(cfg: RunConfig, parent: Path, prompts: list[str], out: Path, judg
                              on_dispatch)
     sample = make_sampler(engine, judge, exact=exact, verdict_weight=verdict_weight, draw=draw,
                           draw_metrics=(lambda: draw.stats.metrics()) if draw else None)
-    return train_grpo(policy, prompts, cfg.train, out, sample, reward_functions(), engine.legal_sets,
-                      temperature=rollout_cfg.temperature)
-
+    summary = train_grpo(policy, prompts, cfg.train, out, sample, reward_functions(), engine.legal_sets,
+                         temperature=rollout_cfg.temperature)
+    return summary, policy
