@@ -3,6 +3,7 @@
 - `OracleJudge`: exact, from the ShapeWorld checker; also gives corrections and `corrected_scene`.
 - `GPTJudge`: any OpenAI-compatible endpoint, with concurrency, retries, budget and cache.
 - `SelfJudge`: the policy's own Inspect, through an injected `inspect_fn`.
+- `VLMJudge`: a stand-in VLM, the exact judge with an error profile's systematic mistakes.
 - `JudgeServer`: any judge behind an OpenAI-compatible endpoint (`selfplay judge-serve`).
 - `evaluate` / `labelled_contexts`: precision and recall against the oracle (`selfplay judge-eval`).
 
@@ -30,6 +31,10 @@ def make_judge(cfg: JudgeConfig, inspect_fn: InspectFn | None = None, image_side
         from .gpt import GPTJudge
 
         return GPTJudge(cfg)
+    if cfg.kind == "vlm":
+        from .vlm import VLMJudge, load_profile
+
+        return VLMJudge(load_profile(cfg.profile), cfg.profile_seed)
     if inspect_fn is None:
         raise InputError("judge.kind 'self' needs a policy to inspect with (a checkpoint)")
     return SelfJudge(inspect_fn, image_side)

@@ -6,9 +6,11 @@ from dataclasses import dataclass
 from typing import ClassVar
 
 from strokes.config_loader import require
+from strokes.errors import InputError
 
-KINDS = ("oracle", "gpt", "self")
-SERVABLE = ("", "oracle", "self")  # judges a run can serve to itself (`JudgeConfig.serve`)
+KINDS = ("oracle", "gpt", "self", "vlm")
+SERVABLE = ("", "oracle", "self", "vlm")  # judges a run can serve to itself (`JudgeConfig.serve`)
+FINAL_REWARDS = ("auto", "holistic", "questions")
 
 
 @dataclass
@@ -19,7 +21,8 @@ class JudgeConfig:
 
     kind: str = "oracle"
     """"oracle" (exact, from the ShapeWorld checker), "gpt" (any OpenAI-compatible endpoint, our own
-    `selfplay judge-serve` included) or "self" (the current policy's own Inspect)."""
+    `selfplay judge-serve` included), "self" (the current policy's own Inspect) or "vlm" (the stand-in
+    VLM judge: the exact one with `profile`'s mistakes, judges/vlm.py)."""
     base_url: str | None = None
     """The endpoint for kind "gpt", e.g. "http://127.0.0.1:8000/v1"; None is api.openai.com."""
     model: str = "gpt-4.1-mini"
@@ -45,13 +48,30 @@ class JudgeConfig:
     prompts_file: str = ""
     """The judge prompts (YAML), or a built-in set by name: "" (ShapeWorld's, `judges/prompts.yaml`) or
     "natural" (natural images in GenEval's terms, `judges/prompts_natural.yaml`)."""
+    final_reward: str = "auto"
+    """How GRPO's final reward asks the judge about a finished picture: "holistic" (one verdict on
+    the last step: 1 or 0), "questions" (one question per part of the prompt, the reward the share
+    answered yes: robust to a judge's mistakes, selfplay/questions.py) or "auto" (questions for kinds
+    gpt and vlm, holistic for self; the exact judge always scores by GenEval's exact rule)."""
+    max_unjudged: float = 0.05
+    """The share of a GRPO step's or a critique stage's verdicts that may be missing (a dead or
+    failing judge) before the round stops with one line naming the causes (judges/unjudged.py)."""
+    profile: str = "typical"
+    """The stand-in VLM judge's error profile (kind or serve "vlm"): "strong", "typical" or a YAML file."""
+    profile_seed: int = 0
+    """Its seed: which steps it gets wrong (the same steps, asked again, the same way)."""
     serve: str = ""
-    """With kind "gpt": start this judge of ours ("oracle", or "self" = the base checkpoint's Inspect)
+    """With kind "gpt": start this judge of ours ("oracle", "vlm", or "self" = the base checkpoint's Inspect)
     behind the OpenAI-compatible judge server on 127.0.0.1 for the run and judge through it, as a
     remote endpoint is judged (`base_url` and `model` are then the server's); "" uses `base_url`."""
 
     def __post_init__(self) -> None:
         self.validate()
+
+    @property
+    def asks_questions(self) -> bool:
+        """Whether GRPO's final reward asks atomic questions (`final_reward`)."""
+        return self.final_reward == "questions" or (self.final_reward == "auto" and self.kind in ("gpt", "vlm"))
 
     def validate(self) -> "JudgeConfig":
         """Check every field (a one-line InputError naming the first bad one); returns self."""
@@ -62,7 +82,16 @@ class JudgeConfig:
         for name in ("backoff", "timeout_s"):
             require(self, name, getattr(self, name) > 0, "must be > 0")
         require(self, "model", bool(self.model), "must not be empty")
+        require(self, "final_reward", self.final_reward in FINAL_REWARDS, f"must be one of {', '.join(FINAL_REWARDS)}")
+        require(self, "max_unjudged", 0.0 <= self.max_unjudged <= 1.0, "must be a fraction between 0 and 1")
         require(self, "serve", self.serve in SERVABLE, f"must be one of {', '.join(map(repr, SERVABLE))}")
         require(self, "serve", not self.serve or self.kind == "gpt",
                 "needs kind: gpt (the served judge is reached over the OpenAI API)")
+        if "vlm" in (self.kind, self.serve):
+            from .vlm import load_profile
+
+            try:
+                load_profile(self.profile)
+            except InputError as e:
+                raise InputError(f"judge.profile: {e}") from None
         return self

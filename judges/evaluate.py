@@ -28,6 +28,7 @@ from strokes.shapeworld.suites import sample_record
 from strokes.verdict import ConflictKind, Judge, StepContext, Verdict
 
 from .oracle import OracleJudge
+from .unjudged import judge_stats
 
 
 def labelled_contexts(n: int, seed: int = 0, split: str = "test", size: int = 64) -> list[StepContext]:
@@ -123,7 +124,7 @@ def evaluate(judge: Judge, contexts: list[StepContext], name: str = "", batch_si
         verdicts.extend(judge.judge(contexts[i: i + batch_size]))
     seconds = time.perf_counter() - t0
     return score(reference, verdicts, name or getattr(judge, "name", type(judge).__name__), seconds,
-                 _stats_of(judge))
+                 judge_stats(judge))
 
 
 def score(reference: list[Verdict], verdicts: list[Verdict | None], name: str, seconds: float = 0.0,
@@ -157,10 +158,3 @@ def score(reference: list[Verdict], verdicts: list[Verdict | None], name: str, s
         correction_match=fixes["correction"] / fixes["flagged"] if fixes["flagged"] else None,
         missing_match=fixes["missing"] / fixes["passed"] if fixes["passed"] else None,
         seconds=seconds, stats=stats or {})
-
-
-def _stats_of(judge: Judge) -> dict:
-    stats = getattr(judge, "stats", None)
-    if stats is None:
-        return {}
-    return stats.to_json() if hasattr(stats, "to_json") else dict(stats)

@@ -16,7 +16,10 @@ own retries are switched off so the policy here is the only one:
 - an on-disk cache keyed by the full request, so a resumed round pays nothing twice for a verdict
   (unreadable answers are not kept: the next run asks again);
 - a rejected API key (401/403) or an unknown model or path (404) stops the batch with a one-line
-  InputError, because every further request would fail the same way.
+  InputError, because every further request would fail the same way;
+- every failed attempt is counted by its cause (`stats.causes`: connection refused, DNS lookup
+  failed, TLS handshake failed, timeout, connection lost, HTTP <status>), and the first of each
+  cause in a round is logged at WARNING: a judge that is down says why, once.
 """
 
 from __future__ import annotations
@@ -25,10 +28,12 @@ import json
 import logging
 import os
 import random
+import socket
+import ssl
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor, as_completed
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 
 from pydantic import ValidationError
 
@@ -52,16 +57,23 @@ class JudgeStats:
     verdicts: int = 0  # steps that got a verdict
     requests: int = 0  # HTTP requests sent, retries included
     retries: int = 0
-    timeouts: int = 0  # requests that timed out or lost their connection
+    timeouts: int = 0  # requests that timed out
+    connection_errors: int = 0  # requests that found no server, or lost their connection
     http_errors: int = 0  # retryable HTTP statuses received
     cache_hits: int = 0
     unparsable: int = 0  # answers that could not be read as a verdict (skipped)
     failed: int = 0  # steps given up on: retries exhausted, or a non-retryable status
     over_budget: int = 0  # steps left unjudged because the budget was spent
     tokens: int = 0  # total tokens the endpoint reported
+    causes: dict[str, int] = field(default_factory=dict)  # failed attempts by cause ("connection refused": 4)
 
     def to_json(self) -> dict:
         return asdict(self)
+
+    @property
+    def unjudged(self) -> int:
+        """Steps asked that got no verdict."""
+        return self.steps - self.verdicts
 
 
 class GPTJudge:
@@ -156,8 +168,9 @@ class GPTJudge:
             try:
                 resp = self.client.chat.completions.create(**body)
             except (openai.APITimeoutError, openai.APIConnectionError) as e:
-                self._count(timeouts=1)
-                log.info("judge request failed (%s), attempt %d", type(e).__name__, attempt + 1)
+                cause = connection_failure(e)
+                self._count(**{"timeouts" if cause == "timeout" else "connection_errors": 1})
+                self._failed_attempt(cause, attempt)
             except openai.APIStatusError as e:
                 status = e.status_code
                 if status in (401, 403):
@@ -168,9 +181,10 @@ class GPTJudge:
                                      "check judge.base_url and judge.model") from None
                 if status not in RETRY_STATUSES and status < 500:
                     self._count(failed=1)
-                    log.warning("judge request rejected with HTTP %d: %s", status, str(e)[:200])
+                    self._failed_attempt(f"HTTP {status}", attempt, str(e)[:200])
                     return None
                 self._count(http_errors=1)
+                self._failed_attempt(f"HTTP {status}", attempt)
                 retry_after = _retry_after(e.response.headers.get("retry-after"))
             except (json.JSONDecodeError, openai.APIResponseValidationError, ValueError) as e:
                 # A 200 whose body is not the JSON it claims to be: an unreadable answer, not an outage.
@@ -202,6 +216,35 @@ class GPTJudge:
         with self._lock:
             for k, v in deltas.items():
                 setattr(self.stats, k, getattr(self.stats, k) + v)
+
+    def _failed_attempt(self, cause: str, attempt: int, detail: str = "") -> None:
+        """Count a failed attempt by its cause; the first of a cause in a round is a WARNING naming
+        the endpoint (a dead judge says why, once), the rest INFO."""
+        with self._lock:
+            first = cause not in self.stats.causes
+            self.stats.causes[cause] = self.stats.causes.get(cause, 0) + 1
+        log.log(logging.WARNING if first else logging.INFO, "judge %s: %s (attempt %d)%s",
+                self.client.base_url, cause, attempt + 1, f": {detail}" if detail else "")
+
+
+def connection_failure(exc: BaseException) -> str:
+    """Why a request reached no answer, in a user's words, from the exception's chain (the client
+    wraps the socket's error twice): "connection refused", "DNS lookup failed", "TLS handshake
+    failed", "timeout" or "connection lost"."""
+    import openai
+
+    seen: BaseException | None = exc
+    while seen is not None:
+        if isinstance(seen, ConnectionRefusedError):
+            return "connection refused"
+        if isinstance(seen, socket.gaierror):
+            return "DNS lookup failed"
+        if isinstance(seen, ssl.SSLError):
+            return "TLS handshake failed"
+        if isinstance(seen, (openai.APITimeoutError, TimeoutError)):
+            return "timeout"
+        seen = seen.__cause__ or seen.__context__
+    return "connection lost"
 
 
 def _answer_of(resp: object) -> dict | None:

@@ -26,7 +26,7 @@ from strokes.trajectory import Refinement, Step, png_bytes
 from strokes.verdict import StepContext, Verdict
 
 MAX_SIDE = 1024
-"""The largest image side a judge server reads unless its judge says otherwise (`image_side`)."""
+"""The largest image side a judge server reads for a judge that reads any size (no `image_side`)."""
 DEFAULT_PROMPTS = Path(__file__).with_name("prompts.yaml")
 BUILTIN_PROMPTS = {"": DEFAULT_PROMPTS, "shapeworld": DEFAULT_PROMPTS,
                    "natural": Path(__file__).with_name("prompts_natural.yaml")}
@@ -80,10 +80,11 @@ def image_url(image: np.ndarray) -> str:
     return "data:image/png;base64," + base64.b64encode(png_bytes(image)).decode("ascii")
 
 
-def image_of_url(url: str, max_side: int = MAX_SIDE) -> np.ndarray:
+def image_of_url(url: str, side: int | None = None) -> np.ndarray:
     """The RGB array in a base64 data URL; ValueError for anything else (remote URLs included:
-    a judge server fetches nothing) and for an image with a side over `max_side` (what the judge
-    reads). The size is read from the header before anything is decoded: a few KB of PNG can
+    a judge server fetches nothing) and for an image the judge cannot read: with `side` (a judge
+    that reads one size, e.g. the exact judge's 64-px canvas) anything but side x side, else a side
+    over MAX_SIDE. The size is read from the header before anything is decoded: a few KB of PNG can
     declare gigapixels."""
     m = re.match(r"^data:image/[a-z]+;base64,(.*)$", url, re.S)
     if not m:
@@ -91,13 +92,15 @@ def image_of_url(url: str, max_side: int = MAX_SIDE) -> np.ndarray:
     try:
         with Image.open(io.BytesIO(base64.b64decode(m.group(1), validate=True))) as im:
             size = im.size
-            if max(size) <= max_side:
+            if size == (side, side) or (side is None and max(size) <= MAX_SIDE):
                 return np.asarray(im.convert("RGB"))
     except Exception as e:  # noqa: BLE001
         # A decoder fed untrusted bytes fails in many ways (OSError, SyntaxError for a broken chunk,
         # zlib.error, DecompressionBombError); to the client each means the same.
         raise ValueError(f"image_url does not hold a readable image ({type(e).__name__}: {e})") from None
-    raise ValueError(f"image_url holds a {size[0]}x{size[1]} image; the largest judged is {max_side}x{max_side}")
+    if side is not None:
+        raise ValueError(f"image_url holds a {size[0]}x{size[1]} image; this judge reads {side}x{side} images")
+    raise ValueError(f"image_url holds a {size[0]}x{size[1]} image; the largest judged is {MAX_SIDE}x{MAX_SIDE}")
 
 
 # ---- messages ----------------------------------------------------------------------------------------
@@ -133,9 +136,9 @@ def build_messages(ctx: StepContext, prompts: Prompts) -> list[dict]:
     return [{"role": "system", "content": prompts.system}, {"role": "user", "content": parts}]
 
 
-def parse_messages(messages: Any, prompts: Prompts, max_side: int = MAX_SIDE) -> StepContext:
+def parse_messages(messages: Any, prompts: Prompts, side: int | None = None) -> StepContext:
     """The step in the last user message; ValueError naming what is wrong with a malformed one
-    (an image with a side over `max_side` and a record that is not a prompt record included)."""
+    (an image the judge cannot read, `image_of_url`, and a record that is not a prompt record included)."""
     if not isinstance(messages, list) or not messages:
         raise ValueError("'messages' must be a non-empty list")
     user = next((m for m in reversed(messages) if isinstance(m, dict) and m.get("role") == "user"), None)
@@ -169,7 +172,7 @@ def parse_messages(messages: Any, prompts: Prompts, max_side: int = MAX_SIDE) ->
             key = pending or ("image" if "image" not in images else None)
             if key is None:
                 raise ValueError(f"content part {i}: an image without a label")
-            images[key] = image_of_url(url, max_side)
+            images[key] = image_of_url(url, side)
             pending = None
         else:
             raise ValueError(f"content part {i}: unsupported type {kind!r} (text and image_url are)")

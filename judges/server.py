@@ -36,7 +36,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 from strokes.verdict import Judge, StepContext
 
-from .messages import MAX_SIDE, Prompts, load_prompts, parse_messages
+from .messages import Prompts, load_prompts, parse_messages
 
 log = logging.getLogger(__name__)
 MAX_BODY = 64 * 1024 * 1024
@@ -124,9 +124,9 @@ class JudgeServer:
                  model: str | None = None, prompts: Prompts | None = None, max_batch: int = 32,
                  batch_wait_s: float = 0.002, idle_timeout_s: float = IDLE_TIMEOUT_S) -> None:
         self.judge = judge
-        # the largest image the judge reads: its own side (the exact judge's 64-px canvas, a policy's
-        # images), else any up to MAX_SIDE
-        self.max_image_side = getattr(judge, "image_side", MAX_SIDE)
+        # the one image size the judge reads (the exact judge's 64-px canvas, a policy's images); a
+        # judge that does not say reads any up to MAX_SIDE
+        self.image_side: int | None = getattr(judge, "image_side", None)
         self.model = model or f"strokes-{getattr(judge, 'name', 'judge')}"
         self.api_key = api_key or None
         self.prompts = prompts or load_prompts()
@@ -182,13 +182,19 @@ class JudgeServer:
             self.served += 1
         if not isinstance(body, dict):
             return 400, _error("the request body must be a JSON object")
+        model = body.get("model")
+        if not isinstance(model, str) or not model:
+            return 400, _error("you must provide a model parameter", "model")
+        if model != self.model:  # as vLLM and OpenAI answer: a typo in judge.model fails here as it would there
+            return 404, _error(f"The model `{model}` does not exist (this server serves `{self.model}`).",
+                               "model", "invalid_request_error", "model_not_found")
         if body.get("stream"):
             return 400, _error("streaming is not supported", "stream")
         rf = body.get("response_format")
         if rf is not None and (not isinstance(rf, dict) or rf.get("type") not in ("json_schema", "json_object", "text")):
             return 400, _error("response_format must be of type json_schema, json_object or text", "response_format")
         try:
-            ctx = parse_messages(body.get("messages"), self.prompts, self.max_image_side)
+            ctx = parse_messages(body.get("messages"), self.prompts, self.image_side)
         except ValueError as e:
             return 400, _error(str(e), "messages")
         try:
@@ -205,7 +211,7 @@ class JudgeServer:
         completion_tokens = max(1, len(content) // 4)
         return 200, {
             "id": f"chatcmpl-{uuid.uuid4().hex[:24]}", "object": "chat.completion", "created": int(time.time()),
-            "model": str(body.get("model") or self.model),
+            "model": self.model,
             "choices": [{"index": 0, "message": message, "finish_reason": "stop", "logprobs": None}],
             "usage": {"prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens,
                       "total_tokens": prompt_tokens + completion_tokens},

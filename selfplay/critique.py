@@ -79,7 +79,9 @@ class CritiqueStats:
     conflicts: Counter = field(default_factory=Counter)  # conflict kinds the judge found
     corrections_accepted: int = 0
     corrections_rejected: int = 0
-    unjudged: int = 0
+    unjudged: int = 0  # rollouts with a step the judge gave no verdict (skipped)
+    steps_asked: int = 0  # steps put to the judge
+    steps_unjudged: int = 0  # of them, steps that got no verdict
 
     def to_json(self) -> dict:
         tried = self.corrections_accepted + self.corrections_rejected
@@ -123,6 +125,7 @@ def build_self_critique(rollouts: list[Trajectory], judge, cfg: CritiqueConfig, 
     contexts = [step_contexts(t) for t in usable]
     flat = [c for cs in contexts for c in cs]
     verdicts = judge.judge(flat) if flat else []
+    stats.steps_asked, stats.steps_unjudged = len(flat), sum(v is None for v in verdicts)
     out: list[Trajectory] = []
     confirmed: Counter = Counter()  # confirmations kept per prompt
     pending: list[tuple[Trajectory, int, Verdict, StepContext]] = []

@@ -1,9 +1,11 @@
 """The run's judge over a policy: `judges.make_judge` (the one factory) with, for the self judge,
-the policy's own Inspect through the rollout engine, so it inspects exactly as it does in a rollout."""
+the policy's own Inspect through the rollout engine, so it inspects exactly as it does in a rollout;
+a judge the run serves itself (`served_judge`); and what a GRPO round's judge costs (`JudgeMeter`)."""
 
 from __future__ import annotations
 
 import dataclasses
+from collections import Counter
 from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Callable, Iterator
@@ -11,8 +13,12 @@ from typing import TYPE_CHECKING, Callable, Iterator
 from judges import JudgeConfig, make_judge
 from judges.messages import load_prompts
 from judges.server import JudgeServer
+from judges.unjudged import judge_stats
 from rollout import Engine, RolloutConfig
 from strokes.model.policy import Policy, checkpoint_image_side
+from strokes.trajectory import Trajectory
+
+from .rewards import ExactCheck, Judged, judge_rollouts
 
 if TYPE_CHECKING:
     from .config import RunConfig
@@ -40,8 +46,109 @@ def served_judge(cfg: RunConfig, log: Callable[[str], None] = print) -> Iterator
     decided = dataclasses.replace(cfg.rollout, inspect="threshold")
     inner = policy_judge(dataclasses.replace(j, kind=j.serve, serve=""), cfg.loop.base_checkpoint, decided)
     with JudgeServer(inner, port=0, prompts=load_prompts(j.prompts_file), max_batch=j.concurrency) as server:
-        log(f"judge: the {j.serve} judge behind the judge server on {server.base_url}")
+        what = f"{j.serve} judge (profile {j.profile}, seed {j.profile_seed})" if j.serve == "vlm" else f"{j.serve} judge"
+        log(f"judge: the {what} behind the judge server on {server.base_url}")
         try:
             yield dataclasses.replace(cfg, judge=dataclasses.replace(j, base_url=server.base_url, model=server.model))
         finally:
             log(f"judge server on {server.base_url} answered {server.served} requests")
+
+
+class JudgeMeter:
+    """What a GRPO round's judge costs and how far it is from the exact judge, step by step.
+
+    Cost: requests and tokens (read from the judge's own counters; an in-process judge sends none),
+    verdicts asked, and the seconds spent judging against the seconds spent rolling out. It also
+    says when the judge's budget cannot pay for another step, so the round stops after a whole step
+    instead of in the middle of one. Agreement: with a `reference` (the world's exact judge, when
+    the training judge is another), every visual state and final image the training judge labelled
+    is labelled again by the reference, and the two are compared per task: how often they agree,
+    the mistakes the training judge missed and the false alarms it raised."""
+
+    def __init__(self, judge: object, cfg: JudgeConfig, reference: object = None,
+                 reference_exact: ExactCheck | None = None) -> None:
+        self.judge, self.cfg = judge, cfg
+        self.reference, self.reference_exact = reference, reference_exact
+        self.steps: list[dict] = []
+        self.by_task: dict[str, Counter] = {}
+        self._seen = self._counters()
+
+    def _counters(self) -> tuple[int, int]:
+        stats = judge_stats(self.judge)
+        return int(stats.get("requests", 0)), int(stats.get("tokens", 0))
+
+    def step(self, trajectories: list[Trajectory], judged: list[Judged], rollout_s: float, judge_s: float) -> dict:
+        """Record one step; its metrics as logged (`judge/requests`, `judge/tokens`, `judge/verdicts`,
+        `judge/seconds`, `rollout/seconds`, and with a reference `agreement/states`, `agreement/final`)."""
+        now = self._counters()
+        requests, tokens = now[0] - self._seen[0], now[1] - self._seen[1]
+        self._seen = now
+        cost = {"judge/requests": float(requests), "judge/tokens": float(tokens),
+                "judge/verdicts": float(sum(j.asked for j in judged)), "judge/seconds": judge_s,
+                "rollout/seconds": rollout_s}
+        self.steps.append(cost)
+        if self.reference is not None:
+            counts = self._compare(judged, judge_rollouts(trajectories, self.reference, self.reference_exact))
+            for name, total, agree in (("states", "states", "states_agree"), ("final", "finals", "finals_agree")):
+                if counts[total]:
+                    cost[f"agreement/{name}"] = counts[agree] / counts[total]
+        return cost
+
+    def _compare(self, judged: list[Judged], reference: list[Judged]) -> Counter:
+        """Per task and in all, states both labelled, how many alike, missed and false alarms; and
+        final verdicts both gave and how many alike."""
+        step = Counter()
+        for mine, ref in zip(judged, reference):
+            c = self.by_task.setdefault(mine.task or "-", Counter())
+            theirs = {index: wrong for index, wrong, _ in ref.verdicts}
+            for index, wrong, _ in mine.verdicts:
+                if index in theirs:
+                    d = Counter(states=1, states_agree=wrong == theirs[index], missed=theirs[index] and not wrong,
+                                false_alarms=wrong and not theirs[index], reference_wrong=theirs[index])
+                    c.update(d)
+                    step.update(d)
+            if mine.final is not None and ref.final is not None and not mine.broken:
+                d = Counter(finals=1, finals_agree=mine.final == ref.final)
+                c.update(d)
+                step.update(d)
+        return step
+
+    def over_budget(self) -> str | None:
+        """Why the next step cannot be paid for (its cost taken as the dearest step so far), or None."""
+        if not self.steps:
+            return None
+        requests, tokens = self._counters()
+        need = {k: max(s[f"judge/{k}"] for s in self.steps) for k in ("requests", "tokens")}
+        for name, spent, budget in (("requests", requests, self.cfg.budget_requests),
+                                    ("tokens", tokens, self.cfg.budget_tokens)):
+            if budget and spent + need[name] > budget:
+                return (f"judge.budget_{name}: {spent} of {budget} {name} spent after {len(self.steps)} steps, "
+                        f"a step takes up to {need[name]:.0f}; the round stops here")
+        return None
+
+    def totals(self) -> dict:
+        """The round's sums, the judge-to-rollout time ratio and, with a reference, the agreement per
+        task (the `judge` entry of the round's training summary)."""
+        keys = ("judge/requests", "judge/tokens", "judge/verdicts", "judge/seconds", "rollout/seconds")
+        out: dict = {k.replace("/", "_"): sum(s[k] for s in self.steps) for k in keys}
+        out["steps"] = len(self.steps)
+        out["judge_to_rollout"] = out["judge_seconds"] / out["rollout_seconds"] if out["rollout_seconds"] else None
+        if self.reference is not None:
+            out["agreement"] = {task: dict(c) for task, c in sorted(self.by_task.items())}
+        return out
+
+
+def cost_line(rnd: int, totals: dict) -> str:
+    """The console's line for a GRPO round's judge: what it cost and, against the exact judge, how
+    often it agreed."""
+    steps = max(1, totals["steps"])
+    line = (f"round {rnd}: judge {totals['judge_requests']:.0f} requests, {totals['judge_tokens'] / 1000:.1f}k tokens, "
+            f"{totals['judge_verdicts']:.0f} verdicts over {totals['steps']} steps; per step judge "
+            f"{totals['judge_seconds'] / steps:.2f}s against rollout {totals['rollout_seconds'] / steps:.2f}s")
+    agreement = totals.get("agreement")
+    if agreement:
+        states = sum(c.get("states", 0) for c in agreement.values())
+        agree = sum(c.get("states_agree", 0) for c in agreement.values())
+        if states:
+            line += f"; agrees with the exact judge on {100 * agree / states:.1f}% of {states} states"
+    return line

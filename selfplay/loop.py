@@ -36,7 +36,7 @@ from strokes.trajectory import read_jsonl
 
 from .config import RunConfig
 from .evaluation import evaluate, rollout_stage, validate
-from .judging import served_judge
+from .judging import cost_line, served_judge
 from .report import write_report
 from .run_dir import (CHECKPOINT, CONTROL, CONTROL_EVAL, CONTROL_INSPECT_HEAD, CONTROL_VALIDATE, DATA, EVAL,
                       INSPECT_HEAD, PROMOTE, ROLLOUTS, VALIDATE, RunDir, RunState, write_event)
@@ -97,6 +97,7 @@ class Loop:
         cfg = self.cfg
         base = self.stage(0, CHECKPOINT, lambda tmp: base_stage(cfg, from_scratch, tmp)) / "checkpoint"
         evaluated = self.eval_round(0, base)
+        self.tracker.sync(0)
         if self.state.policy is None:
             self.state.policy = str(evaluated)
             self.state.save()
@@ -122,6 +123,9 @@ class Loop:
         # GRPO samples each step's rollouts on the fleet (its actors get the step's weights)
         trained = self.stage(rnd, CHECKPOINT, lambda tmp: train_stage(cfg, parent, data / "dataset", tmp, rnd, "policy",
                                                                         fleet=self.fleet if grpo else None))
+        judge_totals = json.loads((trained / "train_summary.json").read_text()).get("judge") if grpo else None
+        if judge_totals:
+            self.log(cost_line(rnd, judge_totals))
         evaluated = self.eval_round(rnd, trained / "checkpoint")
         if cfg.loop.control:
             steps = json.loads((trained / "train_summary.json").read_text())["steps"]
@@ -136,7 +140,6 @@ class Loop:
         self.stage(rnd, EVAL, lambda tmp: evaluate(self.cfg, checkpoint, tmp, rnd, fleet=self.fleet))
         self.stage(rnd, VALIDATE, lambda tmp: validate(self.cfg, checkpoint, tmp, rnd, fleet=self.fleet, log=self.log))
         self.run.rebuild_metrics()
-        self.tracker.sync(rnd)
         self.log(f"round {rnd}: " + ", ".join(f"{mode} {100 * s['overall']:.1f} ± {100 * s['overall_se']:.1f}"
                                               for mode, s in self.run.scores(rnd, EVAL).items()))
         return checkpoint

@@ -4,7 +4,8 @@ It opens with a summary box (the policy the run ended with, the net change and w
 significant, wall time), a glossary and the run's metadata; then per-round accuracy (process vs
 single-pass, and the control arm; ±1 SE everywhere), per-task plots, the gaps with
 their standard errors, the own-sketch inspection table (ROC AUC on the validation split), judge statistics (conflicts found per kind, acceptance of corrections,
-outcomes of the rollouts), promotions, and trajectory strips of fixed prompts round by round.
+outcomes of the rollouts), a few trajectories of each GRPO round's last step with their rewards,
+promotions, and trajectory strips of fixed prompts round by round.
 """
 
 from __future__ import annotations
@@ -22,12 +23,13 @@ import yaml
 
 from judges import OracleJudge
 from strokes.io import write_atomic
-from strokes.trajectory import read_jsonl
+from strokes.trajectory import from_row, png_bytes, read_jsonl
 
 from .inspect_stats import inspect_stats
 from .run_dir import (CHECKPOINT, CONTROL_EVAL, CONTROL_VALIDATE, DATA, EVAL, STAGES, VALIDATE, RunDir,
                       read_scores)
 from .stats import gap, significant
+from .visualize import describe, strip_image
 
 
 def _inspect(folder: Path) -> dict | None:
@@ -369,6 +371,42 @@ def _grpo(data: dict) -> list[str]:
                     "groups with a right one", "groups with one reward (no signal)", "KL at the end"], rows)]
 
 
+SHOWN_TRAJECTORIES = 3
+"""GRPO trajectories the report shows of each round's last step: the best rewarded two and the worst."""
+
+
+def _grpo_trajectories(run: RunDir) -> list[str]:
+    """A few trajectories of each GRPO round's last step, as the reward saw them: the strip, the text
+    the model wrote and each reward component, so a reward the model games shows in what it draws."""
+    text = run.config.read_text() if run.config.exists() else ""
+    weights = (yaml.safe_load(text) or {}).get("train", {}).get("grpo", {}).get("reward_weights") or {}
+
+    def total(row: dict) -> float:
+        return sum(weights.get(k, 1.0) * (v or 0.0) for k, v in row["rewards"].items())
+
+    parts = []
+    for rnd in run.rounds():
+        kept = run.step_trajectories(rnd)
+        if not kept:
+            continue
+        step = max(kept)
+        ranked = sorted(kept[step], key=total, reverse=True)
+        shown = ranked[: SHOWN_TRAJECTORIES - 1] + ranked[SHOWN_TRAJECTORIES - 1:][-1:]
+        parts.append(f"<h3>Round {rnd}, step {step} ({len(kept[step])} of its trajectories kept in "
+                     f"round_{rnd:03d}/checkpoint/trajectories/)</h3>")
+        for row in shown:
+            traj = from_row({**row, "images": [base64.b64decode(x) for x in row["images"]]})
+            png = base64.b64encode(png_bytes(strip_image(traj))).decode()
+            rewards = ", ".join(f"{k} {v:+.2f}" if v is not None else f"{k} -" for k, v in row["rewards"].items())
+            parts.append(f"<p><b>reward {total(row):+.2f}</b> ({html.escape(rewards)}), group {row['group']}<br>"
+                         f'<img src="data:image/png;base64,{png}" alt="GRPO round {rnd} step {step}: every visual '
+                         f'state drawn for {html.escape(traj.prompt, quote=True)}, left to right"></p>'
+                         f"<pre>{html.escape(describe(traj, header=False))}</pre>")
+    if not parts:
+        return []
+    return ["<h2>GRPO trajectories as the reward saw them (each round's last step)</h2>", *parts]
+
+
 def _judge(data: dict) -> list[str]:
     """What the judge found in each SFT round's rollouts and what became training data."""
     rows = [[r["round"], d["critique"], d["replay"], ", ".join(f"{k} {v}" for k, v in sorted(d["outcomes"].items())),
@@ -380,6 +418,47 @@ def _judge(data: dict) -> list[str]:
     return ["<h2>Judge and critique data per round</h2>",
             _table(["round", "critique traces", "replay rows", "rollout outcomes",
                     "conflicts found (source:kind)", "corrections accepted"], rows)]
+
+
+def _training_judge(run: RunDir) -> list[str]:
+    """Each GRPO round's judge: what it cost (requests, tokens, verdicts; its time against the
+    rollouts') and, when it is not the exact judge, how often it agreed with the exact one on the
+    round's own rollouts, per task: the mistakes it missed and the false alarms it raised are what
+    its errors cost the rewards."""
+    cost_rows, agree_rows = [], []
+    for rnd in run.rounds():
+        path = run.stage(rnd, CHECKPOINT) / "train_summary.json"
+        j = json.loads(path.read_text()).get("judge") if path.is_file() else None
+        if not j or "judge_seconds" not in j:
+            continue
+        steps = max(1, j["steps"])
+        ratio = "-" if j["judge_to_rollout"] is None else f"{j['judge_to_rollout']:.2f}"
+        cost_rows.append([rnd, j["steps"], f"{j['judge_requests']:.0f}", f"{j['judge_tokens']:.0f}",
+                          f"{j['judge_verdicts']:.0f}", f"{j['judge_requests'] / steps:.1f}",
+                          f"{j['judge_tokens'] / steps:.0f}", f"{j['judge_seconds'] / steps:.2f}",
+                          f"{j['rollout_seconds'] / steps:.2f}", ratio,
+                          sum(j.get("counters", {}).get(k, 0) for k in ("failed", "unparsable", "over_budget"))])
+        for task, c in (j.get("agreement") or {}).items():
+            def pct(num: str, den: str) -> str:
+                return f"{100 * c.get(num, 0) / c[den]:.1f}" if c.get(den) else "-"
+
+            agree_rows.append([rnd, task, c.get("states", 0), pct("states_agree", "states"),
+                               f"{c.get('missed', 0)} of {c.get('reference_wrong', 0)}",
+                               f"{c.get('false_alarms', 0)} of {c.get('states', 0) - c.get('reference_wrong', 0)}",
+                               c.get("finals", 0), pct("finals_agree", "finals")])
+    parts = []
+    if cost_rows:
+        parts += ["<h2>The training judge's cost per GRPO round</h2>",
+                  _table(["round", "steps", "requests", "tokens", "verdicts", "requests / step", "tokens / step",
+                          "judge s / step", "rollout s / step", "judge / rollout time", "unjudged"], cost_rows)]
+    if agree_rows:
+        parts += ["<h2>The training judge against the exact judge on the round's own rollouts</h2>",
+                  "<p>Every visual state and final image the training judge labelled, labelled again by the exact "
+                  "judge. Missed: states the exact judge calls wrong that the training judge passed (a mistake "
+                  "rewarded); false alarms: right states it flagged (a right step penalised).</p>",
+                  _table(["round", "task", "states", "agree (%)", "missed", "false alarms", "final images",
+                          "final agree (%)"], agree_rows)]
+    return parts
 
 
 def _promotions(data: dict) -> list[str]:
@@ -409,7 +488,8 @@ def write_report(run_dir: Path) -> Path:
     run = RunDir(run_dir)
     data = collect(run.path, inspect=True)
     parts = [f"<h1>strokes run: {html.escape(run.path.name)}</h1>", _summary(run, data), GLOSSARY, _metadata(run),
-             *_accuracy(data), *_gaps(data), *_inspection(data), *_grpo(data), *_judge(data), *_promotions(data),
+             *_accuracy(data), *_gaps(data), *_inspection(data), *_grpo(data), *_grpo_trajectories(run), *_training_judge(run), *_judge(data),
+             *_promotions(data),
              *_strips(run)]
     page = f"<!doctype html><html><head><meta charset='utf-8'><title>strokes report</title>{STYLE}</head><body>"
     page += "\n".join(parts) + "</body></html>"

@@ -6,7 +6,9 @@ the verdict the model wrote for it (the first word of its inspection). From that
 
     final       1 when the last image satisfies the prompt (the exact judge: the GenEval rule the
                 eval scores with; another judge: its verdict on the last state, aligned with nothing
-                missing), else 0
+                missing), else 0; or, with `questions` (a judge that makes mistakes: on by default
+                for a GPT or stand-in VLM judge, `judge.final_reward`), the share of the prompt's
+                atomic questions the judge answers yes about the last image (selfplay/questions.py)
     inspection  (right verdicts - wrong verdicts) / labelled states: a caught mistake earns, a
                 false alarm or a missed mistake costs, and a right state called right earns as much
                 as a wrong one caught
@@ -39,6 +41,7 @@ from strokes.trajectory import Trajectory
 from strokes.verdict import StepContext
 
 from .inspect_eval import label_states, visual_states
+from .questions import question_contexts, question_score
 
 
 @dataclass
@@ -47,6 +50,8 @@ class Judged:
 
     final: bool | None
     """The last image satisfies the prompt (None: the judge gave no verdict)."""
+    final_score: float | None = None
+    """With atomic questions: the share answered yes (the final reward); None: `final` is the reward."""
     task: str = ""
     """The prompt's task (its record's tag)."""
     broken: bool = False
@@ -57,6 +62,8 @@ class Judged:
     """Steps beyond the scene's object count."""
     unjudged: int = 0
     """Visual states (and final verdicts) the judge could not give a verdict on."""
+    asked: int = 0
+    """Verdicts asked of the judge: every visual state, and the final one unless the exact check gave it."""
     verdicts: list[tuple[int, bool, bool]] = field(default_factory=list)
     """Per labelled state: (its index among the visual states, judged wrong, the model said conflict)."""
 
@@ -81,16 +88,18 @@ ExactCheck = Callable[[PromptRecord, np.ndarray], bool]
 """An exact GenEval check of an image against its record (ShapeWorld's `is_correct`)."""
 
 
-def judge_rollouts(trajectories: list[Trajectory], judge, exact: ExactCheck | None = None) -> list[Judged]:
+def judge_rollouts(trajectories: list[Trajectory], judge, exact: ExactCheck | None = None,
+                   questions: bool = False) -> list[Judged]:
     """One `Judged` per trajectory. `exact`: the world's exact GenEval check, used for the final image
-    when the judge is the exact one (else the judge's verdict on the last state decides)."""
+    when the judge is the exact one (else the judge's verdict on the last state decides, or with
+    `questions` its answers to the prompt's atomic questions about the last image)."""
     # labelled with the verdict the model wrote as each state's score (1: it said conflict)
     said = [replace(t, meta={**t.meta, "inspect_scores": [float(f) for f in flagged(t)]}) for t in trajectories]
     states, _ = label_states(said, judge)
     by_source: dict[int, list] = {}
     for s in states:
         by_source.setdefault(s.source, []).append(s)
-    finals = _finals(trajectories, judge, exact)
+    finals, scores, asked = _finals(trajectories, judge, exact, questions)
     out = []
     for k, t in enumerate(trajectories):
         record = PromptRecord.from_json(t.record) if t.record is not None else None
@@ -102,31 +111,51 @@ def judge_rollouts(trajectories: list[Trajectory], judge, exact: ExactCheck | No
         mine = by_source.get(k, [])
         last = {n - 1 for n in itertools.accumulate(1 + len(s.refinements) for s in t.steps)}  # each step's last state
         left_wrong = sum(s.wrong for s in mine if s.index in last)
-        out.append(Judged(final=finals[k], task=task, left_wrong=left_wrong,
+        out.append(Judged(final=finals[k], final_score=scores[k], task=task, left_wrong=left_wrong,
                           extra_steps=max(0, len(t.steps) - sum(r.count for r in record.include)),
-                          unjudged=visual_states(t) - len(mine) + (finals[k] is None),
+                          unjudged=visual_states(t) - len(mine) + asked[k][1],
+                          asked=visual_states(t) + asked[k][0],
                           verdicts=[(s.index, s.wrong, bool(s.score)) for s in mine]))
     return out
 
 
-def _finals(trajectories: list[Trajectory], judge, exact: ExactCheck | None) -> list[bool | None]:
-    """Whether each trajectory's last image satisfies its prompt."""
+def _finals(trajectories: list[Trajectory], judge, exact: ExactCheck | None,
+            questions: bool) -> tuple[list[bool | None], list[float | None], list[tuple[int, int]]]:
+    """Whether each trajectory's last image satisfies its prompt; with `questions`, the share of its
+    atomic questions answered yes (else None); and per trajectory the verdicts it asked of the judge
+    and how many of them did not come."""
     usable = [k for k, t in enumerate(trajectories) if t.steps and t.record is not None and "failed" not in t.meta]
     finals: list[bool | None] = [False] * len(trajectories)
+    scores: list[float | None] = [None] * len(trajectories)
+    asked = [(0, 0)] * len(trajectories)
     if exact is not None:
         for k in usable:
             finals[k] = exact(PromptRecord.from_json(trajectories[k].record), trajectories[k].final_image)
-        return finals
+        return finals, scores, asked
+    # with questions, each trajectory's atomic questions (a free-text record has none: one verdict)
+    per = {k: question_contexts(trajectories[k]) if questions else [] for k in usable}
     contexts = []
     for k in usable:
         t = trajectories[k]
+        if per[k]:
+            contexts += per[k]
+            continue
         last = t.steps[-1]
         previous = t.steps[-2].final_image if len(t.steps) > 1 else None
         contexts.append(StepContext(t.prompt, last.instruction, last.description, t.final_image, t.record,
                                     t.steps[:-1], previous))
-    for k, v in zip(usable, judge.judge(contexts) if contexts else []):
-        finals[k] = None if v is None else bool(v.aligned and not v.missing)
-    return finals
+    verdicts = iter(judge.judge(contexts) if contexts else [])
+    for k in usable:
+        if per[k]:
+            answers = [None if v is None else v.aligned for v in itertools.islice(verdicts, len(per[k]))]
+            asked[k] = (len(answers), sum(a is None for a in answers))
+            scores[k] = question_score(PromptRecord.from_json(trajectories[k].record), answers)
+            finals[k] = None if scores[k] is None else scores[k] == 1.0
+        else:
+            v = next(verdicts)
+            asked[k] = (1, int(v is None))
+            finals[k] = None if v is None else bool(v.aligned and not v.missing)
+    return finals, scores, asked
 
 
 def verdict_advantages(judged: list[Judged], weight: float) -> list[list[tuple[int, float]]]:
@@ -147,13 +176,16 @@ def verdict_advantages(judged: list[Judged], weight: float) -> list[list[tuple[i
 def reward_functions(key: str = "judged") -> dict[str, Callable[..., list]]:
     """TRL reward functions, one per component, reading the `Judged` the rollout function passed in
     the extra field `key`. The final reward also logs (`log_metric`) each step's judge failures,
-    how many groups had at least one / all trajectories right, and the share right per task."""
+    its judge cost and timings (the extra field `judge_cost`, when the rollout function measured
+    them), how many groups had at least one / all trajectories right, and the share right per task."""
 
     def final(prompts, completions, **kw) -> list:
         judged = kw[key]
         if "log_metric" in kw:
             log = kw["log_metric"]
             log("judge/unjudged", float(sum(j.unjudged for j in judged)))
+            for name, value in (kw.get("judge_cost") or [{}])[0].items():
+                log(name, float(value))
             groups: dict[str, list[bool]] = {}
             tasks: dict[str, list[bool]] = {}
             for p, j in zip(prompts, judged):
@@ -164,7 +196,8 @@ def reward_functions(key: str = "judged") -> dict[str, Callable[..., list]]:
             for task, right in tasks.items():
                 if task:
                     log(f"final/{task}", sum(right) / len(right))
-        return [None if j.final is None else float(j.final) for j in judged]
+        return [None if j.final is None else j.final_score if j.final_score is not None else float(j.final)
+                for j in judged]
 
     def inspection(prompts, completions, **kw) -> list:
         return [-1.0 if j.broken else (2 * j.right_verdicts - j.states) / j.states if j.states else 0.0

@@ -15,6 +15,7 @@ import random
 import shutil
 from pathlib import Path
 
+from judges.unjudged import require_verdicts
 from rollout import RolloutFleet
 from strokes.data.build import build, load
 from strokes.errors import InputError
@@ -70,6 +71,7 @@ def critique_stage(cfg: RunConfig, rnd: int, rollouts: list[Trajectory], checkpo
     judge = policy_judge(cfg.judge, checkpoint, cfg.rollout)
     critique_cfg = dataclasses.replace(cfg.critique, seed=cfg.critique.seed + rnd)
     traces, stats = build_self_critique(rollouts, judge, critique_cfg, exact=world.corrected_state)
+    require_verdicts(cfg.judge, stats.steps_unjudged, stats.steps_asked, f"round {rnd}'s critique stage", judge)
     if cfg.critique.mode == "symbolic":  # as many corrections, from perturbed scene graphs instead
         records = [PromptRecord.from_json(t.record) for t in rollouts if t.record]
         traces = build_symbolic_critique(records, len(traces), critique_cfg)
@@ -118,10 +120,10 @@ def train_stage(cfg: RunConfig, parent: Path, dataset_dir: Path, out: Path, rnd:
     if cfg.train.round_method(rnd) == "grpo" and arm == "policy":
         prompts = json.loads((dataset_dir / "prompts.json").read_text())
         if cfg.train.distributed == "ray":  # each Ray Train worker builds its own engine and judge
-            summary = grpo_on_ray(cfg, parent, prompts, out / "train")
+            summary = grpo_on_ray(cfg, parent, prompts, out / "train", keep_in=out)
         else:
             summary = grpo_stage(cfg, parent, prompts, out / "train", policy_judge(cfg.judge, parent, cfg.rollout),
-                                 fleet)
+                                 keep_in=out, fleet=fleet)
         return _keep_training(out, summary, rnd, arm)
     if (dataset_dir / "EMPTY").exists() or max_steps == 0:  # nothing to learn: the parent carries on
         shutil.copytree(parent, out / "checkpoint")

@@ -11,11 +11,14 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import logging
+import socket
 import threading
 import time
 from collections import Counter
 from collections.abc import Callable
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from types import SimpleNamespace
 
 import pytest
 
@@ -23,7 +26,10 @@ from judges import JudgeConfig, OracleJudge
 from judges.evaluate import labelled_contexts
 from judges.gpt import GPTJudge
 from judges.messages import load_prompts, parse_messages
+from judges.server import JudgeServer
+from judges.unjudged import TooManyUnjudged, require_verdicts
 from selfplay.cli import main
+from strokes.errors import InputError
 
 JSON = "application/json"
 
@@ -141,7 +147,7 @@ def test_bodies_that_are_not_completions_are_counted_data_failures(contexts):
 
 def test_judge_eval_table_says_why_steps_went_unjudged(capsys, monkeypatch):
     """Every other request is answered with HTML, the rest with a 400: half the steps are
-    unparsable, half failed, and the table's last line says so."""
+    unparsable, half failed, and the table's last line says so (and the status: none was judged)."""
     def respond(body: dict, n: int) -> tuple[int, str, dict, bytes]:
         if n % 2:
             return 400, JSON, {}, b'{"error": {"message": "no", "type": "invalid_request_error"}}'
@@ -150,8 +156,71 @@ def test_judge_eval_table_says_why_steps_went_unjudged(capsys, monkeypatch):
     monkeypatch.delenv("NO_KEY_NEEDED", raising=False)
     with Endpoint(respond) as endpoint:
         assert main(["judge-eval", "--judge", "gpt", "--base-url", endpoint.base_url, "--model", "m",
-                     "--api-key-env", "NO_KEY_NEEDED", "--n", "10", "--concurrency", "2"]) == 0
+                     "--api-key-env", "NO_KEY_NEEDED", "--n", "10", "--concurrency", "2"]) == 1  # nothing judged
     table = capsys.readouterr().out
     assert "10 unjudged" in table
-    assert table.rstrip().splitlines()[-1] == "unjudged: unparsable 5, failed 5"
+    assert table.rstrip().splitlines()[-1] == "unjudged: unparsable 5, failed 5; causes: HTTP 400 5"
 
+
+
+# ---- a judge that is not there: the cause, named --------------------------------------------------------
+
+def closed_port() -> int:
+    """A loopback port nothing listens on (bound, read and released)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def dead_judge(base_url: str, **kw) -> GPTJudge:
+    return GPTJudge(JudgeConfig(kind="gpt", base_url=base_url, model="strokes-oracle", api_key_env="NO_KEY_NEEDED",
+                                max_retries=0, timeout_s=5.0, **kw))
+
+
+@pytest.mark.parametrize("where, cause", [
+    ("http://127.0.0.1:{port}/v1", "connection refused"),
+    ("http://no-such-judge.invalid/v1", "DNS lookup failed"),
+    ("https://127.0.0.1:{server}/v1", "TLS handshake failed"),  # TLS spoken to a plain-HTTP server
+])
+def test_a_dead_judge_names_its_cause_at_warning(contexts, caplog, where, cause):
+    with JudgeServer(OracleJudge(), port=0) as plain:
+        judge = dead_judge(where.format(port=closed_port(), server=plain.port))
+        with caplog.at_level(logging.INFO, logger="judges.gpt"):
+            assert judge.judge(contexts[:3]) == [None] * 3
+    assert judge.stats.causes == {cause: 3} and judge.stats.failed == 3 and judge.stats.timeouts == 0
+    warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert len(warnings) == 1 and cause in warnings[0], warnings  # once per cause, then INFO
+
+
+def test_a_wrong_key_or_model_stops_the_batch_naming_it(contexts, monkeypatch):
+    monkeypatch.setenv("JUDGE_KEY", "wrong")
+    with JudgeServer(OracleJudge(), port=0, api_key="right") as srv:
+        with pytest.raises(InputError, match=r"rejected the API key from \$JUDGE_KEY \(HTTP 401\)"):
+            GPTJudge(JudgeConfig(kind="gpt", base_url=srv.base_url, model=srv.model, api_key_env="JUDGE_KEY",
+                                 max_retries=0)).judge(contexts[:1])
+    with JudgeServer(OracleJudge(), port=0) as srv:
+        with pytest.raises(InputError, match="404 for model 'strokes-oracel'"):
+            GPTJudge(JudgeConfig(kind="gpt", base_url=srv.base_url, model="strokes-oracel", max_retries=0,
+                                 api_key_env="NO_KEY_NEEDED")).judge(contexts[:1])
+
+
+def test_judge_eval_fails_when_nothing_was_judged(capsys, monkeypatch):
+    monkeypatch.delenv("NO_KEY_NEEDED", raising=False)
+    assert main(["judge-eval", "--judge", "gpt", "--base-url", f"http://127.0.0.1:{closed_port()}/v1",
+                 "--api-key-env", "NO_KEY_NEEDED", "--n", "4", "--max-retries", "0"]) == 1
+    out, err = capsys.readouterr()
+    assert "4 unjudged" in out
+    assert err.strip() == "selfplay judge-eval: no step was judged (unjudged: failed 4; causes: connection refused 4)"
+
+
+def test_too_many_missing_verdicts_stop_with_one_line_naming_the_causes():
+    cfg = JudgeConfig(kind="gpt", base_url="http://127.0.0.1:9/v1", max_unjudged=0.05)
+    require_verdicts(cfg, 1, 20, "GRPO step 1")  # 5 %: allowed
+    stats = SimpleNamespace(stats={"failed": 2, "causes": {"connection refused": 2}})
+    with pytest.raises(TooManyUnjudged) as e:
+        require_verdicts(cfg, 2, 20, "GRPO step 3", stats)
+    assert str(e.value) == ("judge: 2 of 20 verdicts missing in GRPO step 3, more than judge.max_unjudged 0.05 "
+                            "(unjudged: failed 2; causes: connection refused 2); check the judge "
+                            "(gpt at http://127.0.0.1:9/v1)")
+    with pytest.raises(InputError, match="judge.max_unjudged"):
+        JudgeConfig(max_unjudged=1.5)

@@ -5,7 +5,10 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import dataclasses
 import json
+import re
+import socket
 from types import SimpleNamespace
 
 import pytest
@@ -14,10 +17,15 @@ from test_inspect_eval import construction_labels, hand_labelled
 from test_loop import base_checkpoint, kill9_mid_training_then_resume, stages, tiny_config  # noqa: F401  (fixture)
 from test_rollout_support import tiny_checkpoint
 
-from judges import OracleJudge
+from judges import JudgeConfig, OracleJudge
+from judges.gpt import GPTJudge
+from judges.server import JudgeServer
+from judges.unjudged import TooManyUnjudged
+from judges.vlm import VLMJudge, load_profile
 from rollout import Engine, RolloutConfig
 from selfplay.cli import main
 from selfplay.grpo import make_sampler
+from selfplay.judging import JudgeMeter
 from selfplay.rewards import Judged, judge_rollouts, reward_functions, verdict_advantages
 from strokes.errors import InputError
 from strokes.model.policy import Policy
@@ -198,9 +206,10 @@ def test_grpo_config_refuses_unknown_rewards_and_workers_that_do_not_split_a_ste
         GrpoConfig(reward_weights={"beauty": 1.0})
 
 
-def test_a_tiny_grpo_round_end_to_end(tmp_path, base_checkpoint):  # noqa: F811
+def test_a_tiny_grpo_round_end_to_end(tmp_path, base_checkpoint, recwarn):  # noqa: F811
     """Round 1 trains by GRPO on the policy's own rollouts: the rewards come from the judge and are
-    logged, the weights move, the checkpoint reloads, the control arm trains the same steps by SFT."""
+    logged, the weights move, the checkpoint reloads, the control arm trains the same steps by SFT;
+    and TRL's use of a deprecated transformers alias prints no FutureWarning into the console."""
     cfg = tiny_config(tmp_path, base_checkpoint, loop={"rounds": 1},
                       train={"method": "grpo", "lr": 1e-3,
                              "grpo": {"steps": 2, "prompts_per_step": 2, "generations": 2, "prompts": 6}})
@@ -214,15 +223,19 @@ def test_a_tiny_grpo_round_end_to_end(tmp_path, base_checkpoint):  # noqa: F811
     steps = [e for e in events if e["event"] == "train" and e.get("arm") == "policy" and "reward" in e]
     assert [e["step"] for e in steps] == [1, 2]
     for key in ("rewards/final/mean", "rewards/inspection/mean", "rewards/refine/mean", "rewards/steps/mean", "kl",
-                "groups/any_right"):
-        assert all(key in e for e in steps)
+                "groups/any_right", "judge/verdicts", "judge/seconds", "rollout/seconds"):  # judge cost per step
+        assert all(key in e for e in steps), key
+    judge = json.loads((run / "round_001" / "checkpoint" / "train_summary.json").read_text())["judge"]
+    assert judge["steps"] == 2 and judge["judge_verdicts"] == sum(e["judge/verdicts"] for e in steps)
     control = [e for e in events if e["event"] == "train" and e.get("arm") == "control" and "loss" in e]
     assert control and control[-1]["step"] == 2  # the same optimizer steps, on base data
     trained = Policy.from_pretrained(run / "round_001" / "checkpoint" / "checkpoint")
     base = Policy.from_pretrained(base_checkpoint)
     moved = [not torch.equal(a, b) for a, b in zip(trained.model.parameters(), base.model.parameters())]
     assert any(moved)
-    assert "GRPO rounds" in (run / "report.html").read_text()
+    report = (run / "report.html").read_text()
+    assert "GRPO rounds" in report and "The training judge's cost per GRPO round" in report
+    assert not [w for w in recwarn if issubclass(w.category, FutureWarning)], [str(w.message) for w in recwarn]
 
 
 @pytest.mark.slow
@@ -242,3 +255,73 @@ def test_kill9_in_a_grpo_round_then_resume_matches_an_uninterrupted_run(tmp_path
     assert all(torch.equal(wa[k], wb[k]) for k in wa)
     scores = [json.loads((r / "round_001" / "eval" / "scores.json").read_text()) for r in (a, b)]
     assert scores[0] == scores[1]
+
+
+def test_a_step_the_judge_left_unjudged_stops_the_round_naming_the_cause(policy):
+    """A dead judge no longer trains on zero advantages: past `judge.max_unjudged` the step stops
+    with one line that says why; at 1.0 the step goes on with the verdicts it has (none)."""
+    engine = Engine(policy, RolloutConfig(batch_size=8, max_steps=2, max_refines=1, max_text_tokens=12))
+    prompts = [json.dumps(r.to_json()) for r in make_suite("train", 1, 0)[:4]]
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    cfg = JudgeConfig(kind="gpt", base_url=f"http://127.0.0.1:{port}/v1", api_key_env="NO_KEY", max_retries=0)
+    judge = GPTJudge(cfg)
+    with pytest.raises(TooManyUnjudged, match=r"verdicts missing in GRPO step 1's rollouts.*connection refused"):
+        make_sampler(engine, judge, meter=JudgeMeter(judge, cfg))(prompts, 0)
+    tolerant = dataclasses.replace(cfg, max_unjudged=1.0)
+    judge = GPTJudge(tolerant)
+    out = make_sampler(engine, judge, meter=JudgeMeter(judge, tolerant))(prompts, 0)
+    assert all(j.final is None or j.broken for j in out["judged"]) and sum(j.asked for j in out["judged"]) > 0
+
+
+def test_each_step_logs_its_judge_cost_and_agreement_and_a_budget_ends_the_round(policy):
+    """The stand-in VLM judge served on loopback, reached through the openai client: each step's
+    requests, tokens and seconds reach the reward log, the exact judge labels the same rollouts
+    again for the agreement, and a request budget that cannot pay for another step says so."""
+    engine = Engine(policy, RolloutConfig(batch_size=8, max_steps=2, max_refines=1, max_text_tokens=12))
+    prompts = [json.dumps(r.to_json()) for r in make_suite("train", 1, 0)[:6]]
+    with JudgeServer(VLMJudge(load_profile("typical")), port=0) as srv:
+        cfg = JudgeConfig(kind="gpt", base_url=srv.base_url, model=srv.model, api_key_env="NO_KEY", budget_requests=60)
+        judge = GPTJudge(cfg)
+        meter = JudgeMeter(judge, cfg, OracleJudge(), is_correct)
+        out = make_sampler(engine, judge, meter=meter)(prompts, 0)
+    cost = out["judge_cost"][0]
+    asked = sum(j.asked for j in out["judged"])
+    assert cost["judge/requests"] == cost["judge/verdicts"] == asked == srv.served and cost["judge/tokens"] > 0
+    assert cost["rollout/seconds"] > 0 and cost["judge/seconds"] > 0 and 0 <= cost["agreement/states"] <= 1
+    totals = meter.totals()
+    assert totals["steps"] == 1 and totals["judge_requests"] == asked
+    compared = sum(c.get("states", 0) for c in totals["agreement"].values())
+    assert compared == sum(j.states for j in out["judged"])  # every state both labelled
+    logged = {}
+    reward_functions()["final"](prompts, [""] * len(prompts), judged=out["judged"], judge_cost=out["judge_cost"],
+                                log_metric=logged.__setitem__)
+    assert logged["judge/requests"] == asked and "rollout/seconds" in logged
+    reason = meter.over_budget()
+    assert (reason is not None) == (2 * asked > 60)
+    if reason:
+        assert reason.startswith(f"judge.budget_requests: {asked} of 60 requests spent after 1 steps")
+
+
+@pytest.mark.slow
+def test_a_grpo_round_rewarded_by_the_served_stand_in_vlm_judge(tmp_path, base_checkpoint, capsys):  # noqa: F811
+    """judge.serve: vlm: the run serves the typical profile on loopback and rewards through the
+    openai client with atomic questions; the console, the summary and the report say what the judge
+    cost and how often it agreed with the exact judge, per task."""
+    cfg = tiny_config(tmp_path, base_checkpoint, loop={"rounds": 1, "control": False},
+                      judge={"kind": "gpt", "serve": "vlm", "profile": "typical", "api_key_env": "NO_KEY"},
+                      train={"method": "grpo", "lr": 1e-3,
+                             "grpo": {"steps": 2, "prompts_per_step": 2, "generations": 2, "prompts": 6}})
+    assert main(["run", str(cfg), "--runs", str(tmp_path / "runs"), "--name", "v"]) == 0
+    out = capsys.readouterr().out
+    assert "the vlm judge (profile typical, seed 0) behind the judge server" in out
+    assert re.search(r"round 1: judge \d+ requests, [\d.]+k tokens, \d+ verdicts over 2 steps; per step judge "
+                     r"[\d.]+s against rollout [\d.]+s; agrees with the exact judge on [\d.]+% of \d+ states", out), out
+    run = tmp_path / "runs" / "v"
+    judge = json.loads((run / "round_001" / "checkpoint" / "train_summary.json").read_text())["judge"]
+    assert judge["judge_requests"] == judge["judge_verdicts"] > 0 and judge["counters"]["failed"] == 0
+    assert judge["agreement"] and all(task in ("counting", "position", "color_attr", "two_object", "colors",
+                                               "single_object") for task in judge["agreement"])
+    report = (run / "report.html").read_text()
+    assert "The training judge against the exact judge on the round's own rollouts" in report

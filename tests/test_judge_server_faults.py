@@ -1,8 +1,8 @@
 """The judge server under hostile, broken and slow clients, over real sockets on 127.0.0.1.
 
 What it promises: the key and the declared length are checked before the body is read; malformed
-requests get a 4xx, never a dropped connection; images larger than the world's canvas are refused
-from their header; one client's bad step never costs another client its verdict; a burst of
+requests get a 4xx, never a dropped connection; an unknown model gets 404 (as vLLM and OpenAI
+answer); images other than the world's canvas are refused from their header; one client's bad step never costs another client its verdict; a burst of
 connections waits in the backlog; idle and half-sent connections are closed.
 """
 
@@ -63,8 +63,9 @@ def exchange(port: int, data: bytes) -> tuple[int, dict, str | None]:
         return answer(sock)
 
 
-def post(srv: JudgeServer, messages: list[dict]) -> tuple[int, dict]:
-    body = json.dumps({"model": srv.model, "messages": messages}).encode()
+def post(srv: JudgeServer, messages: list[dict], **fields: object) -> tuple[int, dict]:
+    """POST a step (the server's model unless `fields` say otherwise); the status and JSON answer."""
+    body = json.dumps({"model": srv.model, "messages": messages, **fields}).encode()
     req = urllib.request.Request(srv.base_url + "/chat/completions", body,
                                  {"Content-Type": "application/json", "Authorization": f"Bearer {KEY}"})
     try:
@@ -128,17 +129,26 @@ def with_image(ctx: StepContext, data: bytes) -> list[dict]:
     return messages
 
 
-def test_images_up_to_the_canvas_are_judged_and_larger_ones_refused_from_the_header(server, contexts):
-    for w, h in [(1, 1), (32, 32), (64, 32), (64, 64)]:
-        assert post(server, with_image(contexts[0], png(w, h)))[0] == 200, (w, h)
+def test_only_images_of_the_canvas_are_judged_and_others_refused_from_the_header(server, contexts):
+    assert post(server, with_image(contexts[0], png(64, 64)))[0] == 200
     t0 = time.perf_counter()
-    for data, size in [(png(65, 64), "65x64"), (png(4000, 4000), "4000x4000"), (png_header(4000, 4000), "4000x4000")]:
+    for data, size in [(png(1, 1), "1x1"), (png(32, 32), "32x32"), (png(64, 32), "64x32"), (png(65, 64), "65x64"),
+                       (png(4000, 4000), "4000x4000"), (png_header(4000, 4000), "4000x4000")]:
         status, body = post(server, with_image(contexts[0], data))
-        assert status == 400 and f"a {size} image" in body["error"]["message"], size
+        assert status == 400 and body["error"]["message"].endswith(f"a {size} image; this judge reads 64x64 images"), size
     assert time.perf_counter() - t0 < 2  # nothing was decoded
     # 20000 x 20000 trips PIL's decompression-bomb guard while the header is read: a 400 all the same.
     status, body = post(server, with_image(contexts[0], png_header(20000, 20000)))
     assert status == 400 and "readable image" in body["error"]["message"]
+
+
+def test_an_unknown_model_is_404_as_vllm_and_openai_answer(server, contexts):
+    messages = build_messages(contexts[0], load_prompts())
+    for model, status in [("strokes-oracel", 404), ("gpt-4.1-mini", 404), (None, 400), ("", 400), (server.model, 200)]:
+        got, payload = post(server, messages, model=model)
+        assert got == status, model
+        if status == 404:
+            assert payload["error"]["code"] == "model_not_found" and f"`{model}`" in payload["error"]["message"]
 
 
 # ---- one client's bad step, other clients' verdicts --------------------------------------------------------

@@ -105,8 +105,10 @@ def test_cache_makes_a_rerun_free(server, contexts, oracle_verdicts, tmp_path):
     assert rerun.judge(contexts[:20]) == oracle_verdicts[:20]
     assert (rerun.stats.requests, rerun.stats.cache_hits, server.served) == (0, 20, 20)
     # A different model is a different request: nothing is reused.
-    other = GPTJudge(JudgeConfig(kind="gpt", base_url=server.base_url, model="another", cache_dir=str(tmp_path / "cache")))
-    other.judge(contexts[:2])
+    with JudgeServer(OracleJudge(), port=0, model="another") as another:
+        other = GPTJudge(JudgeConfig(kind="gpt", base_url=another.base_url, model="another",
+                                     cache_dir=str(tmp_path / "cache")))
+        other.judge(contexts[:2])
     assert other.stats.requests == 2 and other.stats.cache_hits == 0
 
 
@@ -158,13 +160,13 @@ def test_api_key_is_enforced(contexts, oracle_verdicts, monkeypatch):
 
 def test_server_rejects_malformed_requests_and_keeps_serving(server, contexts):
     url = server.base_url + "/chat/completions"
-    good = {"model": "m", "messages": build_messages(contexts[0], load_prompts())}
-    no_image = {"model": "m", "messages": [{"role": "user", "content": good["messages"][1]["content"][0]["text"]}]}
+    good = {"model": "strokes-oracle", "messages": build_messages(contexts[0], load_prompts())}
+    no_image = {"model": "strokes-oracle", "messages": [{"role": "user", "content": good["messages"][1]["content"][0]["text"]}]}
     remote = json.loads(json.dumps(good))
     remote["messages"][1]["content"][2]["image_url"]["url"] = "https://example.com/x.png"
     cases = [b"not json", json.dumps(no_image).encode(), json.dumps({**good, "stream": True}).encode(),
              json.dumps({**good, "response_format": {"type": "xml"}}).encode(), json.dumps(remote).encode(),
-             json.dumps({"model": "m", "messages": []}).encode()]
+             json.dumps({"model": "strokes-oracle", "messages": []}).encode(), json.dumps({**good, "model": None}).encode()]
     for body in cases:
         status, answer = post(url, body)
         assert status == 400 and answer["error"]["message"], body[:60]

@@ -114,6 +114,7 @@ SHAPEWORLD_USERS = {
     "strokes.language",  # its plan and inspection language
     "strokes.model.processor", "strokes.model.image_tokenizer",  # the tiny model's vocabulary and codebook
     "judges.oracle", "judges.evaluate",  # the exact judge, and judge-eval on ShapeWorld steps
+    "judges.vlm",  # the stand-in VLM judge: the exact judge with mistakes that depend on the picture
     "selfplay.world.shapeworld",  # the world seam's ShapeWorld
     "selfplay.critique",  # SFT critique traces: exact corrections and continuations
     "selfplay.commands.suite", "selfplay.commands.render", "selfplay.commands.sample",  # ShapeWorld tools

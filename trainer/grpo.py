@@ -77,10 +77,13 @@ def grpo_args(cfg: TrainConfig, out: Path, temperature: float):
 
 
 def train_grpo(policy, prompts: list[str], cfg: TrainConfig, out: str | Path, sample: SampleFn,
-               rewards: dict[str, RewardFn], legal_sets, temperature: float = 1.0) -> dict:
+               rewards: dict[str, RewardFn], legal_sets, temperature: float = 1.0,
+               should_stop: Callable[[], str | None] | None = None) -> dict:
     """GRPO of `policy` for `cfg.grpo.steps` steps on `prompts` (strings the `sample` function
     understands); writes `out/checkpoint`, `out/metrics.jsonl`, `out/train_summary.json` like SFT
-    and resumes from `out/trainer/` after a kill. `rewards` maps each name in `REWARDS` to its
+    and resumes from `out/trainer/` after a kill. `should_stop`, asked after every step, ends the
+    training there when it gives a reason (printed, and kept in the summary as `stopped`): a judge
+    budget that cannot pay for another step. `rewards` maps each name in `REWARDS` to its
     function; `legal_sets` the grammar's legal-token sets (bool, sets x vocabulary) that the
     `legal` field of `sample`'s output indexes per token; `temperature` the one `sample` draws at. The rollout seed of a step is `cfg.seed` and the step, so a resumed run samples what
     the killed one would have."""
@@ -114,13 +117,14 @@ def train_grpo(policy, prompts: list[str], cfg: TrainConfig, out: str | Path, sa
         trainer._legal_ids = trainer.legal_ids([ids or [trainer._legal_sets.shape[0] - 1] for ids in out.pop("legal")])
         return out
 
+    stop = _stop_when(should_stop)
     trainer = _trainer_class()(
         model=policy.model,
         reward_funcs=[_named(rewards[name], name) for name in REWARDS],
         args=grpo_args(cfg, out / "trainer", temperature),
         train_dataset=Dataset.from_dict({"prompt": list(prompts)}),
         processing_class=policy.processor.tokenizer,
-        callbacks=train_callbacks(out / "metrics.jsonl", cfg.max_minutes),
+        callbacks=[*train_callbacks(out / "metrics.jsonl", cfg.max_minutes), stop],
         peft_config=peft_config(cfg),  # LoRA layers go into policy.model in place: the engine samples with them
         rollout_func=rollout_func,
         legal_sets=legal_sets,
@@ -128,7 +132,28 @@ def train_grpo(policy, prompts: list[str], cfg: TrainConfig, out: str | Path, sa
     from transformers.trainer_callback import PrinterCallback
 
     trainer.remove_callback(PrinterCallback)
-    return run_and_save(trainer, policy, cfg, out, own_wandb_run)
+    summary = run_and_save(trainer, policy, cfg, out, own_wandb_run)
+    if stop.reason:
+        summary["stopped"] = stop.reason
+    return summary
+
+
+def _stop_when(ask: Callable[[], str | None] | None):
+    """A callback that ends training after the step at which `ask()` first gives a reason (none
+    without `ask`)."""
+    from transformers import TrainerCallback
+
+    class StopWhen(TrainerCallback):
+        def __init__(self) -> None:
+            self.ask, self.reason = ask, None
+
+        def on_step_end(self, args, state, control, **kw):
+            if self.ask is not None and self.reason is None and (reason := self.ask()):
+                self.reason = reason
+                print(reason, flush=True)
+                control.should_training_stop = True
+
+    return StopWhen()
 
 
 def _trainer_class():

@@ -144,7 +144,7 @@ class ConsoleProgress(TrainerCallback):
 
 def step_line(step: int, max_steps: int, logs: dict) -> str:
     """One logging step as a short line: `step 20/43 loss 0.086 3.0k tok/s` (GRPO: `... reward 0.84
-    kl 0.0012`)."""
+    kl 0.0012 judge 32 req 9.1k tok judge 0.4s / rollout 3.2s`)."""
     line = f"step {step}/{max_steps} loss {float(logs['loss']):.3f}"
     if "reward" in logs:
         line += f" reward {float(logs['reward']):.3f}"
@@ -152,6 +152,10 @@ def step_line(step: int, max_steps: int, logs: dict) -> str:
         line += f" kl {float(logs['kl']):.4f}"
     if "tokens_per_s" in logs:
         line += f" {logs['tokens_per_s'] / 1000:.1f}k tok/s"
+    if "judge/seconds" in logs:  # GRPO: what the step's judge cost, against its rollout
+        if logs.get("judge/requests"):
+            line += f" judge {logs['judge/requests']:.0f} req {logs.get('judge/tokens', 0) / 1000:.1f}k tok"
+        line += f" judge {logs['judge/seconds']:.1f}s / rollout {logs.get('rollout/seconds', 0):.1f}s"
     return line
 
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import os
 import time
+import warnings
 from pathlib import Path
 
 from strokes.io import atomic_path, write_atomic
@@ -93,12 +94,19 @@ def setup_wandb(cfg: TrainConfig, out: Path) -> bool:
     return wandb.run is None
 
 
+# TRL 1.16 reads transformers' deprecated `is_gradient_checkpointing` alias around its generation and
+# reference forwards: two FutureWarnings in every run's console that no user of ours can act on (the
+# fix is TRL's). Silenced by their message alone, so every other warning still shows.
+TRL_DEPRECATION = r"`is_gradient_checkpointing` is deprecated"
+
+
 def run_and_save(trainer, policy, cfg: TrainConfig, out: Path, own_wandb_run: bool) -> dict:
     """Run a TRL trainer (SFT or GRPO) whose checkpoints live in `out/trainer/`, resuming from the
     last one if any; then `policy.model` becomes the trained model (LoRA merged when asked), the
     checkpoint lands atomically in `out/checkpoint`, the loss plot and the summary beside it.
     Returns the summary."""
     resume = any((out / "trainer").glob("checkpoint-*"))
+    warnings.filterwarnings("ignore", message=TRL_DEPRECATION, category=FutureWarning)
     t0 = time.time()
     try:
         result = trainer.train(resume_from_checkpoint=True if resume else None)

@@ -9,16 +9,14 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 
 from .judge_serve import add_self_judge_args
-
-UNJUDGED = ("unparsable", "failed", "over_budget")  # the reasons a judge returns no verdict
-RETRIED = ("timeouts", "http_errors")  # failed attempts of the GPT judge (the last one included)
 
 
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("judge-eval", help="measure a judge's precision and recall against the oracle")
-    p.add_argument("--judge", choices=("oracle", "gpt", "self"), default="oracle")
+    p.add_argument("--judge", choices=("oracle", "gpt", "self", "vlm"), default="oracle")
     p.add_argument("--n", type=int, default=500, help="steps to judge (half with a conflict)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--split", choices=("train", "test"), default="test", help="prompt split the steps come from")
@@ -40,6 +38,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     from judges import JudgeConfig
     from judges.evaluate import evaluate, labelled_contexts
+    from judges.unjudged import failure_breakdown
     from strokes.errors import InputError
 
     from .judge_serve import judge_from_args
@@ -50,13 +49,16 @@ def run(args: argparse.Namespace) -> int:
         raise InputError(f"--batch-size must be at least 1, got {args.batch_size}")
     cfg = JudgeConfig(kind=args.judge, base_url=args.base_url, model=args.model, api_key_env=args.api_key_env,
                       concurrency=args.concurrency, timeout_s=args.timeout, max_retries=args.max_retries,
-                      budget_requests=args.budget_requests, cache_dir=args.cache_dir, prompts_file=args.prompts_file)
+                      budget_requests=args.budget_requests, cache_dir=args.cache_dir, prompts_file=args.prompts_file,
+                      profile=args.profile, profile_seed=args.profile_seed)
     judge = judge_from_args(args, cfg)
     name = args.judge
     if args.judge == "gpt":
         name = f"gpt ({args.model} at {judge.client.base_url})"
     elif args.judge == "self":
         name = f"self ({args.checkpoint}, T={args.temperature:g})"
+    elif args.judge == "vlm":
+        name = f"vlm ({args.profile}, seed {args.profile_seed})"
     contexts = labelled_contexts(args.n, args.seed, args.split)
     report = evaluate(judge, contexts, name, args.batch_size)
     if args.json:
@@ -64,16 +66,7 @@ def run(args: argparse.Namespace) -> int:
     else:
         print(report.table())
         print(failure_breakdown(report.stats))
+    if report.unjudged == report.steps:
+        print(f"selfplay judge-eval: no step was judged ({failure_breakdown(report.stats)})", file=sys.stderr)
+        return 1
     return 0
-
-
-def failure_breakdown(stats: dict) -> str:
-    """One line: the judge's failures by reason ("unjudged: unparsable 5, failed 2; retries 6
-    (timeouts 3, http_errors 4)"), so a table with unjudged steps says why."""
-    def counts(keys: tuple[str, ...]) -> str:
-        return ", ".join(f"{k} {stats[k]}" for k in keys if stats.get(k)) or "none"
-
-    line = f"unjudged: {counts(UNJUDGED)}"
-    if stats.get("retries"):
-        line += f"; retries {stats['retries']} ({counts(RETRIED)})"
-    return line

@@ -16,8 +16,9 @@ import sys
 
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("judge-serve", help="serve a judge as an OpenAI-compatible /v1/chat/completions endpoint")
-    p.add_argument("--judge", choices=("oracle", "self"), default="oracle",
-                   help="oracle: exact ShapeWorld judge; self: a checkpoint's own Inspect")
+    p.add_argument("--judge", choices=("oracle", "self", "vlm"), default="oracle",
+                   help="oracle: exact ShapeWorld judge; self: a checkpoint's own Inspect; vlm: the stand-in "
+                        "VLM judge (the exact one with --profile's mistakes)")
     p.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1: this machine only)")
     p.add_argument("--port", type=int, default=8000, help="port (0 picks a free one)")
     p.add_argument("--api-key", default=None, help="require 'Authorization: Bearer KEY' on every request")
@@ -31,7 +32,10 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def add_self_judge_args(p: argparse.ArgumentParser) -> None:
-    """The options of the self judge (shared with `judge-eval`)."""
+    """The options of the self and the stand-in VLM judges (shared with `judge-eval`)."""
+    p.add_argument("--profile", default="typical",
+                   help="error profile of --judge vlm: strong, typical (shipped) or a YAML file (docs/judges.md)")
+    p.add_argument("--profile-seed", type=int, default=0, help="seed of --judge vlm's mistakes")
     p.add_argument("--checkpoint", default=None, help="policy checkpoint folder (for --judge self)")
     p.add_argument("--temperature", type=float, default=1.0,
                    help="sampling temperature of the self judge's Inspect (0: greedy; default: as rollouts sample)")
@@ -46,13 +50,15 @@ def judge_from_args(args: argparse.Namespace, cfg=None):
     from strokes.errors import InputError
 
     from ..judging import policy_judge
+    from .sample import check_device
 
-    cfg = cfg or JudgeConfig(kind=args.judge)
+    cfg = cfg or JudgeConfig(kind=args.judge, profile=args.profile, profile_seed=args.profile_seed)
     if cfg.kind == "self":
         if not args.checkpoint:
             raise InputError("--checkpoint is required with --judge self")
         if args.temperature < 0:
             raise InputError(f"--temperature must be >= 0, got {args.temperature}")
+        check_device(args.device)
     return policy_judge(cfg, args.checkpoint, RolloutConfig(temperature=args.temperature, device=args.device))
 
 
@@ -87,7 +93,8 @@ def run(args: argparse.Namespace) -> int:
                              args.max_batch)
     except OSError as e:
         raise InputError(f"--host/--port: cannot listen on {args.host}:{args.port} ({e.strerror or e})") from None
-    print(f"serving the {args.judge} judge at {server.base_url} as model {server.model}"
+    what = f"vlm judge (profile {args.profile}, seed {args.profile_seed})" if args.judge == "vlm" else f"{args.judge} judge"
+    print(f"serving the {what} at {server.base_url} as model {server.model}"
           f"{' (API key required)' if key else ''}", flush=True)
     try:
         server.serve_forever()

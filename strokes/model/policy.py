@@ -21,7 +21,8 @@ from .tiny import ModelConfig, build_tiny
 
 TINY = "strokes.tiny"
 """The processor name of the built-in tiny model."""
-ADAPTERS = {"strokes.emu3": ("strokes.model.emu3", "Emu3Policy")}
+ADAPTERS = {"strokes.emu3": ("strokes.model.emu3", "Emu3Policy"),
+            "strokes.janus": ("strokes.model.janus", "JanusPolicy")}
 """Policy classes of real models, by the `processor` name their processor.json records."""
 
 

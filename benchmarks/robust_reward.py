@@ -1,0 +1,149 @@
+"""Benchmark: which final reward holds up under a judge's mistakes (issue 26 item 2). Not a test
+(it rolls out a few hundred trajectories); run it by hand:
+
+    OMP_NUM_THREADS=1 python benchmarks/robust_reward.py [--prompts 32] [--generations 8] [--seeds 3]
+
+The base policy rolls out GRPO's groups (process mode, its own sampled verdicts, the main job's
+rollout settings) on training prompts; the final reward of every trajectory is then computed with
+the exact judge (GenEval's rule: the reference) and with the exact judge asked as any other judge
+is and the stand-in VLM judge (`strong`, `typical`, several seeds), once holistic (one verdict on
+the last step), as one question about the finished picture against the whole prompt (as an eval
+image is asked), and from atomic questions (selfplay/questions.py). What GRPO uses is the order within a group, so the table gives,
+over the pairs of a group whose exact rewards differ, the share the judge's reward orders the same
+way (a tie counts half), and the correlation of group-centred rewards (the advantages) with the
+exact ones. "recovered" is the share of what the holistic reward loses against the exact judge
+that the questions win back.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import os
+import random
+import statistics
+import time
+from pathlib import Path
+
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+
+
+def pair_order(groups: list[list[float]], exact: list[list[float]]) -> float:
+    """Over pairs within a group whose exact rewards differ: the share ordered the same way."""
+    same = total = 0.0
+    for got, ref in zip(groups, exact):
+        for i in range(len(ref)):
+            for j in range(i + 1, len(ref)):
+                if ref[i] == ref[j]:
+                    continue
+                total += 1
+                d = (got[i] - got[j]) * (ref[i] - ref[j])
+                same += 1.0 if d > 0 else 0.5 if d == 0 else 0.0
+    return same / total if total else float("nan")
+
+
+def advantage_correlation(groups: list[list[float]], exact: list[list[float]]) -> float:
+    """Pearson correlation of group-centred rewards with group-centred exact rewards."""
+    xs, ys = [], []
+    for got, ref in zip(groups, exact):
+        mg, mr = statistics.fmean(got), statistics.fmean(ref)
+        xs += [g - mg for g in got]
+        ys += [r - mr for r in ref]
+    return statistics.correlation(xs, ys)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--config", default="configs/shapeworld.yaml")
+    parser.add_argument("--prompts", type=int, default=32)
+    parser.add_argument("--generations", type=int, default=8)
+    parser.add_argument("--seeds", type=int, default=3, help="stand-in judge seeds per profile")
+    parser.add_argument("--json", default="", help="also write the table's numbers here")
+    args = parser.parse_args()
+
+    import torch
+
+    from judges import OracleJudge
+    from judges.vlm import VLMJudge, load_profile
+    from rollout import Engine
+    from selfplay.config import load_config
+    from selfplay.evaluation import sampled_verdicts
+    from selfplay.grpo import grpo_prompts
+    from selfplay.rewards import judge_rollouts
+    from selfplay.world import make_world
+    from strokes.model.policy import Policy
+    from strokes.records import PromptRecord
+    from strokes.verdict import StepContext
+
+    torch.set_num_threads(1)
+    cfg = load_config(args.config)
+    world = make_world(cfg)
+    prompts = random.Random(0).sample(grpo_prompts(cfg, 1), args.prompts)  # the round's tasks, mixed
+    records = [PromptRecord.from_json(json.loads(p)) for p in prompts for _ in range(args.generations)]
+    engine = Engine(Policy.from_pretrained(Path(cfg.loop.base_checkpoint)),
+                    dataclasses.replace(sampled_verdicts(cfg.rollout), mode="process", actors=0))
+    t0 = time.perf_counter()
+    trajectories = [s.trajectory for s in engine.sample(records, seed=7)]
+    rollout_s = time.perf_counter() - t0
+
+    def grouped(values: list[float]) -> list[list[float]]:
+        g = args.generations
+        return [values[i: i + g] for i in range(0, len(values), g)]
+
+    def finals(judged) -> list[float]:
+        return [0.0 if j.final is None else j.final_score if j.final_score is not None else float(j.final)
+                for j in judged]
+
+    def picture(judge) -> list[float]:
+        """One holistic question about the finished picture against the whole prompt (as an eval
+        image is asked): what the atomic questions are measured against, apart from the step."""
+        contexts = [StepContext(t.prompt, "", PromptRecord.from_json(t.record).text, t.final_image, t.record)
+                    for t in trajectories]
+        return [0.0 if not t.steps or "failed" in t.meta or v is None else float(v.aligned)
+                for t, v in zip(trajectories, judge.judge(contexts))]
+
+    def rewards(judge, kind: str) -> list[float]:
+        if kind == "picture":
+            return picture(judge)
+        return finals(judge_rollouts(trajectories, judge, None, kind == "questions"))
+
+    exact = grouped(finals(judge_rollouts(trajectories, OracleJudge(), world.is_correct)))
+    rows = []
+    tasks = [PromptRecord.from_json(t.record).tag for t in trajectories][:: args.generations]
+    for profile in ("exact", "strong", "typical"):
+        for kind in ("holistic", "picture", "questions"):
+            orders, corrs, secs, per_task = [], [], [], {}
+            for seed in range(1 if profile == "exact" else args.seeds):
+                judge = OracleJudge() if profile == "exact" else VLMJudge(load_profile(profile), seed)
+                t1 = time.perf_counter()
+                got = grouped(rewards(judge, kind))
+                secs.append(time.perf_counter() - t1)
+                orders.append(pair_order(got, exact))
+                corrs.append(advantage_correlation(got, exact))
+                for task in sorted(set(tasks)):
+                    mine = [k for k, t in enumerate(tasks) if t == task]
+                    per_task.setdefault(task, []).append(pair_order([got[k] for k in mine], [exact[k] for k in mine]))
+            rows.append({"judge": profile, "final reward": kind,
+                         "pair order": statistics.fmean(orders), "pair order sd": statistics.pstdev(orders),
+                         "advantage r": statistics.fmean(corrs), "judge s": statistics.fmean(secs),
+                         "per task": {t: statistics.fmean(v) for t, v in per_task.items()}})
+    right = sum(x for g in exact for x in g)
+    print(f"{len(trajectories)} trajectories ({args.prompts} prompts x {args.generations}), rolled out in "
+          f"{rollout_s:.0f} s; exact final right: {right:.0f}; seeds per judge: {args.seeds}")
+    names = sorted(set(tasks))
+    print(f"{'judge':8} {'final reward':13} {'pair order':>16} {'advantage r':>12} {'recovered':>10} "
+          + " ".join(f"{t:>11}" for t in names))
+    for row in rows:
+        holistic = next(r for r in rows if r["judge"] == row["judge"] and r["final reward"] == "holistic")
+        lost = 1.0 - holistic["pair order"]
+        rec = "" if row is holistic or lost <= 0 else f"{100 * (row['pair order'] - holistic['pair order']) / lost:.0f}%"
+        print(f"{row['judge']:8} {row['final reward']:13} {row['pair order']:10.3f} ± {row['pair order sd']:.3f} "
+              f"{row['advantage r']:12.3f} {rec:>10} " + " ".join(f"{row['per task'][t]:11.3f}" for t in names))
+    if args.json:
+        Path(args.json).write_text(json.dumps({"rows": rows, "trajectories": len(trajectories),
+                                               "rollout_s": rollout_s}, indent=2))
+
+
+if __name__ == "__main__":
+    main()
