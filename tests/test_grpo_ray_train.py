@@ -72,3 +72,13 @@ def test_two_workers_train_a_grpo_round_and_resume_after_one_is_killed(ray_clust
              if "reward" in json.loads(x)]
     assert steps[-1] == 4 and set(steps) == {1, 2, 3, 4}
     assert (out / "checkpoint" / "config.json").is_file()
+
+
+def test_many_workers_refuse_a_judge_budget(tmp_path, base_checkpoint):  # noqa: F811
+    from strokes.errors import InputError
+
+    path = tiny_config(tmp_path, base_checkpoint, judge={"kind": "oracle", "budget_requests": 100},
+                       train={"method": "grpo", "distributed": "ray", "workers": 2,
+                              "grpo": {"prompts_per_step": 2, "generations": 2, "prompts": 6}})
+    with pytest.raises(InputError, match="judge.budget_requests"):
+        grpo_on_ray(load_config(path), base_checkpoint, [], tmp_path / "train")
