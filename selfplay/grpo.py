@@ -182,7 +182,7 @@ def _grpo_worker(config: dict) -> None:
     import ray.train
     import torch
 
-    from trainer.distributed import report
+    from trainer.distributed import report_summary
 
     from .judging import policy_judge
 
@@ -193,7 +193,7 @@ def _grpo_worker(config: dict) -> None:
     keep_in = Path(config["keep_in"]) if config["keep_in"] and first else None
     summary, policy = _train(cfg, parent, config["prompts"], Path(config["out"]),
                              policy_judge(cfg.judge, parent, cfg.rollout), keep_in)
-    report(summary, policy.model)
+    report_summary(summary, policy.model)
 
 
 def _train(cfg: RunConfig, parent: Path, prompts: list[str], out: Path, judge, keep_in: Path | None = None,

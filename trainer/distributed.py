@@ -51,10 +51,10 @@ def _worker(config: dict) -> None:
     policy = Policy.from_pretrained(config["parent"])
     # In memory: every worker tokenizes its own copy, so no two processes write the same cache file.
     data = datasets.load_from_disk(config["dataset"], keep_in_memory=True)
-    report(train(policy, data, cfg, config["out"]), policy.model)
+    report_summary(train(policy, data, cfg, config["out"]), policy.model)
 
 
-def report(summary: dict, model) -> None:
+def report_summary(summary: dict, model) -> None:
     """End a worker: hand the training summary (with the world size and whether the replicas ended
     in sync) back to the driver."""
     import ray.train
