@@ -23,6 +23,7 @@ from typing import Callable
 
 from strokes.errors import InputError
 from strokes.model.checkpoint_check import check_checkpoint
+from strokes.model.policy import check_kind
 from strokes.model.tiny import ModelConfig
 from strokes.records import TASKS
 
@@ -52,6 +53,7 @@ def _start(cfg: RunConfig, from_scratch: bool) -> ModelConfig | Path:
         check_checkpoint(folder)
     except InputError as e:
         raise InputError(f"loop.base_checkpoint: {e}") from None
+    check_kind(folder, cfg.model.kind)
     return folder / "config.json"
 
 

@@ -20,7 +20,7 @@ from rollout import RolloutFleet
 from strokes.data.build import build, load
 from strokes.errors import InputError
 from strokes.model.inspect_head import FILE as HEAD_FILE
-from strokes.model.policy import Policy
+from strokes.model.policy import Policy, check_kind
 from strokes.records import PromptRecord
 from strokes.trajectory import Trajectory, to_dataset, write_jsonl
 from trainer.distributed import fit
@@ -49,6 +49,7 @@ def base_stage(cfg: RunConfig, from_scratch: bool, out: Path) -> None:
         source = Path(cfg.loop.base_checkpoint)
         if not (source / "config.json").is_file():
             raise InputError(f"{source}: no base checkpoint (run with --from-scratch to train one)")
+        check_kind(source, cfg.model.kind)
         shutil.copytree(source, out / "checkpoint")
 
 

@@ -32,6 +32,15 @@ def checkpoint_kind(folder: str | Path) -> str:
     return json.loads(meta.read_text()).get("processor", TINY) if meta.is_file() else TINY
 
 
+def check_kind(folder: str | Path, kind: str) -> None:
+    """Refuse, in one line, a checkpoint folder that holds another architecture than `model.kind`
+    says: the run would otherwise load whatever the folder holds and train it under the wrong plan."""
+    found = checkpoint_kind(folder).removeprefix("strokes.")
+    if found != kind:
+        raise InputError(f"model.kind: {kind!r}, but {folder} holds a {found!r} checkpoint (its processor.json); "
+                         f"set model.kind: {found}, or point loop.base_checkpoint at a checkpoint of kind {kind}")
+
+
 def checkpoint_image_side(folder: str | Path) -> int:
     """The side in pixels of the images a checkpoint's policy draws and reads (processor.json's
     `canvas`; the tiny model's codebook covers a 64-px canvas), without loading the model."""
