@@ -29,6 +29,7 @@ from rollout import Engine, RolloutFleet
 from rollout.engine import Sampled
 from rollout.steps import FleetRollouts
 from rollout.sync import WeightPublisher
+from strokes.errors import InputError
 from strokes.model.policy import Policy
 from strokes.records import PromptRecord
 from strokes.trajectory import Trajectory, to_row
@@ -155,6 +156,50 @@ def grpo_stage(cfg: RunConfig, parent: Path, prompts: list[str], out: Path, judg
     summary, with what the judge cost (`judge`: requests, tokens, seconds against rollout seconds, and
     its counters). A judge budget that cannot pay for another step ends the round after the last whole
     step."""
+    return _train(cfg, parent, prompts, out, judge, keep_in, fleet, on_dispatch)[0]
+
+
+def grpo_on_ray(cfg: RunConfig, parent: Path, prompts: list[str], out: Path, keep_in: Path | None = None) -> dict:
+    """GRPO with `train.distributed: ray`: `train.workers` Ray Train workers, each a rank of TRL's
+    `GRPOTrainer` that samples its share of every step's prompts with its own engine and judge, the
+    ranks averaging gradients; a worker that dies restarts the group, which resumes from the last
+    trainer checkpoint (`trainer/distributed.py`). Writes what `grpo_stage` writes (the first rank
+    keeps its share of each step's trajectories). A judge budget is refused: each rank would spend
+    and stop on its own, and a rank that stops alone leaves the others waiting."""
+    from trainer.distributed import run_workers
+
+    if cfg.judge.budget_requests or cfg.judge.budget_tokens:
+        raise InputError("judge.budget_requests/budget_tokens: not with train.distributed: ray "
+                         "(each worker judges its own share); leave them 0")
+    out = Path(out).resolve()
+    config = {"cfg": cfg, "parent": str(Path(parent).resolve()), "prompts": prompts, "out": str(out),
+              "keep_in": str(Path(keep_in).resolve()) if keep_in is not None else None}
+    return run_workers(_grpo_worker, config, cfg.train, out, "grpo", cfg.rollout.ray_address)
+
+
+def _grpo_worker(config: dict) -> None:
+    """One Ray Train worker of `grpo_on_ray`."""
+    import ray.train
+    import torch
+
+    from trainer.distributed import report_summary
+
+    from .judging import policy_judge
+
+    cfg: RunConfig = config["cfg"]
+    torch.set_num_threads(max(cfg.train.num_threads, 1))  # one worker per core (or GPU)
+    parent = Path(config["parent"])
+    first = ray.train.get_context().get_world_rank() == 0
+    keep_in = Path(config["keep_in"]) if config["keep_in"] and first else None
+    summary, policy = _train(cfg, parent, config["prompts"], Path(config["out"]),
+                             policy_judge(cfg.judge, parent, cfg.rollout), keep_in)
+    report_summary(summary, policy.model)
+
+
+def _train(cfg: RunConfig, parent: Path, prompts: list[str], out: Path, judge, keep_in: Path | None = None,
+           fleet: RolloutFleet | None = None,
+           on_dispatch: Callable[[int, object], None] | None = None) -> tuple[dict, Policy]:
+    """`grpo_stage`'s work; returns the summary and the trained policy."""
     rollout_cfg = dataclasses.replace(sampled_verdicts(cfg.rollout), mode="process", actors=0)
     policy = Policy.from_pretrained(parent)
     engine = Engine(policy, rollout_cfg)  # shares policy.model with the trainer: it samples the live weights
@@ -178,5 +223,4 @@ def grpo_stage(cfg: RunConfig, parent: Path, prompts: list[str], out: Path, judg
     summary = train_grpo(policy, prompts, cfg.train, out, sample, reward_functions(), engine.legal_sets,
                          temperature=rollout_cfg.temperature, should_stop=meter.over_budget)
     summary["judge"] = {**meter.totals(), "counters": judge_stats(judge)}
-    return summary
-
+    return summary, policy

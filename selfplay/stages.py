@@ -30,7 +30,7 @@ from trainer.sft import train
 from .config import RunConfig, load_config
 from .critique import build_self_critique, build_symbolic_critique
 from .evaluation import rollout_stage, sampled_verdicts, training_suite
-from .grpo import grpo_prompts, grpo_stage
+from .grpo import grpo_on_ray, grpo_prompts, grpo_stage
 from .inspect_head import fit_inspect_head
 from .judging import policy_judge
 from .run_dir import write_event
@@ -117,12 +117,16 @@ def train_stage(cfg: RunConfig, parent: Path, dataset_dir: Path, out: Path, rnd:
                 max_steps: int = -1, fleet: RolloutFleet | None = None) -> dict:
     """The round's training of `parent`: SFT on the round's dataset, in this process or on Ray Train
     workers (`train.distributed`), or with `train.method: grpo` (the policy arm) GRPO on its own
-    rollouts of the round's prompts (`dataset_dir/prompts.json`), sampled on `fleet` when given; the
-    checkpoint lands in `out/checkpoint`."""
+    rollouts of the round's prompts (`dataset_dir/prompts.json`), sampled on `fleet` when given (or,
+    with `train.distributed: ray`, by each Ray Train worker for its share); the checkpoint lands in
+    `out/checkpoint`."""
     if cfg.train.round_method(rnd) == "grpo" and arm == "policy":
         prompts = json.loads((dataset_dir / "prompts.json").read_text())
-        summary = grpo_stage(cfg, parent, prompts, out / "train", policy_judge(cfg.judge, parent, cfg.rollout),
-                             keep_in=out, fleet=fleet)
+        if cfg.train.distributed == "ray":  # each Ray Train worker builds its own engine and judge
+            summary = grpo_on_ray(cfg, parent, prompts, out / "train", keep_in=out)
+        else:
+            summary = grpo_stage(cfg, parent, prompts, out / "train", policy_judge(cfg.judge, parent, cfg.rollout),
+                                 keep_in=out, fleet=fleet)
         return _keep_training(out, summary, rnd, arm)
     if (dataset_dir / "EMPTY").exists() or max_steps == 0:  # nothing to learn: the parent carries on
         shutil.copytree(parent, out / "checkpoint")

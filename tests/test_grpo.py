@@ -199,9 +199,9 @@ def test_a_broken_trajectory_scores_the_worst_and_a_missing_verdict_is_none():
     assert rewards["final"](["p"], [""], judged=[Judged(final=None)]) == [None]  # TRL leaves it out
 
 
-def test_grpo_config_refuses_unknown_rewards_and_ray_train():
-    with pytest.raises(InputError, match="train.distributed"):
-        TrainConfig(method="grpo", distributed="ray", workers=2)
+def test_grpo_config_refuses_unknown_rewards_and_workers_that_do_not_split_a_step():
+    with pytest.raises(InputError, match="train.workers"):
+        TrainConfig(method="grpo", distributed="ray", workers=3)  # 8 x 8 trajectories do not split in 3
     with pytest.raises(InputError, match="train.grpo.reward_weights.beauty"):
         GrpoConfig(reward_weights={"beauty": 1.0})
 

@@ -53,13 +53,15 @@ RewardFn = Callable[..., list]
 
 def grpo_args(cfg: TrainConfig, out: Path, temperature: float):
     """Our `TrainConfig` as TRL's `GRPOConfig`: one generation per optimizer step of
-    `prompts_per_step` x `generations` trajectories, rewards weighted by `grpo.reward_weights`."""
+    `prompts_per_step` x `generations` trajectories (split between the ranks with distributed: ray),
+    rewards weighted by `grpo.reward_weights`."""
     from trl import GRPOConfig
 
     g = cfg.grpo
+    workers = cfg.workers if cfg.distributed == "ray" else 1
     return GRPOConfig(
         **trainer_args(cfg, out, g.lr or cfg.lr),
-        per_device_train_batch_size=g.prompts_per_step * g.generations,
+        per_device_train_batch_size=g.prompts_per_step * g.generations // workers,  # each rank's share
         gradient_accumulation_steps=1,
         num_generations=g.generations,
         max_steps=g.steps,
@@ -108,7 +110,8 @@ def train_grpo(policy, prompts: list[str], cfg: TrainConfig, out: str | Path, sa
         was_training = model.training
         model.eval()
         try:
-            out = sample(batch, cfg.seed * 1_000_003 + trainer.state.global_step, trainer.state.global_step)
+            step = trainer.state.global_step  # ranks (distributed: ray) sample their shares with seeds of their own
+            out = sample(batch, cfg.seed * 1_000_003 + step + 7_919 * trainer.accelerator.process_index, step)
         finally:
             model.train(was_training)
         for name, value in out.pop("metrics", {}).items():
