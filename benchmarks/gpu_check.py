@@ -61,11 +61,12 @@ def matmul_weights(model) -> int:
     return sum(p.numel() for p in model.parameters() if p is not emb)
 
 
-def rollout_arm(policy, prompts, batch: int, max_new_tokens: int, device, dtype) -> dict:
+def rollout_arm(policy, prompts, batch: int, max_new_tokens: int, device, dtype, max_steps: int = 2,
+                max_refines: int = 1) -> dict:
     from rollout import Engine, RolloutConfig
 
-    cfg = RolloutConfig(batch_size=batch, max_steps=2, max_refines=1, max_text_tokens=16, device=device.type,
-                        dtype=str(dtype).removeprefix("torch."), max_new_tokens=max_new_tokens)
+    cfg = RolloutConfig(batch_size=batch, max_steps=max_steps, max_refines=max_refines, max_text_tokens=16,
+                        device=device.type, dtype=str(dtype).removeprefix("torch."), max_new_tokens=max_new_tokens)
     engine = Engine(policy, cfg)
     engine.run(prompts[: min(batch, 8)])  # warm-up: kernels, allocator
     steps0 = engine.decoder.stats["steps"]

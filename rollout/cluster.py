@@ -5,6 +5,11 @@ docs/design.md §8 found keeps all of Ray's traffic on loopback: `RAY_ENABLE_WIN
 `RAY_USAGE_STATS_ENABLED=0`, and `$HOME/ray_bootstrap_config.yaml` holding `cluster_name: local`
 and `provider: {type: local}` (without it Ray binds the non-loopback address and probes a cloud
 metadata address). Joining a real cluster (`address`) changes none of this.
+
+`reserved_gpus` keeps the first GPUs of the machine out of a local cluster: Ray hands its actors
+GPUs from the list of visible ones it finds when it starts (`CUDA_VISIBLE_DEVICES`, which its
+workers inherit and narrow), so the list is narrowed for the start and restored after it, and this
+process (a GRPO trainer, `cuda:0`) keeps the GPUs the actors never get.
 """
 
 from __future__ import annotations
@@ -27,8 +32,19 @@ def write_bootstrap_config(home: str | Path) -> Path:
     return path
 
 
-def connect(address: str = "", num_cpus: int = 0, object_store_mb: int = 200) -> None:
-    """Make sure this process is connected to Ray (a no-op when it already is)."""
+def visible_gpus() -> list[str]:
+    """The GPU ids this process may use: `CUDA_VISIBLE_DEVICES`, else every GPU torch counts."""
+    listed = os.environ.get("CUDA_VISIBLE_DEVICES")
+    if listed is not None:
+        return [x.strip() for x in listed.split(",") if x.strip()]
+    import torch
+
+    return [str(i) for i in range(torch.cuda.device_count())]
+
+
+def connect(address: str = "", num_cpus: int = 0, object_store_mb: int = 200, reserved_gpus: int = 0) -> None:
+    """Make sure this process is connected to Ray (a no-op when it already is); a local cluster
+    leaves the first `reserved_gpus` GPUs to this process (module docstring)."""
     import ray
 
     if ray.is_initialized():
@@ -38,5 +54,18 @@ def connect(address: str = "", num_cpus: int = 0, object_store_mb: int = 200) ->
         return
     os.environ.update(LOCAL_ENV)
     write_bootstrap_config(Path.home())
-    ray.init(num_cpus=num_cpus or os.cpu_count() or 1, object_store_memory=object_store_mb << 20,
-             include_dashboard=False, log_to_driver=False)
+    kwargs = {"num_cpus": num_cpus or os.cpu_count() or 1, "object_store_memory": object_store_mb << 20,
+              "include_dashboard": False, "log_to_driver": False}
+    if not reserved_gpus:
+        ray.init(**kwargs)
+        return
+    before = os.environ.get("CUDA_VISIBLE_DEVICES")
+    actors_gpus = visible_gpus()[reserved_gpus:]
+    os.environ["CUDA_VISIBLE_DEVICES"] = ",".join(actors_gpus)
+    try:
+        ray.init(num_gpus=len(actors_gpus), **kwargs)
+    finally:
+        if before is None:
+            del os.environ["CUDA_VISIBLE_DEVICES"]
+        else:
+            os.environ["CUDA_VISIBLE_DEVICES"] = before

@@ -94,6 +94,11 @@ class RolloutConfig:
     """A shard whose actor dies is retried this often, elsewhere."""
     ray_address: str = ""
     """Join this Ray cluster; "" starts a local one."""
+    reserved_gpus: int = 0
+    """GPUs of this machine (the first visible ones) that a local Ray cluster leaves to this process:
+    a GRPO trainer trains on them while the fleet's actors sample on the others. 0: Ray gets them
+    all. A cluster joined by `ray_address` was started with its own GPU count: start it without
+    the trainer's (docs/training.md)."""
     ray_cpus: int = 0
     """CPUs of the local cluster; 0: as many as this machine has."""
     object_store_mb: int = 200
@@ -133,5 +138,8 @@ class RolloutConfig:
         require(self, "shard_size", self.shard_size >= 1, "must be >= 1")
         require(self, "max_shard_retries", self.max_shard_retries >= 0, "must be >= 0")
         require(self, "ray_cpus", self.ray_cpus >= 0, "must be >= 0")
+        require(self, "reserved_gpus", self.reserved_gpus >= 0, "must be >= 0")
+        require(self, "reserved_gpus", not (self.reserved_gpus and self.ray_address),
+                "applies to a local cluster; a joined cluster's GPUs are set when it starts (ray start --num-gpus)")
         require(self, "object_store_mb", self.object_store_mb >= 50, "must be >= 50")
         return self

@@ -89,7 +89,7 @@ class Engine:
 
     def _decoder(self, mode: str, record_logprobs: bool = False) -> Decoder:
         c = self.cfg
-        vocab = int(self.model.get_output_embeddings().weight.shape[0])
+        vocab = self.processor.vocab_size  # the width of the model's logits
         grammar = Grammar(self.processor, vocab, mode=mode, max_steps=c.max_steps, max_refines=c.max_refines,
                           max_text_tokens=c.max_text_tokens, device=self.device)
         return Decoder(self.model, grammar, temperature=c.temperature, top_k=c.top_k, top_p=c.top_p,

@@ -57,7 +57,7 @@ class RolloutFleet:
         if self._class is None:
             import ray
 
-            connect(self.cfg.ray_address, self.cfg.ray_cpus, self.cfg.object_store_mb)
+            connect(self.cfg.ray_address, self.cfg.ray_cpus, self.cfg.object_store_mb, self.cfg.reserved_gpus)
             self._class = ray.remote(ShardWorker).options(
                 num_cpus=self.cfg.actor_cpus, num_gpus=self.cfg.num_gpus_per_actor, max_restarts=1,
                 max_task_retries=0)

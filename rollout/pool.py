@@ -116,7 +116,12 @@ def rollout(prompts: Sequence[Prompt], out: str | Path, cfg: RolloutConfig | Non
                 t_load = time.perf_counter()
                 actors.hold(checkpoint or actors.checkpoint)
                 summary.startup_seconds = time.perf_counter() - t_load
-                _run_on_ray(todo, write, actors, cfg, judge, summary, on_dispatch)
+                import ray
+
+                setup = Setup(str(actors.checkpoint), cfg, [ray.put(judge)] if judge is not None else [],
+                              uuid.uuid4().hex)
+                run_on_fleet(todo, write, actors, lambda actor, shard: actor.run.remote(shard, None, setup),
+                             cfg.max_shard_retries, summary, on_dispatch)
             finally:
                 if own:
                     actors.close()
@@ -140,15 +145,16 @@ def rollout(prompts: Sequence[Prompt], out: str | Path, cfg: RolloutConfig | Non
     return summary
 
 
-def _run_on_ray(todo: list[Shard], write: Callable[[Shard, list[Trajectory]], None], fleet: RolloutFleet,
-                cfg: RolloutConfig, judge, summary: Summary,
-                on_dispatch: Callable[[int, object], None] | None) -> None:
-    """Hand the shards to the fleet's actors; a lost shard goes back to the queue for another actor,
-    and an actor that died for good is replaced in the fleet (at most `max_shard_retries` per call)."""
+def run_on_fleet(todo: list[Shard], write: Callable[[Shard, list], None], fleet: RolloutFleet,
+                 submit: Callable[[object, Shard], object], max_retries: int, summary,
+                 on_dispatch: Callable[[int, object], None] | None = None) -> None:
+    """Hand the shards to the fleet's actors (`submit(actor, shard)` starts the remote call and
+    returns its reference; `write(shard, result)` takes each result); a lost shard goes back to the
+    queue for another actor, and an actor that died for good is replaced in the fleet (at most
+    `max_retries` per call). `summary.retries` counts the shard attempts lost."""
     import ray
     from ray.exceptions import ActorUnavailableError, RayActorError
 
-    setup = Setup(str(fleet.checkpoint), cfg, [ray.put(judge)] if judge is not None else [], uuid.uuid4().hex)
     replaced = 0
     idle = deque(fleet.actors)
     queue = deque(todo)
@@ -157,7 +163,7 @@ def _run_on_ray(todo: list[Shard], write: Callable[[Shard, list[Trajectory]], No
 
     def replace(actor) -> None:
         nonlocal replaced
-        if replaced < cfg.max_shard_retries:
+        if replaced < max_retries:
             idle.append(fleet.replace(actor))
             replaced += 1
         else:
@@ -166,7 +172,7 @@ def _run_on_ray(todo: list[Shard], write: Callable[[Shard, list[Trajectory]], No
     while queue or inflight:
         while queue and idle:
             shard, actor = queue.popleft(), idle.popleft()
-            inflight[actor.run.remote(shard, None, setup)] = (shard, actor)
+            inflight[submit(actor, shard)] = (shard, actor)
             if on_dispatch is not None:
                 on_dispatch(shard.index, actor)
         if not inflight:
@@ -189,7 +195,7 @@ def _run_on_ray(todo: list[Shard], write: Callable[[Shard, list[Trajectory]], No
             except (RayActorError, ActorUnavailableError) as e:
                 attempts[shard.index] += 1
                 summary.retries += 1
-                if attempts[shard.index] > cfg.max_shard_retries:
+                if attempts[shard.index] > max_retries:
                     raise RolloutError(f"shard {shard.index} lost its actor {attempts[shard.index]} times: "
                                        f"{type(e).__name__}") from e
                 queue.appendleft(shard)  # to the next idle actor: not the one that just failed

@@ -102,13 +102,14 @@ class PolicySlot:
         self.checkpoint: Path | None = None
         self.base: Path | None = None
         self.adapters = 0  # adapters attached so far (names must be unique within a PeftModel)
+        self.update: str | None = None  # the trainer's update applied on top of `checkpoint` (`apply`)
 
     def load(self, folder: str | Path) -> str:
         """Bring `folder` into the policy; returns how: "same" (already held), "fresh" (loaded from
         scratch), "in_place" (weights copied into the model in memory), each + "+adapter" when an
         adapter went on top."""
         folder = checkpoint_path(folder)
-        if folder == self.checkpoint:
+        if folder == self.checkpoint and self.update is None:
             return "same"
         self.checkpoint = None  # until this load completes
         if self.policy is not None and _is_peft(self.policy.model):
@@ -122,11 +123,11 @@ class PolicySlot:
         else:
             how = self._load_base(folder)
         self.policy.inspect_head = InspectHead.load(folder)  # the folder's own head (or none), never a stale one
-        self.checkpoint = folder
+        self.checkpoint, self.update = folder, None
         return how
 
     def _load_base(self, folder: Path) -> str:
-        if self.policy is not None and folder == self.base:
+        if self.policy is not None and folder == self.base and self.update is None:
             return "in_place"  # the weights in memory are this checkpoint's already
         if self.policy is not None and self.base is not None and self._same_model(folder):
             check_checkpoint(folder)  # as Policy.from_pretrained does on the fresh path
@@ -183,6 +184,31 @@ class PolicySlot:
                     for key, target in pairs:
                         target.copy_(f.get_tensor(key))
         return True
+
+    def apply(self, key: str, tensors: dict, lora=None) -> None:
+        """Put a trainer's weights on top of the checkpoint held (`rollout/sync.py`): `tensors` are
+        the parameters it trains, by the names its model gives them. Full fine-tuning: they are
+        copied into the model. LoRA (`lora`, peft's `LoraConfig`): the model gets those adapter
+        layers (once per update series) and their tensors, unmerged, so the forward is the trainer's
+        own. `key` names the update; the next `load` of any checkpoint takes it off again (a peft
+        model is unloaded, base weights are copied back)."""
+        import torch
+
+        if lora is not None and not _is_peft(self.policy.model):
+            if self.update is not None:  # a full update went into the base weights: the model is not the base
+                raise InputError("rollout: a LoRA update needs the base weights in memory; load the checkpoint first")
+            from peft import get_peft_model
+
+            self.policy.model = get_peft_model(self.policy.model, lora).eval()
+        model = self.policy.model.base_model.model if lora is not None else self.policy.model
+        params = dict(model.named_parameters())
+        missing = [name for name in tensors if name not in params or params[name].shape != tensors[name].shape]
+        if missing:
+            raise InputError(f"rollout: the trainer's weights do not fit the model held (first: {missing[0]})")
+        with torch.no_grad():
+            for name, value in tensors.items():
+                params[name].copy_(value)
+        self.update = key
 
     def _attach(self, folder: Path) -> None:
         from peft import PeftModel

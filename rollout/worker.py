@@ -15,8 +15,9 @@ from typing import Callable
 from strokes.trajectory import Trajectory
 
 from .config import RolloutConfig
-from .engine import Engine
+from .engine import Engine, Sampled
 from .shards import Shard, label
+from .sync import WeightUpdate
 from .weights import PolicySlot
 
 
@@ -59,9 +60,19 @@ class ShardWorker:
             self.engine, self.version = None, ""
         return how
 
-    def prepare(self, setup: Setup) -> None:
-        if self.slot.checkpoint != Path(setup.checkpoint):
+    def prepare(self, setup: Setup, update: WeightUpdate | None = None) -> None:
+        """Hold `setup.checkpoint` and, with an `update`, the trainer's weights on top of it; a shard
+        without one, or with another series', gets the checkpoint's own weights back first."""
+        held = self.slot.update
+        if (self.slot.checkpoint != Path(setup.checkpoint)
+                or (held is not None and (update is None or not held.startswith(update.series + ":")))):
             self.load(setup.checkpoint)
+        if update is not None and self.slot.update != update.key:
+            import ray
+
+            self.slot.apply(update.key, ray.get(update.tensors[0]), update.lora)
+            if self.engine is not None and self.engine.model is not self.slot.policy.model:
+                self.engine = None  # LoRA layers went on: the engine is rebuilt around the new model
         if self.engine is None or self.version != setup.version:
             judge = None
             if setup.judge:
@@ -78,5 +89,19 @@ class ShardWorker:
         trajs = self.engine.run(shard.prompts, seed=shard.seed, on_done=on_done)
         return [label(t, shard, n) for n, t in enumerate(trajs)]
 
+    def sample(self, shard: Shard, setup: Setup, update: WeightUpdate) -> list[Sampled]:
+        """An RL step's shard, from the checkpoint with the step's weights on top (`sample_shard`)."""
+        self.prepare(setup, update)
+        return sample_shard(self.engine, shard, update.step)
+
     def pid(self) -> int:
         return os.getpid()
+
+
+def sample_shard(engine: Engine, shard: Shard, step: int) -> list[Sampled]:
+    """A shard's rollouts for RL (`Engine.sample` with the shard's own seed), each trajectory stamped
+    with its work item and the trainer step whose weights sampled it (`meta["weights_step"]`)."""
+    rolled = engine.sample(shard.prompts, seed=shard.seed)
+    for n, s in enumerate(rolled):
+        label(s.trajectory, shard, n).meta["weights_step"] = step
+    return rolled

@@ -17,12 +17,32 @@ from strokes.errors import InputError
 COMMANDS = ("suite", "render", "score", "data", "train", "sample", "eval", "judge_serve", "judge_eval", "inspect_eval", "run", "report", "ablate")
 
 
+def has_default(action: argparse.Action) -> bool:
+    """Whether an option has a default worth showing (not None, a flag's False or an empty list)."""
+    d = action.default
+    return bool(action.option_strings) and not (d is None or d is False or d == [] or d is argparse.SUPPRESS)
+
+
+class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """argparse's "(default: X)" after an option's help, but not "(default: None)" or "(default: False)"."""
+
+    def _get_help_string(self, action: argparse.Action) -> str | None:
+        return super()._get_help_string(action) if has_default(action) else action.help
+
+
 class _Parser(argparse.ArgumentParser):
-    """Every subcommand's parser shows each option's default in `--help`."""
+    """Every subcommand's parser shows each option's default in `--help`, an option without help
+    text included (argparse prints nothing at all for those)."""
 
     def __init__(self, *args, **kwargs) -> None:
-        kwargs.setdefault("formatter_class", argparse.ArgumentDefaultsHelpFormatter)
+        kwargs.setdefault("formatter_class", _HelpFormatter)
         super().__init__(*args, **kwargs)
+
+    def add_argument(self, *args, **kwargs) -> argparse.Action:
+        action = super().add_argument(*args, **kwargs)
+        if action.help is None and has_default(action):
+            action.help = "(default: %(default)s)"
+        return action
 
 
 def build_parser() -> argparse.ArgumentParser:

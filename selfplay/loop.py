@@ -97,6 +97,7 @@ class Loop:
         cfg = self.cfg
         base = self.stage(0, CHECKPOINT, lambda tmp: base_stage(cfg, from_scratch, tmp)) / "checkpoint"
         evaluated = self.eval_round(0, base)
+        self.tracker.sync(0)
         if self.state.policy is None:
             self.state.policy = str(evaluated)
             self.state.save()
@@ -117,9 +118,11 @@ class Loop:
                 cfg, current, round_suite(cfg, rnd), "process", cfg.loop.seed * 7 + rnd, tmp, fleet=self.fleet))
             data = self.stage(rnd, DATA, lambda tmp: critique_stage(
                 cfg, rnd, read_jsonl(rollouts / "trajectories"), current, tmp))
-        if self.fleet is not None and (cfg.train.distributed == "ray" or grpo):
+        if self.fleet is not None and cfg.train.distributed == "ray":
             self.fleet.close()  # Ray holds a live actor's GPUs: free them for training; the next rollout restarts it
-        trained = self.stage(rnd, CHECKPOINT, lambda tmp: train_stage(cfg, parent, data / "dataset", tmp, rnd, "policy"))
+        # GRPO samples each step's rollouts on the fleet (its actors get the step's weights)
+        trained = self.stage(rnd, CHECKPOINT, lambda tmp: train_stage(cfg, parent, data / "dataset", tmp, rnd, "policy",
+                                                                        fleet=self.fleet if grpo else None))
         judge_totals = json.loads((trained / "train_summary.json").read_text()).get("judge") if grpo else None
         if judge_totals:
             self.log(cost_line(rnd, judge_totals))
@@ -137,7 +140,6 @@ class Loop:
         self.stage(rnd, EVAL, lambda tmp: evaluate(self.cfg, checkpoint, tmp, rnd, fleet=self.fleet))
         self.stage(rnd, VALIDATE, lambda tmp: validate(self.cfg, checkpoint, tmp, rnd, fleet=self.fleet, log=self.log))
         self.run.rebuild_metrics()
-        self.tracker.sync(rnd)
         self.log(f"round {rnd}: " + ", ".join(f"{mode} {100 * s['overall']:.1f} ± {100 * s['overall_se']:.1f}"
                                               for mode, s in self.run.scores(rnd, EVAL).items()))
         return checkpoint

@@ -4,7 +4,8 @@ It opens with a summary box (the policy the run ended with, the net change and w
 significant, wall time), a glossary and the run's metadata; then per-round accuracy (process vs
 single-pass, and the control arm; ±1 SE everywhere), per-task plots, the gaps with
 their standard errors, the own-sketch inspection table (ROC AUC on the validation split), judge statistics (conflicts found per kind, acceptance of corrections,
-outcomes of the rollouts), promotions, and trajectory strips of fixed prompts round by round.
+outcomes of the rollouts), a few trajectories of each GRPO round's last step with their rewards,
+promotions, and trajectory strips of fixed prompts round by round.
 """
 
 from __future__ import annotations
@@ -22,12 +23,13 @@ import yaml
 
 from judges import OracleJudge
 from strokes.io import write_atomic
-from strokes.trajectory import read_jsonl
+from strokes.trajectory import from_row, png_bytes, read_jsonl
 
 from .inspect_stats import inspect_stats
 from .run_dir import (CHECKPOINT, CONTROL_EVAL, CONTROL_VALIDATE, DATA, EVAL, STAGES, VALIDATE, RunDir,
                       read_scores)
 from .stats import gap, significant
+from .visualize import describe, strip_image
 
 
 def _inspect(folder: Path) -> dict | None:
@@ -369,6 +371,42 @@ def _grpo(data: dict) -> list[str]:
                     "groups with a right one", "groups with one reward (no signal)", "KL at the end"], rows)]
 
 
+SHOWN_TRAJECTORIES = 3
+"""GRPO trajectories the report shows of each round's last step: the best rewarded two and the worst."""
+
+
+def _grpo_trajectories(run: RunDir) -> list[str]:
+    """A few trajectories of each GRPO round's last step, as the reward saw them: the strip, the text
+    the model wrote and each reward component, so a reward the model games shows in what it draws."""
+    text = run.config.read_text() if run.config.exists() else ""
+    weights = (yaml.safe_load(text) or {}).get("train", {}).get("grpo", {}).get("reward_weights") or {}
+
+    def total(row: dict) -> float:
+        return sum(weights.get(k, 1.0) * (v or 0.0) for k, v in row["rewards"].items())
+
+    parts = []
+    for rnd in run.rounds():
+        kept = run.step_trajectories(rnd)
+        if not kept:
+            continue
+        step = max(kept)
+        ranked = sorted(kept[step], key=total, reverse=True)
+        shown = ranked[: SHOWN_TRAJECTORIES - 1] + ranked[SHOWN_TRAJECTORIES - 1:][-1:]
+        parts.append(f"<h3>Round {rnd}, step {step} ({len(kept[step])} of its trajectories kept in "
+                     f"round_{rnd:03d}/checkpoint/trajectories/)</h3>")
+        for row in shown:
+            traj = from_row({**row, "images": [base64.b64decode(x) for x in row["images"]]})
+            png = base64.b64encode(png_bytes(strip_image(traj))).decode()
+            rewards = ", ".join(f"{k} {v:+.2f}" if v is not None else f"{k} -" for k, v in row["rewards"].items())
+            parts.append(f"<p><b>reward {total(row):+.2f}</b> ({html.escape(rewards)}), group {row['group']}<br>"
+                         f'<img src="data:image/png;base64,{png}" alt="GRPO round {rnd} step {step}: every visual '
+                         f'state drawn for {html.escape(traj.prompt, quote=True)}, left to right"></p>'
+                         f"<pre>{html.escape(describe(traj, header=False))}</pre>")
+    if not parts:
+        return []
+    return ["<h2>GRPO trajectories as the reward saw them (each round's last step)</h2>", *parts]
+
+
 def _judge(data: dict) -> list[str]:
     """What the judge found in each SFT round's rollouts and what became training data."""
     rows = [[r["round"], d["critique"], d["replay"], ", ".join(f"{k} {v}" for k, v in sorted(d["outcomes"].items())),
@@ -450,7 +488,7 @@ def write_report(run_dir: Path) -> Path:
     run = RunDir(run_dir)
     data = collect(run.path, inspect=True)
     parts = [f"<h1>strokes run: {html.escape(run.path.name)}</h1>", _summary(run, data), GLOSSARY, _metadata(run),
-             *_accuracy(data), *_gaps(data), *_inspection(data), *_grpo(data), *_training_judge(run), *_judge(data),
+             *_accuracy(data), *_gaps(data), *_inspection(data), *_grpo(data), *_grpo_trajectories(run), *_training_judge(run), *_judge(data),
              *_promotions(data),
              *_strips(run)]
     page = f"<!doctype html><html><head><meta charset='utf-8'><title>strokes report</title>{STYLE}</head><body>"

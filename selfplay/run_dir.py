@@ -6,7 +6,8 @@
       round_001/  data/  checkpoint/  eval/  validate/  control/  control_eval/  control_validate/  promote/
 
 Every stage of a round is a folder named after it; inside it, `events.jsonl` holds what the stage
-logged and `scores.json` its GenEval scores per eval mode (eval stages). `state.json` records which
+logged and `scores.json` its GenEval scores per eval mode (eval stages); a GRPO round's training stage
+(`checkpoint/`) also keeps a sample of each step's trajectories in `trajectories/step_NNNNN.jsonl.gz`. `state.json` records which
 stages are complete and which policy is current, and `metrics.jsonl` is rebuilt from the stages'
 events in round and `STAGES` order, so a resumed run never logs twice. Other modules reach these
 files through `RunDir` and the `read_*`/`write_*` helpers here, never by name.
@@ -15,13 +16,14 @@ files through `RunDir` and the `read_*`/`write_*` helpers here, never by name.
 from __future__ import annotations
 
 import dataclasses
+import gzip
 import json
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from strokes.errors import InputError
-from strokes.io import write_atomic
+from strokes.io import atomic_path, write_atomic
 
 # Every stage of a round, in the order its events go into `metrics.jsonl`. The rounds name their
 # stages from here, and the loop refuses any other name, so a new stage cannot be left out of the log.
@@ -32,7 +34,9 @@ STAGES = ("checkpoint", "rollouts", "data", "inspect_head", "eval", "validate", 
 
 SCORES = "scores.json"
 EVENTS = "events.jsonl"
+TRAJECTORIES = "trajectories"
 _ROUND = re.compile(r"round_(\d{3})")
+_STEP = re.compile(r"step_(\d{5})\.jsonl\.gz")
 
 
 def write_scores(folder: Path, scores: dict) -> None:
@@ -56,6 +60,25 @@ def read_events(folder: Path) -> list[dict]:
     """A stage folder's events, in the order they were logged; [] when it has none."""
     path = folder / EVENTS
     return [json.loads(line) for line in path.read_text().splitlines()] if path.is_file() else []
+
+
+def write_step_trajectories(folder: Path, step: int, rows: list[dict]) -> Path:
+    """One GRPO step's kept trajectories (JSON rows), gzip-compressed, in a stage folder."""
+    path = folder / TRAJECTORIES / f"step_{step:05d}.jsonl.gz"
+    path.parent.mkdir(exist_ok=True)
+    with atomic_path(path) as tmp, gzip.open(tmp, "wt", encoding="utf-8") as f:
+        f.writelines(json.dumps(row) + "\n" for row in rows)
+    return path
+
+
+def read_step_trajectories(folder: Path) -> dict[int, list[dict]]:
+    """A stage folder's kept trajectories by GRPO step; {} when it kept none."""
+    out = {}
+    for path in sorted((folder / TRAJECTORIES).glob("step_*.jsonl.gz")):
+        if m := _STEP.fullmatch(path.name):
+            with gzip.open(path, "rt", encoding="utf-8") as f:
+                out[int(m.group(1))] = [json.loads(line) for line in f]
+    return out
 
 
 class RunDir:
@@ -88,6 +111,10 @@ class RunDir:
     def events(self, rnd: int, name: str) -> list[dict]:
         return read_events(self.stage(rnd, name))
 
+    def step_trajectories(self, rnd: int) -> dict[int, list[dict]]:
+        """The trajectories a GRPO round kept of each training step (`selfplay.grpo.trajectory_rows`)."""
+        return read_step_trajectories(self.stage(rnd, CHECKPOINT))
+
     def rebuild_metrics(self) -> None:
         """`metrics.jsonl` = every stage's events, in round and `STAGES` order."""
         lines = []
@@ -119,8 +146,10 @@ class RunState:
     @classmethod
     def load(cls, run_dir: Path) -> RunState:
         """The state in `run_dir/state.json`, or a fresh one saved there later. A damaged file (cut
-        short, hand-edited) is refused with one line naming it and what is wrong: guessing would
-        redo or skip stages of a run silently. `{}` is a fresh state; unknown keys are ignored."""
+        short, hand-edited, or missing any of the keys `save` always writes, `{}` included) is
+        refused with one line naming it and what is wrong: guessing would redo or skip stages of a
+        run silently (a `{}` used to re-run every stage over the old outputs). Unknown keys are
+        ignored."""
         path = Path(run_dir) / "state.json"
         if not path.exists():
             return cls(path=path)
@@ -135,6 +164,9 @@ class RunState:
         names = {f.name for f in dataclasses.fields(cls)} - {"path"}
         state = {k: v for k, v in data.items() if k in names}
         problem = _problem(state)
+        missing = sorted(names - state.keys())
+        if not problem and missing:
+            problem = f"missing {', '.join(repr(k) for k in missing)}"
         if problem:
             raise InputError(f"{path}: corrupt run state ({problem})")
         return cls(**state, path=path)

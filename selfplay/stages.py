@@ -19,8 +19,9 @@ from judges.unjudged import require_verdicts
 from rollout import RolloutFleet
 from strokes.data.build import build, load
 from strokes.errors import InputError
+from strokes.model.checkpoint_check import check_checkpoint
 from strokes.model.inspect_head import FILE as HEAD_FILE
-from strokes.model.policy import Policy
+from strokes.model.policy import Policy, check_kind
 from strokes.records import PromptRecord
 from strokes.trajectory import Trajectory, to_dataset, write_jsonl
 from trainer.distributed import fit
@@ -49,6 +50,8 @@ def base_stage(cfg: RunConfig, from_scratch: bool, out: Path) -> None:
         source = Path(cfg.loop.base_checkpoint)
         if not (source / "config.json").is_file():
             raise InputError(f"{source}: no base checkpoint (run with --from-scratch to train one)")
+        check_checkpoint(source)  # every file and checksum, before the run builds on it
+        check_kind(source, cfg.model.kind)
         shutil.copytree(source, out / "checkpoint")
 
 
@@ -111,14 +114,15 @@ def save_dataset(rows: list[Trajectory], path: Path) -> None:
 
 
 def train_stage(cfg: RunConfig, parent: Path, dataset_dir: Path, out: Path, rnd: int, arm: str,
-                max_steps: int = -1) -> dict:
+                max_steps: int = -1, fleet: RolloutFleet | None = None) -> dict:
     """The round's training of `parent`: SFT on the round's dataset, in this process or on Ray Train
     workers (`train.distributed`), or with `train.method: grpo` (the policy arm) GRPO on its own
-    rollouts of the round's prompts (`dataset_dir/prompts.json`); the checkpoint lands in
-    `out/checkpoint`."""
+    rollouts of the round's prompts (`dataset_dir/prompts.json`), sampled on `fleet` when given; the
+    checkpoint lands in `out/checkpoint`."""
     if cfg.train.round_method(rnd) == "grpo" and arm == "policy":
         prompts = json.loads((dataset_dir / "prompts.json").read_text())
-        summary = grpo_stage(cfg, parent, prompts, out / "train", policy_judge(cfg.judge, parent, cfg.rollout))
+        summary = grpo_stage(cfg, parent, prompts, out / "train", policy_judge(cfg.judge, parent, cfg.rollout),
+                             keep_in=out, fleet=fleet)
         write_event(out, {"event": "judge", "round": rnd, "arm": arm, **summary["judge"]})  # the round's judge cost
         return _keep_training(out, summary, rnd, arm)
     if (dataset_dir / "EMPTY").exists() or max_steps == 0:  # nothing to learn: the parent carries on

@@ -2,6 +2,12 @@
 
 wandb in offline mode keeps no image files locally (docs/design.md §8), so the trajectory strips and
 samples stay in the run directory as PNG; wandb gets them as `wandb.Image`s in per-round tables.
+
+One wandb run holds the whole loop: with `train.report_to: wandb` each round's trainer logs into it
+too (transformers' callback joins an open run), advancing wandb's own step once per log line. So the
+round metrics never pass `step=round` (wandb drops a row whose step is below the current one: every
+round after the first was lost); they are logged on wandb's step like the trainers' lines and plotted
+against their own axis, `round` (`define_metric`).
 """
 
 from __future__ import annotations
@@ -33,6 +39,10 @@ class TrackingConfig:
         require(self, "mode", self.mode in ("offline", "online", "disabled"), "must be offline, online or disabled")
 
 
+ROUND = "round"
+"""The x-axis of the per-round metrics in wandb."""
+
+
 class Tracker:
     """The wandb mirror of a run (a no-op unless `tracking.wandb`)."""
 
@@ -40,6 +50,8 @@ class Tracker:
         self.run_dir = run_dir
         self.cfg = cfg
         self.run = None  # the wandb run
+        self.synced_file = run_dir.path / "wandb_rounds"  # rounds already logged: a resumed run logs each once
+        self.synced = {int(r) for r in self.synced_file.read_text().split()} if self.synced_file.exists() else set()
         if cfg.wandb:
             import wandb
 
@@ -53,10 +65,11 @@ class Tracker:
             id_file.write_text(run_id)
             self.run = wandb.init(project=cfg.project, mode=cfg.mode, id=run_id, resume="allow",
                                   dir=str(path), name=path.name, config=asdict(run_cfg))
+            self.run.define_metric(ROUND)
 
     def sync(self, rnd: int) -> None:
-        """Log round `rnd`'s eval metrics, per-task table and strips (once per round)."""
-        if self.run is None:
+        """Log round `rnd`'s eval metrics, per-task table and strips (once per round, resumes included)."""
+        if self.run is None or rnd in self.synced:
             return
         import wandb
 
@@ -82,7 +95,11 @@ class Tracker:
             for p in strips:
                 st.add_data(rnd, p.stem.replace("_", " "), wandb.Image(str(p)))
             row["strips"] = st
-        self.run.log({"round": rnd, **row}, step=rnd)
+        for key in row:  # exact names: they win over the trainer callback's "*" -> train/global_step
+            self.run.define_metric(key, step_metric=ROUND)
+        self.run.log({ROUND: rnd, **row})
+        self.synced.add(rnd)
+        self.synced_file.write_text("".join(f"{r}\n" for r in sorted(self.synced)))
 
     def finish(self) -> None:
         if self.run is not None:

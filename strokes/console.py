@@ -8,6 +8,7 @@ turns the bars and the per-step lines off; stage lines and results still print.
 from __future__ import annotations
 
 import sys
+import warnings
 
 _quiet = False
 
@@ -37,3 +38,17 @@ def hush_libraries() -> None:
 
     datasets.disable_progress_bars()
     logging.disable_progress_bar()
+    hush_deprecations()
+
+
+# TRL 1.16 and peft read transformers' deprecated `is_gradient_checkpointing` alias (peft when it wraps
+# a model in LoRA, TRL around its generation and reference forwards): FutureWarnings in every run's
+# console that no user of ours can act on (the fix is theirs). Silenced by their message alone, so
+# every other warning still shows.
+DEPRECATIONS = (r"`is_gradient_checkpointing` is deprecated",)
+
+
+def hush_deprecations() -> None:
+    """Silence the libraries' deprecation warnings in `DEPRECATIONS`, for this process."""
+    for message in DEPRECATIONS:
+        warnings.filterwarnings("ignore", message=message, category=FutureWarning)

@@ -47,7 +47,8 @@ class Conflict(BaseModel):
         if k is ConflictKind.wrong_count:
             return f"there should be {self.expected} but there are {self.found}"
         if k is ConflictKind.wrong_color:
-            return f"{self.subject} is {'planned ' if planned else ''}{self.found} instead of {self.expected}"
+            verb = "is" if self.subject.split(" ", 1)[0] in ("a", "an") else "are"  # 'two red squares are'
+            return f"{self.subject} {verb} {'planned ' if planned else ''}{self.found} instead of {self.expected}"
         if k is ConflictKind.wrong_shape:
             return f"{self.subject} is {'planned' if planned else 'drawn'} as {self.found}"
         return f"{self.subject} should be {self.expected} but is {'planned ' if planned else ''}{self.found}"

@@ -143,3 +143,18 @@ def test_every_shipped_config_but_the_roots_holds_only_what_differs_from_its_par
         parent = leaves(read(path.parent / own.pop(INHERIT)))
         same = [k for k, v in leaves(own).items() if parent.get(k, object()) == v]
         assert not same, f"{path.name} repeats its parent's values: {same}"
+
+
+def test_model_kind_names_every_adapter_and_nothing_else():
+    from strokes.model.policy import ADAPTERS
+    from strokes.model.tiny import KINDS
+
+    assert sorted(KINDS) == sorted(["tiny", *(name.removeprefix("strokes.") for name in ADAPTERS)])
+
+
+def test_a_base_checkpoint_of_another_kind_than_model_kind_is_refused_in_one_line(capsys):
+    from selfplay.cli import main
+
+    assert main(["run", str(ROOT / "configs/shapeworld.yaml"), "--dry-run", "--set", "model.kind=janus"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and "model.kind: 'janus', but" in err and "'tiny' checkpoint" in err

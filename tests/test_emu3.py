@@ -13,11 +13,17 @@ import json
 import numpy as np
 import pytest
 import torch
+from adapter_round import check_grammar_like_the_tiny_processor, grpo_step, run_round
 
 from strokes.errors import InputError
 from strokes.model.emu3 import Emu3ModelConfig, Emu3Policy, Emu3Processor, save_tiny_base
 from strokes.model.policy import Policy
 from strokes.shapeworld import make_suite
+
+
+def first_q(model) -> torch.Tensor:
+    return model.model.text_model.layers[0].self_attn.q_proj.weight
+
 
 TINY = Emu3ModelConfig(hidden_size=64, num_layers=2, num_heads=2, intermediate_size=128, codebook_size=64,
                        max_positions=1024)
@@ -42,109 +48,21 @@ def rows():
     return make_rows(DataConfig(size=12, seed=3, workers=1), progress=False)
 
 
-def blank_canvas_decoder(policy: Emu3Policy) -> Emu3Policy:
-    """A copy of `policy` whose VQ decoder draws a white canvas for any codes (its last conv outputs
-    the normalised white). A random VQ decodes noise in which the detector finds dozens of
-    'objects', too many for any correction chain; a blank sketch gives the oracle a missing object
-    to correct, as an untrained model's empty canvas would, so critique traces get built."""
-    import copy
-
-    p = copy.deepcopy(policy)
-    p.processor.image_tokenizer.vq = p.model.model.vqmodel  # the copy's codec reads the copy's VQ
-    conv = p.model.model.vqmodel.decoder.conv_out
-    with torch.no_grad():
-        conv.weight.zero_()
-        conv.bias.fill_(1.0)  # (1.0 - mean 0.5) / std 0.5: white
-    return p
-
-
 def test_processor_keeps_the_grammar_and_loss_mask_of_the_tiny_processor(policy, rows):
     """Same trajectory, same token structure: the masks and segment kinds of the Emu3 processor
     equal the tiny processor's position by position, and the text round-trips through Emu3's
     tokenizer. The grammar markers were added after Emu3's vocabulary; codes are its visual block."""
-    from strokes.model.image_tokenizer import ImageTokenizer, fitting_images
-    from strokes.model.processor import Processor, build_text_tokenizer
-    from strokes.trajectory import from_row
-
     p = policy.processor
     vocab = json.loads((policy.model.config.to_json_string()))["vocabulary_map"]
     assert p.code_offset == vocab["<|visual token 000000|>"] and p.num_codes == 64 and p.codes_per_image == 64
     assert min(p.special.values()) >= len(vocab)  # markers are new tokens at the end
     assert policy.model.get_input_embeddings().num_embeddings == p.vocab_size == len(vocab) + 15
-    it = ImageTokenizer.fit(fitting_images(40, 64, 0), 32, 8, 0)
-    tiny = Processor(build_text_tokenizer(it.num_codes), it)
-    for row in rows:
-        t = from_row(row)
-        a, b = p.encode(t), tiny.encode(t)
-        assert a.completion_mask == b.completion_mask and a.segments == b.segments
-        back = p.decode(a.input_ids)
-        assert back.prompt == t.prompt and len(back.steps) == len(t.steps)
-        for x, y in zip(back.steps, t.steps):
-            assert (x.instruction, x.description, x.inspection) == (y.instruction, y.description, y.inspection)
-            assert x.image.shape == (64, 64, 3) and x.image.dtype == np.uint8
-        codes = [i for i in a.input_ids if p.is_code(i)]
-        assert len(codes) == 64 * len(t.images())
+    check_grammar_like_the_tiny_processor(p, rows)
 
 
 def test_a_round_runs_end_to_end(policy, tmp_path):
     """rollout -> oracle -> critique + replay -> one LoRA SFT step (merged) -> eval -> reload."""
-    from judges import OracleJudge, corrected_scene
-    from rollout import Engine, RolloutConfig, RolloutDir, rollout, write_geneval
-    from selfplay.critique import CritiqueConfig, build_self_critique
-    from strokes.data.build import DataConfig, make_rows
-    from strokes.shapeworld import score_folder
-    from strokes.trajectory import from_row, to_dataset
-    from trainer.config import LoraConfig, TrainConfig
-    from trainer.sft import train
-
-    torch.set_num_threads(1)
-    ckpt = tmp_path / "round0"
-    blank_canvas_decoder(policy).save_pretrained(ckpt)
-    # Rollout: the grammar keeps the random model well-formed; a plan review writes the first plan
-    # (what the prompt asks for) so the oracle has parsable steps whose sketches it can correct.
-    records = make_suite("train", 4, 0, tasks=("colors",))
-    rcfg = RolloutConfig(batch_size=4, max_steps=2, max_refines=1, max_text_tokens=8, device="cpu", seed=1)
-    engine = Engine(Policy.from_pretrained(ckpt), rcfg)
-    trajs = engine.run(records, plan_hook=lambda prompt, step, ins, des: ("add " + prompt, prompt) if step == 1 else None)
-    assert all(np.all(im == 255) for t in trajs for im in t.images())  # the blank decoder drew them
-    assert all("failed" not in t.meta for t in trajs), [t.meta.get("failed") for t in trajs]
-    assert all(t.steps[0].instruction == "add " + r.text for t, r in zip(trajs, records))
-    assert all(im.shape == (64, 64, 3) for t in trajs for im in t.images())
-    # Judge and critique data: the model's own (VQ-decoded) sketches, the oracle's corrections.
-    traces, stats = build_self_critique(trajs, OracleJudge(), CritiqueConfig(), exact=corrected_scene)
-    assert traces and stats.corrections_accepted == len(traces)
-    replay = [from_row(r) for r in make_rows(DataConfig(size=4, seed=5, workers=1), progress=False)]
-    data = to_dataset(traces + replay)
-    # One SFT step with LoRA on the text model, merged back into a plain Emu3 checkpoint.
-    trained = Policy.from_pretrained(ckpt)
-    vq_before = {k: v.clone() for k, v in trained.model.model.vqmodel.state_dict().items()}
-    lm_before = trained.model.lm_head.weight.clone()
-    tcfg = TrainConfig(max_steps=1, batch_size=2, max_length=1024, lr=1e-2, warmup_steps=0, logging_steps=1,
-                       save_steps=1000, tokenize_workers=1, num_threads=1, device="cpu",
-                       lora=LoraConfig(enabled=True, r=4, alpha=8))
-    summary = train(trained, data, tcfg, tmp_path / "train")
-    assert summary["steps"] == 1 and summary["useful_token_share"] > 0
-    model = trained.model
-    assert type(model).__name__ == "Emu3ForConditionalGeneration"  # merged: no adapter left
-    assert all(torch.equal(v, vq_before[k]) for k, v in model.model.vqmodel.state_dict().items())
-    assert torch.equal(model.lm_head.weight, lm_before)  # LoRA touched only the projections
-    q = model.model.text_model.layers[0].self_attn.q_proj.weight
-    assert not torch.equal(q, Policy.from_pretrained(ckpt).model.model.text_model.layers[0].self_attn.q_proj.weight)
-    new = tmp_path / "train" / "checkpoint"
-    # Eval: rollouts from the checkpoint (as the loop's Ray actors load it), GenEval layout, scores.
-    suite = make_suite("test", 1, 7)
-    rollout(suite, tmp_path / "eval", RolloutConfig(mode="single_pass", batch_size=6, device="cpu"),
-            checkpoint=new, progress=False)
-    n = write_geneval(RolloutDir(tmp_path / "eval").trajectories(), suite, tmp_path / "geneval")
-    score = score_folder(tmp_path / "geneval")
-    assert n == 6 and sum(score.counts.values()) == 6 and 0.0 <= score.overall <= 1.0
-    # Reload: the same logits from the saved checkpoint.
-    loaded = Policy.from_pretrained(new)
-    assert isinstance(loaded, Emu3Policy)
-    ids = torch.tensor([loaded.processor.encode(traces[0]).input_ids])
-    model.eval()
-    with torch.no_grad():
-        assert torch.allclose(loaded.model(input_ids=ids).logits, model(input_ids=ids).logits, atol=1e-5)
+    run_round(policy, tmp_path, "Emu3ForConditionalGeneration", first_q)
 
 
 def test_saved_policy_reloads_exactly_and_its_processor_loads_alone(policy, rows, tmp_path):
@@ -177,7 +95,7 @@ def test_bad_inputs_fail_in_one_line(base_dir, tmp_path):
         Emu3Policy.from_base(bad)
     (tmp_path / "odd").mkdir()
     (tmp_path / "odd" / "config.json").write_text("{}")
-    (tmp_path / "odd" / "processor.json").write_text(json.dumps({"processor": "strokes.janus"}))
+    (tmp_path / "odd" / "processor.json").write_text(json.dumps({"processor": "strokes.bagel"}))
     with pytest.raises(InputError, match="unknown policy kind"):
         Policy.from_pretrained(tmp_path / "odd")
 
@@ -338,33 +256,4 @@ def test_checkpoints_load_in_place_and_adapters_go_on_and_off(policy, tmp_path):
 def test_a_grpo_step_with_lora_runs_on_the_adapter(policy, tmp_path):
     """One GRPO step on tiny Emu3 through the same rollout function and judge rewards as the loop's
     GRPO rounds: LoRA adapters on the text model, merged back; the rewards are logged."""
-    from judges import OracleJudge
-    from rollout import Engine, RolloutConfig
-    from selfplay.grpo import make_sampler
-    from strokes.shapeworld import is_correct
-    from selfplay.rewards import reward_functions
-    from trainer.config import GrpoConfig, LoraConfig, TrainConfig
-    from trainer.grpo import train_grpo
-
-    torch.set_num_threads(1)
-    trained = Policy.from_pretrained(_saved(policy, tmp_path / "round0"))
-    engine = Engine(trained, RolloutConfig(batch_size=4, max_steps=1, max_refines=1, max_text_tokens=6, device="cpu"))
-    prompts = [json.dumps(r.to_json()) for r in make_suite("train", 1, 0, tasks=("colors",))]
-    tcfg = TrainConfig(method="grpo", lr=1e-2, warmup_steps=0, logging_steps=1, save_steps=1000,
-                       num_threads=1, device="cpu", lora=LoraConfig(enabled=True, r=4, alpha=8),
-                       grpo=GrpoConfig(steps=1, prompts_per_step=1, generations=2, beta=0.1))
-    summary = train_grpo(trained, prompts, tcfg, tmp_path / "grpo", make_sampler(engine, OracleJudge(), exact=is_correct),
-                         reward_functions(), engine.legal_sets)
-    assert summary["steps"] == 1
-    logged = [json.loads(line) for line in (tmp_path / "grpo" / "metrics.jsonl").read_text().splitlines()]
-    assert any("rewards/final/mean" in e and "kl" in e for e in logged)
-    model = trained.model
-    assert type(model).__name__ == "Emu3ForConditionalGeneration"  # merged: no adapter left
-    loaded = Policy.from_pretrained(tmp_path / "grpo" / "checkpoint")
-    assert torch.equal(loaded.model.model.text_model.layers[0].self_attn.q_proj.weight,
-                       model.model.text_model.layers[0].self_attn.q_proj.weight)
-
-
-def _saved(policy, path):
-    policy.save_pretrained(path)
-    return path
+    grpo_step(policy, tmp_path, "Emu3ForConditionalGeneration", first_q)

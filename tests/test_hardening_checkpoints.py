@@ -112,18 +112,35 @@ def test_checksums_refuse_a_hand_edited_file_and_allow_the_head_written_later(co
     (copy / "inspect_head.json").write_text("{}")  # the loop's head stage adds it after the save
     check_checkpoint(copy)
 
-    tokenizer = json.loads((copy / "tokenizer.json").read_text())
-    vocab = tokenizer["model"]["vocab"]
-    vocab["red"], vocab["blue"] = vocab["blue"], vocab["red"]  # still a valid tokenizer, silently wrong
-    (copy / "tokenizer.json").write_text(json.dumps(tokenizer))
+    swap_red_and_blue(copy / "tokenizer.json")
     with pytest.raises(InputError, match="tokenizer.json: changed since the checkpoint was saved"):
         Policy.from_pretrained(copy)
     assert main(["eval", str(copy), "--suite", str(suite), "--out", str(tmp_path / "ev")]) == 2
     assert "tokenizer.json" in capsys.readouterr().err and not (tmp_path / "ev").exists()
 
-    (copy / "checksums.json").unlink()  # a checkpoint saved before checksums (checkpoints/base) still loads
+    (copy / "checksums.json").unlink()  # a checkpoint saved before checksums still loads
     check_checkpoint(copy)
-    check_checkpoint(Path(__file__).resolve().parents[1] / "checkpoints" / "base")
+
+
+def swap_red_and_blue(tokenizer: Path) -> None:
+    """Hand-edit a tokenizer: still a valid one, silently wrong (it scored 0% on colours)."""
+    data = json.loads(tokenizer.read_text())
+    vocab = data["model"]["vocab"]
+    vocab["red"], vocab["blue"] = vocab["blue"], vocab["red"]
+    tokenizer.write_text(json.dumps(data))
+
+
+def test_the_shipped_base_carries_true_checksums_and_refuses_a_tampered_tokenizer(tmp_path):
+    """checkpoints/base ships `checksums.json` over every file it holds (written by `write_checksums`,
+    and kept true: this check fails after any edit until it is rewritten), so a tampered copy fails."""
+    base = Path(__file__).resolve().parents[1] / "checkpoints" / "base"
+    recorded = json.loads((base / "checksums.json").read_text())
+    assert set(recorded) == {p.name for p in base.iterdir() if p.is_file()} - {"checksums.json"}
+    check_checkpoint(base)
+    copy = Path(shutil.copytree(base, tmp_path / "base"))
+    swap_red_and_blue(copy / "tokenizer.json")
+    with pytest.raises(InputError, match="tokenizer.json: changed since the checkpoint was saved"):
+        check_checkpoint(copy)
 
 
 def test_the_trainers_checkpoint_carries_checksums_of_all_its_files(checkpoint, tmp_path):

@@ -1,6 +1,6 @@
 """Hardening of `selfplay run` (issue 16): a resume keeps the run's own config unless a field safe to
 change is named with --allow-change, a damaged state.json is refused in one line, and --dry-run checks
-the paths the run would start from. No model is built: the run folders are written by hand."""
+the paths the run would start from. The run folders are written by hand around a tiny saved policy."""
 
 from __future__ import annotations
 
@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 import yaml
+from test_rollout_support import tiny_checkpoint
 
 from selfplay.cli import main
 from selfplay.config import load_config
@@ -16,22 +17,17 @@ from selfplay.run_dir import RunState
 from strokes.config_loader import dump
 from strokes.errors import InputError
 
-SHAPE = {"hidden_size": 32, "num_hidden_layers": 1, "vocab_size": 100, "intermediate_size": 64,
-         "num_attention_heads": 2, "max_position_embeddings": 512}
-
-
 @pytest.fixture
-def setup(tmp_path) -> tuple[Path, Path]:
+def setup(tmp_path, tmp_path_factory) -> tuple[Path, Path]:
     """(config file, run folder): a run killed after round 0's checkpoint, with its config.yaml."""
-    base = tmp_path / "base"
-    base.mkdir()
-    (base / "config.json").write_text(json.dumps(SHAPE))
+    base = tiny_checkpoint(tmp_path_factory)  # the dry run checks it in full
     cfg = tmp_path / "c.yaml"
     cfg.write_text(yaml.safe_dump({"loop": {"base_checkpoint": str(base), "rounds": 1}}))
     run = tmp_path / "runs" / "c"
     run.mkdir(parents=True)
     dump(load_config(cfg), run / "config.yaml")
-    (run / "state.json").write_text(json.dumps({"done": ["0:checkpoint"], "policy": None}))
+    (run / "state.json").write_text(json.dumps({"done": ["0:checkpoint"], "policy": None, "policy_round": 0,
+                                                "promotions": {}}))
     return cfg, run
 
 
@@ -87,13 +83,22 @@ def test_a_damaged_state_json_is_refused_in_one_line(tmp_path, text, problem):
     assert "state.json: corrupt run state" in msg and problem in msg and "\n" not in msg
 
 
-def test_an_empty_state_is_a_fresh_one_and_a_damaged_one_stops_a_resume(setup, capsys):
+def test_a_state_missing_its_keys_stops_a_resume_naming_them(setup, capsys):
+    """`{}` (or any state short of the keys `RunState.save` always writes) is not a fresh run: resuming
+    it used to re-run every stage over the old outputs without a word."""
     cfg, run = setup
     (run / "state.json").write_text("{}")
-    assert RunState.load(run).done == []
+    code, err = selfplay_run(capsys, cfg)
+    assert code == 2
+    assert "state.json: corrupt run state (missing 'done', 'policy', 'policy_round', 'promotions')" in err
+    (run / "state.json").write_text('{"done": ["0:checkpoint"], "policy": null, "policy_round": 0}')
+    code, err = selfplay_run(capsys, cfg)
+    assert code == 2 and "(missing 'promotions')" in err
     (run / "state.json").write_text('{"done": 5}')
     code, err = selfplay_run(capsys, cfg)
-    assert code == 2 and "state.json: corrupt run state" in err
+    assert code == 2 and "state.json: corrupt run state ('done' must be a list" in err
+    RunState(path=run / "state.json").save()  # what the loop writes for a run that has done nothing yet
+    assert RunState.load(run).done == []
 
 
 def test_the_dry_run_checks_the_paths_the_run_starts_from(setup, capsys):
@@ -107,5 +112,5 @@ def test_the_dry_run_checks_the_paths_the_run_starts_from(setup, capsys):
     recipe.write_text("model: {hidden_size: 64, num_heads: 2}\n")
     assert main(["run", str(cfg), "--dry-run", "--from-scratch", "--set", "loop.base_checkpoint=/nonexistent",
                  "--set", f"loop.base_recipe={recipe}"]) == 0
-    planned = json.loads(capsys.readouterr().out.split("# the plan\n", 1)[1])
+    planned = json.loads(capsys.readouterr().out.split("# the plan\n", 1)[1].split("# what runs where", 1)[0])
     assert planned["policy"]["hidden"] == 64  # the recipe's shape, not the checkpoint's

@@ -9,6 +9,8 @@ policy judges is what `selfplay judge-eval --judge self --checkpoint DIR` measur
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
 from judges import JudgeConfig, SelfJudge
@@ -22,6 +24,8 @@ from strokes.model.processor import Processor, build_text_tokenizer
 from strokes.model.policy import Policy
 from strokes.model.tiny import ModelConfig
 from strokes.verdict import Verdict
+
+ROOT = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture(scope="module")
@@ -72,14 +76,19 @@ def test_self_judge_behind_the_server(engine, contexts):
 
 
 def test_judge_eval_self_on_a_checkpoint(policy, tmp_path, capsys):
-    from selfplay.cli import main
-
-    policy.save_pretrained(tmp_path / "ckpt")
-    rc = main(["judge-eval", "--judge", "self", "--checkpoint", str(tmp_path / "ckpt"), "--device", "cpu",
-               "--n", "8", "--temperature", "0", "--json"])
     import json
 
+    from selfplay.cli import main
+
+    args = ["judge-eval", "--judge", "self", "--device", "cpu", "--n", "8", "--temperature", "0", "--json"]
+    assert main([*args, "--checkpoint", str(ROOT / "checkpoints/base")]) == 0
     report = json.loads(capsys.readouterr().out)
     assert report["steps"] == 8 and report["negatives"] == 4
-    assert report["stats"]["steps"] == 8 and report["unjudged"] == report["stats"].get("unparsable", 0)
-    assert rc == (1 if report["unjudged"] == 8 else 0)  # an untrained policy may judge nothing: then status 1
+    assert report["stats"]["steps"] == 8 and report["unjudged"] == report["stats"].get("unparsable", 0) < 8
+
+    # an untrained model answers nothing a judge can read: the command fails, naming why
+    policy.save_pretrained(tmp_path / "ckpt")
+    assert main([*args, "--checkpoint", str(tmp_path / "ckpt")]) == 1
+    out = capsys.readouterr()
+    assert json.loads(out.out)["unjudged"] == 8
+    assert out.err.strip().splitlines()[-1] == "selfplay judge-eval: no step was judged (unjudged: unparsable 8)"

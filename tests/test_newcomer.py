@@ -101,6 +101,23 @@ def test_the_report_loads_in_headless_chromium_with_every_image_decoded(one_roun
     assert "CONSOLE" not in out.stderr  # the page logged nothing: no script errors
 
 
+def test_no_image_of_the_report_is_cut_in_a_1400_px_window(one_round, tmp_path):
+    """Issue 30: the row of plots was wider than a 1400-px window (the third was cut)."""
+    chromium = shutil.which("chromium")
+    if chromium is None:
+        pytest.skip("chromium not installed (Debian's `chromium` package)")
+    run, _ = one_round
+    probe = tmp_path / "probe.html"
+    probe.write_text((run / "report.html").read_text().replace(
+        "</body>", "<script>window.onload=()=>{const r=[...document.images].map(i=>i.getBoundingClientRect().right);"
+                   "document.title='right '+Math.ceil(Math.max(...r))+' of '+window.innerWidth}</script></body>"))
+    out = subprocess.run([chromium, "--headless", "--no-sandbox", "--disable-gpu", "--window-size=1400,900",
+                          "--dump-dom", probe.as_uri()], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    right, width = out.stdout.split("<title>right ", 1)[1].split("</title>", 1)[0].split(" of ")
+    assert int(right) <= int(width)
+
+
 def test_sample_writes_only_where_out_says_and_tells_whether_the_image_is_right(checkpoint, tmp_path, monkeypatch,
                                                                                 capsys):
     here, out = tmp_path / "empty", tmp_path / "elsewhere" / "strip.png"
@@ -127,8 +144,9 @@ def test_prompts_in_our_templates_parse_back_into_their_records():
 def test_the_cluster_dry_run_warns_about_the_tiny_model_and_wandb_online(capsys):
     assert main(["run", "configs/cluster.yaml", "--dry-run"]) == 0
     err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 2
-    assert "2.3M-parameter model" in err[0] and "loop.base_checkpoint" in err[0]
-    assert "wandb login" in err[1]
+    assert len(err) == 3
+    assert "train.max_length 4096 is beyond the model's 1024 positions" in err[0]
+    assert "2.3M-parameter model" in err[1] and "loop.base_checkpoint" in err[1]
+    assert "wandb login" in err[2]
     assert main(["run", "configs/shapeworld.yaml", "--dry-run"]) == 0
     assert capsys.readouterr().err == ""

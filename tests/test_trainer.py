@@ -264,6 +264,9 @@ def test_wandb_offline_mirrors_the_metrics(base, dataset, tmp_path, monkeypatch)
     monkeypatch.setenv("WANDB_MODE", "offline")
     monkeypatch.setenv("WANDB_DIR", str(tmp_path))
     monkeypatch.setenv("WANDB_SILENT", "true")
+    import wandb
+
+    wandb.teardown()  # wandb keeps the first run's settings per process: this run must read the env above
     train(fresh(base), dataset.select(range(40)), cfg(max_steps=2, report_to="wandb"), tmp_path / "run")
     runs = list((tmp_path / "wandb").glob("offline-run-*/run-*.wandb"))
     assert len(runs) == 1

@@ -170,13 +170,16 @@ class TrainConfig:
     report_to: str = "none"
     """"wandb" mirrors the metrics to wandb (offline unless WANDB_MODE says otherwise); "none"."""
     distributed: str = "none"
-    """Where SFT runs: "none" = this process; "ray" = `workers` data-parallel processes through Ray
-    Train (trainer/distributed.py; one per GPU with device cuda). Global batch = batch_size *
-    grad_accum * workers."""
+    """Where a round trains: "none" = this process; "ray" = `workers` data-parallel processes through
+    Ray Train (trainer/distributed.py; one per GPU with device cuda). SFT: global batch = batch_size *
+    grad_accum * workers. GRPO: each worker samples and trains its share of a step's trajectories."""
     workers: int = 1
     """Data-parallel training processes (with distributed: ray)."""
     worker_cpus: float = 1.0
     """CPUs Ray reserves per training worker."""
+    worker_restarts: int = 1
+    """With distributed: ray, times Ray Train starts the workers again after one dies; each start
+    resumes from the last trainer checkpoint (`save_steps`)."""
 
     def round_method(self, rnd: int) -> str:
         """How round `rnd` (>= 1) trains: "sft" or "grpo"."""
@@ -186,8 +189,6 @@ class TrainConfig:
 
     def __post_init__(self) -> None:
         require(self, "method", self.method in METHODS, f"must be {' or '.join(METHODS)}")
-        require(self, "distributed", "grpo" not in self.method or self.distributed == "none",
-                f"must be none with method: {self.method} (GRPO runs in the loop's process)")
         unknown = [k for k in self.loss_weights if k not in SEGMENTS]
         require(self, f"loss_weights.{unknown[0] if unknown else ''}", not unknown,
                 f"is not a segment kind ({', '.join(SEGMENTS)})")
@@ -200,6 +201,11 @@ class TrainConfig:
         require(self, "workers", self.workers >= 1 and (self.workers == 1 or self.distributed != "none"),
                 "must be 1 without distributed training, and >= 1 with it")
         require(self, "worker_cpus", self.worker_cpus > 0, "must be positive")
+        require(self, "worker_restarts", self.worker_restarts >= 0, "must be >= 0")
+        require(self, "workers", "grpo" not in self.method
+                or self.grpo.prompts_per_step * self.grpo.generations % self.workers == 0,
+                f"must divide a GRPO step's trajectories ({self.grpo.prompts_per_step} x {self.grpo.generations}): "
+                "each worker samples and trains its share")
         require(self, "group_by_length", not (self.group_by_length and self.packing),
                 "needs packing: false (packed rows are all about max_length long)")
         for name in ("lr", "batch_size", "grad_accum", "max_length", "logging_steps", "save_steps"):

@@ -15,6 +15,14 @@ Workers load the parent checkpoint and the round's dataset from paths, so `paren
 `out/checkpoint` is then where rollout actors load the next policy from. The effective batch is
 `batch_size * grad_accum * workers` rows per optimizer step.
 
+GRPO rounds train the same way with `distributed: ray` (`selfplay/grpo.py` hands its own worker
+function to `run_workers`): every worker is a rank of TRL's `GRPOTrainer`, samples its share of each
+step's prompts with its own engine on its own device, and the ranks average their gradients.
+
+A worker that dies takes its group down; Ray Train starts the group again up to
+`train.worker_restarts` times, and each new worker resumes from the last trainer checkpoint in
+`out/trainer/` (every `save_steps`), as a rerun of a killed round does.
+
 This module joins a running Ray instance, or the cluster at `address`; it does not start a local
 one (the driver does that, with the loopback settings of docs/design.md §8: `rollout.cluster.connect`).
 """
@@ -24,6 +32,7 @@ from __future__ import annotations
 import json
 import tempfile
 from pathlib import Path
+from typing import Callable
 
 from strokes.errors import InputError
 from strokes.model.policy import Policy
@@ -35,7 +44,6 @@ from .sft import train
 def _worker(config: dict) -> None:
     """One Ray Train worker: load the parent policy and the dataset, run `trainer.sft.train`."""
     import datasets
-    import ray.train
     import torch
 
     cfg: TrainConfig = config["cfg"]
@@ -43,9 +51,16 @@ def _worker(config: dict) -> None:
     policy = Policy.from_pretrained(config["parent"])
     # In memory: every worker tokenizes its own copy, so no two processes write the same cache file.
     data = datasets.load_from_disk(config["dataset"], keep_in_memory=True)
-    summary = train(policy, data, cfg, config["out"])
+    report_summary(train(policy, data, cfg, config["out"]), policy.model)
+
+
+def report_summary(summary: dict, model) -> None:
+    """End a worker: hand the training summary (with the world size and whether the replicas ended
+    in sync) back to the driver."""
+    import ray.train
+
     ctx = ray.train.get_context()
-    summary.update(workers=ctx.get_world_size(), replicas_in_sync=replicas_in_sync(policy.model))
+    summary.update(workers=ctx.get_world_size(), replicas_in_sync=replicas_in_sync(model))
     metrics = json.loads(json.dumps(summary, default=float))
     # Ray Train (v2) hands back only metrics that come with a checkpoint: the first worker attaches a
     # small one holding the summary (the model itself is already in `out/checkpoint`). Every worker
@@ -87,28 +102,37 @@ def train_on_ray(parent: str | Path, dataset: str | Path, cfg: TrainConfig, out:
     """Train the policy saved at `parent` on the HF dataset saved at `dataset` with `cfg.workers`
     Ray Train workers; writes `out/checkpoint` (and what `trainer.sft.train` writes) and returns
     the first worker's summary (`world_size`: processes the trainer trained with; `replicas_in_sync`)."""
-    import ray
-    from ray.train import RunConfig, ScalingConfig
-    from ray.train.torch import TorchTrainer
-
     parent, dataset, out = Path(parent).resolve(), Path(dataset).resolve(), Path(out).resolve()
     if not (parent / "config.json").is_file():
         raise InputError(f"{parent}: not a checkpoint (no config.json)")
     if not (dataset / "dataset_info.json").is_file() and not (dataset / "dataset_dict.json").is_file():
         raise InputError(f"{dataset}: not a dataset saved with save_to_disk")
+    return run_workers(_worker, {"cfg": cfg, "parent": str(parent), "dataset": str(dataset), "out": str(out)},
+                       cfg, out, "sft", address)
+
+
+def run_workers(worker: Callable[[dict], None], config: dict, cfg: TrainConfig, out: Path, name: str,
+                address: str = "") -> dict:
+    """Run `worker(config)` on `cfg.workers` Ray Train workers (restarted up to
+    `cfg.worker_restarts` times after a worker dies) that write `out/checkpoint`; returns the first
+    worker's summary."""
+    import ray
+    from ray.train import FailureConfig, RunConfig, ScalingConfig
+    from ray.train.torch import TorchTrainer
+
     if not ray.is_initialized():
         if not address:
             raise InputError("train.distributed: 'ray' needs a Ray cluster: pass its address (rollout.ray_address) "
                              "or connect first (rollout.cluster.connect starts a local one)")
         ray.init(address=address, log_to_driver=False)
     out.mkdir(parents=True, exist_ok=True)
-    gpu = use_gpus(cfg)
     trainer = TorchTrainer(
-        _worker,
-        train_loop_config={"cfg": cfg, "parent": str(parent), "dataset": str(dataset), "out": str(out)},
-        scaling_config=ScalingConfig(num_workers=cfg.workers, use_gpu=gpu,
+        worker,
+        train_loop_config=config,
+        scaling_config=ScalingConfig(num_workers=cfg.workers, use_gpu=use_gpus(cfg),
                                      resources_per_worker={"CPU": cfg.worker_cpus}),
-        run_config=RunConfig(name="sft", storage_path=str(out / "ray")),
+        run_config=RunConfig(name=name, storage_path=str(out / "ray"),
+                             failure_config=FailureConfig(max_failures=cfg.worker_restarts)),
     )
     result = trainer.fit()
     if not (out / "checkpoint" / "config.json").is_file():

@@ -33,30 +33,35 @@ Every TRL log line (loss, each reward's mean and std, KL, clip ratios, lengths) 
 from __future__ import annotations
 
 import os
+import time
 from pathlib import Path
 from typing import Callable
 
+from strokes import console
 from strokes.errors import InputError
 
 from .config import REWARDS, TrainConfig
 from .trl_common import peft_config, run_and_save, setup_wandb, train_callbacks, trainer_args
 
-SampleFn = Callable[[list[str], int], dict]
-"""prompts, seed -> {"prompt_ids", "completion_ids", "logprobs", "env_mask", **extra fields}, one
-entry per prompt; the extra fields (lists, one item per prompt) reach the reward functions."""
+SampleFn = Callable[[list[str], int, int], dict]
+"""prompts, seed, step -> {"prompt_ids", "completion_ids", "logprobs", "env_mask", "legal", **extra
+fields}, one entry per prompt, plus "metrics": {name: number} for the step's log line; the extra
+fields (lists, one item per prompt) reach the reward functions."""
 RewardFn = Callable[..., list]
 """TRL's reward signature: (prompts, completions, **fields) -> one float or None per completion."""
 
 
 def grpo_args(cfg: TrainConfig, out: Path, temperature: float):
     """Our `TrainConfig` as TRL's `GRPOConfig`: one generation per optimizer step of
-    `prompts_per_step` x `generations` trajectories, rewards weighted by `grpo.reward_weights`."""
+    `prompts_per_step` x `generations` trajectories (split between the ranks with distributed: ray),
+    rewards weighted by `grpo.reward_weights`."""
     from trl import GRPOConfig
 
     g = cfg.grpo
+    workers = cfg.workers if cfg.distributed == "ray" else 1
     return GRPOConfig(
         **trainer_args(cfg, out, g.lr or cfg.lr),
-        per_device_train_batch_size=g.prompts_per_step * g.generations,
+        per_device_train_batch_size=g.prompts_per_step * g.generations // workers,  # each rank's share
         gradient_accumulation_steps=1,
         num_generations=g.generations,
         max_steps=g.steps,
@@ -96,6 +101,7 @@ def train_grpo(policy, prompts: list[str], cfg: TrainConfig, out: str | Path, sa
     if cfg.num_threads > 0:
         torch.set_num_threads(cfg.num_threads)
     own_wandb_run = setup_wandb(cfg, out)
+    console.hush_deprecations()  # peft warns as it wraps the model in LoRA, TRL every step
     torch.manual_seed(cfg.seed)
     os.environ.setdefault("TRL_EXPERIMENTAL_SILENCE", "1")  # rollout_func is experimental: pinned in pyproject
 
@@ -104,9 +110,12 @@ def train_grpo(policy, prompts: list[str], cfg: TrainConfig, out: str | Path, sa
         was_training = model.training
         model.eval()
         try:
-            out = sample(batch, cfg.seed * 1_000_003 + trainer.state.global_step)
+            step = trainer.state.global_step  # ranks (distributed: ray) sample their shares with seeds of their own
+            out = sample(batch, cfg.seed * 1_000_003 + step + 7_919 * trainer.accelerator.process_index, step)
         finally:
             model.train(was_training)
+        for name, value in out.pop("metrics", {}).items():
+            trainer._log_metric(name, value)
         trainer._legal_ids = trainer.legal_ids([ids or [trainer._legal_sets.shape[0] - 1] for ids in out.pop("legal")])
         return out
 
@@ -170,6 +179,8 @@ def _trainer_class():
 
         chunk_rows = 16
         """Trajectories per forward when computing log-probabilities (each chunk cut to its own span)."""
+        _logp_seconds = 0.0
+        """Time in forwards without gradient during this step's generation and scoring."""
 
         def __init__(self, *args, legal_sets: torch.Tensor, **kwargs) -> None:
             super().__init__(*args, **kwargs)
@@ -184,7 +195,14 @@ def _trainer_class():
             return torch.tensor([r + [pad] * (width - len(r)) for r in rows], dtype=torch.long)
 
         def _generate_and_score_completions(self, inputs):
+            """TRL's generation and scoring (our rollout function, rewards, the reference's
+            log-probs), timed for the step's log line: `time/generate` in all, `time/logprobs` the
+            forwards without gradient (the rollout function logs its own parts); the rest of TRL's
+            `step_time` is the loss forward, backward and optimizer step."""
+            t0, self._logp_seconds = time.perf_counter(), 0.0
             out = super()._generate_and_score_completions(inputs)
+            self._metrics["train"]["time/generate"].append(time.perf_counter() - t0)
+            self._metrics["train"]["time/logprobs"].append(self._logp_seconds)
             out["legal_ids"] = self._legal_ids.to(out["completion_ids"].device)  # shuffled with the batch
             credit = [x.get("token_advantages") or [] for x in inputs]  # rollout_func's fields land in inputs
             if any(credit):
@@ -212,6 +230,7 @@ def _trainer_class():
             padding does not change a token's log-probability."""
             if any(v is not None for v in multimodal.values()):
                 raise ValueError("interleaved GRPO takes image codes as tokens, not pixel inputs")
+            t0 = time.perf_counter()
             rows, width = input_ids.shape
             prompt_width = width - logits_to_keep
             legal = self._legal_ids.to(input_ids.device)
@@ -239,6 +258,8 @@ def _trainer_class():
                 if compute_entropy:
                     entropies.append(F.pad(-(lp.exp() * lp.masked_fill(~allowed, 0.0)).sum(-1), pad))
             back = torch.argsort(order)                                   # chunks back into batch order
+            if not torch.is_grad_enabled():
+                self._logp_seconds += time.perf_counter() - t0
             return torch.cat(logps)[back], torch.cat(entropies)[back] if compute_entropy else None, None
 
     return InterleavedGRPOTrainer

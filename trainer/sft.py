@@ -14,6 +14,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from strokes import console
 from strokes.errors import InputError
 from strokes.trajectory import from_row
 
@@ -95,6 +96,7 @@ def train(policy, dataset, cfg: TrainConfig, out: str | Path) -> dict:
     if cfg.num_threads > 0:
         torch.set_num_threads(cfg.num_threads)
     own_wandb_run = setup_wandb(cfg, out)
+    console.hush_deprecations()  # peft warns as it wraps the model in LoRA, TRL every step
     torch.manual_seed(cfg.seed)
     tokenized = tokenize(dataset, policy.processor, cfg.tokenize_workers)
     trainer = make_trainer(policy, tokenized, cfg, out / "trainer",

@@ -19,7 +19,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--judge", choices=("oracle", "self", "vlm"), default="oracle",
                    help="oracle: exact ShapeWorld judge; self: a checkpoint's own Inspect; vlm: the stand-in "
                         "VLM judge (the exact one with --profile's mistakes)")
-    p.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1: this machine only)")
+    p.add_argument("--host", default="127.0.0.1", help="address to bind (127.0.0.1: this machine only)")
     p.add_argument("--port", type=int, default=8000, help="port (0 picks a free one)")
     p.add_argument("--api-key", default=None, help="require 'Authorization: Bearer KEY' on every request")
     p.add_argument("--api-key-env", default=None,
@@ -50,6 +50,7 @@ def judge_from_args(args: argparse.Namespace, cfg=None):
     from strokes.errors import InputError
 
     from ..judging import policy_judge
+    from .sample import check_device
 
     cfg = cfg or JudgeConfig(kind=args.judge, profile=args.profile, profile_seed=args.profile_seed)
     if cfg.kind == "self":
@@ -57,6 +58,7 @@ def judge_from_args(args: argparse.Namespace, cfg=None):
             raise InputError("--checkpoint is required with --judge self")
         if args.temperature < 0:
             raise InputError(f"--temperature must be >= 0, got {args.temperature}")
+        check_device(args.device)
     return policy_judge(cfg, args.checkpoint, RolloutConfig(temperature=args.temperature, device=args.device))
 
 

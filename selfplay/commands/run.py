@@ -32,7 +32,10 @@ def register(sub: argparse._SubParsersAction) -> None:
                         f"{', '.join(RESUME_SAFE)}")
     p.add_argument("--from-scratch", action="store_true", help="train the base model (loop.base_recipe) instead of "
                                                                  "starting from the shipped checkpoint")
-    p.add_argument("--dry-run", action="store_true", help="validate the config and print the plan; run nothing")
+    p.add_argument("--dry-run", action="store_true", help="validate the config and print the plan (what runs "
+                                                          "where, memory per device, warnings); run nothing")
+    p.add_argument("--gpu-memory", type=float, default=80.0, metavar="GB",
+                   help="with --dry-run: the memory of one GPU the plan is checked against")
     p.add_argument("--quiet", action="store_true", help="no progress bars or per-step training lines (bars show "
                                                         "only when stderr is a terminal anyway)")
     p.set_defaults(func=run)
@@ -108,14 +111,17 @@ def run(args: argparse.Namespace) -> None:
     if args.dry_run:
         import sys
 
-        from ..dry_run import plan, warnings
+        from ..dry_run import placement_table, plan, warnings
 
         import yaml
 
-        planned = plan(cfg, args.from_scratch)
+        if args.gpu_memory <= 0:
+            raise InputError(f"--gpu-memory must be positive, got {args.gpu_memory:g}")
+        planned = plan(cfg, args.from_scratch, args.gpu_memory)
         print(f"# the resolved config: {args.config}, its parents and --set\n"
               + yaml.safe_dump(dataclasses.asdict(cfg), sort_keys=False))
         print("# the plan\n" + json.dumps(planned, indent=2))
+        print("# what runs where (each round)\n" + placement_table(planned))
         for line in warnings(cfg, planned):
             print(line, file=sys.stderr)
         return

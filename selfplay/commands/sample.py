@@ -36,7 +36,32 @@ def add_sampling_args(p: argparse.ArgumentParser) -> None:
 
 def config_from_args(args: argparse.Namespace, **extra) -> RolloutConfig:
     fields = {name: getattr(args, name) for name in SAMPLING_FLAGS}
+    check_device(args.device)
     return RolloutConfig(**{**fields, "mode": CLI_MODES[args.mode], **extra}).validate()
+
+
+def check_device(device: str, flag: str = "--device") -> None:
+    """Refuse a device this torch cannot use in one line (docs/failure_behaviour.md), before any
+    model loads: `cuda` on a CPU-only build used to end in torch's 31-line traceback."""
+    import torch
+
+    from strokes.errors import InputError
+
+    if device == "auto":
+        return
+    try:
+        kind = torch.device(device)
+    except RuntimeError:
+        raise InputError(f"{flag} {device}: not a device (auto, cpu, cuda, cuda:1, ...)") from None
+    if kind.type == "cuda":
+        if not torch.cuda.is_available():
+            build = f"built for CUDA {torch.version.cuda}, but sees no GPU" if torch.version.cuda else "a CPU-only build"
+            raise InputError(f"{flag} {device}: this torch ({torch.__version__}) has no CUDA device ({build}); "
+                             "use --device cpu or auto")
+        if kind.index is not None and kind.index >= torch.cuda.device_count():
+            raise InputError(f"{flag} {device}: only {torch.cuda.device_count()} CUDA device(s) here")
+    elif kind.type != "cpu":
+        raise InputError(f"{flag} {device}: only cpu and cuda devices are supported")
 
 
 def quiet_loading() -> None:
@@ -51,9 +76,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("checkpoint", help="policy folder (save_pretrained)")
     p.add_argument("prompt", help='e.g. "a red circle left of a blue square"')
     p.add_argument("--out", default="out/strip.png", help="image strip: every visual state side by side "
-                                                           "(default out/strip.png; folders are made)")
+                                                           "(folders are made)")
     p.add_argument("--interactive", action="store_true", help="accept or rewrite each plan before its sketch")
-    p.add_argument("--mode", choices=sorted(CLI_MODES), default="process")
+    p.add_argument("--mode", choices=sorted(CLI_MODES), default="process", help="how the policy draws")
     p.add_argument("--scale", type=int, default=4, help="upscaling of the strip")
     add_sampling_args(p)
     p.set_defaults(func=run)
@@ -66,6 +91,16 @@ def _unknown_words(processor, text: str) -> list[str]:
         return ["(no words)"]
     known = set(processor.text_ids)
     return [w for w in words if processor.tokenizer.convert_tokens_to_ids(w) not in known]
+
+
+def in_vocabulary(processor, text: str) -> tuple[str, list[str]]:
+    """`text` as the model can read it, and the words it still does not know. A model whose
+    vocabulary is lower case (the tiny one) reads "Two red squares" as "two red squares", instead of
+    refusing the capital letter."""
+    bad = _unknown_words(processor, text)
+    if bad and text != text.lower() and not _unknown_words(processor, text.lower()):
+        return text.lower(), []
+    return text, bad
 
 
 def _ask_plan(processor, prompt: str, step: int, ins: str, des: str):
@@ -82,7 +117,7 @@ def _ask_plan(processor, prompt: str, step: int, ins: str, des: str):
             if not line:
                 answer.append(current)
                 break
-            bad = _unknown_words(processor, line)
+            line, bad = in_vocabulary(processor, line)
             if bad:
                 print(f"  unknown words: {', '.join(bad)}; try again", flush=True)
                 continue
@@ -107,7 +142,7 @@ def run(args: argparse.Namespace) -> None:
         raise InputError("--interactive reviews plans, so it needs --mode process")
     quiet_loading()
     policy = Policy.from_pretrained(args.checkpoint)
-    bad = _unknown_words(policy.processor, args.prompt)
+    prompt, bad = in_vocabulary(policy.processor, args.prompt)
     if bad:
         raise InputError(f"prompt: words the model does not know: {', '.join(bad)}")
     engine = Engine(policy, cfg)
@@ -115,8 +150,8 @@ def run(args: argparse.Namespace) -> None:
     if args.interactive:
         def hook(prompt: str, step: int, ins: str, des: str):
             return _ask_plan(policy.processor, prompt, step, ins, des)
-    record = record_from_text(args.prompt)  # the same prompt text, and the exact judge can check the result
-    traj = engine.run([record or args.prompt], plan_hook=hook)[0]
+    record = record_from_text(prompt)  # the same prompt text, and the exact judge can check the result
+    traj = engine.run([record or prompt], plan_hook=hook)[0]
     print(describe(traj, header=False))
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     path = save_png_atomic(strip_image(traj, args.scale), args.out)

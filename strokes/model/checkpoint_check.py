@@ -7,8 +7,9 @@ wrong in one line (`InputError`), cheaply: it reads headers, not weights.
 
 A hand-edited file loads without a word (two colour words swapped in `tokenizer.json` scored 0% on
 colours), so a saved checkpoint records the sha256 of each of its files in `checksums.json`
-(`write_checksums`), and a file that no longer matches is refused. A checkpoint without one (the
-shipped `checkpoints/base`) is still accepted.
+(`write_checksums`), and a file that no longer matches is refused. The shipped `checkpoints/base`
+carries one too (its README and logs included: rewrite it with `write_checksums` after editing any
+of its files). A checkpoint without one (saved before checksums existed) is still accepted.
 """
 
 from __future__ import annotations

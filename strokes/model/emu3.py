@@ -30,13 +30,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import ClassVar
 
-import numpy as np
-
 from ..config_loader import require
 from ..errors import InputError
-from ..io import atomic_path
-from .processor import SPECIALS, Processor, join_words, vocabulary
 from .policy import Policy
+from .processor import vocabulary
+from .vq_adapter import (VQImageCodec, VQProcessor, add_markers, checkpoint_folder, conversion_parser,
+                         image_normalisation, load_submodule, prompt_words, save_base, write_policy)
 
 KIND = "strokes.emu3"
 # Tokens Emu3's tokenizer brings (names as in the released checkpoints). The tiny base carries them
@@ -96,66 +95,24 @@ class Emu3ModelConfig:
 
 # ---- images <-> codes with Emu3's VQ --------------------------------------------------------------------
 
-class Emu3ImageCodec:
-    """The `ImageTokenizer` interface (`encode`, `decode`, `num_codes`, `codes_per_image`) over Emu3's
-    VQ-VAE. It holds the model's own `vqmodel` module, so it follows the model to its device and dtype."""
+class Emu3ImageCodec(VQImageCodec):
+    """`VQImageCodec` over Emu3's VQ-VAE: any `image_size` that is a multiple of its spatial factor."""
 
     def __init__(self, vq, image_size: int, canvas: int, mean: list[float], std: list[float]) -> None:
         factor = int(vq.vision_spatial_factor)
         if image_size % factor:
             raise InputError(f"model.image_size must be a multiple of the VQ's spatial factor {factor}, "
                              f"got {image_size}")
-        self.vq = vq
-        self.image_size = image_size
-        self.canvas = canvas
-        self.side = image_size // factor
-        self.codes_per_image = self.side * self.side
-        self.num_codes = int(vq.config.codebook_size)
-        self.mean = np.asarray(mean, np.float32).reshape(1, 1, 3)
-        self.std = np.asarray(std, np.float32).reshape(1, 1, 3)
+        super().__init__(vq, image_size, canvas, image_size // factor, int(vq.config.codebook_size), mean, std)
 
-    def _where(self):
-        p = next(self.vq.parameters())
-        return p.device, p.dtype
-
-    def encode_batch(self, images: list[np.ndarray]) -> list[list[int]]:
+    def _codes(self, pixels):
         import torch
-        from PIL import Image
 
-        arrs = []
-        for im in images:
-            im = np.asarray(im, np.uint8)
-            if im.shape[0] != self.image_size or im.shape[1] != self.image_size:
-                im = np.asarray(Image.fromarray(im).resize((self.image_size, self.image_size), Image.BICUBIC))
-            arrs.append(((im.astype(np.float32) / 255.0 - self.mean) / self.std).transpose(2, 0, 1))
-        device, dtype = self._where()
-        pixels = torch.from_numpy(np.stack(arrs)).to(device=device, dtype=dtype)
-        sizes = torch.tensor([[self.image_size, self.image_size]] * len(arrs))
-        with torch.inference_mode():
-            out = self.vq.encode(pixels, sizes, return_dict=True)
-        return [t.reshape(-1).tolist() for t in out.image_tokens]
+        sizes = torch.tensor([[self.image_size, self.image_size]] * pixels.shape[0])
+        return self.vq.encode(pixels, sizes, return_dict=True).image_tokens
 
-    def encode(self, image: np.ndarray) -> list[int]:
-        return self.encode_batch([image])[0]
-
-    def decode_batch(self, codes: list[list[int]]) -> list[np.ndarray]:
-        import torch
-        from PIL import Image
-
-        device, _ = self._where()
-        grid = torch.tensor(codes, dtype=torch.long, device=device).view(-1, self.side, self.side)
-        with torch.inference_mode():
-            pixels = self.vq.decode(grid).float().cpu().numpy()  # [n, 3, h, w], normalised
-        out = []
-        for p in pixels:
-            im = np.clip((p.transpose(1, 2, 0) * self.std + self.mean) * 255.0, 0, 255).round().astype(np.uint8)
-            if im.shape[0] != self.canvas:
-                im = np.asarray(Image.fromarray(im).resize((self.canvas, self.canvas), Image.BICUBIC))
-            out.append(im)
-        return out
-
-    def decode(self, codes: list[int]) -> np.ndarray:
-        return self.decode_batch([list(codes)])[0]
+    def _pixels(self, codes):
+        return self.vq.decode(codes.view(-1, self.side, self.side))
 
 
 # ---- the processor ---------------------------------------------------------------------------------------
@@ -174,94 +131,32 @@ def code_block(vocabulary_map: dict[str, int], num_codes: int) -> int:
     return offset
 
 
-class Emu3Processor(Processor):
-    """`Processor` (grammar, loss mask, parser) over Emu3's tokenizer and VQ.
+class Emu3Processor(VQProcessor):
+    """`VQProcessor` over Emu3's tokenizer and VQ: the codes are Emu3's visual token block."""
 
-    Differences from the tiny processor, all inside the fields the rest of the code reads: the
-    grammar markers are added tokens at the end of Emu3's vocabulary, the codes are Emu3's visual
-    token block (`code_offset`), and `text_ids` are every ordinary (not added, not visual) token."""
+    KIND = KIND
 
     def __init__(self, tokenizer, vq, vocabulary_map: dict[str, int], image_size: int = 64, canvas: int = 64,
                  mean: list[float] | None = None, std: list[float] | None = None) -> None:
-        self.tokenizer = tokenizer
-        self.image_tokenizer = Emu3ImageCodec(vq, image_size, canvas, mean or [0.5] * 3, std or [0.5] * 3)
-        ids = tokenizer.convert_tokens_to_ids
-        self.special = {t: ids(t) for t in SPECIALS}
-        missing = [t for t, i in self.special.items() if i is None or tokenizer.convert_ids_to_tokens(i) != t]
-        if missing:
-            raise InputError(f"model: the tokenizer lacks the grammar markers {missing} (build it with add_markers)")
-        self.num_codes = self.image_tokenizer.num_codes
-        self.codes_per_image = self.image_tokenizer.codes_per_image
-        self.code_offset = code_block(vocabulary_map, self.num_codes)
-        added = set(tokenizer.added_tokens_decoder)
-        self.text_ids = [i for i in range(len(tokenizer)) if i not in added and not self.is_code(i)]
-        self.pad_id = self.special["<pad>"]
-        self.eos_id = self.special["<eos>"]
-        backend = getattr(getattr(tokenizer, "backend_tokenizer", None), "model", None)
-        self._word_level = type(backend).__name__ == "WordLevel"  # words join as ShapeWorld text does
-        self._cache: dict[str, list[int]] = {}
-
-    def words(self, ids: list[int]) -> str:
-        if self._word_level:
-            return join_words(self.tokenizer.convert_ids_to_tokens(list(ids)))
-        return self.tokenizer.decode(list(ids)).strip()
-
-    def meta(self) -> dict:
-        c = self.image_tokenizer
-        return {"processor": KIND, "version": 1, "image_size": c.image_size, "canvas": c.canvas,
-                "mean": c.mean.ravel().tolist(), "std": c.std.ravel().tolist()}
-
-    def save_pretrained(self, folder: str | Path) -> None:
-        """Tokenizer and `processor.json`; the VQ's weights live in the model's own files."""
-        folder = Path(folder)
-        folder.mkdir(parents=True, exist_ok=True)
-        self.tokenizer.save_pretrained(folder)
-        (folder / "processor.json").write_text(json.dumps(self.meta()))
+        codec = Emu3ImageCodec(vq, image_size, canvas, mean or [0.5] * 3, std or [0.5] * 3)
+        super().__init__(tokenizer, codec, code_block(vocabulary_map, codec.num_codes))
 
     @classmethod
     def from_pretrained(cls, folder: str | Path, vq=None) -> "Emu3Processor":
         """The processor of a saved Emu3 policy; `vq` is the loaded model's `vqmodel` (without it, the
         VQ's weights are read from the checkpoint's files)."""
-        from transformers import AutoTokenizer, Emu3Config
+        from transformers import AutoTokenizer, Emu3Config, Emu3VQVAE
 
         folder = Path(folder)
         meta = json.loads((folder / "processor.json").read_text())
         config = Emu3Config.from_pretrained(folder)
-        vq = vq if vq is not None else load_vq(folder, config)
+        if vq is None:
+            vq = load_submodule(Emu3VQVAE(config.vq_config), folder, ("model.vqmodel.", "vqmodel."))
         return cls(AutoTokenizer.from_pretrained(folder), vq, config.vocabulary_map, meta["image_size"],
                    meta["canvas"], meta["mean"], meta["std"])
 
 
-def load_vq(folder: Path, config):
-    """Emu3's VQ-VAE alone, from a checkpoint's safetensors (keys under `vqmodel.`)."""
-    from safetensors import safe_open
-    from transformers import Emu3VQVAE
-
-    vq = Emu3VQVAE(config.vq_config)
-    state = {}
-    for file in sorted(folder.glob("*.safetensors")):
-        with safe_open(str(file), "pt") as f:
-            for k in f.keys():
-                for prefix in ("model.vqmodel.", "vqmodel."):
-                    if k.startswith(prefix):
-                        state[k[len(prefix):]] = f.get_tensor(k)
-    missing, _ = vq.load_state_dict(state, strict=False)
-    if missing:
-        raise InputError(f"{folder}: the checkpoint holds no VQ weights for {missing[0]} (and {len(missing) - 1} more)")
-    return vq.eval().requires_grad_(False)
-
-
 # ---- building and loading policies ----------------------------------------------------------------------
-
-def add_markers(tokenizer) -> int:
-    """Add the grammar markers Emu3's tokenizer lacks, as special tokens; returns how many."""
-    missing = [t for t in SPECIALS if t not in tokenizer.get_vocab()]
-    n = tokenizer.add_tokens(missing, special_tokens=True) if missing else 0
-    tokenizer.pad_token = "<pad>"
-    tokenizer.eos_token = "<eos>"
-    tokenizer.unk_token = "<unk>"
-    return n
-
 
 def tiny_base(cfg: Emu3ModelConfig, words: list[str] = ()):
     """A tiny random Emu3 of the real classes and a word-level tokenizer over the ShapeWorld words
@@ -297,11 +192,7 @@ def tiny_base(cfg: Emu3ModelConfig, words: list[str] = ()):
 
 def save_tiny_base(cfg: Emu3ModelConfig, folder: str | Path) -> Path:
     """Write a tiny random Emu3 checkpoint in Hugging Face's layout (what `base:` points at)."""
-    model, tokenizer = tiny_base(cfg)
-    folder = Path(folder)
-    model.save_pretrained(folder)
-    tokenizer.save_pretrained(folder)
-    return folder
+    return save_base(*tiny_base(cfg), folder)
 
 
 class Emu3Policy(Policy):
@@ -326,11 +217,9 @@ class Emu3Policy(Policy):
         """A policy from an Emu3 checkpoint that has never seen our grammar (real weights)."""
         from transformers import AutoTokenizer, Emu3ForConditionalGeneration
 
-        folder = Path(folder)
-        if not (folder / "config.json").is_file():
-            raise InputError(f"model.base: {folder} is not a checkpoint folder (no config.json)")
+        folder = checkpoint_folder(folder, "model.base")
         model = Emu3ForConditionalGeneration.from_pretrained(folder, dtype=dtype)
-        mean, std = _normalisation(folder)
+        mean, std = image_normalisation(folder)
         return cls.adapt(model, AutoTokenizer.from_pretrained(folder), image_size, canvas, mean, std)
 
     @classmethod
@@ -346,9 +235,7 @@ class Emu3Policy(Policy):
     def from_pretrained(cls, folder: str | Path, dtype=None) -> "Emu3Policy":
         from transformers import Emu3ForConditionalGeneration
 
-        folder = Path(folder)
-        if not (folder / "config.json").is_file():
-            raise InputError(f"{folder}: not a checkpoint (no config.json)")
+        folder = checkpoint_folder(folder, "checkpoint")
         model = Emu3ForConditionalGeneration.from_pretrained(folder, dtype=dtype)
         _finish(model)
         return cls(model, Emu3Processor.from_pretrained(folder, vq=model.model.vqmodel))
@@ -362,44 +249,16 @@ def _finish(model) -> None:
     model.model.vqmodel.eval()
 
 
-def _normalisation(folder: Path) -> tuple[list[float], list[float]]:
-    """Image mean/std from the checkpoint's image processor config (Emu3's: 0.5, 0.5), else 0.5."""
-    path = folder / "preprocessor_config.json"
-    if path.is_file():
-        c = json.loads(path.read_text())
-        mean, std = c.get("image_mean", [0.5] * 3), c.get("image_std", [0.5] * 3)
-        as3 = lambda v: [float(v)] * 3 if isinstance(v, (int, float)) else [float(x) for x in v]  # noqa: E731
-        return as3(mean), as3(std)
-    return [0.5] * 3, [0.5] * 3
-
-
 TINY_SHAPE = dict(hidden_size=64, num_layers=2, num_heads=2, intermediate_size=128, codebook_size=64)
 """The `--tiny` policy's shape: a random Emu3 that runs a round on two CPU cores in minutes."""
-
-
-def prompt_words(path: str | Path) -> list[str]:
-    """Every word of a prompt file's prompts (GenEval JSONL or plain text), in first-seen order."""
-    from ..records import read_prompts
-
-    return list(dict.fromkeys(w for r in read_prompts(path) for w in r.text.lower().split()))
 
 
 def main(argv: list[str] | None = None) -> None:
     """`python -m strokes.model.emu3 --base DIR --out DIR`: turn a downloaded Emu3 checkpoint into a
     policy checkpoint (grammar markers added, processor saved) that `loop.base_checkpoint` can name;
     `--tiny --words PROMPTS` writes a tiny random one whose tokenizer knows the prompts' words."""
-    import argparse
-
-    parser = argparse.ArgumentParser(description=main.__doc__.splitlines()[0])
-    source = parser.add_mutually_exclusive_group(required=True)
-    source.add_argument("--base", help="Emu3 checkpoint folder (Hugging Face layout)")
-    source.add_argument("--tiny", action="store_true", help="a tiny random Emu3 instead (CPU runs and tests)")
-    parser.add_argument("--words", help="with --tiny: a prompt file whose words the tokenizer must know")
-    parser.add_argument("--out", required=True, help="policy checkpoint folder to write")
+    parser = conversion_parser(main.__doc__, "Emu3")
     parser.add_argument("--image-size", type=int, default=64, help="side the VQ encodes (multiple of 8)")
-    parser.add_argument("--canvas", type=int, default=64, help="side of the images it draws and judges read: "
-                                                               "64 for ShapeWorld, --image-size for an open world")
-    parser.add_argument("--dtype", default="auto", help="auto (the checkpoint's) or float32")
     args = parser.parse_args(argv)
     try:
         shape = TINY_SHAPE if args.tiny else {}
@@ -408,13 +267,7 @@ def main(argv: list[str] | None = None) -> None:
         policy = Emu3Policy.build(cfg, words=prompt_words(args.words) if args.words else ())
     except InputError as e:
         raise SystemExit(f"error: {e}") from None
-    out = Path(args.out)
-    with atomic_path(out, folder=True) as tmp:
-        policy.save_pretrained(tmp)
-    p = policy.processor
-    print(f"{out}: {sum(x.numel() for x in policy.model.parameters()) / 1e6:.1f}M parameters, "
-          f"{p.num_codes} codes at ids {p.code_offset}..{p.code_offset + p.num_codes - 1}, "
-          f"{p.codes_per_image} codes per image, markers at ids {min(p.special.values())}..{max(p.special.values())}")
+    write_policy(policy, args.out)
 
 
 if __name__ == "__main__":

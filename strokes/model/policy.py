@@ -21,7 +21,8 @@ from .tiny import ModelConfig, build_tiny
 
 TINY = "strokes.tiny"
 """The processor name of the built-in tiny model."""
-ADAPTERS = {"strokes.emu3": ("strokes.model.emu3", "Emu3Policy")}
+ADAPTERS = {"strokes.emu3": ("strokes.model.emu3", "Emu3Policy"),
+            "strokes.janus": ("strokes.model.janus", "JanusPolicy")}
 """Policy classes of real models, by the `processor` name their processor.json records."""
 
 
@@ -29,6 +30,15 @@ def checkpoint_kind(folder: str | Path) -> str:
     """Which policy class a checkpoint folder belongs to (processor.json's `processor`)."""
     meta = Path(folder) / "processor.json"
     return json.loads(meta.read_text()).get("processor", TINY) if meta.is_file() else TINY
+
+
+def check_kind(folder: str | Path, kind: str) -> None:
+    """Refuse, in one line, a checkpoint folder that holds another architecture than `model.kind`
+    says: the run would otherwise load whatever the folder holds and train it under the wrong plan."""
+    found = checkpoint_kind(folder).removeprefix("strokes.")
+    if found != kind:
+        raise InputError(f"model.kind: {kind!r}, but {folder} holds a {found!r} checkpoint (its processor.json); "
+                         f"set model.kind: {found}, or point loop.base_checkpoint at a checkpoint of kind {kind}")
 
 
 def checkpoint_image_side(folder: str | Path) -> int:

@@ -13,13 +13,20 @@ from ..config_loader import require
 from .image_tokenizer import ImageTokenizer, fitting_images
 from .processor import Processor, build_text_tokenizer
 
+KINDS = ("tiny", "emu3", "janus")
+"""`model.kind` values: the built-in tiny model and the adapters of real architectures."""
+
 
 @dataclass
 class ModelConfig:
-    """Shape of the tiny unified model (a LlamaForCausalLM)."""
+    """Which policy a run trains (`kind`) and, for the built-in tiny model, its shape (a LlamaForCausalLM)."""
 
     SECTION: ClassVar[str] = "model"
 
+    kind: str = "tiny"
+    """The policy's architecture: tiny (built in), emu3 or janus (`strokes.model.policy.ADAPTERS`). The
+    base checkpoint must hold this kind (its processor.json says which); the fields below shape only
+    the tiny model --from-scratch trains."""
     hidden_size: int = 256
     """Width of the transformer."""
     num_layers: int = 6
@@ -40,6 +47,7 @@ class ModelConfig:
     """Seed of the weights and of the codebook fit."""
 
     def __post_init__(self) -> None:
+        require(self, "kind", self.kind in KINDS, f"must be one of {', '.join(KINDS)}")
         for name in ("hidden_size", "num_layers", "num_heads", "intermediate_size", "max_positions", "num_codes",
                      "image_size", "patch"):
             require(self, name, getattr(self, name) >= 1, "must be >= 1")

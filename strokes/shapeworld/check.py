@@ -57,9 +57,11 @@ def check_detections(rec: PromptRecord, dets: list[Detection], strict: bool = Fa
             colors = [d.color for d in found]
             if colors.count(req.color) < req.count:
                 matched = False
-                wrong = [c for c in colors if c != req.color]
+                # the group's colours, each once ('blue', or 'red and blue' when one of two is right):
+                # "two red squares are red and blue instead of red", never "... is blue and blue ..."
+                found_colors = list(dict.fromkeys(colors))
                 conflicts.append(Conflict(kind=ConflictKind.wrong_color, source="image", subject=subject,
-                                          expected=req.color, found=" and ".join(wrong)))
+                                          expected=req.color, found=" and ".join(found_colors)))
         if req.position is not None and matched:
             rel, k = req.position
             target = groups[k]
