@@ -82,39 +82,38 @@ def test_the_report_opens_with_a_summary_glossary_and_metadata(one_round):
     assert "inspection:" in page and ("✓ final image right" in page or "✗ final image wrong" in page)
 
 
-def test_the_report_loads_in_headless_chromium_with_every_image_decoded(one_round, tmp_path):
+def _chromium_title(run, tmp_path, onload: str, *flags: str) -> tuple[str, str]:
+    """The title the report's page has after `onload` ran in headless chromium, and chromium's stderr."""
     chromium = shutil.which("chromium")
     if chromium is None:
         pytest.skip("chromium not installed (Debian's `chromium` package)")
-    run, _ = one_round
-    # Count decoded images into the title, then read the rendered DOM back.
     probe = tmp_path / "probe.html"
     probe.write_text((run / "report.html").read_text().replace(
-        "</body>", "<script>window.onload=()=>{const i=[...document.images];document.title="
-                   "'decoded '+i.filter(x=>x.complete&&x.naturalWidth>0).length+'/'+i.length}</script></body>"))
-    out = subprocess.run([chromium, "--headless", "--no-sandbox", "--disable-gpu", "--enable-logging=stderr",
+        "</body>", f"<script>window.onload=()=>{{{onload}}}</script></body>"))
+    out = subprocess.run([chromium, "--headless", "--no-sandbox", "--disable-gpu", *flags,
                           "--dump-dom", probe.as_uri()], capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr
-    title = out.stdout.split("<title>", 1)[1].split("</title>", 1)[0]
+    return out.stdout.split("<title>", 1)[1].split("</title>", 1)[0], out.stderr
+
+
+def test_the_report_loads_in_headless_chromium_with_every_image_decoded(one_round, tmp_path):
+    run, _ = one_round
+    # Count decoded images into the title, then read the rendered DOM back.
+    title, stderr = _chromium_title(run, tmp_path, "const i=[...document.images];document.title="
+                                    "'decoded '+i.filter(x=>x.complete&&x.naturalWidth>0).length+'/'+i.length",
+                                    "--enable-logging=stderr")
     decoded, total = title.removeprefix("decoded ").split("/")
     assert int(total) > 0 and decoded == total
-    assert "CONSOLE" not in out.stderr  # the page logged nothing: no script errors
+    assert "CONSOLE" not in stderr  # the page logged nothing: no script errors
 
 
 def test_no_image_of_the_report_is_cut_in_a_1400_px_window(one_round, tmp_path):
     """Issue 30: the row of plots was wider than a 1400-px window (the third was cut)."""
-    chromium = shutil.which("chromium")
-    if chromium is None:
-        pytest.skip("chromium not installed (Debian's `chromium` package)")
     run, _ = one_round
-    probe = tmp_path / "probe.html"
-    probe.write_text((run / "report.html").read_text().replace(
-        "</body>", "<script>window.onload=()=>{const r=[...document.images].map(i=>i.getBoundingClientRect().right);"
-                   "document.title='right '+Math.ceil(Math.max(...r))+' of '+window.innerWidth}</script></body>"))
-    out = subprocess.run([chromium, "--headless", "--no-sandbox", "--disable-gpu", "--window-size=1400,900",
-                          "--dump-dom", probe.as_uri()], capture_output=True, text=True, timeout=120)
-    assert out.returncode == 0, out.stderr
-    right, width = out.stdout.split("<title>right ", 1)[1].split("</title>", 1)[0].split(" of ")
+    title, _ = _chromium_title(run, tmp_path, "const r=[...document.images].map(i=>i.getBoundingClientRect().right);"
+                               "document.title='right '+Math.ceil(Math.max(...r))+' of '+window.innerWidth",
+                               "--window-size=1400,900")
+    right, width = title.removeprefix("right ").split(" of ")
     assert int(right) <= int(width)
 
 
