@@ -10,7 +10,7 @@ trainer process, plus the actors' with a fleet; on a GPU, the CUDA allocator's p
 **GRPO step** (`--arm step`): the config's GRPO round (`grpo_stage`, the main job's settings: its
 checkpoint, judge, rollout caps, `prompts_per_step` x `generations` trajectories per step) for
 `--steps` steps with `rollout.actors` set; the first step is dropped (actor start, first imports)
-and the rest averaged, from the step log lines (`time/*`, TRL's `step_time`): rollout (sampling,
+and the rest averaged, from the step log lines (`rollout/seconds`, `judge/seconds`, `time/*`, TRL's `step_time`): rollout (sampling,
 on the actors with a fleet, the actors' loads of the update included), judge, weight sync
 (publishing the step's weights), log-probs (the reference's forward, no gradient), and update (the
 loss forward, backward and optimizer step: `step_time` minus generation and scoring); "other" is
@@ -97,7 +97,8 @@ def step_arm(args) -> dict:
     def mean(key: str) -> float:
         return sum(x.get(key, 0.0) for x in steps) / len(steps)
 
-    parts = {p: mean(f"time/{p}") for p in ("rollout", "judge", "weight_sync", "logprobs")}
+    parts = {"rollout": mean("rollout/seconds"), "judge": mean("judge/seconds"),
+             "weight_sync": mean("time/weight_sync"), "logprobs": mean("time/logprobs")}
     parts["update"] = mean("step_time") - mean("time/generate")
     parts["other"] = mean("time/generate") - parts["rollout"] - parts["judge"] - parts["logprobs"]
     batch = cfg.train.grpo.prompts_per_step * cfg.train.grpo.generations

@@ -55,7 +55,7 @@ def main() -> None:
         print(f"{'step':>4} {'rollout s':>10} {'judge s':>8} {'ratio':>6} {'requests':>9} {'tokens':>8} {'agree %':>8}")
         for step in range(args.steps):
             batch = [p for p in prompts[step * per_step: (step + 1) * per_step] for _ in range(g.generations)]
-            cost = sample(batch, step)["judge_cost"][0]
+            cost = sample(batch, step)["metrics"]
             print(f"{step + 1:4d} {cost['rollout/seconds']:10.1f} {cost['judge/seconds']:8.2f} "
                   f"{cost['judge/seconds'] / cost['rollout/seconds']:6.3f} {cost['judge/requests']:9.0f} "
                   f"{cost['judge/tokens']:8.0f} {100 * cost.get('agreement/states', float('nan')):8.1f}")

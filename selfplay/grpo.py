@@ -70,11 +70,11 @@ def make_sampler(engine: Engine, judge, exact: ExactCheck | None = None, verdict
     """The rollout function TRL calls: trajectories for the prompts, their tokens, log-probs and legal
     sets (`legal`), the mask of tokens the model chose (`env_mask`), the judge's findings (`judged`) and, with a
     `verdict_weight`, each verdict word's own advantage (`token_advantages`, `verdict_advantages`), and
-    `metrics` for the trainer's log (rollout and judge time, and `draw_metrics()`). The rollouts are
+    `metrics` for the trainer's log (`rollout/seconds`, `judge/seconds`, `draw_metrics()`). The rollouts are
     `engine`'s in this process, or `draw`'s (the fleet's: `FleetRollouts`).
     `questions`: the final reward from the judge's answers to the prompt's atomic questions
     (`judge.final_reward`). `keep` sees every step's trajectories and findings (`step_keeper`). With a
-    `meter`, the step's judge cost and timings go to the reward functions' log (`judge_cost`), and a step
+    `meter`, the step's judge cost and agreement join `metrics` (`JudgeMeter.step`), and a step
     whose missing verdicts exceed `judge.max_unjudged` stops the round
     (`judges.unjudged.require_verdicts`) instead of training on zero advantages."""
     eos, inspect = engine.processor.special["<eos>"], engine.processor.special["<inspect>"]
@@ -88,15 +88,13 @@ def make_sampler(engine: Engine, judge, exact: ExactCheck | None = None, verdict
         t2 = time.perf_counter()
         if keep is not None:
             keep([s.trajectory for s in rolled], judged)
-        extra = {}
+        metrics = {"rollout/seconds": t1 - t0, "judge/seconds": t2 - t1, **(draw_metrics or dict)()}
         if meter is not None:
             missing, asked = sum(j.unjudged for j in judged), sum(j.asked for j in judged)
-            cost = meter.step([s.trajectory for s in rolled], judged, t1 - t0, t2 - t1)
+            metrics.update(meter.step([s.trajectory for s in rolled], judged, t1 - t0, t2 - t1))
             require_verdicts(meter.cfg, missing, asked, f"GRPO step {len(meter.steps)}'s rollouts", judge)
-            extra["judge_cost"] = [cost] * len(prompts)
-        metrics = {"time/rollout": t1 - t0, "time/judge": t2 - t1, **(draw_metrics or dict)()}
         out = {"prompt_ids": [], "completion_ids": [], "logprobs": [], "env_mask": [], "legal": [], "judged": judged,
-               "metrics": metrics, **extra}
+               "metrics": metrics}
         for s in rolled:
             empty = not s.completion_ids  # refused at admission: one inert token keeps TRL's shapes
             out["prompt_ids"].append(s.prompt_ids)

@@ -176,16 +176,13 @@ def verdict_advantages(judged: list[Judged], weight: float) -> list[list[tuple[i
 def reward_functions(key: str = "judged") -> dict[str, Callable[..., list]]:
     """TRL reward functions, one per component, reading the `Judged` the rollout function passed in
     the extra field `key`. The final reward also logs (`log_metric`) each step's judge failures,
-    its judge cost and timings (the extra field `judge_cost`, when the rollout function measured
-    them), how many groups had at least one / all trajectories right, and the share right per task."""
+    how many groups had at least one / all trajectories right, and the share right per task."""
 
     def final(prompts, completions, **kw) -> list:
         judged = kw[key]
         if "log_metric" in kw:
             log = kw["log_metric"]
             log("judge/unjudged", float(sum(j.unjudged for j in judged)))
-            for name, value in (kw.get("judge_cost") or [{}])[0].items():
-                log(name, float(value))
             groups: dict[str, list[bool]] = {}
             tasks: dict[str, list[bool]] = {}
             for p, j in zip(prompts, judged):

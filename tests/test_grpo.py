@@ -279,7 +279,7 @@ def test_a_step_the_judge_left_unjudged_stops_the_round_naming_the_cause(policy)
 
 def test_each_step_logs_its_judge_cost_and_agreement_and_a_budget_ends_the_round(policy):
     """The stand-in VLM judge served on loopback, reached through the openai client: each step's
-    requests, tokens and seconds reach the reward log, the exact judge labels the same rollouts
+    requests, tokens and seconds reach the step's log, the exact judge labels the same rollouts
     again for the agreement, and a request budget that cannot pay for another step says so."""
     engine = Engine(policy, RolloutConfig(batch_size=8, max_steps=2, max_refines=1, max_text_tokens=12))
     prompts = [json.dumps(r.to_json()) for r in make_suite("train", 1, 0)[:6]]
@@ -288,7 +288,7 @@ def test_each_step_logs_its_judge_cost_and_agreement_and_a_budget_ends_the_round
         judge = GPTJudge(cfg)
         meter = JudgeMeter(judge, cfg, OracleJudge(), is_correct)
         out = make_sampler(engine, judge, meter=meter)(prompts, 0)
-    cost = out["judge_cost"][0]
+    cost = out["metrics"]  # what the trainer logs for the step
     asked = sum(j.asked for j in out["judged"])
     assert cost["judge/requests"] == cost["judge/verdicts"] == asked == srv.served and cost["judge/tokens"] > 0
     assert cost["rollout/seconds"] > 0 and cost["judge/seconds"] > 0 and 0 <= cost["agreement/states"] <= 1
@@ -296,10 +296,6 @@ def test_each_step_logs_its_judge_cost_and_agreement_and_a_budget_ends_the_round
     assert totals["steps"] == 1 and totals["judge_requests"] == asked
     compared = sum(c.get("states", 0) for c in totals["agreement"].values())
     assert compared == sum(j.states for j in out["judged"])  # every state both labelled
-    logged = {}
-    reward_functions()["final"](prompts, [""] * len(prompts), judged=out["judged"], judge_cost=out["judge_cost"],
-                                log_metric=logged.__setitem__)
-    assert logged["judge/requests"] == asked and "rollout/seconds" in logged
     reason = meter.over_budget()
     assert (reason is not None) == (2 * asked > 60)
     if reason:
