@@ -10,8 +10,9 @@ judge cannot judge (the self judge's unparsable inspection) comes back as a refu
 Hostile or broken input is refused with a 4xx before it costs anything: the key and the declared
 `Content-Length` are checked before a byte of the body is read, and an image's size is read from its
 header before it is decoded (nothing larger than the world's canvas is judged). A step that breaks
-the judge fails only its own request (see `_Batcher`). Idle and slow connections time out, so
-half-open ones do not hold threads for ever.
+the judge fails only its own request. Idle and slow connections time out, so half-open ones do not
+hold threads for ever. What is answered to each request is decided in `judges/endpoint.py`, which
+the Ray Serve backend (`judges/ray_serve.py`) shares; this module is the I/O and the batching.
 
 Requests arriving together are judged together: one worker thread gathers whatever is waiting (up
 to `max_batch`, waiting at most `batch_wait_s` for more) into one `judge()` call, which keeps a
@@ -21,35 +22,27 @@ HTTP/1.1 keep-alive, TCP_NODELAY: without it each small answer waits ~40 ms for 
 
 from __future__ import annotations
 
-import hmac
-import json
 import logging
 import queue
-import re
 import socket
 import sys
 import threading
 import time
-import uuid
 from concurrent.futures import Future
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 from strokes.verdict import Judge, StepContext
 
-from .messages import Prompts, load_prompts, parse_messages
+from .endpoint import DRAIN_MAX, IDLE_TIMEOUT_S, MAX_BODY, Endpoint, Outcome, Reply, judge_alone_on_failure
+from .messages import Prompts
 
 log = logging.getLogger(__name__)
-MAX_BODY = 64 * 1024 * 1024
-DRAIN_MAX = 1024 * 1024  # a refused body up to this size is read and dropped, keeping the connection
-IDLE_TIMEOUT_S = 30.0  # per socket read or write: a connection silent this long is closed
 BACKLOG = 256  # connections waiting to be accepted (the stdlib's 5 reset connections under a burst)
+__all__ = ["BACKLOG", "DRAIN_MAX", "IDLE_TIMEOUT_S", "MAX_BODY", "JudgeServer"]
 
 
 class _Batcher:
-    """One worker that runs the judge on batches of waiting steps.
-
-    A batch mixes steps of several clients, so a failed batch is judged again one step at a time:
-    only the step that breaks the judge gets the error, every other client its verdict."""
+    """One worker that runs the judge on batches of waiting steps (`judge_alone_on_failure`)."""
 
     def __init__(self, judge: Judge, max_batch: int, wait_s: float) -> None:
         self.judge, self.max_batch, self.wait_s = judge, max_batch, wait_s
@@ -81,25 +74,9 @@ class _Batcher:
                     self.queue.put(None)
                     break
                 batch.append(item)
-            self._settle(batch)
-
-    def _settle(self, batch: list[tuple[StepContext, Future]]) -> None:
-        try:
-            verdicts = self.judge.judge([c for c, _ in batch])
-            if len(verdicts) != len(batch):
-                raise RuntimeError(f"judge returned {len(verdicts)} verdicts for {len(batch)} steps")
-        except Exception as e:  # the server stays up
-            if len(batch) > 1:
-                log.warning("judge failed on a batch of %d (%s: %s); judging each step alone",
-                            len(batch), type(e).__name__, e)
-                for item in batch:
-                    self._settle([item])
-                return
-            log.exception("judge failed on a step")
-            batch[0][1].set_exception(e)  # that request gets a 500
-            return
-        for (_, f), v in zip(batch, verdicts):
-            f.set_result(v)
+            outcomes = judge_alone_on_failure(self.judge, [c for c, _ in batch])
+            for (_, f), outcome in zip(batch, outcomes):
+                f.set_result(outcome)
 
 
 class _HTTPServer(ThreadingHTTPServer):
@@ -124,18 +101,20 @@ class JudgeServer:
                  model: str | None = None, prompts: Prompts | None = None, max_batch: int = 32,
                  batch_wait_s: float = 0.002, idle_timeout_s: float = IDLE_TIMEOUT_S) -> None:
         self.judge = judge
-        # the one image size the judge reads (the exact judge's 64-px canvas, a policy's images); a
-        # judge that does not say reads any up to MAX_SIDE
-        self.image_side: int | None = getattr(judge, "image_side", None)
-        self.model = model or f"strokes-{getattr(judge, 'name', 'judge')}"
-        self.api_key = api_key or None
-        self.prompts = prompts or load_prompts()
+        self.endpoint = Endpoint.for_judge(judge, api_key, model, prompts)
         self.idle_timeout_s = idle_timeout_s
         self.batcher = _Batcher(judge, max_batch, batch_wait_s)
         self.httpd = _HTTPServer((host, port), _handler(self))
         self._thread: threading.Thread | None = None
-        self._lock = threading.Lock()
-        self.served = 0  # authorised chat-completion requests with a JSON body, for monitoring
+
+    @property
+    def model(self) -> str:
+        return self.endpoint.model
+
+    @property
+    def served(self) -> int:
+        """Authorised chat-completion requests with a JSON body, for monitoring."""
+        return self.endpoint.served
 
     @property
     def host(self) -> str:
@@ -169,88 +148,14 @@ class JudgeServer:
     def __exit__(self, *exc: object) -> None:
         self.stop()
 
-    # ---- request handling ------------------------------------------------------------------------
-
-    def authorized(self, header: str | None) -> bool:
-        if self.api_key is None:
-            return True
-        return hmac.compare_digest((header or "").encode(), f"Bearer {self.api_key}".encode())
-
-    def completion(self, body: object) -> tuple[int, dict]:
-        """(status, JSON) for a chat-completions request body."""
-        with self._lock:
-            self.served += 1
-        if not isinstance(body, dict):
-            return 400, _error("the request body must be a JSON object")
-        model = body.get("model")
-        if not isinstance(model, str) or not model:
-            return 400, _error("you must provide a model parameter", "model")
-        if model != self.model:  # as vLLM and OpenAI answer: a typo in judge.model fails here as it would there
-            return 404, _error(f"The model `{model}` does not exist (this server serves `{self.model}`).",
-                               "model", "invalid_request_error", "model_not_found")
-        if body.get("stream"):
-            return 400, _error("streaming is not supported", "stream")
-        rf = body.get("response_format")
-        if rf is not None and (not isinstance(rf, dict) or rf.get("type") not in ("json_schema", "json_object", "text")):
-            return 400, _error("response_format must be of type json_schema, json_object or text", "response_format")
-        try:
-            ctx = parse_messages(body.get("messages"), self.prompts, self.image_side)
-        except ValueError as e:
-            return 400, _error(str(e), "messages")
-        try:
-            verdict = self.batcher.submit(ctx).result()
-        except Exception as e:
-            return 500, _error(f"the judge failed: {type(e).__name__}: {e}", None, "server_error")
-        if verdict is None:
-            message = {"role": "assistant", "content": None, "refusal": "the judge could not judge this step"}
-            content = ""
-        else:
-            content = verdict.model_dump_json()
-            message = {"role": "assistant", "content": content, "refusal": None}
-        prompt_tokens = _estimate_tokens(body.get("messages"))
-        completion_tokens = max(1, len(content) // 4)
-        return 200, {
-            "id": f"chatcmpl-{uuid.uuid4().hex[:24]}", "object": "chat.completion", "created": int(time.time()),
-            "model": self.model,
-            "choices": [{"index": 0, "message": message, "finish_reason": "stop", "logprobs": None}],
-            "usage": {"prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens,
-                      "total_tokens": prompt_tokens + completion_tokens},
-        }
-
-    def models(self) -> dict:
-        return {"object": "list", "data": [{"id": self.model, "object": "model", "created": 0, "owned_by": "strokes"}]}
-
-
-def _unauthorized() -> dict:
-    return _error("invalid or missing API key", None, "invalid_request_error", "invalid_api_key")
-
-
-def _error(message: str, param: str | None = None, kind: str = "invalid_request_error", code: str | None = None) -> dict:
-    return {"error": {"message": message, "type": kind, "param": param, "code": code}}
-
-
-def _estimate_tokens(messages: object) -> int:
-    """A rough token count (4 characters of text a token, 85 per image, as OpenAI bills a low-detail
-    image), so clients' token budgets work against this server too."""
-    n = 0
-    for m in messages if isinstance(messages, list) else []:
-        content = m.get("content") if isinstance(m, dict) else None
-        parts = [{"type": "text", "text": content}] if isinstance(content, str) else content or []
-        for p in parts if isinstance(parts, list) else []:
-            if isinstance(p, dict):
-                n += 85 if p.get("type") == "image_url" else len(str(p.get("text", ""))) // 4
-    return max(1, n)
-
-
-def _declared_length(values: list[str] | None) -> int | None:
-    """The one Content-Length of a request; None when it is missing, repeated or not a plain
-    non-negative integer (int() alone accepts "-1", "+5" and "1_0")."""
-    if not values or len(values) != 1 or not re.fullmatch(r"[0-9]{1,15}", values[0].strip()):
-        return None
-    return int(values[0])
+    def judge_one(self, ctx: StepContext) -> Outcome:
+        """The step's outcome, judged in whatever batch the batcher gathers it into."""
+        return self.batcher.submit(ctx).result()
 
 
 def _handler(server: JudgeServer) -> type[BaseHTTPRequestHandler]:
+    endpoint = server.endpoint
+
     class Handler(BaseHTTPRequestHandler):
         protocol_version = "HTTP/1.1"
         server_version = "strokes-judge/1"
@@ -263,9 +168,10 @@ def _handler(server: JudgeServer) -> type[BaseHTTPRequestHandler]:
         def log_message(self, format: str, *args: object) -> None:  # noqa: A002 (stdlib signature)
             log.debug("%s " + format, self.address_string(), *args)
 
-        def _send(self, status: int, payload: dict) -> None:
-            data = json.dumps(payload).encode()
-            self.send_response(status)
+        def _send(self, reply: Reply) -> None:
+            data = reply.body()
+            self.close_connection = self.close_connection or reply.close
+            self.send_response(reply.status)
             self.send_header("Content-Type", "application/json")
             self.send_header("Content-Length", str(len(data)))
             if self.close_connection:
@@ -273,55 +179,23 @@ def _handler(server: JudgeServer) -> type[BaseHTTPRequestHandler]:
             self.end_headers()
             self.wfile.write(data)
 
-        def _refuse(self, status: int, payload: dict, length: int | None) -> None:
-            """Answer before the body is read. A small body is read and dropped so the connection
-            stays usable; after a large or undeclared one the connection is closed instead."""
-            if length is not None and length <= DRAIN_MAX:
-                self.rfile.read(length)
-            else:
-                self.close_connection = True
-            self._send(status, payload)
-
-        def _path(self) -> str:
-            return self.path.split("?", 1)[0].rstrip("/")
-
-        def _auth(self) -> bool:
-            if server.authorized(self.headers.get("Authorization")):
-                return True
-            self._send(401, _unauthorized())
-            return False
+        def _head(self, method: str) -> tuple[Reply | None, list[str]]:
+            lengths = self.headers.get_all("Content-Length") or []
+            return endpoint.head(method, self.path, self.headers.get("Authorization"), lengths), lengths
 
         def do_GET(self) -> None:
-            path = self._path()
-            if path in ("/health", "/v1/health"):
-                return self._send(200, {"status": "ok"})
-            if not self._auth():
-                return None
-            if path == "/v1/models":
-                return self._send(200, server.models())
-            return self._send(404, _error(f"no route {path}", None, "not_found_error"))
+            reply, _ = self._head("GET")
+            self._send(reply)
 
         def do_POST(self) -> None:
-            values = self.headers.get_all("Content-Length")
-            length = _declared_length(values)
-            if not server.authorized(self.headers.get("Authorization")):
-                return self._refuse(401, _unauthorized(), length)
-            if length is None:
-                self.close_connection = True
-                if not values:
-                    return self._send(411, _error("a Content-Length header is required"))
-                return self._send(400, _error("Content-Length must be one non-negative integer"))
-            if length > MAX_BODY:
-                return self._refuse(413, _error(f"request body too large (at most {MAX_BODY} bytes)"), length)
-            path = self._path()
-            if path != "/v1/chat/completions":
-                return self._refuse(404, _error(f"no route {path}", None, "not_found_error"), length)
-            raw = self.rfile.read(length)
-            try:
-                body = json.loads(raw)
-            except (json.JSONDecodeError, UnicodeDecodeError):
-                return self._send(400, _error("the request body is not JSON"))
-            status, payload = server.completion(body)
-            return self._send(status, payload)
+            reply, lengths = self._head("POST")
+            if reply is not None:
+                if not reply.close:  # a small refused body: read and dropped, the connection stays usable
+                    self.rfile.read(int(lengths[0]))
+                return self._send(reply)
+            step = endpoint.step(self.rfile.read(int(lengths[0])))
+            if isinstance(step, Reply):
+                return self._send(step)
+            return self._send(endpoint.answer(step, server.judge_one(step.context)))
 
     return Handler
