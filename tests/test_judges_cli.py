@@ -97,3 +97,39 @@ def test_judge_serve_warns_when_open_to_the_network_without_a_key(capsys):
     assert "cannot listen on 192.0.2.1" in error
     assert main(["judge-serve", "--host", "192.0.2.1", "--port", "0", "--api-key", "k"]) == 2
     assert "warning" not in capsys.readouterr().err
+
+
+def test_judge_serve_ray_options_need_the_ray_backend(capsys):
+    assert main(["judge-serve", "--replicas", "2"]) == 2
+    assert capsys.readouterr().err == "selfplay judge-serve: error: --replicas needs --backend ray\n"
+    assert main(["judge-serve", "--backend", "ray", "--replicas", "0"]) == 2
+    assert "--replicas must be at least 1, got 0" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_judge_serve_on_ray_serve_judges_perfectly_and_listens_on_loopback_only(tmp_path, capsys, monkeypatch):
+    """Two replicas of the oracle on Ray Serve (a local cluster of 2 CPUs, its own HOME), judged
+    through the real `openai` client by judge-eval: perfect, and Serve's proxy binds 127.0.0.1 only."""
+    import psutil
+
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "JUDGE_TEST_KEY": "k3y", "HOME": str(tmp_path)}
+    with open(tmp_path / "serve.log", "w") as log:
+        proc = subprocess.Popen([sys.executable, "-m", "selfplay.cli", "judge-serve", "--backend", "ray", "--replicas", "2",
+                                 "--replica-cpus", "0.5", "--ray-cpus", "2", "--port", "0", "--api-key-env", "JUDGE_TEST_KEY"],
+                                stdout=subprocess.PIPE, stderr=log, text=True, env=env)
+    try:
+        line = proc.stdout.readline()
+        m = re.search(r"(http://127\.0\.0\.1:(\d+)/v1) on Ray Serve \(2 replicas\) as model strokes-oracle", line)
+        assert m, (line, (tmp_path / "serve.log").read_text()[-2000:])
+        port = int(m.group(2))
+        listening = {c.laddr.ip for c in psutil.net_connections("tcp") if c.laddr.port == port and c.status == "LISTEN"}
+        assert listening == {"127.0.0.1"}
+        monkeypatch.setenv("JUDGE_TEST_KEY", "k3y")
+        assert main(["judge-eval", "--judge", "gpt", "--base-url", m.group(1), "--model", "strokes-oracle",
+                     "--api-key-env", "JUDGE_TEST_KEY", "--n", "60", "--concurrency", "8", "--json"]) == 0
+        report = json.loads(capsys.readouterr().out)
+        assert report["steps"] == 60 and report["unjudged"] == 0
+        assert all(row["precision"] == row["recall"] == 1.0 for row in report["rows"] if row["reference"])
+    finally:
+        proc.terminate()
+        proc.wait(timeout=60)

@@ -2,12 +2,16 @@
 
 Any client that speaks the chat-completions API (our GPT judge included) can then judge steps with
 it over HTTP, so a team can share one judge service. Loopback only unless `--host` says otherwise
-(and then a warning on stderr when no API key guards it).
+(and then a warning on stderr when no API key guards it). Two backends answer alike
+(judges/endpoint.py): the standard library's http.server in this process (the default), or
+`--backend ray`: `--replicas` copies of the judge on Ray Serve, on a local Ray cluster kept on
+loopback or the one `--ray-address` names (docs/judges.md, "Serving judges at scale").
 """
 
 from __future__ import annotations
 
 import argparse
+import functools
 import ipaddress
 import os
 import socket
@@ -28,6 +32,15 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--model-name", default=None, help="the model id to report (default strokes-<judge>)")
     p.add_argument("--prompts-file", default="", help="judge prompts file (default: the built-in one)")
     p.add_argument("--max-batch", type=int, default=32, help="steps judged together at most")
+    p.add_argument("--backend", choices=("http.server", "ray"), default="http.server",
+                   help="http.server: this process; ray: replicas of the judge on Ray Serve")
+    p.add_argument("--replicas", type=int, default=1, help="--backend ray: copies of the judge, each batching its own requests")
+    p.add_argument("--replica-cpus", type=float, default=1.0, help="--backend ray: CPUs Ray reserves per replica")
+    p.add_argument("--replica-gpus", type=float, default=0.0, help="--backend ray: GPUs Ray reserves per replica")
+    p.add_argument("--ray-address", default="",
+                   help="--backend ray: join this Ray cluster ('auto': the one this machine belongs to); "
+                        "default: start a local one on loopback")
+    p.add_argument("--ray-cpus", type=int, default=0, help="--backend ray: CPUs of the local cluster (0: all)")
     p.set_defaults(func=run)
 
 
@@ -47,19 +60,26 @@ def judge_from_args(args: argparse.Namespace, cfg=None):
     factory (`selfplay.judging.policy_judge`); the self judge inspects with `--checkpoint`."""
     from judges import JudgeConfig
     from rollout.config import RolloutConfig
-    from strokes.errors import InputError
 
     from ..judging import policy_judge
-    from .sample import check_device
 
     cfg = cfg or JudgeConfig(kind=args.judge, profile=args.profile, profile_seed=args.profile_seed)
     if cfg.kind == "self":
-        if not args.checkpoint:
-            raise InputError("--checkpoint is required with --judge self")
-        if args.temperature < 0:
-            raise InputError(f"--temperature must be >= 0, got {args.temperature}")
-        check_device(args.device)
+        check_self_judge_args(args)
     return policy_judge(cfg, args.checkpoint, RolloutConfig(temperature=args.temperature, device=args.device))
+
+
+def check_self_judge_args(args: argparse.Namespace) -> None:
+    """The self judge's options, checked before any policy loads."""
+    from strokes.errors import InputError
+
+    from .sample import check_device
+
+    if not args.checkpoint:
+        raise InputError("--checkpoint is required with --judge self")
+    if args.temperature < 0:
+        raise InputError(f"--temperature must be >= 0, got {args.temperature}")
+    check_device(args.device)
 
 
 def is_loopback(host: str) -> bool:
@@ -71,14 +91,13 @@ def is_loopback(host: str) -> bool:
 
 
 def run(args: argparse.Namespace) -> int:
-    from judges.messages import load_prompts
-    from judges.server import JudgeServer
     from strokes.errors import InputError
 
     if not 0 <= args.port <= 65535:
         raise InputError(f"--port must be between 0 and 65535, got {args.port}")
     if args.max_batch < 1:
         raise InputError(f"--max-batch must be at least 1, got {args.max_batch}")
+    check_ray_args(args)
     key = args.api_key
     if args.api_key_env:
         key = os.environ.get(args.api_key_env)
@@ -87,14 +106,10 @@ def run(args: argparse.Namespace) -> int:
     if not key and not is_loopback(args.host):
         print(f"selfplay judge-serve: warning: --host {args.host} is not loopback and no API key is set: "
               "anyone who can reach it can use the judge", file=sys.stderr, flush=True)
-    judge = judge_from_args(args)
-    try:
-        server = JudgeServer(judge, args.host, args.port, key, args.model_name, load_prompts(args.prompts_file),
-                             args.max_batch)
-    except OSError as e:
-        raise InputError(f"--host/--port: cannot listen on {args.host}:{args.port} ({e.strerror or e})") from None
+    server = ray_server(args, key) if args.backend == "ray" else stdlib_server(args, key)
     what = f"vlm judge (profile {args.profile}, seed {args.profile_seed})" if args.judge == "vlm" else f"{args.judge} judge"
-    print(f"serving the {what} at {server.base_url} as model {server.model}"
+    where = f" on Ray Serve ({args.replicas} replica{'s' if args.replicas > 1 else ''})" if args.backend == "ray" else ""
+    print(f"serving the {what} at {server.base_url}{where} as model {server.model}"
           f"{' (API key required)' if key else ''}", flush=True)
     try:
         server.serve_forever()
@@ -103,3 +118,64 @@ def run(args: argparse.Namespace) -> int:
     finally:
         server.stop()
     return 0
+
+
+def check_ray_args(args: argparse.Namespace) -> None:
+    """The Ray options make sense only with `--backend ray`, and there within their ranges."""
+    from strokes.errors import InputError
+
+    ray_options = {"--replicas": args.replicas != 1, "--replica-cpus": args.replica_cpus != 1.0,
+                   "--replica-gpus": args.replica_gpus != 0.0, "--ray-address": bool(args.ray_address),
+                   "--ray-cpus": args.ray_cpus != 0}
+    given = [name for name, changed in ray_options.items() if changed]
+    if args.backend != "ray" and given:
+        raise InputError(f"{given[0]} needs --backend ray")
+    if args.replicas < 1:
+        raise InputError(f"--replicas must be at least 1, got {args.replicas}")
+    for name, value in (("--replica-cpus", args.replica_cpus), ("--replica-gpus", args.replica_gpus),
+                        ("--ray-cpus", args.ray_cpus)):
+        if value < 0:
+            raise InputError(f"{name} must be >= 0, got {value}")
+
+
+def stdlib_server(args: argparse.Namespace, key: str | None):
+    """The judge behind http.server in this process, listening already."""
+    from judges.messages import load_prompts
+    from judges.server import JudgeServer
+    from strokes.errors import InputError
+
+    judge = judge_from_args(args)
+    try:
+        return JudgeServer(judge, args.host, args.port, key, args.model_name, load_prompts(args.prompts_file),
+                           args.max_batch)
+    except OSError as e:
+        raise InputError(f"--host/--port: cannot listen on {args.host}:{args.port} ({e.strerror or e})") from None
+
+
+def ray_server(args: argparse.Namespace, key: str | None):
+    """The judge on Ray Serve, deployed: each replica builds it from these arguments. A local cluster
+    is started the project's way (`rollout.cluster.connect`, loopback only); the port is checked
+    here first, since Serve's proxy would not say that it cannot listen."""
+    from judges.messages import load_prompts
+    from judges.ray_serve import RayJudgeServer
+    from rollout.cluster import connect
+    from strokes.errors import InputError
+
+    if not args.ray_address and args.port:
+        try:
+            with socket.socket() as s:
+                s.bind((args.host, args.port))
+        except OSError as e:
+            raise InputError(f"--host/--port: cannot listen on {args.host}:{args.port} ({e.strerror or e})") from None
+    if args.judge == "self":  # checked here: in a replica it would fail as a deployment error
+        check_self_judge_args(args)
+    else:
+        judge_from_args(args)  # cheap: a bad --profile fails here, in one line
+    # the replicas may not share this process's working directory
+    args = argparse.Namespace(**{**vars(args), "checkpoint": args.checkpoint and os.path.abspath(args.checkpoint),
+                                 "profile": os.path.abspath(args.profile) if os.path.isfile(args.profile) else args.profile})
+    connect(args.ray_address, args.ray_cpus)
+    server = RayJudgeServer(functools.partial(judge_from_args, args), args.model_name or f"strokes-{args.judge}",
+                            args.host, args.port, key, load_prompts(args.prompts_file), args.max_batch,
+                            replicas=args.replicas, replica_cpus=args.replica_cpus, replica_gpus=args.replica_gpus)
+    return server.start()
