@@ -157,9 +157,13 @@ def ray_server(args: argparse.Namespace, key: str | None):
     is started the project's way (`rollout.cluster.connect`, loopback only); the port is checked
     here first, since Serve's proxy would not say that it cannot listen."""
     from judges.messages import load_prompts
-    from judges.ray_serve import RayJudgeServer
     from rollout.cluster import connect
     from strokes.errors import InputError
+
+    try:
+        from judges.ray_serve import RayJudgeServer
+    except ImportError as e:
+        raise InputError(f"--backend ray needs Ray Serve ({e}): pip install 'strokes[serve]'") from None
 
     if not args.ray_address and args.port:
         try:
