@@ -4,7 +4,8 @@
 - `GPTJudge`: any OpenAI-compatible endpoint, with concurrency, retries, budget and cache.
 - `SelfJudge`: the policy's own Inspect, through an injected `inspect_fn`.
 - `VLMJudge`: a stand-in VLM, the exact judge with an error profile's systematic mistakes.
-- `JudgeServer`: any judge behind an OpenAI-compatible endpoint (`selfplay judge-serve`).
+- `JudgeServer`: any judge behind an OpenAI-compatible endpoint (`selfplay judge-serve`); the same
+  endpoint (`judges/endpoint.py`) on Ray Serve replicas: `judges.ray_serve.RayJudgeServer`.
 - `evaluate` / `labelled_contexts`: precision and recall against the oracle (`selfplay judge-eval`).
 
 Every judge answers `judge(contexts) -> verdicts` with the shared `strokes.verdict.Verdict`; a
