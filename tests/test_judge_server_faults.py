@@ -26,7 +26,6 @@ import urllib.parse
 import urllib.request
 import zlib
 from concurrent.futures import ThreadPoolExecutor
-from pathlib import Path
 
 import pytest
 from PIL import Image
@@ -159,13 +158,14 @@ def verdict_of(payload: dict) -> Verdict:
 
 def test_a_request_without_the_key_is_refused_before_its_body_is_read(server):
     # 100 MB declared, none sent: the answer comes at once, and the connection is closed.
+    path = route(server, "/v1/chat/completions")
     t0 = time.perf_counter()
-    status, body, connection = exchange(server.port, request("Content-Length: 100000000", path=route(server, "/v1/chat/completions")))
+    status, body, connection = exchange(server.port, request("Content-Length: 100000000", path=path))
     assert (status, body["error"]["code"], connection) == (401, "invalid_api_key", "close")
     assert time.perf_counter() - t0 < 2
     # A small refused body is read and dropped: the connection stays usable.
     with socket.create_connection(("127.0.0.1", server.port), timeout=2.0) as sock:
-        sock.sendall(request("Authorization: Bearer wrong", "Content-Length: 2", path=route(server, "/v1/chat/completions")) + b"{}")
+        sock.sendall(request("Authorization: Bearer wrong", "Content-Length: 2", path=path) + b"{}")
         assert answer(sock)[0] == 401
         sock.sendall(f"GET {route(server, '/health')} HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n".encode())
         assert answer(sock)[:2] == (200, {"status": "ok"})
@@ -233,6 +233,12 @@ def test_an_unknown_model_is_404_as_vllm_and_openai_answer(server, contexts):
         assert got == status, model
         if status == 404:
             assert payload["error"]["code"] == "model_not_found" and f"`{model}`" in payload["error"]["message"]
+    listed = urllib.request.Request(server.base_url + "/models", headers={"Authorization": f"Bearer {KEY}"})
+    with urllib.request.urlopen(listed, timeout=10) as r:
+        assert [m["id"] for m in json.loads(r.read())["data"]] == [server.model]
+    with pytest.raises(urllib.error.HTTPError) as refused:
+        urllib.request.urlopen(server.base_url + "/models", timeout=10)
+    assert refused.value.code == 401
 
 
 # ---- batches: together, and one client's bad step alone ------------------------------------------------

@@ -115,7 +115,8 @@ def test_judge_serve_on_ray_serve_judges_perfectly_and_listens_on_loopback_only(
     env = {**os.environ, "OMP_NUM_THREADS": "1", "JUDGE_TEST_KEY": "k3y", "HOME": str(tmp_path)}
     with open(tmp_path / "serve.log", "w") as log:
         proc = subprocess.Popen([sys.executable, "-m", "selfplay.cli", "judge-serve", "--backend", "ray", "--replicas", "2",
-                                 "--replica-cpus", "0.5", "--ray-cpus", "2", "--port", "0", "--api-key-env", "JUDGE_TEST_KEY"],
+                                 "--replica-cpus", "0.5", "--ray-cpus", "2", "--port", "0",
+                                 "--api-key-env", "JUDGE_TEST_KEY"],
                                 stdout=subprocess.PIPE, stderr=log, text=True, env=env)
     try:
         line = proc.stdout.readline()

@@ -34,7 +34,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--max-batch", type=int, default=32, help="steps judged together at most")
     p.add_argument("--backend", choices=("http.server", "ray"), default="http.server",
                    help="http.server: this process; ray: replicas of the judge on Ray Serve")
-    p.add_argument("--replicas", type=int, default=1, help="--backend ray: copies of the judge, each batching its own requests")
+    p.add_argument("--replicas", type=int, default=1,
+                   help="--backend ray: copies of the judge, each batching its own requests")
     p.add_argument("--replica-cpus", type=float, default=1.0, help="--backend ray: CPUs Ray reserves per replica")
     p.add_argument("--replica-gpus", type=float, default=0.0, help="--backend ray: GPUs Ray reserves per replica")
     p.add_argument("--ray-address", default="",
