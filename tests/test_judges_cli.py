@@ -104,6 +104,13 @@ def test_judge_serve_ray_options_need_the_ray_backend(capsys):
     assert capsys.readouterr().err == "selfplay judge-serve: error: --replicas needs --backend ray\n"
     assert main(["judge-serve", "--backend", "ray", "--replicas", "0"]) == 2
     assert "--replicas must be at least 1, got 0" in capsys.readouterr().err
+    import socket
+
+    with socket.socket() as s:  # a busy port is one line before any Ray starts
+        s.bind(("127.0.0.1", 0))
+        s.listen()
+        assert main(["judge-serve", "--backend", "ray", "--port", str(s.getsockname()[1])]) == 2
+    assert "cannot listen on 127.0.0.1" in capsys.readouterr().err
 
 
 @pytest.mark.slow
