@@ -164,7 +164,7 @@ def ray_server(args: argparse.Namespace, key: str | None):
     try:
         from judges.ray_serve import RayJudgeServer
     except ImportError as e:
-        raise InputError(f"--backend ray needs Ray Serve ({e}): pip install 'strokes[serve]'") from None
+        raise InputError(f"--backend ray needs Ray Serve ({e}): pip install -e '.[serve]' in the checkout") from None
 
     if not args.ray_address and args.port:
         try:
