@@ -29,7 +29,7 @@ from strokes.model.tiny import ModelConfig
 from strokes.records import TASKS
 
 from .config import RunConfig, load_config
-from .placement import grpo_placement
+from .placement import grpo_placement, samples_on_fleet
 
 GPU_MEMORY_GB = 80.0
 """Memory of one GPU the plan is checked against unless `--gpu-memory` says otherwise (A100/H100 80 GB)."""
@@ -190,7 +190,7 @@ def rollout_actors(cfg: RunConfig, m: Shape) -> Placement:
     """Evaluation, validation, Inspect-head and SFT rounds' rollouts, and with actors GRPO's step
     rollouts: on the Ray fleet or in the loop's process."""
     r = cfg.rollout
-    grpo_steps = _grpo_rounds(cfg) and r.actors > 0
+    grpo_steps = _grpo_rounds(cfg) and samples_on_fleet(cfg)
     stages = ["eval", "validate"] + (["rollouts (SFT rounds)"] if _sft_rounds(cfg) else []) \
         + (["GRPO step rollouts"] if grpo_steps else []) + (["inspect_head"] if cfg.inspect_head.enabled else [])
     if r.actors:
@@ -216,7 +216,7 @@ def grpo_training(cfg: RunConfig, m: Shape) -> Placement | None:
     t, g = cfg.train, cfg.train.grpo
     gpu = _on_gpu(t.device, _cluster(cfg))
     rows = g.prompts_per_step * g.generations
-    on_fleet = cfg.rollout.actors > 0
+    on_fleet = samples_on_fleet(cfg)
     trainer = grpo_placement(cfg, 0)["trainer"] if gpu else []
     # a reference copy for the KL unless LoRA (TRL then disables the adapters), and, sampling here, the KV cache
     reference = m.parameters * _train_weight_bytes(cfg, gpu) if g.beta > 0 and not t.lora.enabled else 0

@@ -17,7 +17,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
-from sklearn.metrics import roc_auc_score, roc_curve
+from sklearn.metrics import auc, roc_curve
 
 from judges.oracle import edit_items
 from strokes.language import description_text, parse_description, parse_instruction
@@ -111,36 +111,42 @@ def label_states(trajectories: list[Trajectory], judge) -> tuple[list[LabelledSt
     return out, skipped
 
 
-def _auc(wrong: np.ndarray, scores: np.ndarray) -> float | None:
-    return float(roc_auc_score(wrong, scores)) if 0 < wrong.sum() < len(wrong) else None
-
-
 def recall_at(wrong: np.ndarray, scores: np.ndarray, false_alarm: float) -> tuple[float, float]:
     """The best recall whose false-alarm rate is at most `false_alarm`, and the threshold giving it
     (say conflict when P(conflict) >= threshold)."""
-    fpr, tpr, thresholds = roc_curve(wrong, scores)
+    return _best_recall(*roc_curve(wrong, scores), false_alarm)
+
+
+def _best_recall(fpr: np.ndarray, tpr: np.ndarray, thresholds: np.ndarray, false_alarm: float) -> tuple[float, float]:
     ok = np.nonzero(fpr <= false_alarm)[0]
     best = ok[np.argmax(tpr[ok])]
     return float(tpr[best]), float(min(thresholds[best], 1.0))
 
 
+def _curve(wrong: np.ndarray, scores: np.ndarray) -> tuple[float, list[tuple[float, float]]]:
+    """AUC and (recall, threshold) at each of `FALSE_ALARMS`, from one ROC curve: what
+    `roc_auc_score` and `recall_at` give, for a quarter of the calls (the bootstrap makes thousands)."""
+    fpr, tpr, thresholds = roc_curve(wrong, scores)
+    return float(auc(fpr, tpr)), [_best_recall(fpr, tpr, thresholds, f) for f in FALSE_ALARMS]
+
+
 def _with_se(wrong: np.ndarray, scores: np.ndarray, boot: int, rng: np.random.Generator) -> dict:
     """AUC and recall at each false-alarm rate of one set of states, with bootstrap standard errors."""
-    auc = _auc(wrong, scores)
-    row: dict = {"states": int(len(wrong)), "wrong": int(wrong.sum()), "auc": auc, "auc_se": None}
-    if auc is None:
+    row: dict = {"states": int(len(wrong)), "wrong": int(wrong.sum()), "auc": None, "auc_se": None}
+    if not 0 < wrong.sum() < len(wrong):
         return row
-    samples: dict[str, list[float]] = {"auc": []}
-    for f in FALSE_ALARMS:
-        row[f"recall@{f:.2f}"], row[f"threshold@{f:.2f}"] = recall_at(wrong, scores, f)
-        samples[f"recall@{f:.2f}"] = []
+    row["auc"], at = _curve(wrong, scores)
+    samples: dict[str, list[float]] = {"auc": [], **{f"recall@{f:.2f}": [] for f in FALSE_ALARMS}}
+    for f, (recall, threshold) in zip(FALSE_ALARMS, at):
+        row[f"recall@{f:.2f}"], row[f"threshold@{f:.2f}"] = recall, threshold
     for _ in range(boot):
         i = rng.integers(0, len(wrong), len(wrong))
         if not 0 < wrong[i].sum() < len(i):
             continue
-        samples["auc"].append(_auc(wrong[i], scores[i]))
-        for f in FALSE_ALARMS:
-            samples[f"recall@{f:.2f}"].append(recall_at(wrong[i], scores[i], f)[0])
+        area, at = _curve(wrong[i], scores[i])
+        samples["auc"].append(area)
+        for f, (recall, _) in zip(FALSE_ALARMS, at):
+            samples[f"recall@{f:.2f}"].append(recall)
     for name, values in samples.items():
         row[f"{name}_se"] = float(np.std(values)) if len(values) > 1 else None
     return row

@@ -37,6 +37,7 @@ from strokes.trajectory import read_jsonl
 from .config import RunConfig
 from .evaluation import evaluate, rollout_stage, validate
 from .judging import cost_line, served_judge
+from .placement import samples_on_fleet
 from .report import write_report
 from .run_dir import (CHECKPOINT, CONTROL, CONTROL_EVAL, CONTROL_INSPECT_HEAD, CONTROL_VALIDATE, DATA, EVAL,
                       INSPECT_HEAD, PROMOTE, ROLLOUTS, VALIDATE, RunDir, RunState, write_event)
@@ -120,9 +121,10 @@ class Loop:
                 cfg, rnd, read_jsonl(rollouts / "trajectories"), current, tmp))
         if self.fleet is not None and cfg.train.distributed == "ray":
             self.fleet.close()  # Ray holds a live actor's GPUs: free them for training; the next rollout restarts it
-        # GRPO samples each step's rollouts on the fleet (its actors get the step's weights)
+        # GRPO samples each step's rollouts on the fleet (its actors get the step's weights) or here
+        on_fleet = grpo and samples_on_fleet(cfg)
         trained = self.stage(rnd, CHECKPOINT, lambda tmp: train_stage(cfg, parent, data / "dataset", tmp, rnd, "policy",
-                                                                        fleet=self.fleet if grpo else None))
+                                                                        fleet=self.fleet if on_fleet else None))
         judge_totals = json.loads((trained / "train_summary.json").read_text()).get("judge") if grpo else None
         if judge_totals:
             self.log(cost_line(rnd, judge_totals))

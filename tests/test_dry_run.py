@@ -92,3 +92,14 @@ def test_train_max_length_beyond_the_models_positions_is_a_warning(capsys):
     assert err == [("warning: train.max_length 2048 is beyond the model's 1024 positions (max_position_embeddings): "
                     "no row can be longer; set train.max_length <= 1024")]
     assert dry_run(capsys, "configs/shapeworld.yaml", "--set", "train.max_length=1024")[3] == []
+
+
+def test_with_sample_on_trainer_the_actors_serve_evaluation_and_grpo_samples_here(capsys):
+    code, plan, table, err = dry_run(capsys, "configs/shapeworld.yaml", "--set", "rollout.actors=2",
+                                     "--set", "train.grpo.sample_on=trainer")
+    assert code == 0
+    stages = {p["stage"]: p for p in plan["placement"]}
+    assert "eval, validate" in stages and "2 Ray actors" in stages["eval, validate"]["where"]
+    assert "sampled here" in stages["checkpoint (GRPO)"]["work"]
+    code, _, _, err = dry_run(capsys, "configs/shapeworld.yaml", "--set", "train.grpo.sample_on=actors")
+    assert code == 2 and len(err) == 1 and "'train.grpo.sample_on' must be fleet or trainer, got 'actors'" in err[0]

@@ -154,6 +154,26 @@ def test_a_grpo_round_on_two_actors_end_to_end(ray_cluster, tmp_path, base_check
     assert any(not torch.equal(a, b) for a, b in zip(trained.model.parameters(), base.model.parameters()))
 
 
+@pytest.mark.slow
+def test_sample_on_trainer_keeps_the_steps_here_and_the_actors_for_evaluation(ray_cluster, tmp_path,
+                                                                             base_checkpoint):  # noqa: F811
+    """`train.grpo.sample_on: trainer` (the main job on a small CPU machine): the run has actors, but
+    every GRPO step samples in the trainer's process from its live weights, nothing is published to
+    the actors; the round's eval still runs on them."""
+    cfg = tiny_config(tmp_path, base_checkpoint, loop={"rounds": 1, "control": False},
+                      rollout={"actors": 2, "actor_cpus": 0.5},
+                      train={"method": "grpo", "lr": 1e-3, "grpo": {"steps": 2, "prompts_per_step": 2,
+                                                                     "generations": 2, "prompts": 6,
+                                                                     "sample_on": "trainer"}})
+    assert main(["run", str(cfg), "--runs", str(tmp_path / "runs"), "--name", "t"]) == 0
+    run = tmp_path / "runs" / "t"
+    assert {"1:checkpoint", "1:eval", "1:promote"} <= set(stages(run))
+    events = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    steps = [e for e in events if e["event"] == "train" and "reward" in e]
+    assert [e["step"] for e in steps] == [1, 2]
+    assert not any(k.startswith(("time/weight_sync", "rollout/in_process_shards")) for e in steps for k in e)
+
+
 def test_the_cluster_grpo_layout_keeps_gpu_0_for_the_trainer(tmp_path):
     """configs/cluster-grpo.yaml on an 8-GPU node: the trainer on GPU 0, one actor on each of the
     others; on 4 GPUs the layout does not fit and says so; actors at half a GPU pack two per GPU, and

@@ -74,6 +74,13 @@ class GrpoConfig:
     """Where the `inspection` reward is credited: "token" (each verdict word gets its own advantage:
     right or wrong against the judge, minus the batch's mean for states of the same label) or
     "sequence" (the trajectory's right-minus-wrong verdict share joins its group-relative reward)."""
+    sample_on: str = "fleet"
+    """Where each step's rollouts are sampled when the run has rollout actors (`rollout.actors` > 0):
+    "fleet": on the actors, from the step's weights published through the object store (a cluster,
+    where the actors have devices of their own); "trainer": in the trainer's process from its live
+    weights, as without actors, the actors then serving evaluation only (a small CPU machine: there
+    one process samples a step's one batch as fast as the actors sample its shards, while
+    evaluation's many shards run 1.6x faster on two one-thread actors, docs/rollout.md)."""
     prompts: int = 600
     """Training-split prompts per round to draw the steps' prompts from."""
     tasks: list[str] = field(default_factory=lambda: list(TASKS))
@@ -96,6 +103,7 @@ class GrpoConfig:
         require(self, f"reward_weights.{unknown[0] if unknown else ''}", not unknown,
                 f"is not a reward ({', '.join(REWARDS)})")
         require(self, "verdict_credit", self.verdict_credit in ("token", "sequence"), "must be token or sequence")
+        require(self, "sample_on", self.sample_on in ("fleet", "trainer"), "must be fleet or trainer")
         bad = [t for t in self.tasks if t not in TASKS]
         require(self, "tasks", self.tasks and not bad, f"must be a non-empty list of {', '.join(TASKS)}")
 
