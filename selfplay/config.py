@@ -51,6 +51,10 @@ class LoopConfig:
     """Training-split prompts rolled out per round."""
     samples_per_prompt: int = 1
     """Rollouts per prompt."""
+    data_temperature: float | None = None
+    """Sampling temperature of an SFT round's rollouts, the ones that become its training data (0:
+    greedy); None samples them like every other rollout, at `rollout.temperature`. Evaluation always
+    samples at `rollout.temperature`, so a round's data can be sharper than what its score measures."""
     train_from: str = "current"
     """"current": continue the promoted policy; "base": restart from round 0's."""
     promote_tolerance: float = 0.02
@@ -87,6 +91,8 @@ class LoopConfig:
         bad = [m for m in self.eval_modes if m not in EVAL_MODES]
         require(self, "eval_modes", not bad, f"has unknown mode {bad[0] if bad else ''!r} (known: {', '.join(EVAL_MODES)})")
         require(self, "rounds", self.rounds >= 0, "must be >= 0")
+        require(self, "data_temperature", self.data_temperature is None or self.data_temperature >= 0,
+                "must be >= 0 (0: greedy) or null (rollout.temperature)")
         for name in ("prompts_per_round", "samples_per_prompt", "eval_per_task", "eval_samples", "validation_per_task"):
             require(self, name, getattr(self, name) >= 1, "must be >= 1")
         # scores are fractions: a negative tolerance refuses a round that scores as well as its

@@ -41,8 +41,8 @@ from .placement import samples_on_fleet
 from .report import write_report
 from .run_dir import (CHECKPOINT, CONTROL, CONTROL_EVAL, CONTROL_INSPECT_HEAD, CONTROL_VALIDATE, DATA, EVAL,
                       INSPECT_HEAD, PROMOTE, ROLLOUTS, VALIDATE, RunDir, RunState, write_event)
-from .stages import (base_stage, control_stage, critique_stage, head_stage, prompts_stage, round_suite,
-                     train_stage)
+from .stages import (base_stage, control_stage, critique_stage, data_rollout_config, head_stage, prompts_stage,
+                     round_suite, train_stage)
 from .stats import gap
 from .tracking import Tracker
 
@@ -116,7 +116,7 @@ class Loop:
             data = self.stage(rnd, DATA, lambda tmp: prompts_stage(cfg, rnd, tmp))
         else:
             rollouts = self.stage(rnd, ROLLOUTS, lambda tmp: rollout_stage(
-                cfg, current, round_suite(cfg, rnd), "process", cfg.loop.seed * 7 + rnd, tmp, fleet=self.fleet))
+                data_rollout_config(cfg), current, round_suite(cfg, rnd), "process", cfg.loop.seed * 7 + rnd, tmp, fleet=self.fleet))
             data = self.stage(rnd, DATA, lambda tmp: critique_stage(
                 cfg, rnd, read_jsonl(rollouts / "trajectories"), current, tmp))
         if self.fleet is not None and cfg.train.distributed == "ray":

@@ -63,6 +63,14 @@ def round_suite(cfg: RunConfig, rnd: int) -> list[PromptRecord]:
     return (suite * per_prompt)[: cfg.loop.prompts_per_round * per_prompt]
 
 
+def data_rollout_config(cfg: RunConfig) -> RunConfig:
+    """The config an SFT round's data rollouts sample with: `loop.data_temperature` when set (T=1
+    samples carry sampling noise into the image codes the round then trains on), else as configured."""
+    if cfg.loop.data_temperature is None:
+        return cfg
+    return dataclasses.replace(cfg, rollout=dataclasses.replace(cfg.rollout, temperature=cfg.loop.data_temperature))
+
+
 def critique_stage(cfg: RunConfig, rnd: int, rollouts: list[Trajectory], checkpoint: Path, out: Path) -> dict:
     """An SFT round's data: judge the rollouts, build critique traces, mix in base-data replay, save
     the round's dataset.

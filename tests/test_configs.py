@@ -70,6 +70,7 @@ def test_a_bad_value_names_its_field_on_construction(build, field):
     ("loop.promote_tolerance=-5", "loop.promote_tolerance"),
     ("loop.promote_tolerance=2", "loop.promote_tolerance"),  # percent where a fraction is meant
     ("loop.samples_per_prompt=0", "loop.samples_per_prompt"),
+    ("loop.data_temperature=-0.5", "loop.data_temperature"),
     ("model.hidden_size=-8", "model.hidden_size"),
     ("model.num_heads=7", "model.num_heads"),  # 256 / 7 is no head width
     ("model.patch=7", "model.patch"),

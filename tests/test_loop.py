@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import signal
@@ -232,3 +233,17 @@ def test_ray_rollout_actors_live_through_the_run_and_match_in_process_rollouts(r
     for rnd in (1, 2):
         assert _dataset_rows(runs[0], rnd) == _dataset_rows(runs[1], rnd)
     assert _eval_scores(runs[0]) == _eval_scores(runs[1])
+
+
+def test_an_sft_rounds_data_rollouts_sample_at_the_data_temperature_and_nothing_else_does():
+    """`loop.data_temperature: 0.5` makes the rollouts that become a round's training data sharper;
+    every other rollout (eval, validation, the Inspect head's) keeps `rollout.temperature`."""
+    from selfplay.config import load_config
+    from selfplay.stages import data_rollout_config
+
+    cfg = load_config(None, ["loop.data_temperature=0.5", "rollout.temperature=1.0"])
+    data = data_rollout_config(cfg)
+    assert data.rollout == dataclasses.replace(cfg.rollout, temperature=0.5)
+    assert data.loop == cfg.loop and cfg.rollout.temperature == 1.0
+    unset = load_config(None, [])
+    assert unset.loop.data_temperature is None and data_rollout_config(unset) is unset
