@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import replace
+from pathlib import Path
 
 import pytest
 import torch
@@ -132,21 +133,28 @@ def test_an_actor_killed_mid_step_costs_no_trajectory(fleet, checkpoint):
 
 
 
-@pytest.mark.slow
-def test_a_grpo_round_on_two_actors_end_to_end(ray_cluster, tmp_path, base_checkpoint):  # noqa: F811
-    """`rollout.actors: 2` in a GRPO round: the loop's fleet samples every step with none of its
-    shards lost or sampled here, the weight sync is logged, the weights move, and the round's eval
-    runs on the same fleet afterwards, from the trained checkpoint."""
+def two_actor_grpo_round(tmp_path: Path, base_checkpoint: Path, **grpo) -> tuple[Path, list[dict]]:
+    """A one-round GRPO run (2 steps) with `rollout.actors: 2` and `train.grpo` overrides `grpo`: its
+    folder, after checking the round's stages ran, and its steps' log lines."""
     cfg = tiny_config(tmp_path, base_checkpoint, loop={"rounds": 1, "control": False},
                       rollout={"actors": 2, "actor_cpus": 0.5},
                       train={"method": "grpo", "lr": 1e-3,
-                             "grpo": {"steps": 2, "prompts_per_step": 2, "generations": 2, "prompts": 6}})
+                             "grpo": {"steps": 2, "prompts_per_step": 2, "generations": 2, "prompts": 6, **grpo}})
     assert main(["run", str(cfg), "--runs", str(tmp_path / "runs"), "--name", "g"]) == 0
     run = tmp_path / "runs" / "g"
     assert {"1:checkpoint", "1:eval", "1:promote"} <= set(stages(run))
     events = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
     steps = [e for e in events if e["event"] == "train" and "reward" in e]
     assert [e["step"] for e in steps] == [1, 2]
+    return run, steps
+
+
+@pytest.mark.slow
+def test_a_grpo_round_on_two_actors_end_to_end(ray_cluster, tmp_path, base_checkpoint):  # noqa: F811
+    """`rollout.actors: 2` in a GRPO round: the loop's fleet samples every step with none of its
+    shards lost or sampled here, the weight sync is logged, the weights move, and the round's eval
+    runs on the same fleet afterwards, from the trained checkpoint."""
+    run, steps = two_actor_grpo_round(tmp_path, base_checkpoint)
     assert all(e["rollout/retries"] == 0 and e["rollout/in_process_shards"] == 0 and e["time/weight_sync"] > 0
                for e in steps)
     trained = Policy.from_pretrained(run / "round_001" / "checkpoint" / "checkpoint")
@@ -157,20 +165,10 @@ def test_a_grpo_round_on_two_actors_end_to_end(ray_cluster, tmp_path, base_check
 @pytest.mark.slow
 def test_sample_on_trainer_keeps_the_steps_here_and_the_actors_for_evaluation(ray_cluster, tmp_path,
                                                                              base_checkpoint):  # noqa: F811
-    """`train.grpo.sample_on: trainer` (the main job on a small CPU machine): the run has actors, but
-    every GRPO step samples in the trainer's process from its live weights, nothing is published to
-    the actors; the round's eval still runs on them."""
-    cfg = tiny_config(tmp_path, base_checkpoint, loop={"rounds": 1, "control": False},
-                      rollout={"actors": 2, "actor_cpus": 0.5},
-                      train={"method": "grpo", "lr": 1e-3, "grpo": {"steps": 2, "prompts_per_step": 2,
-                                                                     "generations": 2, "prompts": 6,
-                                                                     "sample_on": "trainer"}})
-    assert main(["run", str(cfg), "--runs", str(tmp_path / "runs"), "--name", "t"]) == 0
-    run = tmp_path / "runs" / "t"
-    assert {"1:checkpoint", "1:eval", "1:promote"} <= set(stages(run))
-    events = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
-    steps = [e for e in events if e["event"] == "train" and "reward" in e]
-    assert [e["step"] for e in steps] == [1, 2]
+    """`train.grpo.sample_on: trainer`: the run has actors, but every GRPO step samples in the
+    trainer's process from its live weights and nothing is published to the actors; the round's
+    eval still runs on them."""
+    _, steps = two_actor_grpo_round(tmp_path, base_checkpoint, sample_on="trainer")
     assert not any(k.startswith(("time/weight_sync", "rollout/in_process_shards")) for e in steps for k in e)
 
 
