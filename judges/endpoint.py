@@ -85,7 +85,8 @@ class Endpoint:
                   prompts: Prompts | None = None) -> "Endpoint":
         """The endpoint of `judge`: its model name defaults to `strokes-<judge.name>`, its image size
         is the judge's `image_side` when it has one."""
-        return cls(model or default_model(judge), api_key, prompts, getattr(judge, "image_side", None))
+        return cls(model or default_model(getattr(judge, "name", "judge")), api_key, prompts,
+                   getattr(judge, "image_side", None))
 
     # ---- 1. before the body -------------------------------------------------------------------------
 
@@ -195,8 +196,9 @@ def judge_alone_on_failure(judge: Judge, contexts: list[StepContext]) -> list[Ou
         return [judge_alone_on_failure(judge, [c])[0] for c in contexts]
 
 
-def default_model(judge: Judge) -> str:
-    return f"strokes-{getattr(judge, 'name', 'judge')}"
+def default_model(judge_name: str) -> str:
+    """The model id a served judge answers to unless told otherwise."""
+    return f"strokes-{judge_name}"
 
 
 def refusal(status: int, payload: dict, length: int | None) -> Reply:

@@ -125,7 +125,7 @@ def _best_recall(fpr: np.ndarray, tpr: np.ndarray, thresholds: np.ndarray, false
 
 def _curve(wrong: np.ndarray, scores: np.ndarray) -> tuple[float, list[tuple[float, float]]]:
     """AUC and (recall, threshold) at each of `FALSE_ALARMS`, from one ROC curve: what
-    `roc_auc_score` and `recall_at` give, for a quarter of the calls (the bootstrap makes thousands)."""
+    `roc_auc_score` and `recall_at` give, for a third of the calls (the bootstrap makes thousands)."""
     fpr, tpr, thresholds = roc_curve(wrong, scores)
     return float(auc(fpr, tpr)), [_best_recall(fpr, tpr, thresholds, f) for f in FALSE_ALARMS]
 

@@ -116,7 +116,8 @@ class Loop:
             data = self.stage(rnd, DATA, lambda tmp: prompts_stage(cfg, rnd, tmp))
         else:
             rollouts = self.stage(rnd, ROLLOUTS, lambda tmp: rollout_stage(
-                data_rollout_config(cfg), current, round_suite(cfg, rnd), "process", cfg.loop.seed * 7 + rnd, tmp, fleet=self.fleet))
+                data_rollout_config(cfg), current, round_suite(cfg, rnd), "process", cfg.loop.seed * 7 + rnd, tmp,
+                fleet=self.fleet))
             data = self.stage(rnd, DATA, lambda tmp: critique_stage(
                 cfg, rnd, read_jsonl(rollouts / "trajectories"), current, tmp))
         if self.fleet is not None and cfg.train.distributed == "ray":

@@ -1,10 +1,11 @@
 """Where a GRPO round's work lands on a GPU machine: the trainer's GPUs and each rollout actor's.
 
 A GRPO round trains in the loop's process and, with `rollout.actors` > 0 (and `train.grpo.sample_on:
-fleet`), samples every step on the run's Ray fleet (`samples_on_fleet`). The trainer keeps the first `rollout.reserved_gpus` GPUs (a local Ray cluster is
-started without them, `rollout/cluster.py`); Ray hands the actors the others, `num_gpus_per_actor`
-each (fractions pack several actors on one GPU). `grpo_placement` works that out for a machine of
-`gpus` GPUs without starting anything, so a dry run can print it and say what does not fit.
+fleet`), samples every step on the run's Ray fleet (`samples_on_fleet`). The trainer keeps the first
+`rollout.reserved_gpus` GPUs (a local Ray cluster is started without them, `rollout/cluster.py`);
+Ray hands the actors the others, `num_gpus_per_actor` each (fractions pack several actors on one
+GPU). `grpo_placement` works that out for a machine of `gpus` GPUs without starting anything, so a
+dry run can print it and say what does not fit.
 """
 
 from __future__ import annotations

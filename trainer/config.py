@@ -78,9 +78,10 @@ class GrpoConfig:
     """Where each step's rollouts are sampled when the run has rollout actors (`rollout.actors` > 0):
     "fleet": on the actors, from the step's weights published through the object store (a cluster,
     where the actors have devices of their own); "trainer": in the trainer's process from its live
-    weights, as without actors, the actors then serving evaluation only (a small CPU machine: there
-    one process samples a step's one batch as fast as the actors sample its shards, while
-    evaluation's many shards run 1.6x faster on two one-thread actors, docs/rollout.md)."""
+    weights, as without actors, the actors then serving evaluation only. Measured on 2 CPU cores
+    (docs/rollout.md): there one process samples a step's batch as fast as two actors sample its
+    shards and evaluation runs 1.6x faster on the actors, but idle actors cost each step a few
+    percent, so the main job keeps no actors at all."""
     prompts: int = 600
     """Training-split prompts per round to draw the steps' prompts from."""
     tasks: list[str] = field(default_factory=lambda: list(TASKS))

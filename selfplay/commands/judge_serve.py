@@ -157,6 +157,7 @@ def ray_server(args: argparse.Namespace, key: str | None):
     """The judge on Ray Serve, deployed: each replica builds it from these arguments. A local cluster
     is started the project's way (`rollout.cluster.connect`, loopback only); the port is checked
     here first, since Serve's proxy would not say that it cannot listen."""
+    from judges.endpoint import default_model
     from judges.messages import load_prompts
     from rollout.cluster import connect
     from strokes.errors import InputError
@@ -180,7 +181,8 @@ def ray_server(args: argparse.Namespace, key: str | None):
     args = argparse.Namespace(**{**vars(args), "checkpoint": args.checkpoint and os.path.abspath(args.checkpoint),
                                  "profile": os.path.abspath(args.profile) if os.path.isfile(args.profile) else args.profile})
     connect(args.ray_address, args.ray_cpus)
-    server = RayJudgeServer(functools.partial(judge_from_args, args), args.model_name or f"strokes-{args.judge}",
+    model = args.model_name or default_model(args.judge)
+    server = RayJudgeServer(functools.partial(judge_from_args, args), model,
                             args.host, args.port, key, load_prompts(args.prompts_file), args.max_batch,
                             replicas=args.replicas, replica_cpus=args.replica_cpus, replica_gpus=args.replica_gpus)
     return server.start()
