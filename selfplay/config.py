@@ -25,6 +25,7 @@ from rollout.config import RolloutConfig
 from strokes.config_loader import load, require
 from strokes.data.build import DataConfig
 from strokes.errors import InputError
+from strokes.records import TASKS
 from strokes.trajectory import MODES
 from strokes.model.tiny import ModelConfig
 from trainer.config import TrainConfig
@@ -51,6 +52,16 @@ class LoopConfig:
     """Training-split prompts rolled out per round."""
     samples_per_prompt: int = 1
     """Rollouts per prompt."""
+    tasks: list[str] | None = None
+    """The tasks an SFT round's training prompts come from, in equal shares (None: every task); a GRPO
+    round's come from `train.grpo.tasks`."""
+    data_mode: str = "process"
+    """How an SFT round's data rollouts are drawn: "process" (the policy alone, as it is evaluated) or
+    "judge" (the round's judge inspects each sketch as it is drawn, and with `data_retries` the policy
+    draws a rejected step again from its plan: a search per step whose accepted trajectories are the
+    policy's own plans and sketches, more of them right on the prompts it rarely gets right alone)."""
+    data_retries: int = 0
+    """With `data_mode: judge`, how often one step may be drawn again after the judge rejects it."""
     data_temperature: float | None = None
     """Sampling temperature of an SFT round's rollouts, the ones that become its training data (0:
     greedy); None samples them like every other rollout, at `rollout.temperature`. Evaluation always
@@ -91,6 +102,13 @@ class LoopConfig:
         bad = [m for m in self.eval_modes if m not in EVAL_MODES]
         require(self, "eval_modes", not bad, f"has unknown mode {bad[0] if bad else ''!r} (known: {', '.join(EVAL_MODES)})")
         require(self, "rounds", self.rounds >= 0, "must be >= 0")
+        unknown = [t for t in self.tasks or [] if t not in TASKS]
+        require(self, "tasks", self.tasks is None or (self.tasks and not unknown),
+                f"must be null or a non-empty list of {', '.join(TASKS)}")
+        require(self, "data_mode", self.data_mode in ("process", "judge"), "must be 'process' or 'judge'")
+        require(self, "data_retries", self.data_retries >= 0, "must be >= 0")
+        require(self, "data_retries", self.data_retries == 0 or self.data_mode == "judge",
+                "needs loop.data_mode: judge (the judge's verdict decides what is drawn again)")
         require(self, "data_temperature", self.data_temperature is None or self.data_temperature >= 0,
                 "must be >= 0 (0: greedy) or null (rollout.temperature)")
         for name in ("prompts_per_round", "samples_per_prompt", "eval_per_task", "eval_samples", "validation_per_task"):

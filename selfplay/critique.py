@@ -56,6 +56,10 @@ class CritiqueConfig:
     learn_own_steps: bool = False
     """Also train on the plans and sketches of the model's own judged-correct steps (rejection-sampling
     fine-tuning); False keeps them as context and trains only their inspections."""
+    error_traces: bool = True
+    """Make a critique trace of each rollout's first wrong step; False keeps only rollouts the judge
+    found right throughout (confirmations, false alarms, completions): with `learn_own_steps`,
+    rejection-sampling fine-tuning on the policy's own accepted steps alone."""
     train_repairs: bool = True
     """Train each error trace's <refine> chain and exact continuation; False keeps them as context, so
     the trace trains inspections only, above all the one naming the model's own mistake (for inference
@@ -151,6 +155,9 @@ def build_self_critique(rollouts: list[Trajectory], judge, cfg: CritiqueConfig, 
         v = vs[wrong]
         for c in v.conflicts:
             stats.conflicts[f"{c.source}:{c.kind.value}"] += 1
+        if not cfg.error_traces:
+            stats.outcomes["error_untraced"] += 1
+            continue
         pending.append((t, wrong, v, cs[wrong]))
     # Corrected states: exact from the judge when it can give them, else re-sketched and re-judged.
     chains: list[list[tuple[str, np.ndarray, Verdict, str]] | None]

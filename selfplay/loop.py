@@ -35,14 +35,14 @@ from strokes.records import TASKS
 from strokes.trajectory import read_jsonl
 
 from .config import RunConfig
-from .evaluation import evaluate, rollout_stage, validate
+from .evaluation import evaluate, validate
 from .judging import cost_line, served_judge
 from .placement import samples_on_fleet
 from .report import write_report
 from .run_dir import (CHECKPOINT, CONTROL, CONTROL_EVAL, CONTROL_INSPECT_HEAD, CONTROL_VALIDATE, DATA, EVAL,
                       INSPECT_HEAD, PROMOTE, ROLLOUTS, VALIDATE, RunDir, RunState, write_event)
-from .stages import (base_stage, control_stage, critique_stage, data_rollout_config, head_stage, prompts_stage,
-                     round_suite, train_stage)
+from .stages import (base_stage, control_stage, critique_stage, data_rollouts_stage, head_stage, prompts_stage,
+                     train_stage)
 from .stats import gap
 from .tracking import Tracker
 
@@ -115,9 +115,7 @@ class Loop:
         if grpo:  # GRPO rolls out inside training, on each step's weights
             data = self.stage(rnd, DATA, lambda tmp: prompts_stage(cfg, rnd, tmp))
         else:
-            rollouts = self.stage(rnd, ROLLOUTS, lambda tmp: rollout_stage(
-                data_rollout_config(cfg), current, round_suite(cfg, rnd), "process", cfg.loop.seed * 7 + rnd, tmp,
-                fleet=self.fleet))
+            rollouts = self.stage(rnd, ROLLOUTS, lambda tmp: data_rollouts_stage(cfg, rnd, current, tmp, self.fleet))
             data = self.stage(rnd, DATA, lambda tmp: critique_stage(
                 cfg, rnd, read_jsonl(rollouts / "trajectories"), current, tmp))
         if self.fleet is not None and cfg.train.distributed == "ray":
@@ -202,9 +200,11 @@ def describe(cfg: RunConfig, rnd: int, name: str) -> str:
         CHECKPOINT: "the base policy" if rnd == 0 else
         f"GRPO ({g.steps} steps of {g.prompts_per_step} prompts x {g.generations} trajectories, "
         f"{cfg.judge.kind} judge rewards)" if grpo else f"SFT on the round's data ({steps})",
-        ROLLOUTS: f"{loop.prompts_per_round * loop.samples_per_prompt} process-mode rollouts on training prompts",
+        ROLLOUTS: f"{loop.prompts_per_round * loop.samples_per_prompt} {loop.data_mode}-mode rollouts on training prompts"
+                  + (f" ({cfg.judge.kind} judge, {loop.data_retries} redraw(s) per step)" if loop.data_mode == "judge" else ""),
         DATA: f"{g.prompts} training prompts for GRPO" if grpo else
-        f"{cfg.judge.kind} judge on every step -> critique traces + base-data replay",
+        f"{cfg.judge.kind} judge on every step -> "
+        f"{'critique traces' if cfg.critique.error_traces else 'the rollouts it finds right'} + base-data replay",
         INSPECT_HEAD: f"Inspect head fitted on {cfg.inspect_head.prompts} rollouts' own sketches",
         EVAL: f"{evals} rollouts per mode ({', '.join(loop.eval_modes)}) on the held-out suite"
               f" + {len(loop.strip_prompts)} strip(s)",

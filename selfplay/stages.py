@@ -22,7 +22,7 @@ from strokes.errors import InputError
 from strokes.model.checkpoint_check import check_checkpoint
 from strokes.model.inspect_head import FILE as HEAD_FILE
 from strokes.model.policy import Policy, check_kind
-from strokes.records import PromptRecord
+from strokes.records import TASKS, PromptRecord
 from strokes.trajectory import Trajectory, to_dataset, write_jsonl
 from trainer.distributed import fit
 from trainer.sft import train
@@ -56,19 +56,36 @@ def base_stage(cfg: RunConfig, from_scratch: bool, out: Path) -> None:
 
 
 def round_suite(cfg: RunConfig, rnd: int) -> list[PromptRecord]:
-    """The training prompts an SFT round rolls out: `loop.prompts_per_round` records, each
-    `loop.samples_per_prompt` times."""
+    """The training prompts an SFT round rolls out: `loop.prompts_per_round` records of `loop.tasks`,
+    each `loop.samples_per_prompt` times."""
     per_prompt = cfg.loop.samples_per_prompt
-    suite = training_suite(cfg, cfg.loop.prompts_per_round, cfg.loop.seed * 1000 + rnd)
+    suite = training_suite(cfg, cfg.loop.prompts_per_round, cfg.loop.seed * 1000 + rnd, tuple(cfg.loop.tasks or TASKS))
     return (suite * per_prompt)[: cfg.loop.prompts_per_round * per_prompt]
 
 
 def data_rollout_config(cfg: RunConfig) -> RunConfig:
     """The config an SFT round's data rollouts sample with: `loop.data_temperature` when set (T=1
-    samples carry sampling noise into the image codes the round then trains on), else as configured."""
-    if cfg.loop.data_temperature is None:
-        return cfg
-    return dataclasses.replace(cfg, rollout=dataclasses.replace(cfg.rollout, temperature=cfg.loop.data_temperature))
+    samples carry sampling noise into the image codes the round then trains on) and
+    `loop.data_retries`; everything else as configured."""
+    rollout = cfg.rollout
+    if cfg.loop.data_temperature is not None:
+        rollout = dataclasses.replace(rollout, temperature=cfg.loop.data_temperature)
+    if cfg.loop.data_mode == "judge":
+        rollout = dataclasses.replace(rollout, retries=cfg.loop.data_retries)
+    return cfg if rollout is cfg.rollout else dataclasses.replace(cfg, rollout=rollout)
+
+
+def data_rollouts_stage(cfg: RunConfig, rnd: int, checkpoint: Path, out: Path,
+                        fleet: RolloutFleet | None = None) -> list[Trajectory]:
+    """An SFT round's rollouts of `checkpoint` on its training prompts (`round_suite`), the ones its
+    data is built from: the policy alone, or with `loop.data_mode: judge` the round's judge inspecting
+    every sketch as it is drawn (in this process: the judge is not shipped to actors)."""
+    data_cfg = data_rollout_config(cfg)
+    seed = cfg.loop.seed * 7 + rnd
+    if cfg.loop.data_mode == "judge":
+        judge = policy_judge(cfg.judge, checkpoint, cfg.rollout)
+        return rollout_stage(data_cfg, checkpoint, round_suite(cfg, rnd), "judge", seed, out, judge=judge)
+    return rollout_stage(data_cfg, checkpoint, round_suite(cfg, rnd), "process", seed, out, fleet=fleet)
 
 
 def critique_stage(cfg: RunConfig, rnd: int, rollouts: list[Trajectory], checkpoint: Path, out: Path) -> dict:

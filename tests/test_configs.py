@@ -71,6 +71,10 @@ def test_a_bad_value_names_its_field_on_construction(build, field):
     ("loop.promote_tolerance=2", "loop.promote_tolerance"),  # percent where a fraction is meant
     ("loop.samples_per_prompt=0", "loop.samples_per_prompt"),
     ("loop.data_temperature=-0.5", "loop.data_temperature"),
+    ("loop.data_mode=oracle", "loop.data_mode"),
+    ("loop.data_retries=2", "loop.data_retries"),
+    ("loop.tasks=[counting, drawing]", "loop.tasks"),
+    ("loop.tasks=[]", "loop.tasks"),
     ("model.hidden_size=-8", "model.hidden_size"),
     ("model.num_heads=7", "model.num_heads"),  # 256 / 7 is no head width
     ("model.patch=7", "model.patch"),

@@ -96,6 +96,21 @@ def test_learn_own_steps_trains_on_the_models_correct_plans_and_sketches_but_nev
         assert not any(s.context for s in t.steps[:k] + t.steps[k + 1:])
 
 
+def test_without_error_traces_only_the_rollouts_the_judge_accepted_whole_are_kept(made):
+    """critique.error_traces: false with learn_own_steps — rejection-sampling fine-tuning: a wrong
+    rollout is counted (and its conflicts) but trains nothing; a right one trains its own steps."""
+    wrong = [as_rollout(t) for t in made["misdrawn"][:20]]
+    right = [as_rollout(t) for t in made["clean"][:20]]
+    traced, traced_stats = build(wrong + right, learn_own_steps=True)
+    kept, stats = build(wrong + right, learn_own_steps=True, error_traces=False)
+    errors = traced_stats.outcomes["image_error"] + traced_stats.outcomes["plan_error"]
+    assert errors > 0 and stats.outcomes["error_untraced"] == errors + traced_stats.corrections_rejected
+    assert stats.conflicts == traced_stats.conflicts  # the judge's findings are still counted
+    assert [t.meta["outcome"] for t in kept] == ["confirmation"] * 20
+    assert {t.prompt for t in kept} == {t.prompt for t in right}
+    assert not any(s.context or s.wrong_image or s.wrong_plan or s.refinements for t in kept for s in t.steps)
+
+
 def test_without_repairs_a_trace_trains_inspections_only(made):
     """critique.train_repairs: false — the <refine> chain and the exact continuation become context:
     the only tokens with loss are inspections, among them the one naming the model's own mistake."""

@@ -15,6 +15,7 @@ import pytest
 import yaml
 
 from selfplay.cli import main
+from strokes.records import TASKS
 
 
 @pytest.fixture(scope="module")
@@ -233,6 +234,41 @@ def test_ray_rollout_actors_live_through_the_run_and_match_in_process_rollouts(r
     for rnd in (1, 2):
         assert _dataset_rows(runs[0], rnd) == _dataset_rows(runs[1], rnd)
     assert _eval_scores(runs[0]) == _eval_scores(runs[1])
+
+
+def test_an_sft_round_rolls_out_prompts_of_its_tasks_only():
+    """`loop.tasks` narrows an SFT round's prompts to the tasks named, in equal shares."""
+    from collections import Counter
+
+    from selfplay.config import load_config
+    from selfplay.stages import round_suite
+
+    cfg = load_config(None, ["loop.tasks=[counting, position]", "loop.prompts_per_round=40",
+                             "loop.samples_per_prompt=2"])
+    suite = round_suite(cfg, 1)
+    assert len(suite) == 80 and Counter(r.tag for r in suite) == {"counting": 40, "position": 40}
+    assert {r.tag for r in round_suite(load_config(None, []), 1)} == set(TASKS)
+
+
+def test_judge_mode_data_rollouts_redraw_what_the_judge_rejects(tmp_path, base_checkpoint):
+    """`loop.data_mode: judge`: the round's judge inspects every data sketch as it is drawn and a
+    rejected step is drawn again (`loop.data_retries`); the inspections the rollouts keep are the
+    judge's. Evaluation keeps sampling the policy alone."""
+    from judges import OracleJudge
+    from selfplay.config import load_config
+    from selfplay.critique import step_contexts
+    from selfplay.stages import data_rollout_config, data_rollouts_stage
+    from strokes.language import parse_inspection
+
+    cfg = load_config(tiny_config(tmp_path, base_checkpoint, loop={"prompts_per_round": 6, "data_mode": "judge",
+                                                                    "data_retries": 1}), [])
+    assert data_rollout_config(cfg).rollout.retries == 1 and cfg.rollout.retries == 0
+    trajectories = data_rollouts_stage(cfg, 1, base_checkpoint, tmp_path / "rollouts")
+    assert len(trajectories) == 6 and (tmp_path / "rollouts" / "trajectories").is_dir()
+    assert sum(t.meta.get("retries", 0) for t in trajectories) > 0  # an untrained policy gets redrawn
+    verdicts = OracleJudge().judge([c for t in trajectories for c in step_contexts(t)])
+    written = [parse_inspection(s.inspection) for t in trajectories for s in t.steps]
+    assert [w.aligned for w in written] == [v.aligned for v in verdicts]
 
 
 def test_an_sft_rounds_data_rollouts_sample_at_the_data_temperature_and_nothing_else_does():
