@@ -93,6 +93,27 @@ def test_the_trainer_computes_the_engines_log_probs(policy, tmp_path):
             assert torch.allclose(logps[i, : len(s.logprobs)], torch.tensor(s.logprobs), atol=1e-4)
 
 
+def test_positive_advantages_zero_every_negative_one_verdict_credit_included(monkeypatch):
+    """`train.grpo.advantages: positive`: after the verdict words' own credit is added, no token keeps
+    a negative advantage (the wrong trajectories are not pushed down); the positive ones are kept."""
+    from collections import defaultdict
+
+    from trl import GRPOTrainer
+
+    from trainer.grpo import _trainer_class
+
+    group = torch.tensor([1.5, -0.5, 0.0, -2.0])  # TRL's group-relative advantages of four trajectories
+    monkeypatch.setattr(GRPOTrainer, "_generate_and_score_completions",
+                        lambda self, inputs: {"advantages": group.clone(), "completion_ids": torch.zeros((4, 3))})
+    inputs = [{"token_advantages": [(1, -1.0)]}, {}, {"token_advantages": [(2, 0.7)]}, {}]  # verdict credit
+    signed = torch.tensor([[1.5, 0.5, 1.5], [-0.5] * 3, [0.0, 0.0, 0.7], [-2.0] * 3])
+    for positive_only, want in ((False, signed), (True, signed.clamp(min=0))):
+        trainer = object.__new__(_trainer_class())  # only the scoring override, no TRL setup
+        trainer.positive_only, trainer._metrics = positive_only, {"train": defaultdict(list)}
+        trainer._legal_ids = torch.zeros((4, 3), dtype=torch.long)
+        assert torch.equal(trainer._generate_and_score_completions(inputs)["advantages"], want)
+
+
 def test_a_verdict_the_threshold_decided_is_not_the_models_choice(policy):
     """With `rollout.inspect: threshold` the first inspection word is decided, not sampled: it gets
     no policy gradient (chosen 0); with sampled verdicts the model chose it (chosen 1)."""

@@ -74,6 +74,11 @@ class GrpoConfig:
     """Where the `inspection` reward is credited: "token" (each verdict word gets its own advantage:
     right or wrong against the judge, minus the batch's mean for states of the same label) or
     "sequence" (the trajectory's right-minus-wrong verdict share joins its group-relative reward)."""
+    advantages: str = "signed"
+    """"signed": TRL's group-relative advantages as they are; "positive": every negative advantage set
+    to zero, so the update only raises trajectories (and verdict words) better than their group's mean
+    and never pushes the wrong ones down — advantage-weighted rejection sampling, the ablation that
+    tells whether GRPO's gain needs its push away from the model's own mistakes (docs/loop.md)."""
     sample_on: str = "fleet"
     """Where each step's rollouts are sampled when the run has rollout actors (`rollout.actors` > 0):
     "fleet": on the actors, from the step's weights published through the object store (a cluster,
@@ -105,6 +110,7 @@ class GrpoConfig:
                 f"is not a reward ({', '.join(REWARDS)})")
         require(self, "verdict_credit", self.verdict_credit in ("token", "sequence"), "must be token or sequence")
         require(self, "sample_on", self.sample_on in ("fleet", "trainer"), "must be fleet or trainer")
+        require(self, "advantages", self.advantages in ("signed", "positive"), "must be signed or positive")
         bad = [t for t in self.tasks if t not in TASKS]
         require(self, "tasks", self.tasks and not bad, f"must be a non-empty list of {', '.join(TASKS)}")
 

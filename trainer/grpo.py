@@ -130,6 +130,7 @@ def train_grpo(policy, prompts: list[str], cfg: TrainConfig, out: str | Path, sa
         peft_config=peft_config(cfg),  # LoRA layers go into policy.model in place: the engine samples with them
         rollout_func=rollout_func,
         legal_sets=legal_sets,
+        positive_only=cfg.grpo.advantages == "positive",
     )
     from transformers.trainer_callback import PrinterCallback
 
@@ -174,7 +175,8 @@ def _trainer_class():
           probability whose ratio and KL explode (measured: KL spikes of 10^3-10^4 within 40 steps at
           lr 5e-4) and whose gradient moves mass to tokens the grammar never lets through;
         - per-token advantages where the rollout function gives them (`token_advantages`: per
-          trajectory, (completion position, advantage) pairs, added to the group-relative one).
+          trajectory, (completion position, advantage) pairs, added to the group-relative one);
+        - with `positive_only` (`train.grpo.advantages: positive`), negative advantages set to zero.
         """
 
         chunk_rows = 16
@@ -182,8 +184,9 @@ def _trainer_class():
         _logp_seconds = 0.0
         """Time in forwards without gradient during this step's generation and scoring."""
 
-        def __init__(self, *args, legal_sets: torch.Tensor, **kwargs) -> None:
+        def __init__(self, *args, legal_sets: torch.Tensor, positive_only: bool = False, **kwargs) -> None:
             super().__init__(*args, **kwargs)
+            self.positive_only = positive_only  # train.grpo.advantages: "positive"
             everything = torch.ones((1, legal_sets.shape[1]), dtype=torch.bool, device=legal_sets.device)
             self._legal_sets = torch.cat([legal_sets.bool(), everything])  # last row: padding
             self._legal_ids: torch.Tensor | None = None  # (batch, completion length) of the batch in hand
@@ -212,6 +215,8 @@ def _trainer_class():
                         if position < full.shape[1]:
                             full[i, position] += value
                 out["advantages"] = full
+            if self.positive_only:
+                out["advantages"] = out["advantages"].clamp(min=0)
             return out
 
         def _compute_loss(self, model, inputs):
