@@ -196,12 +196,13 @@ def describe(cfg: RunConfig, rnd: int, name: str) -> str:
     validation = len(TASKS) * loop.validation_per_task * (2 if cfg.rollout.retries else 1)
     steps = f"{cfg.train.max_steps} steps" if cfg.train.max_steps > 0 else f"{cfg.train.epochs:g} epoch(s)"
     grpo = rnd > 0 and cfg.train.round_method(rnd) == "grpo"
+    judged = f" ({cfg.judge.kind} judge, {loop.data_retries} redraw(s) per step)" if loop.data_mode == "judge" else ""
     return {
         CHECKPOINT: "the base policy" if rnd == 0 else
         f"GRPO ({g.steps} steps of {g.prompts_per_step} prompts x {g.generations} trajectories, "
         f"{cfg.judge.kind} judge rewards)" if grpo else f"SFT on the round's data ({steps})",
-        ROLLOUTS: f"{loop.prompts_per_round * loop.samples_per_prompt} {loop.data_mode}-mode rollouts on training prompts"
-                  + (f" ({cfg.judge.kind} judge, {loop.data_retries} redraw(s) per step)" if loop.data_mode == "judge" else ""),
+        ROLLOUTS: f"{loop.prompts_per_round * loop.samples_per_prompt} {loop.data_mode}-mode rollouts on training "
+                  f"prompts{judged}",
         DATA: f"{g.prompts} training prompts for GRPO" if grpo else
         f"{cfg.judge.kind} judge on every step -> "
         f"{'critique traces' if cfg.critique.error_traces else 'the rollouts it finds right'} + base-data replay",
