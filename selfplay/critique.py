@@ -14,6 +14,7 @@ scene-graph perturbations of the same prompts.
 
 from __future__ import annotations
 
+import math
 import random
 from collections import Counter
 from dataclasses import dataclass, field, replace
@@ -68,11 +69,18 @@ class CritiqueConfig:
     """Also keep each rollout with a wrong sketch as it was drawn, every sketch's inspection replaced
     by the judge's and everything else kept as context: the error trace stops at the first mistake,
     so without this the model's later mistakes in the same rollout are never labelled."""
+    weighting: str = "uniform"
+    """How often each rollout the judge accepted is trained. "uniform": once. "advantage": as often as
+    GRPO's advantage of a right sample weights it, sqrt((1 - p) / p) for a prompt the policy gets right
+    with rate p (its share of the round's rollouts of that prompt text the judge accepted whole), scaled
+    so the kept rows keep their number: prompts always drawn right are dropped, rarely right ones
+    repeated (fractional weights by a seeded coin)."""
     seed: int = 0
     """Seed of the builder's choices (plus the round number)."""
 
     def __post_init__(self) -> None:
         require(self, "mode", self.mode in ("self", "symbolic"), "must be 'self' or 'symbolic'")
+        require(self, "weighting", self.weighting in ("uniform", "advantage"), "must be 'uniform' or 'advantage'")
 
 
 @dataclass
@@ -131,7 +139,10 @@ def build_self_critique(rollouts: list[Trajectory], judge, cfg: CritiqueConfig, 
     verdicts = judge.judge(flat) if flat else []
     stats.steps_asked, stats.steps_unjudged = len(flat), sum(v is None for v in verdicts)
     out: list[Trajectory] = []
+    accepted: list[Trajectory] = []  # rows of the rollouts the judge accepted whole
     confirmed: Counter = Counter()  # confirmations kept per prompt
+    tried: Counter = Counter()  # judged rollouts per prompt text
+    won: Counter = Counter()  # of them, drawn right and complete
     pending: list[tuple[Trajectory, int, Verdict, StepContext]] = []
     pos = 0
     for t, cs in zip(usable, contexts):
@@ -142,12 +153,14 @@ def build_self_critique(rollouts: list[Trajectory], judge, cfg: CritiqueConfig, 
             stats.unjudged += 1
             continue
         wrong = next((i for i, v in enumerate(vs) if not v.aligned), None)
+        tried[t.prompt] += 1
         if wrong is None:
-            kept = _positive(rec, t, stats, cfg, rng)
+            kept, outcome = _positive(rec, t, stats, cfg, rng)
+            won[t.prompt] += outcome in ("correct", "false_alarm")
             capped = cfg.confirmations_per_prompt and confirmed[t.prompt] >= cfg.confirmations_per_prompt
             kept = [k for k in kept if not (k.meta["outcome"] == "confirmation" and capped)]
             confirmed[t.prompt] += sum(k.meta["outcome"] == "confirmation" for k in kept)
-            out.extend(kept)
+            accepted.extend(kept)
             continue
         if cfg.label_every_state:
             stats.outcomes["every_state"] += 1
@@ -159,6 +172,9 @@ def build_self_critique(rollouts: list[Trajectory], judge, cfg: CritiqueConfig, 
             stats.outcomes["error_untraced"] += 1
             continue
         pending.append((t, wrong, v, cs[wrong]))
+    if cfg.weighting == "advantage":
+        accepted = advantage_weighted(accepted, {k: (won[k], n) for k, n in tried.items()}, rng)
+    out.extend(accepted)
     # Corrected states: exact from the judge when it can give them, else re-sketched and re-judged.
     chains: list[list[tuple[str, np.ndarray, Verdict, str]] | None]
     if exact is not None:
@@ -245,10 +261,29 @@ def _every_state_trace(rec: PromptRecord, t: Trajectory, verdicts: list[Verdict]
     return Trajectory(t.prompt, steps, t.record, "self", {"outcome": "every_state", "tag": rec.tag})
 
 
+def advantage_weighted(rows: list[Trajectory], success: dict[str, tuple[int, int]],
+                       rng: random.Random) -> list[Trajectory]:
+    """`rows` (right rollouts) repeated by GRPO's advantage of a right sample, sqrt((1 - p) / p) for
+    their prompt's success rate p = right / tried (`success[prompt]`; a completed scene of a prompt
+    never drawn right counts half a success), scaled to keep the number of rows: the positive half
+    of a GRPO update, as data. Why: plain rejection sampling trains a prompt the policy always gets
+    right as much as one it rarely does, though only the second has anything to teach (docs/loop.md)."""
+    rate = {k: max(right, 0.5) / tried for k, (right, tried) in success.items()}
+    weights = [math.sqrt(max(1 - rate[t.prompt], 0.0) / rate[t.prompt]) for t in rows]
+    total = sum(weights)
+    if not total:
+        return []
+    out = []
+    for t, w in zip(rows, weights):
+        w *= len(rows) / total
+        out.extend([t] * (int(w) + (rng.random() < w - int(w))))
+    return out
+
+
 def _positive(rec: PromptRecord, t: Trajectory, stats: CritiqueStats, cfg: CritiqueConfig,
-              rng: random.Random) -> list[Trajectory]:
+              rng: random.Random) -> tuple[list[Trajectory], str]:
     """Every sketch was right: a false alarm to unlearn, an unfinished scene to complete, or a
-    confirmation to keep."""
+    confirmation to keep. Returns the rows kept and the outcome."""
     steps = [_aligned(rec, s, cfg.learn_own_steps) for s in t.steps]
     false_alarm = any(s.refinements for s in t.steps)
     final = detections_to_scene(detect(t.steps[-1].final_image), t.steps[-1].image.shape[0])
@@ -256,16 +291,16 @@ def _positive(rec: PromptRecord, t: Trajectory, stats: CritiqueStats, cfg: Criti
         rest = continuation(rec, final, rng)
         if rest is None:
             stats.outcomes["unfinishable"] += 1
-            return []
+            return [], "unfinishable"
         stats.outcomes["incomplete"] += 1
-        return [Trajectory(t.prompt, steps + rest, t.record, "self", {"outcome": "incomplete", "tag": rec.tag})]
+        return [Trajectory(t.prompt, steps + rest, t.record, "self", {"outcome": "incomplete", "tag": rec.tag})], "incomplete"
     if false_alarm:
         stats.outcomes["false_alarm"] += 1
-        return [Trajectory(t.prompt, steps, t.record, "self", {"outcome": "false_alarm", "tag": rec.tag})]
+        return [Trajectory(t.prompt, steps, t.record, "self", {"outcome": "false_alarm", "tag": rec.tag})], "false_alarm"
     stats.outcomes["correct"] += 1
     if rng.random() < cfg.confirmations:
-        return [Trajectory(t.prompt, steps, t.record, "self", {"outcome": "confirmation", "tag": rec.tag})]
-    return []
+        return [Trajectory(t.prompt, steps, t.record, "self", {"outcome": "confirmation", "tag": rec.tag})], "correct"
+    return [], "correct"
 
 
 def build_symbolic_critique(records: list[PromptRecord], n: int, cfg: CritiqueConfig,

@@ -76,6 +76,7 @@ def test_a_bad_value_names_its_field_on_construction(build, field):
     ("loop.tasks=[counting, drawing]", "loop.tasks"),
     ("loop.tasks=[]", "loop.tasks"),
     ("train.grpo.advantages=negative", "train.grpo.advantages"),
+    ("critique.weighting=reward", "critique.weighting"),
     ("model.hidden_size=-8", "model.hidden_size"),
     ("model.num_heads=7", "model.num_heads"),  # 256 / 7 is no head width
     ("model.patch=7", "model.patch"),

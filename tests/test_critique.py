@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import copy
 import random
+from collections import Counter
 
 import pytest
 
@@ -109,6 +110,24 @@ def test_without_error_traces_only_the_rollouts_the_judge_accepted_whole_are_kep
     assert [t.meta["outcome"] for t in kept] == ["confirmation"] * 20
     assert {t.prompt for t in kept} == {t.prompt for t in right}
     assert not any(s.context or s.wrong_image or s.wrong_plan or s.refinements for t in kept for s in t.steps)
+
+
+def test_advantage_weighting_repeats_rarely_right_prompts_and_drops_always_right_ones(made):
+    """critique.weighting: advantage — each accepted rollout is trained as often as GRPO's advantage
+    of a right sample weights it, sqrt((1 - p) / p), scaled to keep the number of rows."""
+    judge = OracleJudge()
+    wrong = {t.prompt: as_rollout(t) for t in made["misdrawn"]
+             if not all(v.aligned for v in judge.judge(step_contexts(as_rollout(t))))}
+    right = {t.prompt: as_rollout(t) for t in made["clean"] if t.prompt in wrong}
+    always, rarely, often = list(right)[:3]
+    rollouts = ([right[always]] * 3 + [right[rarely]] + [wrong[rarely]] * 2  # p = 1, 1/3,
+                + [right[often]] * 2 + [wrong[often]])  # 2/3
+    uniform, _ = build(rollouts, learn_own_steps=True, error_traces=False)
+    weighted, _ = build(rollouts, learn_own_steps=True, error_traces=False, weighting="advantage")
+    assert Counter(t.prompt for t in uniform) == {always: 3, rarely: 1, often: 2}
+    counts = Counter(t.prompt for t in weighted)
+    # weights 0, sqrt(2), sqrt(1/2) x 2 rows, scaled by 6 / (2 sqrt(2)): 0, 3, 1.5 each
+    assert always not in counts and counts[rarely] == 3 and 2 <= counts[often] <= 4
 
 
 def test_without_repairs_a_trace_trains_inspections_only(made):
