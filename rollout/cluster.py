@@ -4,7 +4,10 @@ A local cluster gets an explicit CPU count and a small object store, and is conf
 docs/design.md §8 found keeps all of Ray's traffic on loopback: `RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0`,
 `RAY_USAGE_STATS_ENABLED=0`, and `$HOME/ray_bootstrap_config.yaml` holding `cluster_name: local`
 and `provider: {type: local}` (without it Ray binds the non-loopback address and probes a cloud
-metadata address). Joining a real cluster (`address`) changes none of this.
+metadata address). A local cluster also gives Serve's HTTP proxy 60 s, not Serve's 5 s, to report
+ready (`RAY_SERVE_PROXY_READY_CHECK_TIMEOUT_S`, unless set): on a busy 2-core machine the proxy
+takes longer, and Serve kills it and every judge-serve request fails (ray-project/ray#39739; seen
+in this project's CI beside two training jobs). Joining a real cluster (`address`) changes none of this.
 
 `reserved_gpus` keeps the first GPUs of the machine out of a local cluster: Ray hands its actors
 GPUs from the list of visible ones it finds when it starts (`CUDA_VISIBLE_DEVICES`, which its
@@ -22,6 +25,7 @@ from strokes.io import write_atomic
 BOOTSTRAP = "ray_bootstrap_config.yaml"
 BOOTSTRAP_TEXT = "cluster_name: local\nprovider:\n  type: local\n"
 LOCAL_ENV = {"RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0", "RAY_USAGE_STATS_ENABLED": "0"}
+LOCAL_DEFAULTS = {"RAY_SERVE_PROXY_READY_CHECK_TIMEOUT_S": "60"}  # module docstring
 
 
 def write_bootstrap_config(home: str | Path) -> Path:
@@ -53,6 +57,8 @@ def connect(address: str = "", num_cpus: int = 0, object_store_mb: int = 200, re
         ray.init(address=address, log_to_driver=False)
         return
     os.environ.update(LOCAL_ENV)
+    for key, value in LOCAL_DEFAULTS.items():
+        os.environ.setdefault(key, value)
     write_bootstrap_config(Path.home())
     kwargs = {"num_cpus": num_cpus or os.cpu_count() or 1, "object_store_memory": object_store_mb << 20,
               "include_dashboard": False, "log_to_driver": False}

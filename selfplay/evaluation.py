@@ -164,6 +164,8 @@ def strips(cfg: RunConfig, checkpoint: Path, out: Path, fleet: RolloutFleet | No
     from PIL import Image
 
     out.mkdir(parents=True, exist_ok=True)
+    if not cfg.loop.strip_prompts:  # `strip_prompts: []`: no strips, e.g. for rounds evaluated elsewhere
+        return
     world = make_world(cfg)
     trajectories = rollout_stage(cfg, checkpoint, list(cfg.loop.strip_prompts), "process", cfg.loop.eval_seed,
                                  out / "rollouts", fleet=fleet)

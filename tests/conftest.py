@@ -27,6 +27,7 @@ def ray_cluster(tmp_path_factory):
     from rollout.cluster import BOOTSTRAP, BOOTSTRAP_TEXT, connect
 
     assert not ray.is_initialized(), "a test started Ray without the ray_cluster fixture"
+    proxy_wait = os.environ.get("RAY_SERVE_PROXY_READY_CHECK_TIMEOUT_S", "60")  # a user's own value wins
     home = tmp_path_factory.mktemp("ray-home")
     old = os.environ.get("HOME")
     os.environ["HOME"] = str(home)
@@ -39,5 +40,7 @@ def ray_cluster(tmp_path_factory):
             os.environ["HOME"] = old
     assert (home / BOOTSTRAP).read_text() == BOOTSTRAP_TEXT
     assert os.environ["RAY_USAGE_STATS_ENABLED"] == "0" and os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] == "0"
+    # Serve's proxy gets a minute to start on a busy machine (rollout/cluster.py), not Serve's 5 s
+    assert os.environ["RAY_SERVE_PROXY_READY_CHECK_TIMEOUT_S"] == proxy_wait
     yield ray
     ray.shutdown()

@@ -85,11 +85,14 @@ def test_two_rounds_end_to_end(tmp_path, base_checkpoint):
 
 
 def test_eval_with_the_runs_config_reproduces_the_runs_eval(tmp_path, base_checkpoint, capsys):
-    """`selfplay eval --config RUN/config.yaml` on the run's own suite gives the run's own score."""
-    cfg = tiny_config(tmp_path, base_checkpoint, loop={"rounds": 0, "eval_per_task": 2, "eval_samples": 2},
+    """`selfplay eval --config RUN/config.yaml` on the run's own suite gives the run's own score (a run
+    with `strip_prompts: []` draws no strips)."""
+    cfg = tiny_config(tmp_path, base_checkpoint, loop={"rounds": 0, "eval_per_task": 2, "eval_samples": 2,
+                                                       "strip_prompts": []},
                       rollout={"retries": 1})
     assert main(["run", str(cfg), "--runs", str(tmp_path), "--name", "e"]) == 0
     run = tmp_path / "e"
+    assert not list((run / "round_000" / "eval" / "strips").iterdir())
     suite = tmp_path / "suite.jsonl"
     assert main(["suite", "--split", "test", "--per-task", "2", "--seed", "1000", "--out", str(suite)]) == 0
     out = tmp_path / "again"
