@@ -269,7 +269,7 @@ def advantage_weighted(rows: list[Trajectory], success: dict[str, tuple[int, int
     of a GRPO update, as data. Why: plain rejection sampling trains a prompt the policy always gets
     right as much as one it rarely does, though only the second has anything to teach (docs/loop.md)."""
     rate = {k: max(right, 0.5) / tried for k, (right, tried) in success.items()}
-    weights = [math.sqrt(max(1 - rate[t.prompt], 0.0) / rate[t.prompt]) for t in rows]
+    weights = [math.sqrt((1 - rate[t.prompt]) / rate[t.prompt]) for t in rows]  # right <= tried: rate <= 1
     total = sum(weights)
     if not total:
         return []
