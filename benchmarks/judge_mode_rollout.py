@@ -39,7 +39,7 @@ def main() -> None:
     from strokes.shapeworld import make_suite
     from strokes.shapeworld.check import is_correct
 
-    tasks = ("counting", "position", "color_attr")  # configs/shapeworld-sft.yaml's loop.tasks
+    tasks = ("counting", "position", "color_attr")  # the tasks the base still misses (the main job's train.grpo.tasks)
     records = make_suite("train", -(-args.prompts // len(tasks)), args.seed, tasks)[: args.prompts]
     policy = Policy.from_pretrained(args.checkpoint)
     base = RolloutConfig(batch_size=64, max_steps=6, max_refines=1, seed=args.seed, device="cpu")

@@ -93,25 +93,35 @@ def test_the_trainer_computes_the_engines_log_probs(policy, tmp_path):
             assert torch.allclose(logps[i, : len(s.logprobs)], torch.tensor(s.logprobs), atol=1e-4)
 
 
-def test_positive_advantages_zero_every_negative_one_verdict_credit_included(monkeypatch):
-    """`train.grpo.advantages: positive`: after the verdict words' own credit is added, no token keeps
-    a negative advantage (the wrong trajectories are not pushed down); the positive ones are kept."""
+def test_positive_advantages_zero_every_negative_one_accepted_ones_train_every_accepted_rollout(monkeypatch):
+    """`train.grpo.advantages`: "positive" — after the verdict words' own credit is added, no token
+    keeps a negative advantage (the wrong trajectories are not pushed down); "accepted" — every
+    trajectory whose final reward is 1 gets 1, whatever its group, and the rest (a partial final
+    score, an unscored one) get 0, with no verdict credit: the SFT loss on the accepted rollouts."""
     from collections import defaultdict
+    from types import SimpleNamespace
 
     from trl import GRPOTrainer
 
     from trainer.grpo import _trainer_class
 
     group = torch.tensor([1.5, -0.5, 0.0, -2.0])  # TRL's group-relative advantages of four trajectories
-    monkeypatch.setattr(GRPOTrainer, "_generate_and_score_completions",
-                        lambda self, inputs: {"advantages": group.clone(), "completion_ids": torch.zeros((4, 3))})
+    final = torch.tensor([1.0, 1.0, 0.5, float("nan")])  # their final rewards (a graded one, an unscored one)
+    monkeypatch.setattr(GRPOTrainer, "_calculate_rewards",
+                        lambda self, *a: torch.stack([final, torch.zeros(4)], dim=1))
+    def score(self, inputs):
+        self._calculate_rewards(inputs)
+        return {"advantages": group.clone(), "completion_ids": torch.zeros((4, 3))}
+    monkeypatch.setattr(GRPOTrainer, "_generate_and_score_completions", score)
     inputs = [{"token_advantages": [(1, -1.0)]}, {}, {"token_advantages": [(2, 0.7)]}, {}]  # verdict credit
     signed = torch.tensor([[1.5, 0.5, 1.5], [-0.5] * 3, [0.0, 0.0, 0.7], [-2.0] * 3])
-    for positive_only, want in ((False, signed), (True, signed.clamp(min=0))):
+    wanted = {"signed": signed, "positive": signed.clamp(min=0), "accepted": torch.tensor([1.0, 1.0, 0.0, 0.0])}
+    for advantages, want in wanted.items():
         trainer = object.__new__(_trainer_class())  # only the scoring override, no TRL setup
-        trainer.positive_only, trainer._metrics = positive_only, {"train": defaultdict(list)}
+        trainer.advantages, trainer._metrics = advantages, {"train": defaultdict(list)}
+        trainer.reward_func_names, trainer.accelerator = ["final", "steps"], SimpleNamespace(process_index=0)
         trainer._legal_ids = torch.zeros((4, 3), dtype=torch.long)
-        assert torch.equal(trainer._generate_and_score_completions(inputs)["advantages"], want)
+        assert torch.equal(trainer._generate_and_score_completions(inputs)["advantages"], want), advantages
 
 
 def test_a_verdict_the_threshold_decided_is_not_the_models_choice(policy):

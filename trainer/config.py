@@ -12,6 +12,7 @@ from strokes.records import TASKS
 SEGMENTS = ("text", "image", "boundary")  # segment kinds that carry loss, each with its own weight
 METHODS = ("sft", "grpo", "sft_then_grpo")  # how a round trains (TrainConfig.method)
 REWARDS = ("final", "inspection", "refine", "steps")  # GRPO reward components (selfplay/rewards.py)
+ADVANTAGES = ("signed", "positive", "accepted")  # what the GRPO update weighs each token by (GRPOConfig.advantages)
 
 
 @dataclass
@@ -77,8 +78,11 @@ class GrpoConfig:
     advantages: str = "signed"
     """"signed": TRL's group-relative advantages as they are; "positive": every negative advantage set
     to zero, so the update only raises trajectories (and verdict words) better than their group's mean
-    and never pushes the wrong ones down — advantage-weighted rejection sampling, the ablation that
-    tells whether GRPO's gain needs its push away from the model's own mistakes (docs/loop.md)."""
+    and never pushes the wrong ones down — advantage-weighted rejection sampling; "accepted": 1 for
+    every trajectory whose final reward is 1 (the judge accepted the image), 0 otherwise, no verdict
+    credit — the SFT loss on the accepted rollouts of every step, i.e. online rejection-sampling
+    fine-tuning (RAFT). The last two are the ablations that tell which part of GRPO's update makes
+    its gain (docs/loop.md)."""
     sample_on: str = "fleet"
     """Where each step's rollouts are sampled when the run has rollout actors (`rollout.actors` > 0):
     "fleet": on the actors, from the step's weights published through the object store (a cluster,
@@ -110,7 +114,7 @@ class GrpoConfig:
                 f"is not a reward ({', '.join(REWARDS)})")
         require(self, "verdict_credit", self.verdict_credit in ("token", "sequence"), "must be token or sequence")
         require(self, "sample_on", self.sample_on in ("fleet", "trainer"), "must be fleet or trainer")
-        require(self, "advantages", self.advantages in ("signed", "positive"), "must be signed or positive")
+        require(self, "advantages", self.advantages in ADVANTAGES, f"must be {', '.join(ADVANTAGES)}")
         bad = [t for t in self.tasks if t not in TASKS]
         require(self, "tasks", self.tasks and not bad, f"must be a non-empty list of {', '.join(TASKS)}")
 

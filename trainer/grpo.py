@@ -130,7 +130,7 @@ def train_grpo(policy, prompts: list[str], cfg: TrainConfig, out: str | Path, sa
         peft_config=peft_config(cfg),  # LoRA layers go into policy.model in place: the engine samples with them
         rollout_func=rollout_func,
         legal_sets=legal_sets,
-        positive_only=cfg.grpo.advantages == "positive",
+        advantages=cfg.grpo.advantages,
     )
     from transformers.trainer_callback import PrinterCallback
 
@@ -176,7 +176,9 @@ def _trainer_class():
           lr 5e-4) and whose gradient moves mass to tokens the grammar never lets through;
         - per-token advantages where the rollout function gives them (`token_advantages`: per
           trajectory, (completion position, advantage) pairs, added to the group-relative one);
-        - with `positive_only` (`train.grpo.advantages: positive`), negative advantages set to zero.
+        - `train.grpo.advantages`: "positive" sets negative advantages to zero; "accepted" replaces
+          them by 1 where the `final` reward is 1 and 0 elsewhere (the SFT loss on the step's
+          accepted rollouts, no verdict credit).
         """
 
         chunk_rows = 16
@@ -184,9 +186,10 @@ def _trainer_class():
         _logp_seconds = 0.0
         """Time in forwards without gradient during this step's generation and scoring."""
 
-        def __init__(self, *args, legal_sets: torch.Tensor, positive_only: bool = False, **kwargs) -> None:
+        def __init__(self, *args, legal_sets: torch.Tensor, advantages: str = "signed", **kwargs) -> None:
             super().__init__(*args, **kwargs)
-            self.positive_only = positive_only  # train.grpo.advantages: "positive"
+            self.advantages = advantages  # train.grpo.advantages
+            self._rewards: torch.Tensor | None = None  # (all ranks' batch, reward functions) of the step
             everything = torch.ones((1, legal_sets.shape[1]), dtype=torch.bool, device=legal_sets.device)
             self._legal_sets = torch.cat([legal_sets.bool(), everything])  # last row: padding
             self._legal_ids: torch.Tensor | None = None  # (batch, completion length) of the batch in hand
@@ -215,9 +218,22 @@ def _trainer_class():
                         if position < full.shape[1]:
                             full[i, position] += value
                 out["advantages"] = full
-            if self.positive_only:
+            if self.advantages == "positive":
                 out["advantages"] = out["advantages"].clamp(min=0)
+            elif self.advantages == "accepted":
+                out["advantages"] = self._accepted(len(inputs)).to(out["advantages"].device)
             return out
+
+        def _calculate_rewards(self, *args, **kwargs):
+            self._rewards = super()._calculate_rewards(*args, **kwargs)  # gathered over the ranks
+            return self._rewards
+
+        def _accepted(self, rows: int) -> torch.Tensor:
+            """1.0 for this rank's trajectories whose `final` reward is 1 (a graded final reward
+            counts only when full), 0.0 for the rest and the unscored (NaN)."""
+            start = self.accelerator.process_index * rows  # TRL's process slice of the gathered rewards
+            final = self._rewards[start:start + rows, self.reward_func_names.index("final")]
+            return (final == 1.0).float()
 
         def _compute_loss(self, model, inputs):
             self._legal_ids = inputs["legal_ids"]
