@@ -189,6 +189,11 @@ class Loop:
                  f"(validation process {100 * new:.1f} vs {100 * old:.1f})")
 
 
+UPDATES = {"signed": "", "positive": "; the SFT loss on the rollouts that beat their group, by advantage",
+           "accepted": "; the SFT loss on the rollouts the judge accepts"}
+"""What a GRPO round's start line adds for each `train.grpo.advantages`: the last two are SFT losses."""
+
+
 def describe(cfg: RunConfig, rnd: int, name: str) -> str:
     """What stage `name` of round `rnd` does and how much work it is, for its start line."""
     loop, g = cfg.loop, cfg.train.grpo
@@ -200,7 +205,7 @@ def describe(cfg: RunConfig, rnd: int, name: str) -> str:
     return {
         CHECKPOINT: "the base policy" if rnd == 0 else
         f"GRPO ({g.steps} steps of {g.prompts_per_step} prompts x {g.generations} trajectories, "
-        f"{cfg.judge.kind} judge rewards)" if grpo else f"SFT on the round's data ({steps})",
+        f"{cfg.judge.kind} judge rewards{UPDATES[g.advantages]})" if grpo else f"SFT on the round's data ({steps})",
         ROLLOUTS: f"{loop.prompts_per_round * loop.samples_per_prompt} {loop.data_mode}-mode rollouts on training "
                   f"prompts{judged}",
         DATA: f"{g.prompts} training prompts for GRPO" if grpo else

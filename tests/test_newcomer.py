@@ -15,6 +15,8 @@ from selfplay.cli import main
 from strokes import console
 from strokes.shapeworld import make_suite, record_from_text
 
+ROOT = Path(__file__).resolve().parents[1]
+
 
 @pytest.fixture(scope="module")
 def checkpoint(tmp_path_factory) -> Path:
@@ -45,6 +47,19 @@ def test_each_stage_says_what_it_does_when_it_starts(one_round):
     assert "round 1: rollouts ... 12 process-mode rollouts on training prompts" in text
     assert "round 0: eval ... 6 rollouts per mode (process, single_pass) on the held-out suite" in text
     assert text.index("round 1: rollouts ...") < text.index("round 1: rollouts done")
+
+
+def test_a_grpo_rounds_start_line_says_when_its_loss_is_an_sft_loss():
+    """The SFT config trains in GRPO's trainer; its start line says what the update is."""
+    from selfplay.config import load_config
+    from selfplay.loop import CHECKPOINT, UPDATES, describe
+    from trainer.config import ADVANTAGES
+
+    assert set(UPDATES) == set(ADVANTAGES)
+    main_job, sft = (describe(load_config(ROOT / "configs" / f"{name}.yaml"), 1, CHECKPOINT)
+                    for name in ("shapeworld", "shapeworld-sft"))
+    assert main_job.startswith("GRPO (60 steps") and "SFT" not in main_job
+    assert "the SFT loss on the rollouts that beat their group" in sft
 
 
 def test_training_prints_short_step_lines_and_no_trainer_dicts(one_round):
