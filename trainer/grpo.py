@@ -210,6 +210,9 @@ def _trainer_class():
             self._metrics["train"]["time/generate"].append(time.perf_counter() - t0)
             self._metrics["train"]["time/logprobs"].append(self._logp_seconds)
             out["legal_ids"] = self._legal_ids.to(out["completion_ids"].device)  # shuffled with the batch
+            if self.advantages == "accepted":  # the SFT loss: no group baseline, no verdict credit
+                out["advantages"] = self._accepted(len(inputs)).to(out["advantages"].device)
+                return out
             credit = [x.get("token_advantages") or [] for x in inputs]  # rollout_func's fields land in inputs
             if any(credit):
                 full = out["advantages"][:, None].repeat(1, out["completion_ids"].shape[1])
@@ -220,8 +223,6 @@ def _trainer_class():
                 out["advantages"] = full
             if self.advantages == "positive":
                 out["advantages"] = out["advantages"].clamp(min=0)
-            elif self.advantages == "accepted":
-                out["advantages"] = self._accepted(len(inputs)).to(out["advantages"].device)
             return out
 
         def _calculate_rewards(self, *args, **kwargs):
