@@ -14,7 +14,7 @@ from __future__ import annotations
 from collections import Counter
 from typing import Callable
 
-from strokes.language import parse_inspection
+from strokes.language import parse_inspection, split_checklist
 from strokes.verdict import StepContext, Verdict
 
 # (contexts) -> one (inspection text, refine text) per context; refine text is "" when aligned.
@@ -54,8 +54,8 @@ class SelfJudge:
 
 
 def _verdict_word(inspection: str) -> Verdict | None:
-    """The verdict an inspection's first word states, without details; None when it states none."""
-    word = inspection.strip().split(" ", 1)[0].rstrip(".:,;").lower()
+    """The verdict an inspection's first word (after any check list) states, without details; None when it states none."""
+    word = split_checklist(inspection)[1].split(" ", 1)[0].rstrip(".:,;").lower()
     if word in ("aligned", "conflict"):
         return Verdict(aligned=word == "aligned", conflicts=[], correction="")
     return None

@@ -62,6 +62,11 @@ class RolloutConfig:
     mode only."""
     inspect_threshold: float = 0.5
     """P(conflict) at or above which `inspect: threshold` says conflict."""
+    checklist: bool = False
+    """The policy opens each inspection with a check list of its described objects (a base trained
+    with `data.pipelines.checklist`): its verdict is then the first "aligned" or "conflict" it writes
+    after the list, not its first word. Raise `max_text_tokens` to 64 for such a policy (a list of
+    five objects takes 25 words before the verdict)."""
     max_text_tokens: int = 48
     """Cap on words per text span (<ins>, <des>, <inspect>, <refine>); the data needs <= 34."""
     max_new_tokens: int = 0

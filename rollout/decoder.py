@@ -53,19 +53,23 @@ class Edit:
 
 @dataclass
 class InspectRule:
-    """The first word of every inspection the model writes ("conflict" or "aligned") is its verdict.
-    The decoder records P(conflict) = softmax over those two words' logits at that position (per
+    """The first word of every inspection the model writes ("conflict" or "aligned") is its verdict;
+    for a policy that opens its inspections with a check list (`checklist`, a base trained with
+    `data.pipelines.checklist`) it is the first of those two words it writes after the list. The
+    decoder records P(conflict) = softmax over those two words' logits at that position (per
     context, in order: the model's own confidence that the state it just drew is wrong) and, with a
     `threshold`, chooses the verdict by it instead of sampling it (`rollout.inspect: threshold`): a
     sampled verdict at T = 1 flags a state the model finds 30% suspicious one time in three. With a
     `head` (the policy's Inspect head: a linear verdict over those same logits, `strokes/model/
-    inspect_head.py`), P(conflict) = sigmoid(logits · head + head_bias) instead."""
+    inspect_head.py`), P(conflict) = sigmoid(logits · head + head_bias) instead. A check-list
+    inspection closed without a verdict word gets no score (`inspect_eval` leaves its trajectory out)."""
 
     conflict_id: int
     aligned_id: int
     threshold: float | None = None
     head: torch.Tensor | None = None
     head_bias: float = 0.0
+    checklist: bool = False
 
     def p_conflict(self, logits: torch.Tensor) -> torch.Tensor:
         if self.head is not None:
@@ -102,7 +106,7 @@ class _Rows:
     """The live batch: per-row tensors on the device plus the shared KV cache."""
 
     LONG = ("key", "state", "span", "steps", "refines", "left", "pos", "n_out", "f_pos", "f_len")
-    BOOL = ("paused", "done")
+    BOOL = ("paused", "done", "judged")  # judged: the open inspection's verdict word is written
     MATRIX = ("logits", "out", "vcol", "forced", "attn", "lp", "chosen", "mid")
 
     def __init__(self) -> None:
@@ -261,6 +265,7 @@ class Decoder:
         r.f_len = torch.zeros_like(lens)
         r.paused = torch.zeros(n, dtype=torch.bool, device=dev)
         r.done = torch.zeros(n, dtype=torch.bool, device=dev)
+        r.judged = torch.tensor([self._judged(contexts[k]) for k in keys], dtype=torch.bool, device=dev)
         width = int(r.left.max().clamp(min=1))
         r.out = torch.full((n, width), self.pad_id, dtype=torch.long, device=dev)
         r.vcol = torch.zeros((n, width), dtype=torch.long, device=dev)
@@ -270,6 +275,14 @@ class Decoder:
         r.forced = torch.zeros((n, 1), dtype=torch.long, device=dev)
         r.attn = attn
         return r
+
+    def _judged(self, context: list[int]) -> bool:
+        """Whether a context ends inside an inspection whose verdict word it already holds."""
+        rule, inspect_id = self.inspect_rule, self.grammar.special["<inspect>"]
+        if rule is None or inspect_id not in context:
+            return False
+        tail = set(context[len(context) - context[::-1].index(inspect_id):])
+        return not tail & set(self.grammar.special.values()) and bool(tail & {rule.conflict_id, rule.aligned_id})
 
     def _admit(self, rows: _Rows, keys: list[int], contexts: Sequence[list[int]],
                outputs: dict[int, Output]) -> tuple[_Rows, list[int]]:
@@ -386,8 +399,10 @@ class Decoder:
         stuck = feed & (mid == M_NONE)
         mid = torch.where(feed & ~stuck, mid, torch.full_like(mid, M_PAD))
         allowed = g.masks[mid]
-        verdict, decided = self._verdict(r, feed & ~has_f, logits) if self.inspect_rule is not None else (logits, None)
-        tok = self._sample(verdict, allowed, gen)
+        tok = self._sample(logits, allowed, gen)
+        decided = None
+        if self.inspect_rule is not None:
+            tok, decided = self._verdict(r, feed & ~has_f, logits, tok)
         if r.forced.shape[1] and bool(has_f.any()):
             ftok = r.forced.gather(1, r.f_pos.clamp(max=r.forced.shape[1] - 1)[:, None]).squeeze(1)
             tok = torch.where(has_f, ftok, tok)
@@ -418,6 +433,10 @@ class Decoder:
             for buf, value in ((r.lp, lp), (r.chosen, chosen), (r.mid, mid)):
                 buf.scatter_(1, idx, torch.where(feed, value, buf.gather(1, idx).squeeze(1))[:, None])
         r.n_out += feed
+        if self.inspect_rule is not None and self.inspect_rule.checklist:
+            rule = self.inspect_rule
+            verdict_word = feed & (r.state == INSPECT) & ((tok == rule.conflict_id) | (tok == rule.aligned_id))
+            r.judged = (r.judged | verdict_word) & ~(feed & (tok == g.special["<inspect>"]))
         state, span, steps, refines = g.advance(tok, r.state, r.span, r.steps, r.refines)
         r.state = torch.where(feed, state, r.state)
         r.span = torch.where(feed, span, r.span)
@@ -444,23 +463,27 @@ class Decoder:
             kvcache.append_empty_column(r.cache)
         return newly_done
 
-    def _verdict(self, r: _Rows, sampling: torch.Tensor, logits: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """Rows about to write an inspection's first word: record P(conflict) and, with a threshold,
-        leave only the verdict it chooses. Returns the logits to sample from and the rows whose
-        verdict the threshold decided (None: none)."""
-        first = sampling & (r.state == INSPECT) & (r.span == 0)
-        if not bool(first.any()):
-            return logits, None
+    def _verdict(self, r: _Rows, sampling: torch.Tensor, logits: torch.Tensor,
+                 tok: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Rows writing their inspection's verdict (`InspectRule`) with the token they sampled:
+        record P(conflict) and, with a threshold, put the verdict it chooses in place of that token.
+        Returns the tokens and the rows whose verdict the threshold decided (None: none)."""
         rule = self.inspect_rule
+        at = sampling & (r.state == INSPECT)
+        if rule.checklist:
+            at &= ~r.judged & ((tok == rule.conflict_id) | (tok == rule.aligned_id))
+        else:
+            at &= r.span == 0
+        if not bool(at.any()):
+            return tok, None
         p = rule.p_conflict(logits)
-        for i in first.nonzero().flatten().tolist():
+        for i in at.nonzero().flatten().tolist():
             if not self._leads or int(r.key[i]) < self._leads:  # a twin's verdict is its lead's
                 self.inspect_scores.setdefault(int(r.key[i]), []).append(float(p[i]))
         if rule.threshold is None:
-            return logits, None
+            return tok, None
         choice = torch.where(p >= rule.threshold, rule.conflict_id, rule.aligned_id)
-        only = torch.full_like(logits, float("-inf")).scatter_(1, choice[:, None], 0.0)
-        return torch.where(first[:, None], only, logits), first
+        return torch.where(at, choice, tok), at
 
     def _compact(self, r: _Rows, force: bool = False) -> _Rows:
         """Drop finished rows from the batch when enough have finished (or when `force`d)."""
@@ -501,8 +524,10 @@ class Decoder:
                     raise ValueError(f"an edit may drop 1..{n} generated tokens and must append some")
                 for row in (i,) if twin is None else (i, int(twin[i])):
                     self._rewind(r, row, e.drop)
-                st = self.grammar.replay(view.ids[: len(view.ids) - e.drop])
+                kept = view.ids[: len(view.ids) - e.drop]
+                st = self.grammar.replay(kept)
                 r.state[i], r.span[i], r.steps[i], r.refines[i] = st.state, st.span, st.steps, st.refines
+                r.judged[i] = self._judged(kept)
             if e.append:
                 r.forced[i, : len(e.append)] = torch.tensor(e.append, dtype=torch.long, device=self.device)
                 r.f_pos[i] = 0

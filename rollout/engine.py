@@ -116,9 +116,9 @@ class Engine:
                 raise InputError("rollout.inspect: 'head' needs a checkpoint with an Inspect head "
                                  "(inspect_head.json; the loop fits one with inspect_head.enabled)")
             weight = torch.tensor(head.weight, dtype=torch.float32, device=self.device)
-            return InspectRule(conflict[0], aligned[0], head.threshold, weight, head.bias)
+            return InspectRule(conflict[0], aligned[0], head.threshold, weight, head.bias, self.cfg.checklist)
         threshold = self.cfg.inspect_threshold if self.cfg.inspect == "threshold" else None
-        return InspectRule(conflict[0], aligned[0], threshold)
+        return InspectRule(conflict[0], aligned[0], threshold, checklist=self.cfg.checklist)
 
     def generator(self, seed: int) -> torch.Generator:
         return torch.Generator(device=self.device).manual_seed(int(seed))

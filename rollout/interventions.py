@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from typing import Callable, Sequence
 
-from strokes.language import CONFLICT, inspection_text
+from strokes.language import inspection_text, says_conflict
 from strokes.model.processor import Processor
 from strokes.trajectory import Trajectory
 from strokes.verdict import Judge, StepContext
@@ -99,7 +99,7 @@ class RetryOnConflict:
         edits = []
         for r in rows:
             start = last_index(r.ids, s["<inspect>"])
-            conflict = self.processor.words(r.ids[start + 1: -1]).strip().startswith(CONFLICT)
+            conflict = says_conflict(self.processor.words(r.ids[start + 1: -1]))
             edit = self.retries.retry(r) if conflict else None
             if conflict and edit is None and self.accept:  # forced tokens pass the verdict rule as they are
                 edit = Edit(drop=len(r.ids) - start, append=[s["<inspect>"], *self.processor.text_ids_of("aligned")])

@@ -38,6 +38,7 @@ from trainer.trl_common import peft_config
 
 from .config import RunConfig
 from .evaluation import sampled_verdicts, training_suite
+from .inspect_head import verdict_positions
 from .judging import JudgeMeter
 from .rewards import ExactCheck, Judged, judge_rollouts, reward_functions, verdict_advantages
 from .run_dir import write_step_trajectories
@@ -77,7 +78,7 @@ def make_sampler(engine: Engine, judge, exact: ExactCheck | None = None, verdict
     `meter`, the step's judge cost and agreement join `metrics` (`JudgeMeter.step`), and a step
     whose missing verdicts exceed `judge.max_unjudged` stops the round
     (`judges.unjudged.require_verdicts`) instead of training on zero advantages."""
-    eos, inspect = engine.processor.special["<eos>"], engine.processor.special["<inspect>"]
+    eos = engine.processor.special["<eos>"]
 
     def sample(prompts: list[str], seed: int, step: int = 0) -> dict:
         records = [PromptRecord.from_json(json.loads(p)) for p in prompts]
@@ -105,8 +106,10 @@ def make_sampler(engine: Engine, judge, exact: ExactCheck | None = None, verdict
         if verdict_weight:
             out["token_advantages"] = []
             for s, credit in zip(rolled, verdict_advantages(judged, verdict_weight)):
-                # the verdict word follows each <inspect>, one per visual state, in drawing order
-                words = [k + 1 for k, t in enumerate(s.completion_ids[:-1]) if t == inspect]
+                # each inspection's verdict word (its first, or the first after its check list), one
+                # per visual state, in drawing order
+                words = [k + 1 for k in verdict_positions(engine.processor, s.completion_ids)
+                         if k + 1 < len(s.completion_ids)]
                 out["token_advantages"].append([(words[n], a) for n, a in credit if n < len(words)])
         return out
 

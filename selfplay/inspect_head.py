@@ -18,6 +18,7 @@ from typing import ClassVar
 import numpy as np
 
 from strokes.config_loader import require
+from strokes.language import checklist_text, split_checklist
 from strokes.model.inspect_head import InspectHead
 from strokes.trajectory import Trajectory
 
@@ -52,17 +53,32 @@ class InspectHeadConfig:
 
 
 def verdict_logits(policy, trajectories: list[Trajectory]) -> list[np.ndarray]:
-    """Per trajectory, the teacher-forced next-token logits at each `<inspect>` (the position whose
-    next token is the verdict), one row per visual state in drawing order."""
+    """Per trajectory, the teacher-forced next-token logits at each inspection's verdict position
+    (the position whose next token is the verdict: its `<inspect>`, or the last word of its check
+    list), one row per visual state in drawing order."""
     import torch
 
-    p, inspect_id = policy.processor, policy.processor.special["<inspect>"]
+    p = policy.processor
     out = []
     with torch.no_grad():
         for t in trajectories:
             ids = p.encode(t).input_ids
             logits = policy.model(input_ids=torch.tensor([ids], device=policy.model.device)).logits[0].float()
-            out.append(logits[[i for i, x in enumerate(ids) if x == inspect_id]].cpu().numpy())
+            out.append(logits[verdict_positions(p, ids)].cpu().numpy())
+    return out
+
+
+def verdict_positions(processor, ids: list[int]) -> list[int]:
+    """Per inspection in `ids`, the position whose next token is its verdict: its `<inspect>`, or the
+    last token of the check list it opens with (`strokes.language.split_checklist`)."""
+    specials = set(processor.special.values())
+    out = []
+    for i, x in enumerate(ids):
+        if x != processor.special["<inspect>"]:
+            continue
+        end = next((j for j in range(i + 1, len(ids)) if ids[j] in specials), len(ids))
+        checks = split_checklist(processor.words(ids[i + 1:end]))[0]
+        out.append(i + (len(processor.text_ids_of(checklist_text(checks))) if checks else 0))
     return out
 
 

@@ -15,6 +15,9 @@ grammar the data was written in. Texts are lower-case words separated by single 
     inspection   aligned. the image follows the instruction. still missing: a green triangle.
                  aligned. the image follows the instruction and the scene matches the prompt.
                  conflict. the red circle is blue instead of red.
+    check list   red circle planned drawn. blue square not planned drawn. conflict. …
+                 (an inspection may open with one: each described object against the prompt and
+                 the sketch, before the verdict; `data.pipelines.checklist`)
 """
 
 from __future__ import annotations
@@ -22,7 +25,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
-from .shapeworld.check import Item
+from .shapeworld.check import Item, ItemCheck
 from .shapeworld.scene import COLORS, RELATIONS, SHAPES, noun_phrase
 from .verdict import Conflict, ConflictKind, Verdict
 
@@ -155,15 +158,37 @@ def inspection_text(verdict: Verdict) -> str:
     return head + " " + " ".join(f"{c.sentence()}." for c in verdict.conflicts)
 
 
+def checklist_text(checks: list[ItemCheck]) -> str:
+    """'red circle planned drawn. blue square not planned drawn.': the check list an inspection
+    opens with when it enumerates (empty for an empty scene). Small transformers copy and compare a
+    few tokens well, so a verdict that follows such a list can rest on per-object lookups in the
+    prompt and the sketch instead of one token's guess."""
+    return " ".join(f"{c.color} {c.shape} {'' if c.planned else 'not '}planned {'' if c.drawn else 'not '}drawn."
+                    for c in checks)
+
+
+_CHECK = re.compile(rf"^({_COLOR}) ({_SHAPE}) (not )?planned (not )?drawn\.(?: |$)")
+
+
+def split_checklist(text: str) -> tuple[list[ItemCheck], str]:
+    """An inspection's opening check list (empty when it has none) and the rest of it, the verdict."""
+    text, checks = text.strip(), []
+    while m := _CHECK.match(text):
+        checks.append(ItemCheck(m.group(2), m.group(1), m.group(3) is None, m.group(4) is None))
+        text = text[m.end():]
+    return checks, text
+
+
 def says_conflict(inspection: str) -> bool:
-    """Whether an inspection's verdict (its first word) is that the state conflicts with the plan or prompt."""
-    return inspection.strip().startswith(CONFLICT)
+    """Whether an inspection's verdict (its first word after any check list) is that the state
+    conflicts with the plan or prompt."""
+    return split_checklist(inspection)[1].startswith(CONFLICT)
 
 
 def parse_inspection(text: str) -> Verdict | None:
     """The verdict an inspection text states: aligned or not, and each conflict sentence's kind,
-    source and subject. None when the text follows neither template."""
-    text = text.strip()
+    source and subject (after any check list). None when the text follows neither template."""
+    text = split_checklist(text)[1]
     if text.startswith(ALIGNED):
         rest = text[len(ALIGNED):].strip()
         missing = []

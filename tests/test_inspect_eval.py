@@ -166,3 +166,60 @@ def test_an_inspect_head_fits_saves_reloads_and_decides_the_verdicts(policy, tmp
     (folder / "inspect_head.json").write_text("{broken")
     with pytest.raises(Exception, match="not an Inspect head"):
         InspectHead.load(folder)
+
+
+class _VerdictWordsLikely(torch.nn.Module):
+    """The tiny policy with "aligned" and "conflict" made likely at every position, so a check-list
+    inspection writes its verdict word after a few other words as often as first."""
+
+    def __init__(self, model, ids: list[int]) -> None:
+        super().__init__()
+        self.model, self.config, self.ids = model, model.config, ids
+
+    def forward(self, input_ids, attention_mask=None, position_ids=None, use_cache=None, logits_to_keep=0,
+                cache=None):
+        out = self.model(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
+                         use_cache=use_cache, logits_to_keep=logits_to_keep, cache=cache)
+        out.logits[..., self.ids] += 3.0
+        return out
+
+
+def test_with_a_check_list_the_verdict_is_the_first_verdict_word_and_the_threshold_decides_it(policy, monkeypatch):
+    """`rollout.checklist`: the score of each inspection is taken where the model writes its first
+    "aligned"/"conflict" (not at its first word), that word is the threshold's choice, and an
+    inspection with no verdict word gets no score."""
+    from strokes.language import split_checklist
+
+    ids = [policy.processor.text_ids_of(w)[0] for w in ("aligned", "conflict")]
+    monkeypatch.setattr(policy, "model", _VerdictWordsLikely(policy.model, ids))
+    cfg = RolloutConfig(max_steps=3, max_refines=1, max_text_tokens=12, batch_size=16, inspect="threshold",
+                        inspect_threshold=0.5, checklist=True)
+    later = 0
+    for t in Engine(policy, cfg).run(make_suite("train", 3, 0), seed=0):
+        if "failed" in t.meta:
+            continue
+        inspections = [x for s in t.steps for x in [s.inspection] + [r.inspection for r in s.refinements]]
+        verdicts = [next((w.rstrip(".:,") for w in x.split(" ") if w.rstrip(".:,") in ("aligned", "conflict")), None)
+                    for x in inspections]
+        said = [v for v in verdicts if v is not None]
+        assert len(t.meta.get("inspect_scores", [])) == len(said)
+        for v, score in zip(said, t.meta.get("inspect_scores", [])):
+            assert (v == "conflict") == (score >= 0.5)
+        later += sum(v is not None and not x.startswith(v) for x, v in zip(inspections, verdicts))
+    assert later  # some verdicts came after other words: the check-list path was exercised
+
+
+def test_the_inspect_head_reads_the_position_before_the_verdict_word(policy):
+    """The verdict follows the `<inspect>`, or the check list the inspection opens with."""
+    from selfplay.inspect_head import verdict_positions
+
+    p = policy.processor
+    ins, close = p.special["<inspect>"], p.special["</inspect>"]
+    listed = p.text_ids_of("red circle planned drawn. blue square not planned drawn.")
+    ids = [ins, *p.text_ids_of("aligned."), close,
+           ins, *listed, *p.text_ids_of("conflict."), close,
+           ins, *p.text_ids_of("red circle conflict."), close]
+    second = 2 + len(p.text_ids_of("aligned."))  # the second <inspect>
+    third = second + 1 + len(listed) + len(p.text_ids_of("conflict.")) + 1
+    assert verdict_positions(p, ids) == [0, second + len(listed), third]
+    assert ids[second + len(listed) + 1] == p.text_ids_of("conflict")[0]

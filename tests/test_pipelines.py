@@ -312,6 +312,7 @@ def test_strip_shows_every_state_scaled_with_wrong_ones_framed_red():
     ("data:\n  sizes: 10\n", ["data.sizes"]),
     ("data:\n  pipelines: {detour_prob: high}\n", ["data.pipelines.detour_prob"]),
     ("data:\n  tasks: {counting: -1}\n", ["data.tasks"]),
+    ("data:\n  pipelines: {swapped_colors: 1.5}\n", ["data.pipelines.swapped_colors", "between 0 and 1"]),
     ("data: [1, 2\n", ["c.yaml:", "malformed YAML"]),
 ])
 def test_bad_config_exits_2_with_one_line(tmp_path, capsys, yaml_text, names):
@@ -345,3 +346,76 @@ def test_data_show_rejects_bad_options(built, capsys):
         code, _, err = run(capsys, "data", "show", str(built), *argv)
         assert code == 2
         one_error_line(err, name)
+
+
+def test_a_check_list_finds_a_swapped_binding_an_extra_object_and_a_missing_sketch():
+    """Each described object against the prompt and the sketch, by hand: "a red circle and a blue
+    square" described with swapped colours has neither object planned; a fourth circle for "three
+    circles" is not planned; an object the sketch lacks is not drawn."""
+    from strokes.language import checklist_text, split_checklist
+    from strokes.shapeworld.check import ItemCheck, item_checks
+    from strokes.shapeworld.render import Detection
+
+    def det(shape: str, color: str) -> Detection:
+        return Detection(shape, color, (0, 0, 8, 8))
+
+    rec = PromptRecord.from_json({"tag": "color_attr", "include": [
+        {"class": "circle", "count": 1, "color": "red"}, {"class": "square", "count": 1, "color": "blue"}]})
+    swapped = [Item("circle", "blue"), Item("square", "red")]
+    assert [(c.planned, c.drawn) for c in item_checks(rec, swapped, [det("circle", "blue")])] == \
+        [(False, True), (False, False)]
+    counting = PromptRecord.from_json({"tag": "counting", "include": [{"class": "circle", "count": 3}]})
+    four = [Item("circle", c) for c in ("red", "blue", "green", "yellow")]
+    assert [c.planned for c in item_checks(counting, four, [])] == [True, True, True, False]
+
+    checks = item_checks(rec, swapped, [det("circle", "blue")])
+    text = checklist_text(checks)
+    assert text == "blue circle not planned drawn. red square not planned not drawn."
+    assert split_checklist(f"{text} conflict. the red circle is blue instead of red.") == \
+        (checks, "conflict. the red circle is blue instead of red.")
+    assert split_checklist("aligned. the image follows the instruction") == ([], "aligned. the image follows the instruction")
+    assert checks[0] == ItemCheck("circle", "blue", planned=False, drawn=True)
+
+
+def test_with_a_check_list_every_inspection_opens_with_its_objects_and_keeps_its_verdict():
+    """`data.pipelines.checklist`: the same trajectories, each step's inspection opened by the check
+    list of its description; the verdict after it parses as before, a wrong plan has an object that
+    is not planned, and a right state has every object planned and drawn."""
+    from strokes.language import split_checklist
+
+    plain = TrajectoryMaker(PipelineConfig(), 64)
+    listed = TrajectoryMaker(PipelineConfig(checklist=True), 64)
+    checked = 0
+    for seed in range(30):
+        source, rec = ("conflict", "alignment", "scene_graph")[seed % 3], sample_record(TASKS[seed % 6], random.Random(seed))
+        a, b = plain.make(source, rec, random.Random(seed)), listed.make(source, rec, random.Random(seed))
+        for s, t in zip(a.steps, b.steps):
+            checks, rest = split_checklist(t.inspection)
+            assert rest == s.inspection and len(checks) == len(parse_description(s.description))
+            if s.wrong_plan and source == "conflict" and b.meta["error"] != "too_many":
+                assert not all(c.planned for c in checks)
+            if not (s.wrong_plan or s.wrong_image):
+                assert all(c.planned and c.drawn for c in checks)
+            checked += 1
+    assert checked > 60
+
+
+def test_swapped_colours_give_an_object_the_other_objects_colour_and_the_check_list_flags_it():
+    """`data.pipelines.swapped_colors`: a wrong plan for "a red circle and a blue square" is "a blue
+    circle" (the colour of the prompt's other object), never a colour the prompt does not name; the
+    inspection says so and the refinement recolours it."""
+    from strokes.language import split_checklist
+
+    maker = TrajectoryMaker(PipelineConfig(conflict_negative=1.0, swapped_colors=1.0, checklist=True), 64)
+    rng = random.Random(0)
+    for _ in range(20):
+        rec = sample_record("color_attr", rng)
+        t = maker.make("conflict", rec, rng)
+        stated = {r.color for r in rec.include}
+        wrong = next(s for s in t.steps if s.wrong_plan)
+        item = parse_description(wrong.description)[-1]
+        assert t.meta["error"] == "swapped_color" and item.color in stated
+        assert (item.shape, item.color) not in {(r.shape, r.color) for r in rec.include}
+        assert not split_checklist(wrong.inspection)[0][-1].planned
+        assert parse_inspection(wrong.inspection).conflicts[0].kind.value == "wrong_color"
+        assert parse_instruction(wrong.refinements[0].instruction).kind == "recolor"

@@ -23,10 +23,11 @@ import random
 from dataclasses import dataclass, field, replace
 from typing import ClassVar
 
-from ..language import Edit, description_text, inspection_text, instruction_text
+from ..language import Edit, checklist_text, description_text, inspection_text, instruction_text, parse_description
+from ..config_loader import require
 from ..records import PromptRecord
 from ..shapeworld import COLORS, SHAPES, Obj, Scene, detect, relations, render, target_scene
-from ..shapeworld.check import Item, check_items, plan_conflicts
+from ..shapeworld.check import Item, check_items, item_checks, plan_conflicts
 from ..shapeworld.queries import missing_parts
 from ..shapeworld.scene import OPPOSITE, free_slots
 from ..trajectory import Refinement, Step, Trajectory, single_pass_trajectory
@@ -49,6 +50,20 @@ class PipelineConfig:
     """Share of conflict-set trajectories with a wrong plan (paper ~45% positive)."""
     alignment_negative: float = 0.67
     """Share of alignment-set trajectories with a misdrawn sketch (1/3 positive)."""
+    swapped_colors: float = 0.0
+    """Share of conflict-set negatives, on prompts with two objects of stated colours, whose wrong
+    plan gives an object the other one's colour (a swapped binding: "a blue circle" for "a red circle
+    and a blue square"). The default wrong colour is one the prompt never names, which a model can
+    flag without reading which colour goes with which object."""
+    checklist: bool = False
+    """Open every step's inspection with a check list of the step's described objects, each against
+    the prompt and the sketch ('red circle planned drawn. blue square not planned drawn.'), before
+    the verdict: inspection by enumeration (`language.checklist_text`)."""
+
+    def __post_init__(self) -> None:
+        for name in ("detour_prob", "conflict_negative", "alignment_negative", "swapped_colors"):
+            value = getattr(self, name)
+            require(self, name, isinstance(value, (int, float)) and 0 <= value <= 1, "must be a share between 0 and 1")
 
 
 @dataclass
@@ -78,6 +93,12 @@ def aligned_inspection(rec: PromptRecord, scene: Scene) -> str:
     return inspection_text(Verdict(aligned=True, conflicts=[], correction="", missing=missing_parts(rec, scene)))
 
 
+def with_checklist(rec: PromptRecord, description: str, image, inspection: str) -> str:
+    """`inspection` opened by the check list of `description`'s objects against `rec` and `image`."""
+    checks = checklist_text(item_checks(rec, parse_description(description) or [], detect(image)))
+    return f"{checks} {inspection}" if checks else inspection
+
+
 def conflict_inspection(conflicts: list[Conflict]) -> str:
     return inspection_text(Verdict(aligned=False, conflicts=conflicts, correction=""))
 
@@ -97,15 +118,15 @@ class TrajectoryMaker:
         self.size = size
 
     def make(self, source: str, rec: PromptRecord, rng: random.Random) -> Trajectory:
-        if source == "scene_graph":
-            return self.scene_graph(rec, rng)
-        if source == "conflict":
-            return self.conflict(rec, rng)
-        if source == "alignment":
-            return self.alignment(rec, rng)
         if source == "single_pass":
             return self.single_pass(rec, rng)
-        raise ValueError(f"unknown source {source!r} (sources: {', '.join(SOURCES)})")
+        if source not in SOURCES:
+            raise ValueError(f"unknown source {source!r} (sources: {', '.join(SOURCES)})")
+        t = getattr(self, source)(rec, rng)
+        if self.cfg.checklist:
+            for step in t.steps:
+                step.inspection = with_checklist(rec, step.description, step.image, step.inspection)
+        return t
 
     def single_pass(self, rec: PromptRecord, rng: random.Random) -> Trajectory:
         """The prompt and its final image alone: the baseline mode, which shares the model's weights."""
@@ -255,8 +276,12 @@ class TrajectoryMaker:
         if not options or rng.random() >= self.cfg.conflict_negative:
             return Trajectory(rec.text, self._clean_steps(rec, objs, rels, len(objs)), rec.to_json(),
                               "conflict", {"error": "none", "tag": rec.tag})
-        kind = rng.choice(sorted({kd for kd, _ in options}))  # kinds equally likely, then a step
-        k = rng.choice([k for kd, k in options if kd == kind])
+        swaps = self._swapped_colors(rec, objs)
+        if swaps and self.cfg.swapped_colors and rng.random() < self.cfg.swapped_colors:
+            kind, (k, swapped) = "wrong_color", rng.choice(swaps)
+        else:
+            kind = rng.choice(sorted({kd for kd, _ in options}))  # kinds equally likely, then a step
+            k, swapped = rng.choice([k for kd, k in options if kd == kind]), None
         n = len(objs)
         obj = objs[k] if k < n else None
         if kind == "too_many":
@@ -267,7 +292,7 @@ class TrajectoryMaker:
             plan_objs, plan_rels = objs + [wrong], rels + [None]
         elif kind == "wrong_color":
             taken = {(p.shape, p.color) for p in objs}
-            wrong = replace(obj, color=rng.choice([c for c in COLORS if (obj.shape, c) not in taken]))
+            wrong = replace(obj, color=swapped or rng.choice([c for c in COLORS if (obj.shape, c) not in taken]))
             plan_objs, plan_rels = objs[:k] + [wrong], rels[: k + 1]
         elif kind == "wrong_object":
             shapes = [s for s in SHAPES if s not in {r.shape for r in rec.include}]
@@ -300,7 +325,16 @@ class TrajectoryMaker:
             s = _state(objs[: i + 1], rels, self.size)
             steps.append(Step(instruction_text(_add_edit(s, i)), s.description, render(s.scene),
                               aligned_inspection(rec, s.scene)))
-        return Trajectory(rec.text, steps, rec.to_json(), "conflict", {"error": kind, "tag": rec.tag})
+        return Trajectory(rec.text, steps, rec.to_json(), "conflict",
+                          {"error": "swapped_color" if swapped else kind, "tag": rec.tag})
+
+    def _swapped_colors(self, rec: PromptRecord, objs: list[Obj]) -> list[tuple[int, str]]:
+        """(step, colour): an object of a stated colour planned in another stated object's colour,
+        where no object of that shape and colour is wanted."""
+        colored = {(r.shape, r.color) for r in rec.include if r.color}
+        taken = {(p.shape, p.color) for p in objs}
+        return [(k, c) for k, o in enumerate(objs) if (o.shape, o.color) in colored
+                for c in sorted({c for _, c in colored} - {o.color}) if (o.shape, c) not in taken]
 
     def _plan_errors(self, rec: PromptRecord, objs: list[Obj], rels: list) -> list[tuple[str, int]]:
         """(kind, step) plan errors that contradict this prompt and that the canvas has room for (so

@@ -300,3 +300,41 @@ def _stated(items: list[Item], i: int, j: int) -> str | None:
     if items[j].relation and items[j].relation[1] == i:
         return OPPOSITE[items[j].relation[0]]
     return None
+
+
+@dataclass(frozen=True)
+class ItemCheck:
+    """One line of an inspection's check list: an object of the step's description, whether the
+    prompt asks for it (`planned`) and whether the sketch shows it (`drawn`)."""
+
+    shape: str
+    color: str
+    planned: bool
+    drawn: bool
+
+
+def item_checks(rec: PromptRecord, items: list[Item], dets: list[Detection]) -> list[ItemCheck]:
+    """Each described object checked against the prompt and the sketch, in description order.
+
+    Planned: the object fills a free slot of an include group of its shape, a slot of its own colour
+    first, then a colour-free one (greedy is exact here: a colour-free slot takes any colour), so a
+    fourth circle for "three circles", a blue circle for "a red circle" and a swapped binding are
+    not planned. Drawn: the sketch shows at least as many objects of its shape and colour as the
+    description has named so far. Relations are not checked item by item (the verdict after the
+    list still names a wrong one)."""
+    free: dict[tuple[str, str | None], int] = {}
+    for r in rec.include:
+        free[(r.shape, r.color)] = free.get((r.shape, r.color), 0) + r.count
+    shown: dict[tuple[str, str], int] = {}
+    for d in dets:
+        shown[(d.shape, d.color)] = shown.get((d.shape, d.color), 0) + 1
+    named: dict[tuple[str, str], int] = {}
+    out = []
+    for it in items:
+        key = (it.shape, it.color)
+        named[key] = named.get(key, 0) + 1
+        slot = next((s for s in (key, (it.shape, None)) if free.get(s, 0) > 0), None)
+        if slot is not None:
+            free[slot] -= 1
+        out.append(ItemCheck(it.shape, it.color, slot is not None, shown.get(key, 0) >= named[key]))
+    return out
