@@ -54,7 +54,8 @@ class SelfJudge:
 
 
 def _verdict_word(inspection: str) -> Verdict | None:
-    """The verdict an inspection's first word (after any check list) states, without details; None when it states none."""
+    """The verdict an inspection's first word (after any check list) states, without details; None
+    when it states none."""
     word = split_checklist(inspection)[1].split(" ", 1)[0].rstrip(".:,;").lower()
     if word in ("aligned", "conflict"):
         return Verdict(aligned=word == "aligned", conflicts=[], correction="")

@@ -23,8 +23,8 @@ import random
 from dataclasses import dataclass, field, replace
 from typing import ClassVar
 
-from ..language import Edit, checklist_text, description_text, inspection_text, instruction_text, parse_description
 from ..config_loader import require
+from ..language import Edit, checklist_text, description_text, inspection_text, instruction_text, parse_description
 from ..records import PromptRecord
 from ..shapeworld import COLORS, SHAPES, Obj, Scene, detect, relations, render, target_scene
 from ..shapeworld.check import Item, check_items, item_checks, plan_conflicts

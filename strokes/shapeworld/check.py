@@ -11,6 +11,7 @@ no group accounts for (GenEval ignores them; a step image must not have them).
 from __future__ import annotations
 
 import itertools
+from collections import Counter
 from dataclasses import dataclass
 
 import numpy as np
@@ -322,19 +323,16 @@ def item_checks(rec: PromptRecord, items: list[Item], dets: list[Detection]) -> 
     not planned. Drawn: the sketch shows at least as many objects of its shape and colour as the
     description has named so far. Relations are not checked item by item (the verdict after the
     list still names a wrong one)."""
-    free: dict[tuple[str, str | None], int] = {}
+    free: Counter = Counter()
     for r in rec.include:
-        free[(r.shape, r.color)] = free.get((r.shape, r.color), 0) + r.count
-    shown: dict[tuple[str, str], int] = {}
-    for d in dets:
-        shown[(d.shape, d.color)] = shown.get((d.shape, d.color), 0) + 1
-    named: dict[tuple[str, str], int] = {}
+        free[(r.shape, r.color)] += r.count
+    shown, named = Counter((d.shape, d.color) for d in dets), Counter()
     out = []
     for it in items:
         key = (it.shape, it.color)
-        named[key] = named.get(key, 0) + 1
-        slot = next((s for s in (key, (it.shape, None)) if free.get(s, 0) > 0), None)
+        named[key] += 1
+        slot = next((s for s in (key, (it.shape, None)) if free[s] > 0), None)
         if slot is not None:
             free[slot] -= 1
-        out.append(ItemCheck(it.shape, it.color, slot is not None, shown.get(key, 0) >= named[key]))
+        out.append(ItemCheck(it.shape, it.color, slot is not None, shown[key] >= named[key]))
     return out
