@@ -10,7 +10,7 @@ from strokes.errors import InputError
 
 KINDS = ("oracle", "gpt", "self", "vlm")
 SERVABLE = ("", "oracle", "self", "vlm")  # judges a run can serve to itself (`JudgeConfig.serve`)
-FINAL_REWARDS = ("auto", "holistic", "questions")
+FINAL_REWARDS = ("auto", "holistic", "questions", "likelihood")
 
 
 @dataclass
@@ -52,7 +52,8 @@ class JudgeConfig:
     """How GRPO's final reward asks the judge about a finished picture: "holistic" (one verdict on
     the last step: 1 or 0), "questions" (one question per part of the prompt, the reward the share
     answered yes: robust to a judge's mistakes, selfplay/questions.py) or "auto" (questions for kinds
-    gpt and vlm, holistic for self; the exact judge always scores by GenEval's exact rule)."""
+    gpt and vlm, holistic for self; the exact judge always scores by GenEval's exact rule); with kind
+    self, "likelihood": 1 - the judge's P(conflict) at the last state (graded, selfplay/self_reading.py)."""
     max_unjudged: float = 0.05
     """The share of a GRPO step's or a critique stage's verdicts that may be missing (a dead or
     failing judge) before the round stops with one line naming the causes (judges/unjudged.py)."""
@@ -83,6 +84,8 @@ class JudgeConfig:
             require(self, name, getattr(self, name) > 0, "must be > 0")
         require(self, "model", bool(self.model), "must not be empty")
         require(self, "final_reward", self.final_reward in FINAL_REWARDS, f"must be one of {', '.join(FINAL_REWARDS)}")
+        require(self, "final_reward", self.final_reward != "likelihood" or self.kind == "self",
+                "'likelihood' needs kind: self (the policy's own P(conflict))")
         require(self, "max_unjudged", 0.0 <= self.max_unjudged <= 1.0, "must be a fraction between 0 and 1")
         require(self, "serve", self.serve in SERVABLE, f"must be one of {', '.join(map(repr, SERVABLE))}")
         require(self, "serve", not self.serve or self.kind == "gpt",

@@ -253,6 +253,10 @@ def judge(cfg: RunConfig, m: Shape) -> Placement:
     where = {"oracle": "the loop's process (CPU, exact)",
              "gpt": f"served by the run ({j.serve} judge, loopback)" if j.serve else f"endpoint {j.base_url or 'api.openai.com'}",
              "self": f"the loop's process ({cfg.rollout.device})"}.get(j.kind, j.kind)
+    if j.kind == "self":
+        how = ("a frozen copy of the round's parent, one forward per trajectory" if cfg.train.method == "grpo"
+               else "the policy's Inspect, writing each inspection")
+        return Placement("judge", f"self judge: {how}", where)
     return Placement("judge", f"{j.kind} judge, {j.concurrency} requests at a time", where)
 
 

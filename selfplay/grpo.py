@@ -185,7 +185,7 @@ def _grpo_worker(config: dict) -> None:
 
     from trainer.distributed import report_summary
 
-    from .judging import policy_judge
+    from .judging import grpo_judge
 
     cfg: RunConfig = config["cfg"]
     torch.set_num_threads(max(cfg.train.num_threads, 1))  # one worker per core (or GPU)
@@ -193,7 +193,7 @@ def _grpo_worker(config: dict) -> None:
     first = ray.train.get_context().get_world_rank() == 0
     keep_in = Path(config["keep_in"]) if config["keep_in"] and first else None
     summary, policy = _train(cfg, parent, config["prompts"], Path(config["out"]),
-                             policy_judge(cfg.judge, parent, cfg.rollout), keep_in)
+                             grpo_judge(cfg, parent), keep_in)
     report_summary(summary, policy.model)
 
 

@@ -17,8 +17,10 @@ from judges.unjudged import judge_stats
 from rollout import Engine, RolloutConfig
 from strokes.model.policy import Policy, checkpoint_image_side
 from strokes.trajectory import Trajectory
+from trainer.trl_common import use_cuda
 
 from .rewards import ExactCheck, Judged, judge_rollouts
+from .self_reading import TrajectoryReader
 
 if TYPE_CHECKING:
     from .config import RunConfig
@@ -30,6 +32,18 @@ def policy_judge(cfg: JudgeConfig, checkpoint: str | Path, rollout_cfg: RolloutC
         return make_judge(cfg)
     inspect_fn = Engine(Policy.from_pretrained(checkpoint), rollout_cfg).inspect
     return make_judge(cfg, inspect_fn, checkpoint_image_side(checkpoint))
+
+
+def grpo_judge(cfg: RunConfig, parent: str | Path):
+    """The judge of a GRPO round over `parent`. The self judge is a frozen copy of the parent that
+    reads each rolled-out trajectory whole (`TrajectoryReader`: labels from one forward, no text
+    written), on the trainer's device; any other judge is the one `policy_judge` gives."""
+    if cfg.judge.kind != "self":
+        return policy_judge(cfg.judge, parent, cfg.rollout)
+    policy = Policy.from_pretrained(parent)
+    if use_cuda(cfg.train):
+        policy.model.to("cuda")
+    return TrajectoryReader(policy, cfg.rollout.inspect_threshold, graded=cfg.judge.final_reward == "likelihood")
 
 
 @contextmanager
@@ -79,7 +93,10 @@ class JudgeMeter:
 
     def step(self, trajectories: list[Trajectory], judged: list[Judged], rollout_s: float, judge_s: float) -> dict:
         """Record one step; its metrics as logged (`judge/requests`, `judge/tokens`, `judge/verdicts`,
-        `judge/seconds`, `rollout/seconds`, and with a reference `agreement/states`, `agreement/final`)."""
+        `judge/seconds`, `rollout/seconds`, and with a reference `agreement/states`, `agreement/final`,
+        and the shares of final images the training judge and the exact judge call right,
+        `agreement/final_judge_right` and `agreement/final_exact_right`: a policy that learns to
+        please its judge opens a gap between the two)."""
         now = self._counters()
         requests, tokens = now[0] - self._seen[0], now[1] - self._seen[1]
         self._seen = now
@@ -89,7 +106,9 @@ class JudgeMeter:
         self.steps.append(cost)
         if self.reference is not None:
             counts = self._compare(judged, judge_rollouts(trajectories, self.reference, self.reference_exact))
-            for name, total, agree in (("states", "states", "states_agree"), ("final", "finals", "finals_agree")):
+            for name, total, agree in (("states", "states", "states_agree"), ("final", "finals", "finals_agree"),
+                                       ("final_judge_right", "finals", "finals_judge_right"),
+                                       ("final_exact_right", "finals", "finals_exact_right")):
                 if counts[total]:
                     cost[f"agreement/{name}"] = counts[agree] / counts[total]
         return cost
@@ -108,7 +127,8 @@ class JudgeMeter:
                     c.update(d)
                     step.update(d)
             if mine.final is not None and ref.final is not None and not mine.broken:
-                d = Counter(finals=1, finals_agree=mine.final == ref.final)
+                d = Counter(finals=1, finals_agree=mine.final == ref.final, finals_judge_right=mine.final,
+                            finals_exact_right=ref.final)
                 c.update(d)
                 step.update(d)
         return step

@@ -445,7 +445,8 @@ def _training_judge(run: RunDir) -> list[str]:
             agree_rows.append([rnd, task, c.get("states", 0), pct("states_agree", "states"),
                                f"{c.get('missed', 0)} of {c.get('reference_wrong', 0)}",
                                f"{c.get('false_alarms', 0)} of {c.get('states', 0) - c.get('reference_wrong', 0)}",
-                               c.get("finals", 0), pct("finals_agree", "finals")])
+                               c.get("finals", 0), pct("finals_agree", "finals"), pct("finals_judge_right", "finals"),
+                               pct("finals_exact_right", "finals")])
     parts = []
     if cost_rows:
         parts += ["<h2>The training judge's cost per GRPO round</h2>",
@@ -455,9 +456,12 @@ def _training_judge(run: RunDir) -> list[str]:
         parts += ["<h2>The training judge against the exact judge on the round's own rollouts</h2>",
                   "<p>Every visual state and final image the training judge labelled, labelled again by the exact "
                   "judge. Missed: states the exact judge calls wrong that the training judge passed (a mistake "
-                  "rewarded); false alarms: right states it flagged (a right step penalised).</p>",
+                  "rewarded); false alarms: right states it flagged (a right step penalised). The last two columns "
+                  "are the shares of final images each judge calls right: a policy that learns to please its judge "
+                  "(reward hacking) raises the first without the second.</p>",
                   _table(["round", "task", "states", "agree (%)", "missed", "false alarms", "final images",
-                          "final agree (%)"], agree_rows)]
+                          "final agree (%)", "final right: training judge (%)", "final right: exact judge (%)"],
+                         agree_rows)]
     return parts
 
 

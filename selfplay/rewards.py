@@ -42,6 +42,7 @@ from strokes.verdict import StepContext
 
 from .inspect_eval import label_states, visual_states
 from .questions import question_contexts, question_score
+from .self_reading import Reading, TrajectoryReader
 
 
 @dataclass
@@ -95,11 +96,15 @@ def judge_rollouts(trajectories: list[Trajectory], judge, exact: ExactCheck | No
     `questions` its answers to the prompt's atomic questions about the last image)."""
     # labelled with the verdict the model wrote as each state's score (1: it said conflict)
     said = [replace(t, meta={**t.meta, "inspect_scores": [float(f) for f in flagged(t)]}) for t in trajectories]
-    states, _ = label_states(said, judge)
+    if isinstance(judge, TrajectoryReader):  # the frozen parent reads each trajectory whole
+        states, readings = judge.label(said)
+        finals, scores, asked = _read_finals(readings, judge.graded)
+    else:
+        states, _ = label_states(said, judge)
+        finals, scores, asked = _finals(trajectories, judge, exact, questions)
     by_source: dict[int, list] = {}
     for s in states:
         by_source.setdefault(s.source, []).append(s)
-    finals, scores, asked = _finals(trajectories, judge, exact, questions)
     out = []
     for k, t in enumerate(trajectories):
         record = PromptRecord.from_json(t.record) if t.record is not None else None
@@ -156,6 +161,16 @@ def _finals(trajectories: list[Trajectory], judge, exact: ExactCheck | None,
             asked[k] = (1, int(v is None))
             finals[k] = None if v is None else bool(v.aligned and not v.missing)
     return finals, scores, asked
+
+
+def _read_finals(readings: list[Reading | None],
+                 graded: bool) -> tuple[list[bool | None], list[float | None], list[tuple[int, int]]]:
+    """`_finals` from a `TrajectoryReader`'s readings: the last state's label is the verdict on the
+    finished picture (no verdict asked beyond the states'), and with `graded` 1 - its P(conflict)
+    the final reward."""
+    finals = [None if r is None else not r.wrong[-1] for r in readings]
+    scores = [None if r is None or not graded else 1.0 - r.p_conflict[-1] for r in readings]
+    return finals, scores, [(0, 0)] * len(readings)
 
 
 def verdict_advantages(judged: list[Judged], weight: float) -> list[list[tuple[int, float]]]:

@@ -32,7 +32,7 @@ from .critique import build_self_critique, build_symbolic_critique
 from .evaluation import rollout_stage, sampled_verdicts, training_suite
 from .grpo import grpo_prompts, grpo_stage
 from .inspect_head import fit_inspect_head
-from .judging import policy_judge
+from .judging import grpo_judge, policy_judge
 from .run_dir import write_event
 from .world import make_world
 
@@ -146,7 +146,7 @@ def train_stage(cfg: RunConfig, parent: Path, dataset_dir: Path, out: Path, rnd:
     checkpoint lands in `out/checkpoint`."""
     if cfg.train.round_method(rnd) == "grpo" and arm == "policy":
         prompts = json.loads((dataset_dir / "prompts.json").read_text())
-        summary = grpo_stage(cfg, parent, prompts, out / "train", policy_judge(cfg.judge, parent, cfg.rollout),
+        summary = grpo_stage(cfg, parent, prompts, out / "train", grpo_judge(cfg, parent),
                              keep_in=out, fleet=fleet)
         write_event(out, {"event": "judge", "round": rnd, "arm": arm, **summary["judge"]})  # the round's judge cost
         return _keep_training(out, summary, rnd, arm)

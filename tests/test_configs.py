@@ -49,6 +49,7 @@ def test_every_config_field_is_documented():
 @pytest.mark.parametrize("build, field", [
     (lambda: RolloutConfig(top_p=2.0), "rollout.top_p"),
     (lambda: JudgeConfig(timeout_s=0), "judge.timeout_s"),
+    (lambda: JudgeConfig(kind="gpt", final_reward="likelihood"), "judge.final_reward"),  # the self judge's own P
     (lambda: TrainConfig(grad_accum=0), "train.grad_accum"),
     (lambda: DataConfig(mixture={"doodle": 1.0}), "data.mixture.doodle"),
     (lambda: LoopConfig(eval_samples=0), "loop.eval_samples"),

@@ -9,8 +9,10 @@ import dataclasses
 import json
 import re
 import socket
+from pathlib import Path
 from types import SimpleNamespace
 
+import numpy as np
 import pytest
 import torch
 from test_inspect_eval import construction_labels, hand_labelled
@@ -99,7 +101,6 @@ def test_positive_advantages_zero_every_negative_one_accepted_ones_train_every_a
     trajectory whose final reward is 1 gets 1, whatever its group, and the rest (a partial final
     score, an unscored one) get 0, with no verdict credit: the SFT loss on the accepted rollouts."""
     from collections import defaultdict
-    from types import SimpleNamespace
 
     from trl import GRPOTrainer
 
@@ -354,3 +355,92 @@ def test_a_grpo_round_rewarded_by_the_served_stand_in_vlm_judge(tmp_path, base_c
                                                "single_object") for task in judge["agreement"])
     report = (run / "report.html").read_text()
     assert "The training judge against the exact judge on the round's own rollouts" in report
+
+
+def test_a_self_judged_grpo_round_calls_the_exact_judge_only_to_measure_its_agreement(tmp_path, base_checkpoint,
+                                                                                     monkeypatch):  # noqa: F811
+    """judge.kind: self (configs/shapeworld-self.yaml): the round's rewards, verdict credit and labels
+    come from the parent's own Inspect. Every call of the exact judge inside the GRPO stage comes from
+    the meter that measures the training judge's agreement after the step's verdicts are in, none
+    from the rewards; the agreement reaches the round's summary."""
+    import inspect as stack_inspect
+
+    from selfplay.world.shapeworld import ShapeWorld
+
+    callers: list[set[str]] = []
+
+    def spied(fn):
+        def call(*args, **kwargs):
+            callers.append({f"{Path(frame.filename).parent.name}/{frame.frame.f_code.co_qualname}"
+                            for frame in stack_inspect.stack()[1:]})
+            return fn(*args, **kwargs)
+        return call
+
+    monkeypatch.setattr(OracleJudge, "judge", spied(OracleJudge.judge))
+    monkeypatch.setattr(ShapeWorld, "is_correct", staticmethod(spied(is_correct)))
+    cfg = tiny_config(tmp_path, base_checkpoint, loop={"rounds": 1, "control": False},
+                      judge={"kind": "self"}, rollout={"inspect_threshold": 0.04},
+                      train={"method": "grpo", "lr": 1e-3,
+                             "grpo": {"steps": 2, "prompts_per_step": 2, "generations": 2, "prompts": 6}})
+    assert main(["run", str(cfg), "--runs", str(tmp_path / "runs"), "--name", "s"]) == 0
+    in_training = [c for c in callers if "selfplay/_train" in c]
+    assert in_training  # the exact judge did label the round's rollouts again, but only to measure:
+    assert all("selfplay/JudgeMeter.step" in c for c in in_training)
+    run = tmp_path / "runs" / "s"
+    summary = json.loads((run / "round_001" / "checkpoint" / "train_summary.json").read_text())
+    agreement = summary["judge"]["agreement"]
+    assert agreement and summary["judge"]["judge_verdicts"] > 0
+    finals = sum(c.get("finals", 0) for c in agreement.values())
+    assert 0 <= sum(c.get("finals_judge_right", 0) for c in agreement.values()) <= finals  # what hacking would raise
+    steps = [e for e in map(json.loads, (run / "metrics.jsonl").read_text().splitlines())
+             if e["event"] == "train" and "reward" in e]
+    assert all("agreement/final_judge_right" in e and "agreement/final_exact_right" in e for e in steps)
+    assert "final right: training judge (%)" in (run / "report.html").read_text()
+
+
+def test_the_self_judge_reads_each_trajectory_as_its_own_inspection_scored_it(policy):
+    """The frozen parent's one teacher-forced pass over a trajectory gives, at every sketch, the
+    P(conflict) the decoder recorded when the same weights inspected that state in the rollout;
+    the threshold turns it into labels, the last state's label is the final verdict and, graded,
+    1 - its P(conflict) the final reward."""
+    from selfplay.self_reading import TrajectoryReader
+
+    rolled = [s.trajectory for s in sample(policy)]
+    readable = [t for t in rolled if t.steps and not any(s.refinements for s in t.steps)  # (refined: next test)
+                and len(t.meta.get("inspect_scores", [])) == len(t.steps)]
+    assert readable
+    readings = TrajectoryReader(policy, 0.5).read(readable)
+    for t, r in zip(readable, readings):
+        assert r.p_conflict == pytest.approx(t.meta["inspect_scores"], abs=1e-3)
+    p = readings[0].p_conflict[-1]
+    for threshold in (p, min(p + 1e-3, 0.999)):
+        reader = TrajectoryReader(policy, threshold, graded=True)
+        judged = judge_rollouts(readable[:1], reader)[0]
+        assert judged.final == (p < threshold) and judged.final_score == pytest.approx(1 - p)
+        assert judged.states == len(readings[0].p_conflict) and judged.unjudged == 0
+    broken = dataclasses.replace(readable[0], meta={**readable[0].meta, "failed": "out of budget"})
+    assert TrajectoryReader(policy, 0.5).read([broken]) == [None]
+
+
+def test_the_self_judge_reads_a_refined_state_as_if_the_step_had_drawn_it_at_once(policy):
+    """A state reached by "conflict" and a corrective instruction is labelled as the same picture
+    drawn directly by its step, so a policy cannot buy a right label by staging a repair; the sketch
+    it replaced keeps the reading it had in place."""
+    from selfplay.inspect_head import verdict_logits
+    from selfplay.self_reading import TrajectoryReader
+    from strokes.trajectory import Refinement
+
+    t = next(s.trajectory for s in sample(policy) if len(s.trajectory.steps) >= 2)
+    t = dataclasses.replace(t, steps=[dataclasses.replace(step, refinements=[]) for step in t.steps])
+    last, other = t.steps[-1], t.steps[0]
+    staged = dataclasses.replace(t, steps=[*t.steps[:-1], dataclasses.replace(
+        last, inspection="conflict. the image does not follow the instruction.",
+        refinements=[Refinement("make it right", other.image, "aligned. the image follows the instruction.")])])
+    direct = dataclasses.replace(t, steps=[*t.steps[:-1], dataclasses.replace(
+        last, image=other.image, inspection="aligned. the image follows the instruction.")])
+    reader = TrajectoryReader(policy, 0.5)
+    (got,), (want,) = reader.read([staged]), reader.read([direct])
+    assert got.p_conflict[-1] == pytest.approx(want.p_conflict[-1], abs=1e-5)
+    rows = verdict_logits(policy, [staged])[0][-2]
+    in_place = 1 / (1 + np.exp(-(rows[reader.conflict_id] - rows[reader.aligned_id])))
+    assert got.p_conflict[-2] == pytest.approx(in_place, abs=1e-5) and reader.stats["folded"] == 1
