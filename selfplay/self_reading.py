@@ -53,6 +53,7 @@ class Reading:
     p_conflict: list[float]
     """Its P(conflict) at each visual state, in drawing order."""
     threshold: float
+    """P(conflict) at or above which a state is wrong (`rollout.inspect_threshold`)."""
 
     @property
     def wrong(self) -> list[bool]:
