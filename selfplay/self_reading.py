@@ -12,7 +12,7 @@ A step's last state is read as if the step had drawn it at once (`folded`), not 
 own "conflict" and corrective instruction: the base learnt from data whose refinements always repair,
 so after any refinement it reads the new state as right. Read in place, a self-judged round learnt to
 exploit that within eight steps (draw a first sketch wrong, flag it, "repair" it: 15% of the
-rollouts refined at steps 1-5, 91% at steps 11-15; the judge called 100% of the finished pictures
+rollouts refined at steps 1-5, 92% at steps 11-15; the judge called 100% of the finished pictures
 right, the exact judge 52%; docs/loop.md, "Self-judged GRPO rounds").
 
 Why not ask the parent's Inspect state by state (`judges.SelfJudge` through `Engine.inspect`, as
@@ -29,7 +29,9 @@ from collections import Counter
 from dataclasses import dataclass
 
 import numpy as np
+import torch
 
+from rollout.decoder import InspectRule
 from strokes.model.policy import Policy
 from strokes.records import PromptRecord
 from strokes.trajectory import Trajectory
@@ -71,7 +73,7 @@ class TrajectoryReader:
         self.graded = graded  # the final reward is 1 - P(conflict) at the last state, not its label
         policy.model.eval()
         words = [policy.processor.text_ids_of(w) for w in ("conflict", "aligned")]
-        self.conflict_id, self.aligned_id = words[0][0], words[1][0]
+        self.rule = InspectRule(words[0][0], words[1][0])  # P(conflict) as the decoder computes it
         self.stats: Counter = Counter()
 
     def read(self, trajectories: list[Trajectory]) -> list[Reading | None]:
@@ -102,8 +104,7 @@ class TrajectoryReader:
 
     def _p_conflict(self, trajectories: list[Trajectory]) -> list[np.ndarray]:
         """P(conflict) at each inspection's verdict position, per trajectory."""
-        return [1.0 / (1.0 + np.exp(-(rows[:, self.conflict_id] - rows[:, self.aligned_id])))
-                for rows in verdict_logits(self.policy, trajectories)]
+        return [self.rule.p_conflict(torch.from_numpy(rows)).numpy() for rows in verdict_logits(self.policy, trajectories)]
 
     def label(self, trajectories: list[Trajectory]) -> tuple[list[LabelledState], list[Reading | None]]:
         """The labelled states of `trajectories` (as `inspect_eval.label_states` gives them, the score

@@ -442,5 +442,5 @@ def test_the_self_judge_reads_a_refined_state_as_if_the_step_had_drawn_it_at_onc
     (got,), (want,) = reader.read([staged]), reader.read([direct])
     assert got.p_conflict[-1] == pytest.approx(want.p_conflict[-1], abs=1e-5)
     rows = verdict_logits(policy, [staged])[0][-2]
-    in_place = 1 / (1 + np.exp(-(rows[reader.conflict_id] - rows[reader.aligned_id])))
+    in_place = 1 / (1 + np.exp(-(rows[reader.rule.conflict_id] - rows[reader.rule.aligned_id])))
     assert got.p_conflict[-2] == pytest.approx(in_place, abs=1e-5) and reader.stats["folded"] == 1
