@@ -76,6 +76,11 @@ class LoopConfig:
     """The run config --from-scratch trains the base model with."""
     control: bool = True
     """Also train a control arm on base data only, for the same number of steps."""
+    overlap: bool = False
+    """Run the held-out eval and the control arm in a second process (one torch thread) while this
+    one trains, validates and promotes (`selfplay/side_process.py`): on a machine whose second core
+    would idle (a dispatch-bound engine on CPU) a round takes the time of its critical path. Ignored
+    with rollout actors or Ray Train workers, which spread the work already."""
     eval_per_task: int = 50
     """Held-out test-split records per task (6 tasks)."""
     eval_seed: int = 1000

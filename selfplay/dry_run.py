@@ -30,6 +30,7 @@ from strokes.records import TASKS
 
 from .config import RunConfig, load_config
 from .placement import grpo_placement, samples_on_fleet
+from .side_process import uses_side_process
 
 GPU_MEMORY_GB = 80.0
 """Memory of one GPU the plan is checked against unless `--gpu-memory` says otherwise (A100/H100 80 GB)."""
@@ -186,6 +187,10 @@ def _ids(gpus: list[int]) -> str:
         else ", ".join(map(str, gpus))
 
 
+SIDE = "; %s in a side process beside validation, never training (loop.overlap, 1 thread)"
+"""How a placement says that some of its stages run in the side process (`selfplay/side_process.py`)."""
+
+
 def rollout_actors(cfg: RunConfig, m: Shape) -> Placement:
     """Evaluation, validation, Inspect-head and SFT rounds' rollouts, and with actors GRPO's step
     rollouts: on the Ray fleet or in the loop's process."""
@@ -203,7 +208,8 @@ def rollout_actors(cfg: RunConfig, m: Shape) -> Placement:
         return Placement(", ".join(stages), f"rollouts, batch {r.batch_size}", where, gpus=float(len(ids)),
                          memory_gb=_rollout_gb(cfg, m, gpu), per="actor", budget_gb=budget, during_grpo=grpo_steps)
     gpu = _on_gpu(r.device, _cluster(cfg))
-    return Placement(", ".join(stages), f"rollouts, batch {r.batch_size}", f"the loop's process ({r.device})",
+    where = f"the loop's process ({r.device})" + (SIDE % "eval" if uses_side_process(cfg) else "")
+    return Placement(", ".join(stages), f"rollouts, batch {r.batch_size}", where,
                      gpus=float(gpu), memory_gb=_rollout_gb(cfg, m, gpu), budget_gb=_budget(m, gpu))
 
 
@@ -240,7 +246,7 @@ def sft_training(cfg: RunConfig, m: Shape) -> Placement | None:
     workers = t.workers if t.distributed == "ray" else 1
     tokens = min(t.max_length, m.shape["positions"])
     where = (f"{workers} Ray Train workers x 1 {'GPU' if gpu else 'CPU'}" if t.distributed == "ray"
-             else f"the loop's process ({t.device})")
+             else f"the loop's process ({t.device})" + (SIDE % "control" if uses_side_process(cfg) else ""))
     return Placement(", ".join(users), f"SFTTrainer, {t.batch_size} x {tokens} tokens a micro-batch", where,
                      gpus=float(workers) if gpu else 0.0,
                      memory_gb=_training_bytes(cfg, m, gpu, t.batch_size, tokens) / 1e9,

@@ -16,18 +16,25 @@
 
 Each stage writes into `<stage>.tmp/` and renames it when complete, then records itself in
 `state.json`; a killed run resumes at the first incomplete stage and, with the same seed, makes the
-same data and metrics. The stage bodies are in `stages.py` and `evaluation.py`; the run folder's
+same data and metrics. With `loop.overlap` the stages off the critical path (training -> validation ->
+promotion -> the next round's training), the held-out eval and the control arm, run in a second
+process beside it (`side_process.py`); a round is closed (its scores logged and tracked) when they
+are all back. The stage bodies are in `stages.py` and `evaluation.py`; the run folder's
 layout in `run_dir.py`.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import shutil
 import time
+from functools import partial
+from multiprocessing.pool import AsyncResult
 from pathlib import Path
 from typing import Callable
 
+import torch
 from rollout import RolloutFleet
 from strokes.config_loader import dump
 from strokes.io import atomic_path
@@ -39,6 +46,7 @@ from .evaluation import evaluate, validate
 from .judging import cost_line, served_judge
 from .placement import samples_on_fleet
 from .report import write_report
+from .side_process import SideProcess, uses_side_process
 from .run_dir import (CHECKPOINT, CONTROL, CONTROL_EVAL, CONTROL_INSPECT_HEAD, CONTROL_VALIDATE, DATA, EVAL,
                       INSPECT_HEAD, PROMOTE, ROLLOUTS, VALIDATE, RunDir, RunState, write_event)
 from .stages import (base_stage, control_stage, critique_stage, data_rollouts_stage, head_stage, prompts_stage,
@@ -61,6 +69,8 @@ def run(cfg: RunConfig, run_dir: Path, from_scratch: bool = False, log: Log = pr
         finally:
             if loop.fleet is not None:
                 loop.fleet.close()
+            if loop.side is not None:
+                loop.side.close()
     run.rebuild_metrics()
     write_report(run.path)
     loop.tracker.finish()
@@ -68,43 +78,117 @@ def run(cfg: RunConfig, run_dir: Path, from_scratch: bool = False, log: Log = pr
 
 
 class Loop:
-    """One run's rounds: the config, the run folder and its state, the tracker, and the rollout
-    actors (`rollout.actors` > 0: started at the first rollout, they reload each round's checkpoint
-    in place instead of restarting; None rolls out in this process)."""
+    """One run's rounds: the config, the run folder and its state, the tracker, the rollout actors
+    (`rollout.actors` > 0: started at the first rollout, they reload each round's checkpoint in place
+    instead of restarting; None rolls out in this process) and the side process (`loop.overlap`)."""
 
     def __init__(self, cfg: RunConfig, run: RunDir, log: Log) -> None:
         self.cfg, self.run, self.log = cfg, run, log
         self.state = run.state()
         self.tracker = Tracker(run, cfg.tracking, cfg)
         self.fleet = RolloutFleet(cfg.rollout) if cfg.rollout.actors else None
+        self.side = SideProcess() if uses_side_process(cfg) else None
+        self.threads = torch.get_num_threads()  # training's; beside the side process this one takes 1
+        self.queue: list[Job] = []  # stages off the critical path, not started yet
+        self.running: tuple[Job, AsyncResult] | None = None  # the one on the side process
+        self.open_rounds: list[int] = []  # rounds whose own stages are queued or done, not yet closed
 
     def stage(self, rnd: int, name: str, fn: Callable[[Path], object]) -> Path:
         """Run `fn(tmp)` unless the stage is complete, then rename tmp into place and record it. A
-        line when it starts (what it does, how much) and when it ends, so a long stage is never silent."""
+        line when it starts (what it does, how much) and when it ends, so a long stage is never silent.
+        With a side process, training first waits for it to finish (a second process beside torch's
+        threads slowed a GRPO step 1.8x) and takes every thread; any other stage runs beside it on one."""
         final = self.run.stage(rnd, name)
         if self.state.is_done(rnd, name) and final.exists():
             return final
-        shutil.rmtree(final, ignore_errors=True)
-        self.log(f"round {rnd}: {name} ..." + (f" {about}" if (about := describe(self.cfg, rnd, name)) else ""))
-        t0 = time.time()
-        with atomic_path(final, folder=True) as tmp:
-            fn(tmp)
-            write_event(tmp, {"event": "stage", "round": rnd, "stage": name, "seconds": round(time.time() - t0, 2)})
+        if self.side is not None:
+            training = name == CHECKPOINT
+            if training:
+                self.drain()
+            torch.set_num_threads(self.threads if training else 1)
+            self.pump()
+        self.announce(rnd, name)
+        seconds = run_stage(final, rnd, name, fn)
         self.state.mark(rnd, name)
-        self.log(f"round {rnd}: {name} done in {time.time() - t0:.0f}s")
+        self.log(f"round {rnd}: {name} done in {seconds:.0f}s")
         return final
+
+    def announce(self, rnd: int, name: str, where: str = "") -> None:
+        about = describe(self.cfg, rnd, name)
+        self.log(f"round {rnd}: {name} ..." + (f" {about}" if about else "") + where)
+
+    def later(self, rnd: int, name: str, fn: Callable[[Path], object], after: tuple[str, ...] = ()) -> Path:
+        """A stage off the critical path: with a side process, queued to run beside the loop's next
+        stages once the stages `after` (of the same round) are done (`fn` must pickle: a `partial` of
+        a module-level function); without one, run now. Returns its folder (to be)."""
+        if self.side is None:
+            return self.stage(rnd, name, fn)
+        final = self.run.stage(rnd, name)
+        if not (self.state.is_done(rnd, name) and final.exists()):
+            self.queue.append(Job(rnd, name, fn, after))
+        return final
+
+    def ready(self) -> Job | None:
+        """The first queued stage whose prerequisites are done, taken off the queue."""
+        for job in self.queue:
+            if all(self.state.is_done(job.rnd, name) for name in job.after):
+                self.queue.remove(job)
+                return job
+        return None
+
+    def pump(self) -> None:
+        """Collect the side process's finished stage, hand it the next ready one, close whole rounds."""
+        if self.running is not None and self.running[1].ready():
+            job, result = self.running
+            self.running = None
+            seconds = result.get()  # a stage that failed there raises its error here
+            self.state.mark(job.rnd, job.name)
+            self.log(f"round {job.rnd}: {job.name} done in {seconds:.0f}s (side process)")
+        if self.running is None and (job := self.ready()) is not None:
+            self.announce(job.rnd, job.name, " (side process)")
+            self.running = job, self.side.submit(run_stage, self.run.stage(job.rnd, job.name), job.rnd, job.name,
+                                                 job.fn)
+        busy = {job.rnd for job in self.queue} | ({self.running[0].rnd} if self.running else set())
+        while self.open_rounds and self.open_rounds[0] not in busy:
+            self.close_round(self.open_rounds.pop(0))
+
+    def drain(self) -> None:
+        """Finish every queued stage: the side process takes one at a time and this process, on one
+        thread, takes the next ready one meanwhile (a stage's prerequisites first)."""
+        while True:
+            self.pump()
+            if self.running is None and not self.queue:
+                return
+            if self.running is not None and (job := self.ready()) is not None:
+                self.stage(job.rnd, job.name, job.fn)
+            elif self.running is not None:
+                self.running[1].wait(1.0)
+            else:  # nothing running, nothing ready: a prerequisite can never come
+                raise RuntimeError(f"stages {[(j.rnd, j.name) for j in self.queue]} wait for stages never queued")
+
+    def close_round(self, rnd: int) -> None:
+        """Round `rnd`'s held-out scores (and its control's beside them) on the console and in wandb."""
+        self.run.rebuild_metrics()
+        self.log(f"round {rnd}: " + ", ".join(f"{mode} {100 * s['overall']:.1f} ± {100 * s['overall_se']:.1f}"
+                                              for mode, s in self.run.scores(rnd, EVAL).items()))
+        if control := self.run.scores(rnd, CONTROL_EVAL):
+            self.log(control_line(rnd, self.run.scores(rnd, EVAL), control))
+        self.tracker.sync(rnd)
 
     def rounds(self, from_scratch: bool) -> None:
         cfg = self.cfg
         base = self.stage(0, CHECKPOINT, lambda tmp: base_stage(cfg, from_scratch, tmp)) / "checkpoint"
         evaluated = self.eval_round(0, base)
-        self.tracker.sync(0)
+        self.open_rounds.append(0)
+        self.pump()
         if self.state.policy is None:
             self.state.policy = str(evaluated)
             self.state.save()
         for rnd in range(1, cfg.loop.rounds + 1):
             self.round(rnd, base)
-            self.tracker.sync(rnd)
+            self.open_rounds.append(rnd)
+            self.pump()
+        self.drain()
 
     def round(self, rnd: int, base: Path) -> None:
         """Round `rnd`: data, training, evaluation, the control arm, promotion."""
@@ -124,13 +208,12 @@ class Loop:
         on_fleet = grpo and samples_on_fleet(cfg)
         trained = self.stage(rnd, CHECKPOINT, lambda tmp: train_stage(cfg, parent, data / "dataset", tmp, rnd, "policy",
                                                                         fleet=self.fleet if on_fleet else None))
-        judge_totals = json.loads((trained / "train_summary.json").read_text()).get("judge") if grpo else None
-        if judge_totals:
-            self.log(cost_line(rnd, judge_totals))
+        summary = json.loads((trained / "train_summary.json").read_text())
+        if grpo and summary.get("judge"):
+            self.log(cost_line(rnd, summary["judge"]))
+        if cfg.loop.control:  # queued first: the longest chain off the critical path
+            self.control(rnd, base, json.loads((data / "summary.json").read_text()), summary["steps"])
         evaluated = self.eval_round(rnd, trained / "checkpoint")
-        if cfg.loop.control:
-            steps = json.loads((trained / "train_summary.json").read_text())["steps"]
-            self.control(rnd, base, json.loads((data / "summary.json").read_text()), steps)
         if not self.state.is_done(rnd, PROMOTE):
             self.promote(rnd, evaluated)
 
@@ -138,20 +221,20 @@ class Loop:
         """Evaluate round `rnd`'s policy (with its Inspect head when enabled); returns the checkpoint
         evaluated, the one promotion hands on."""
         checkpoint = self.with_head(rnd, checkpoint, "policy")
-        self.stage(rnd, EVAL, lambda tmp: evaluate(self.cfg, checkpoint, tmp, rnd, fleet=self.fleet))
+        self.later(rnd, EVAL, partial(evaluate, self.cfg, checkpoint, rnd=rnd, fleet=self.fleet))
         self.stage(rnd, VALIDATE, lambda tmp: validate(self.cfg, checkpoint, tmp, rnd, fleet=self.fleet, log=self.log))
-        self.run.rebuild_metrics()
-        self.log(f"round {rnd}: " + ", ".join(f"{mode} {100 * s['overall']:.1f} ± {100 * s['overall_se']:.1f}"
-                                              for mode, s in self.run.scores(rnd, EVAL).items()))
         return checkpoint
 
     def with_head(self, rnd: int, checkpoint: Path, arm: str) -> Path:
         """The checkpoint an arm is evaluated and promoted as: with its own Inspect head when
-        `inspect_head.enabled`, else as trained."""
+        `inspect_head.enabled`, else as trained (the control's head is fitted beside)."""
         if not self.cfg.inspect_head.enabled:
             return checkpoint
         name = INSPECT_HEAD if arm == "policy" else CONTROL_INSPECT_HEAD
-        return self.stage(rnd, name, lambda tmp: head_stage(self.cfg, checkpoint, tmp, rnd, arm, self.fleet)) / "checkpoint"
+        fit = partial(head_stage, self.cfg, checkpoint, rnd=rnd, arm=arm, fleet=self.fleet)
+        if arm == "policy":
+            return self.stage(rnd, name, fit) / "checkpoint"
+        return self.later(rnd, name, fit, after=(CONTROL,)) / "checkpoint"
 
     def control(self, rnd: int, base: Path, data_summary: dict, steps: int) -> None:
         """The control arm of round `rnd`: the same steps on base data, from the control twin of the
@@ -160,11 +243,17 @@ class Loop:
         cfg = self.cfg
         parent_round = self.state.policy_round if cfg.loop.train_from == "current" else 0
         twin = base if parent_round == 0 else self.run.stage(parent_round, CONTROL) / "checkpoint"
-        trained = self.stage(rnd, CONTROL, lambda tmp: control_stage(cfg, rnd, twin, data_summary, steps, tmp))
+        train_cfg, log = cfg, self.log
+        if self.side is not None:  # one thread wherever it runs; its lines in metrics.jsonl (no wandb run there)
+            train_cfg = dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, num_threads=1, report_to="none"))
+            log = print  # the side process's own console line
+        trained = self.later(rnd, CONTROL, partial(control_stage, train_cfg, rnd, twin, data_summary, steps))
         control = self.with_head(rnd, trained / "checkpoint", "control")
-        self.stage(rnd, CONTROL_EVAL, lambda tmp: evaluate(cfg, control, tmp, rnd, "control", self.fleet))
-        self.log(control_line(rnd, self.run.scores(rnd, EVAL), self.run.scores(rnd, CONTROL_EVAL)))
-        self.stage(rnd, CONTROL_VALIDATE, lambda tmp: validate(cfg, control, tmp, rnd, "control", self.fleet, self.log))
+        ready = (CONTROL, CONTROL_INSPECT_HEAD) if cfg.inspect_head.enabled else (CONTROL,)
+        self.later(rnd, CONTROL_EVAL, partial(evaluate, cfg, control, rnd=rnd, arm="control", fleet=self.fleet),
+                   after=ready)
+        self.later(rnd, CONTROL_VALIDATE, partial(validate, cfg, control, rnd=rnd, arm="control", fleet=self.fleet,
+                                                  log=log), after=ready)
 
     def promote(self, rnd: int, checkpoint: Path) -> None:
         """Make round `rnd`'s policy current unless its validation score (never the test suite's)
@@ -187,6 +276,27 @@ class Loop:
         self.state.mark(rnd, PROMOTE)
         self.log(f"round {rnd}: {'promoted' if promoted else 'kept round ' + str(current_round)} "
                  f"(validation process {100 * new:.1f} vs {100 * old:.1f})")
+
+
+def run_stage(final: Path, rnd: int, name: str, fn: Callable[[Path], object]) -> float:
+    """A stage's body: `fn` writes into `<final>.tmp`, renamed onto `final` when complete, with the
+    stage's `stage` event; returns its seconds. Runs in the loop's process or the side process."""
+    shutil.rmtree(final, ignore_errors=True)  # a copy no stage record vouches for (killed before marking)
+    t0 = time.time()
+    with atomic_path(final, folder=True) as tmp:
+        fn(tmp)
+        write_event(tmp, {"event": "stage", "round": rnd, "stage": name, "seconds": round(time.time() - t0, 2)})
+    return time.time() - t0
+
+
+@dataclasses.dataclass
+class Job:
+    """A stage queued for the side process: round, name, body, and the stages of its round it needs."""
+
+    rnd: int
+    name: str
+    fn: Callable[[Path], object]
+    after: tuple[str, ...] = ()
 
 
 UPDATES = {"signed": "", "positive": "; the SFT loss on the rollouts that beat their group, by advantage",

@@ -103,3 +103,15 @@ def test_with_sample_on_trainer_the_actors_serve_evaluation_and_grpo_samples_her
     assert "sampled here" in stages["checkpoint (GRPO)"]["work"]
     code, _, _, err = dry_run(capsys, "configs/shapeworld.yaml", "--set", "train.grpo.sample_on=actors")
     assert code == 2 and len(err) == 1 and "'train.grpo.sample_on' must be fleet or trainer, got 'actors'" in err[0]
+
+
+def test_the_main_job_says_its_eval_and_control_arm_run_in_the_side_process(capsys):
+    """loop.overlap: the dry run says which stages the side process takes; with rollout actors the
+    fleet evaluates and there is no side process."""
+    code, plan, _, _ = dry_run(capsys, "configs/shapeworld.yaml")
+    assert code == 0
+    where = {p["stage"]: p["where"] for p in plan["placement"]}
+    assert "eval in a side process beside validation" in where["eval, validate"]
+    assert "control in a side process beside validation" in where["control"]
+    code, plan, _, _ = dry_run(capsys, "configs/shapeworld.yaml", "--set", "rollout.actors=2")
+    assert not [p for p in plan["placement"] if "side process" in p["where"]]

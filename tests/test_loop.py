@@ -286,3 +286,57 @@ def test_an_sft_rounds_data_rollouts_sample_at_the_data_temperature_and_nothing_
     assert data.loop == cfg.loop and cfg.rollout.temperature == 1.0
     unset = load_config(None, [])
     assert unset.loop.data_temperature is None and data_rollout_config(unset) is unset
+
+
+def _grpo_config(tmp: Path, base: Path, steps: int = 2, **loop) -> Path:
+    return tiny_config(tmp, base, loop={"rounds": 2, **loop},
+                       train={"method": "grpo", "lr": 1e-3,
+                              "grpo": {"steps": steps, "prompts_per_step": 2, "generations": 2, "prompts": 6}})
+
+
+def _outcome(run: Path) -> dict:
+    """What a run produced, whatever the order its stages ran in."""
+    state = json.loads((run / "state.json").read_text())
+    scores = {str(d.relative_to(run)): json.loads(d.read_text()) for d in sorted(run.glob("round_*/*/scores.json"))}
+    return {"done": sorted(state["done"]), "promotions": state["promotions"], "scores": scores}
+
+
+def test_the_side_process_changes_when_stages_run_not_what_they_produce(tmp_path, base_checkpoint, capsys):
+    """loop.overlap: the held-out evals and the control arm run in a second process beside the
+    validation and promotion (never beside training); every score, promotion and stage is the same
+    as in one process (one torch thread each)."""
+    runs = {}
+    for overlap in (False, True):
+        (tmp_path / str(overlap)).mkdir()
+        cfg = _grpo_config(tmp_path / str(overlap), base_checkpoint, overlap=overlap)
+        assert main(["run", str(cfg), "--runs", str(tmp_path), "--name", f"o{overlap}"]) == 0
+        runs[overlap] = _outcome(tmp_path / f"o{overlap}")
+    assert runs[True] == runs[False]
+    assert {"1:control_validate", "2:control_validate", "2:eval"} <= set(runs[True]["done"])
+    console = capsys.readouterr().out
+    assert "round 1: control ... control arm: SFT on base data only (the policy's step count) (side process)" in console
+    assert "round 1: control done in" in console
+    # training never shares the machine: round 2 trains after round 1's side stages are all back
+    assert console.index("round 1: control_validate done") < console.index("round 2: checkpoint ...")
+    assert "round 2: process policy" in console  # each round closes with its control beside it
+
+
+def test_the_side_process_exits_when_the_loop_process_is_killed(tmp_path):
+    """A run killed with -9 leaves no side process writing into the folder a resume will redo."""
+    script = ("import os, sys\nfrom selfplay.side_process import SideProcess\n"
+              "side = SideProcess()\nprint(side.submit(os.getpid).get(), flush=True)\nos._exit(9)\n")
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=False, timeout=120)
+    worker = int(out.stdout.strip())
+    deadline = time.time() + 20
+    while time.time() < deadline and Path(f"/proc/{worker}").exists():
+        time.sleep(0.1)
+    assert not Path(f"/proc/{worker}").exists(), "the side process outlived the loop"
+
+
+@pytest.mark.slow
+def test_kill9_with_the_side_process_busy_then_resume_matches_an_uninterrupted_run(tmp_path, base_checkpoint):
+    """kill -9 in round 1's training while the side process evaluates round 0 and trains round 1's
+    control, then --resume: the same scores, promotions and stages as a run never killed."""
+    cfg = _grpo_config(tmp_path, base_checkpoint, steps=6, rounds=1, overlap=True)
+    a, b = kill9_mid_training_then_resume(tmp_path, cfg)
+    assert _outcome(a) == _outcome(b)
