@@ -286,6 +286,8 @@ def _run_train_arm(cfg: AblationConfig, root: Path, path: Path, name: str, seed:
     log = root / f"{_slug(name)}_seed{seed}.log"
     run_dir.parent.mkdir(parents=True, exist_ok=True)
     sets = [*_seed_sets(seed), *cfg.set, *arm.set]
+    if cfg.parallel > 1:  # jobs share the cores already: no side process beside each (loop.overlap)
+        sets.append("loop.overlap=false")
     if cfg.pretrain.steps > 0:
         sets.append(f"loop.base_checkpoint={_pretrain(cfg, root, name, seed, log).resolve()}")
     cmd = [sys.executable, "-m", "selfplay.cli", "run", cfg.base, "--runs", str(run_dir.parent), "--name", run_dir.name]

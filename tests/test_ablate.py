@@ -21,11 +21,13 @@ def ablation_file(tmp_path: Path, **fields) -> Path:
 
 @pytest.mark.slow
 def test_every_arm_and_seed_runs_and_lands_in_the_table(tmp_path, base_checkpoint, capsys):  # noqa: F811
-    base = tiny_config(tmp_path, base_checkpoint, loop={"rounds": 0, "eval_modes": ["process"]})
-    ablation = ablation_file(tmp_path, base=str(base), seeds=[0, 1], columns=["colors", "overall"],
+    base = tiny_config(tmp_path, base_checkpoint, loop={"rounds": 0, "eval_modes": ["process"], "overlap": True})
+    ablation = ablation_file(tmp_path, base=str(base), seeds=[0, 1], columns=["colors", "overall"], parallel=2,
                              arms={"greedy": ["rollout.temperature=0.0"], "sampled": ["rollout.temperature=1.0"]})
     assert main(["ablate", str(ablation), "--runs", str(tmp_path / "runs")]) == 0
     root = tmp_path / "runs" / "mini"
+    # two jobs at once share the cores already: no side process beside each
+    assert yaml.safe_load((root / "greedy" / "seed0" / "config.yaml").read_text())["loop"]["overlap"] is False
     results = json.loads((root / "results.json").read_text())["results"]
     assert set(results) == {"greedy", "sampled"} and all(len(v["overall"]) == 2 for v in results.values())
     table = (root / "table.md").read_text()
