@@ -18,8 +18,8 @@ Each stage writes into `<stage>.tmp/` and renames it when complete, then records
 `state.json`; a killed run resumes at the first incomplete stage and, with the same seed, makes the
 same data and metrics. With `loop.overlap` the stages off the critical path (training -> validation ->
 promotion -> the next round's training), the held-out eval and the control arm, run in a second
-process beside it (`side_process.py`); a round is closed (its scores logged and tracked) when they
-are all back. The stage bodies are in `stages.py` and `evaluation.py`; the run folder's
+process beside validation and promotion, never beside training (`side_process.py`); a round is
+closed (its scores logged and tracked) when they are all back. The stage bodies are in `stages.py` and `evaluation.py`; the run folder's
 layout in `run_dir.py`.
 """
 

@@ -1,15 +1,15 @@
-"""The side process: stages off the loop's critical path run in a second process, beside training.
+"""The side process: stages off the loop's critical path run in a second process, beside validation.
 
 A round's critical path is training -> validation -> promotion -> the next round's training. The
 held-out evaluation and the control arm (its training, evaluation and validation) feed only the
-report, so with `loop.overlap` they run here while the main process trains: on a 2-core machine the
-engine's decode steps are dispatch-bound and a second torch thread buys them 4%, while a second
-one-thread process uses the idle core fully (docs/rollout.md "Threads or processes on 2 cores").
+report, so with `loop.overlap` they run here, one torch thread, while the loop's process validates,
+promotes and prepares the next round on one thread too; never while it trains (a busy process beside
+a two-thread GRPO step made it 1.8x slower, docs/loop.md "Two processes").
 
-One worker runs the stages in the order they were submitted (the control arm's evaluation after its
-training). It is spawned, not forked (torch and Ray threads do not survive a fork), and exits when
-the loop's process dies, so a killed run leaves no orphan writing into the run folder; the loop
-alone writes `state.json`, marking a stage done only when its result comes back.
+The loop hands the worker one stage at a time (`selfplay/loop.py` decides which and when). It is
+spawned, not forked (torch and Ray threads do not survive a fork), and exits when the loop's process
+dies, so a killed run leaves no orphan writing into the run folder; the loop alone writes
+`state.json`, marking a stage done only when its result comes back.
 """
 
 from __future__ import annotations
@@ -60,8 +60,8 @@ class SideProcess:
         self.pool = context.Pool(1, initializer=_start, initargs=(threads, os.getpid()))
 
     def submit(self, fn: Callable[..., Any], *args: Any) -> AsyncResult:
-        """Queue `fn(*args)` (picklable: a module-level function and plain data) after everything
-        queued before it; the result's `get()` returns its value or raises its exception."""
+        """Run `fn(*args)` there (picklable: a module-level function and plain data) after anything
+        submitted before it; the result's `get()` returns its value or raises its exception."""
         return self.pool.apply_async(fn, args)
 
     def close(self) -> None:
