@@ -1,4 +1,4 @@
-"""GPU check, one command for a lent GPU (a few minutes, under 8): random-weight 1B- and 7B-shaped
+"""GPU check, one command for a lent GPU (191 s on an H200): random-weight 1B- and 7B-shaped
 policies (Llama shapes with our vocabulary and image codes, bf16) run the rollout engine and SFT
 steps through the project's own trainer, and each number is printed beside its hardware roof:
 

@@ -18,7 +18,7 @@ cache would not fit the free memory is reported as skipped. GRPO: the 1B arm tra
 (beta 0: no reference model, which TRL would load from a checkpoint folder), the 7B arm LoRA r=16
 with beta 0.02 (the reference is the base with adapters off).
 
-    python benchmarks/gpu_check_janus.py            # on the GPU machine (estimated 8 min, not yet run on one); --json FILE
+    python benchmarks/gpu_check_janus.py            # on the GPU machine (estimated 8 min; batch 1 of the 1B ran on an H200); --json FILE
     python benchmarks/gpu_check_janus.py --models janus-pro-7b   # one shape per call (estimated 5 min)
     python benchmarks/gpu_check_janus.py --tiny     # same code, CPU, a tiny random Janus: checks the script
 """

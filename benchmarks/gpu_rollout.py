@@ -5,8 +5,8 @@ A decode step must read every weight once, so no step can beat
 
     roof = weight bytes / memory bandwidth        (bandwidth measured here with a device copy)
 
-and "% of roof" is roof ÷ measured time per decode step (a plain `generate` at batch 256 reached ~9%
-on an H200). Run it on the GPU machine:
+and "% of roof" is roof ÷ measured time per decode step. Run it on the GPU machine (not yet run to
+its end on one: docs/rollout.md, "On a GPU"):
 
     python benchmarks/gpu_rollout.py                     # 1b at batch 64 and 256, 7b at 64 and 128
                                                          # (7b at 128 wants an H200: the cache grows by copying)
