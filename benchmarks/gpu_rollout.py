@@ -71,10 +71,13 @@ def random_llama(shape: str, vocab: int, device, dtype):
 
 
 def generate_baseline(model, processor, grammar, prompts, batch: int, device) -> tuple[int, int, float]:
-    """Batched `generate` (left-padded) with the grammar as a logits processor.
-    Returns (tokens generated, decode steps, seconds)."""
+    """Batched `generate` (left-padded) with the grammar as a logits processor, under the engine's
+    attention kernels (`decode_attention`: no cuDNN on CUDA), so the arms differ in the loop, not
+    the kernel. Returns (tokens generated, decode steps, seconds)."""
     import torch
     from transformers import LogitsProcessor, LogitsProcessorList
+
+    from rollout.decoder import decode_attention
 
     max_pos = model.config.max_position_embeddings
 
@@ -104,10 +107,11 @@ def generate_baseline(model, processor, grammar, prompts, batch: int, device) ->
         ids = torch.tensor([[processor.pad_id] * (width - len(c)) + c for c in ctx], device=device)
         attn = (torch.arange(width, device=device)[None] >= torch.tensor([width - len(c) for c in ctx],
                                                                            device=device)[:, None]).long()
-        out = model.generate(ids, attention_mask=attn, do_sample=True, temperature=1.0, top_k=0, top_p=1.0,
-                             max_new_tokens=max_pos - width, eos_token_id=processor.eos_id,
-                             pad_token_id=processor.pad_id,
-                             logits_processor=LogitsProcessorList([GrammarProcessor(ctx)]))
+        with decode_attention(device):
+            out = model.generate(ids, attention_mask=attn, do_sample=True, temperature=1.0, top_k=0, top_p=1.0,
+                                 max_new_tokens=max_pos - width, eos_token_id=processor.eos_id,
+                                 pad_token_id=processor.pad_id,
+                                 logits_processor=LogitsProcessorList([GrammarProcessor(ctx)]))
         gen = out[:, width:]
         steps += gen.shape[1]
         tokens += int((gen != processor.pad_id).sum())
