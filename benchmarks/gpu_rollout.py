@@ -11,6 +11,7 @@ its end on one: docs/rollout.md, "On a GPU"):
     python benchmarks/gpu_rollout.py                     # 1b at batch 64 and 256, 7b at 64 and 128
                                                          # (7b at 128 wants an H200: the cache grows by copying)
     python benchmarks/gpu_rollout.py --models 7b --batches 256 --prompts 512
+    python benchmarks/gpu_rollout.py --models 1b --batches 64 --cudnn   # also the engine with cuDNN attention
     python benchmarks/gpu_rollout.py --tiny              # CPU, small shapes: checks the script runs
 
 Random weights make trajectories run to the caps, which keeps lengths comparable across arms.
@@ -19,7 +20,9 @@ Random weights make trajectories run to the caps, which keeps lengths comparable
 from __future__ import annotations
 
 import argparse
+import contextlib
 import time
+from unittest.mock import patch
 
 SHAPES = {  # hidden, layers, heads, kv heads, MLP (Llama 3.2 1B and Llama 2 7B, with our vocabulary)
     "1b": (2048, 16, 32, 8, 8192),
@@ -119,6 +122,19 @@ def generate_baseline(model, processor, grammar, prompts, batch: int, device) ->
     return tokens, steps, time.perf_counter() - t
 
 
+def engine_arm(engine, prompts, batch: int, device) -> tuple[int, int, float]:
+    """The engine over `prompts` after a warm-up (kernels, allocator).
+    Returns (tokens generated, decode steps, seconds)."""
+    engine.run(prompts[: min(batch, 8)])
+    before = engine.decoder.stats["steps"]
+    sync(device)
+    t = time.perf_counter()
+    trajs = engine.run(prompts)
+    sync(device)
+    wall = time.perf_counter() - t
+    return sum(tr.meta["tokens"] for tr in trajs), engine.decoder.stats["steps"] - before, wall
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--models", default="1b,7b", help="comma-separated: 1b, 7b")
@@ -128,12 +144,14 @@ def main() -> None:
     parser.add_argument("--max-refines", type=int, default=1)
     parser.add_argument("--max-text-tokens", type=int, default=16)
     parser.add_argument("--no-generate", action="store_true", help="skip the plain generate baseline")
+    parser.add_argument("--cudnn", action="store_true",
+                        help="also time the engine with PyTorch's own attention choice (cuDNN allowed on CUDA)")
     parser.add_argument("--tiny", action="store_true", help="tiny shapes on CPU (float32): checks the script")
     args = parser.parse_args()
 
     import torch
 
-    from rollout import Engine, RolloutConfig
+    from rollout import Engine, RolloutConfig, decoder
     from rollout.grammar import Grammar
     from strokes.model.policy import Policy
     from strokes.model.tiny import ModelConfig
@@ -161,20 +179,15 @@ def main() -> None:
             cfg = RolloutConfig(batch_size=batch, max_steps=args.max_steps, max_refines=args.max_refines,
                                 max_text_tokens=args.max_text_tokens, device=device.type,
                                 dtype=str(dtype).removeprefix("torch."))
-            engine = Engine(Policy(model, processor), cfg)
-            engine.run(prompts[: min(batch, 8)])  # warm-up: kernels, allocator
-            before = dict(engine.decoder.stats)
-            sync(device)
-            t = time.perf_counter()
-            trajs = engine.run(prompts)
-            sync(device)
-            wall = time.perf_counter() - t
-            steps = engine.decoder.stats["steps"] - before["steps"]
-            tokens = sum(tr.meta["tokens"] for tr in trajs)
+            tokens, steps, wall = engine_arm(Engine(Policy(model, processor), cfg), prompts, batch, device)
             row = {"model": shape, "params_B": weight_bytes / dtype.itemsize / 1e9, "weights_GB": weight_bytes / 1e9,
                    "batch": batch, "prompts": len(prompts), "engine_tok_s": tokens / wall,
                    "engine_step_ms": 1e3 * wall / steps, "roof_step_ms": 1e3 * roof,
                    "engine_pct_roof": 100 * roof * steps / wall}
+            if args.cudnn:  # the same engine with PyTorch's own attention choice (cuDNN's kernel on CUDA)
+                with patch.object(decoder, "decode_attention", lambda _device: contextlib.nullcontext()):
+                    _, csteps, cwall = engine_arm(Engine(Policy(model, processor), cfg), prompts, batch, device)
+                row["cudnn_step_ms"] = 1e3 * cwall / csteps
             if not args.no_generate:
                 grammar = Grammar(processor, model.config.vocab_size, max_steps=args.max_steps,
                                   max_refines=args.max_refines, max_text_tokens=args.max_text_tokens, device=device)
@@ -183,12 +196,11 @@ def main() -> None:
                            generate_pct_roof=100 * roof * gsteps / gwall)
             rows.append(row)
             print(row, flush=True)
-            del engine
         del model
         if device.type == "cuda":
             torch.cuda.empty_cache()
     cols = ["model", "params_B", "batch", "engine_tok_s", "engine_step_ms", "roof_step_ms", "engine_pct_roof",
-            "generate_tok_s", "generate_step_ms", "generate_pct_roof"]
+            "generate_tok_s", "generate_step_ms", "generate_pct_roof"] + (["cudnn_step_ms"] if args.cudnn else [])
     print("\n| " + " | ".join(cols) + " |\n|" + "---|" * len(cols))
     for r in rows:
         cells = [f"{r[c]:.2f}" if isinstance(r.get(c), float) else str(r.get(c, "-")) for c in cols]
