@@ -34,7 +34,7 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 os.environ.setdefault("WANDB_MODE", "disabled")
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from gpu_rollout import copy_bandwidth, random_llama, sync  # noqa: E402  (shapes and probes shared with it)
+from gpu_rollout import copy_bandwidth, engine_arm, random_llama, sync  # noqa: E402  (shapes and probes shared with it)
 
 ARMS = {"gpu": [("1b", "full", 8), ("7b", "lora", 4)], "tiny": [("tiny", "full", 4), ("tiny", "lora", 4)]}
 
@@ -67,15 +67,7 @@ def rollout_arm(policy, prompts, batch: int, max_new_tokens: int, device, dtype,
 
     cfg = RolloutConfig(batch_size=batch, max_steps=max_steps, max_refines=max_refines, max_text_tokens=16,
                         device=device.type, dtype=str(dtype).removeprefix("torch."), max_new_tokens=max_new_tokens)
-    engine = Engine(policy, cfg)
-    engine.run(prompts[: min(batch, 8)])  # warm-up: kernels, allocator
-    steps0 = engine.decoder.stats["steps"]
-    sync(device)
-    t = time.perf_counter()
-    trajs = engine.run(prompts)
-    sync(device)
-    wall = time.perf_counter() - t
-    steps = engine.decoder.stats["steps"] - steps0
+    trajs, steps, wall = engine_arm(Engine(policy, cfg), prompts, batch, device)
     return {"rollout_tokens_per_s": sum(tr.meta["tokens"] for tr in trajs) / wall,
             "decode_steps_per_s": steps / wall, "decode_steps": steps, "rollout_s": wall,
             "failed": sum("failed" in tr.meta for tr in trajs)}

@@ -122,9 +122,9 @@ def generate_baseline(model, processor, grammar, prompts, batch: int, device) ->
     return tokens, steps, time.perf_counter() - t
 
 
-def engine_arm(engine, prompts, batch: int, device) -> tuple[int, int, float]:
-    """The engine over `prompts` after a warm-up (kernels, allocator).
-    Returns (tokens generated, decode steps, seconds)."""
+def engine_arm(engine, prompts, batch: int, device) -> tuple[list, int, float]:
+    """The engine over `prompts` after a warm-up (kernels, allocator); also gpu_check's rollout arm.
+    Returns (trajectories, decode steps, seconds)."""
     engine.run(prompts[: min(batch, 8)])
     before = engine.decoder.stats["steps"]
     sync(device)
@@ -132,7 +132,7 @@ def engine_arm(engine, prompts, batch: int, device) -> tuple[int, int, float]:
     trajs = engine.run(prompts)
     sync(device)
     wall = time.perf_counter() - t
-    return sum(tr.meta["tokens"] for tr in trajs), engine.decoder.stats["steps"] - before, wall
+    return trajs, engine.decoder.stats["steps"] - before, wall
 
 
 def main() -> None:
@@ -179,7 +179,8 @@ def main() -> None:
             cfg = RolloutConfig(batch_size=batch, max_steps=args.max_steps, max_refines=args.max_refines,
                                 max_text_tokens=args.max_text_tokens, device=device.type,
                                 dtype=str(dtype).removeprefix("torch."))
-            tokens, steps, wall = engine_arm(Engine(Policy(model, processor), cfg), prompts, batch, device)
+            trajs, steps, wall = engine_arm(Engine(Policy(model, processor), cfg), prompts, batch, device)
+            tokens = sum(tr.meta["tokens"] for tr in trajs)
             row = {"model": shape, "params_B": weight_bytes / dtype.itemsize / 1e9, "weights_GB": weight_bytes / 1e9,
                    "batch": batch, "prompts": len(prompts), "engine_tok_s": tokens / wall,
                    "engine_step_ms": 1e3 * wall / steps, "roof_step_ms": 1e3 * roof,

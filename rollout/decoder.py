@@ -29,9 +29,9 @@ Sampling draws from one `torch.Generator` per run, so a fixed seed, context list
 the same outputs. Everything per step stays on the model's device; the host reads a few flags.
 
 On CUDA, decoding keeps PyTorch's cuDNN attention kernel out of `scaled_dot_product_attention`
-(`decode_attention`): the cache grows by a column every step, and for each new length cuDNN spent
-~2.8 ms of host time per layer call (measured on an H200, a 1B Llama shape at batch 64: 79 ms a
-decode step with it, 19 ms without; docs/rollout.md, "On a GPU").
+(`decode_attention`): with the cache one column longer every step, cuDNN's kernel spent ~2.8 ms of
+host time per layer call (measured on an H200, a 1B Llama shape at batch 64: 79 ms a decode step
+with it, 19 ms without; docs/rollout.md, "On a GPU").
 """
 
 from __future__ import annotations
@@ -51,8 +51,8 @@ from .grammar import IMAGE, INSPECT, M_NONE, M_PAD, Grammar
 
 def decode_attention(device: torch.device | str) -> contextlib.AbstractContextManager:
     """The attention kernels a decode loop runs under: on CUDA every SDPA backend but cuDNN's,
-    whose per-call host cost for each new key length made decoding launch-bound (module
-    docstring); elsewhere PyTorch's own choice, so CPU numbers stay bit for bit."""
+    whose host cost per call made decoding host-bound (module docstring); elsewhere PyTorch's own
+    choice, so CPU numbers stay bit for bit."""
     if torch.device(device).type != "cuda":
         return contextlib.nullcontext()
     return sdpa_kernel([SDPBackend.FLASH_ATTENTION, SDPBackend.EFFICIENT_ATTENTION, SDPBackend.MATH])

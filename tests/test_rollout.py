@@ -473,8 +473,8 @@ def test_single_pass_and_same_seed(policy, suite):
 
 
 def test_decoding_on_cuda_runs_without_cudnn_attention(policy, suite, monkeypatch):
-    """On an H200 cuDNN's attention kernel cost ~2.8 ms of host time per layer call for every new
-    cache length (79 ms a decode step against 19 without it); the decoder runs every step under
+    """On an H200 cuDNN's attention kernel cost ~2.8 ms of host time per layer call in decoding
+    (79 ms a decode step against 19 without it); the decoder runs every step under
     `decode_attention` of its device, which turns cuDNN off on CUDA and nothing elsewhere."""
     before = torch.backends.cuda.cudnn_sdp_enabled()
     with decoder.decode_attention("cuda"):
