@@ -228,6 +228,13 @@ def grpo_training(cfg: RunConfig, m: Shape) -> Placement | None:
     reference = m.parameters * _train_weight_bytes(cfg, gpu) if g.beta > 0 and not t.lora.enabled else 0
     kv = 0 if on_fleet else _kv_bytes(cfg, m, gpu)
     memory = (_training_bytes(cfg, m, gpu, rows, _grpo_tokens(cfg, m)) + reference + kv) / 1e9
+    if t.distributed == "ray":  # every worker a rank with its own policy, reference, engine and judge
+        share = rows // t.workers
+        memory = (_training_bytes(cfg, m, gpu, share, _grpo_tokens(cfg, m)) + reference + _kv_bytes(cfg, m, gpu)) / 1e9
+        return Placement("checkpoint (GRPO)", f"GRPOTrainer ranks, {share} of {rows} trajectories/step sampled by each",
+                         f"{t.workers} Ray Train workers x 1 {'GPU' if gpu else 'CPU'}",
+                         gpus=float(t.workers) if gpu else 0.0, memory_gb=memory, per="worker",
+                         budget_gb=_budget(m, gpu), during_grpo=True)
     work = f"GRPOTrainer, {rows} trajectories/step" + (" sampled by the actors" if on_fleet else " sampled here")
     where = f"the loop's process, GPU {trainer[0]}" if trainer else "the loop's process (CPU)"
     if len(trainer) > 1:  # reserved for it, but one process trains on one device
@@ -259,6 +266,8 @@ def judge(cfg: RunConfig, m: Shape) -> Placement:
     where = {"oracle": "the loop's process (CPU, exact)",
              "gpt": f"served by the run ({j.serve} judge, loopback)" if j.serve else f"endpoint {j.base_url or 'api.openai.com'}",
              "self": f"the loop's process ({cfg.rollout.device})"}.get(j.kind, j.kind)
+    if cfg.train.distributed == "ray" and _grpo_rounds(cfg) and j.kind in ("oracle", "self"):
+        where += "; in GRPO rounds each Ray Train worker's own, for its share"
     if j.kind == "self":
         how = ("a frozen copy of the round's parent, one forward per trajectory" if cfg.train.method == "grpo"
                else "the policy's Inspect, writing each inspection")

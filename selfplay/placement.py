@@ -16,8 +16,9 @@ from .config import RunConfig
 
 
 def samples_on_fleet(cfg: RunConfig) -> bool:
-    """Whether a GRPO round samples its steps on the run's rollout actors (else in the trainer's process)."""
-    return cfg.rollout.actors > 0 and cfg.train.grpo.sample_on == "fleet"
+    """Whether a GRPO round samples its steps on the run's rollout actors (else in the trainer's
+    process, or with `train.distributed: ray` in each Ray Train worker for its share)."""
+    return cfg.rollout.actors > 0 and cfg.train.grpo.sample_on == "fleet" and cfg.train.distributed != "ray"
 
 
 def grpo_placement(cfg: RunConfig, gpus: int) -> dict:
@@ -41,7 +42,10 @@ def grpo_placement(cfg: RunConfig, gpus: int) -> dict:
     if needed > gpus:
         warnings.append(f"warning: this layout needs {needed} GPUs (trainer {len(trainer)}, "
                         f"{r.actors} actors x {per:g}); the machine has {gpus}")
-    if not r.actors:
+    if cfg.train.distributed == "ray":
+        warnings.append(f"note: train.distributed is ray: {cfg.train.workers} Ray Train workers each sample, judge "
+                        "and train their share of every GRPO step" + (", the actors serve evaluation" if r.actors else ""))
+    elif not r.actors:
         warnings.append("note: rollout.actors is 0: GRPO samples in the trainer's process, on its device")
     elif not samples_on_fleet(cfg):
         warnings.append("note: train.grpo.sample_on is trainer: GRPO samples in the trainer's process, "

@@ -17,6 +17,7 @@ from pathlib import Path
 
 from judges.unjudged import require_verdicts
 from rollout import RolloutFleet
+from rollout.cluster import connect
 from strokes.data.build import build, load
 from strokes.errors import InputError
 from strokes.model.checkpoint_check import check_checkpoint
@@ -30,7 +31,7 @@ from trainer.sft import train
 from .config import RunConfig, load_config
 from .critique import build_self_critique, build_symbolic_critique
 from .evaluation import rollout_stage, sampled_verdicts, training_suite
-from .grpo import grpo_prompts, grpo_stage
+from .grpo import grpo_on_ray, grpo_prompts, grpo_stage
 from .inspect_head import fit_inspect_head
 from .judging import grpo_judge, policy_judge
 from .run_dir import write_event
@@ -143,11 +144,18 @@ def train_stage(cfg: RunConfig, parent: Path, dataset_dir: Path, out: Path, rnd:
     """The round's training of `parent`: SFT on the round's dataset, in this process or on Ray Train
     workers (`train.distributed`), or with `train.method: grpo` (the policy arm) GRPO on its own
     rollouts of the round's prompts (`dataset_dir/prompts.json`), sampled on `fleet` when given; the
-    checkpoint lands in `out/checkpoint`."""
+    checkpoint lands in `out/checkpoint`. With `train.distributed: ray` both run on Ray Train workers
+    (GRPO: each samples and judges its share of every step; the fleet, if any, is not used), on the
+    cluster at `rollout.ray_address` or on a local one started here."""
+    if cfg.train.distributed == "ray":
+        connect(cfg.rollout.ray_address, cfg.rollout.ray_cpus, cfg.rollout.object_store_mb, cfg.rollout.reserved_gpus)
     if cfg.train.round_method(rnd) == "grpo" and arm == "policy":
         prompts = json.loads((dataset_dir / "prompts.json").read_text())
-        summary = grpo_stage(cfg, parent, prompts, out / "train", grpo_judge(cfg, parent),
-                             keep_in=out, fleet=fleet)
+        if cfg.train.distributed == "ray":
+            summary = grpo_on_ray(cfg, parent, prompts, out / "train", keep_in=out)
+        else:
+            summary = grpo_stage(cfg, parent, prompts, out / "train", grpo_judge(cfg, parent),
+                                 keep_in=out, fleet=fleet)
         write_event(out, {"event": "judge", "round": rnd, "arm": arm, **summary["judge"]})  # the round's judge cost
         return _keep_training(out, summary, rnd, arm)
     if (dataset_dir / "EMPTY").exists() or max_steps == 0:  # nothing to learn: the parent carries on

@@ -115,3 +115,17 @@ def test_the_main_job_says_its_eval_and_control_arm_run_in_the_side_process(caps
     assert "control in a side process beside validation" in where["control"]
     code, plan, _, _ = dry_run(capsys, "configs/shapeworld.yaml", "--set", "rollout.actors=2")
     assert not [p for p in plan["placement"] if "side process" in p["where"]]
+
+
+def test_with_ray_train_the_grpo_round_runs_on_the_workers_and_the_actors_only_evaluate(capsys):
+    """train.distributed: ray puts the GRPO round on Ray Train workers, each sampling, judging and
+    training its share of a step; rollout actors then serve only evaluation."""
+    code, plan, _, _ = dry_run(capsys, "configs/shapeworld.yaml", "--set", "train.distributed=ray",
+                               "--set", "train.workers=2", "--set", "rollout.actors=2")
+    assert code == 0
+    stages = {p["stage"]: p for p in plan["placement"]}
+    grpo = stages["checkpoint (GRPO)"]
+    assert grpo["where"] == "2 Ray Train workers x 1 CPU" and grpo["per"] == "worker"
+    assert "32 of 64 trajectories/step sampled by each" in grpo["work"]
+    assert "GRPO step rollouts" not in stages["eval, validate"]["stage"]
+    assert "each Ray Train worker" in stages["judge"]["where"]
