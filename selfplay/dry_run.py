@@ -236,6 +236,8 @@ def grpo_training(cfg: RunConfig, m: Shape) -> Placement | None:
                          gpus=float(t.workers) if gpu else 0.0, memory_gb=memory, per="worker",
                          budget_gb=_budget(m, gpu), during_grpo=True)
     work = f"GRPOTrainer, {rows} trajectories/step" + (" sampled by the actors" if on_fleet else " sampled here")
+    if g.max_staleness:
+        work += f", up to {g.max_staleness} step{'s' if g.max_staleness > 1 else ''} ahead of training"
     where = f"the loop's process, GPU {trainer[0]}" if trainer else "the loop's process (CPU)"
     if len(trainer) > 1:  # reserved for it, but one process trains on one device
         where += f" (GPU {_ids(trainer[1:])} reserved too, unused)"

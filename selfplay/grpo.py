@@ -61,8 +61,9 @@ def grpo_prompts(cfg: RunConfig, rnd: int) -> list[str]:
     return [json.dumps(r.to_json()) for r in suite]
 
 
-Draw = Callable[[Sequence[PromptRecord], int, int], list[Sampled]]
-"""records, seed, step -> one `Sampled` per record: where a step's rollouts come from."""
+Draw = Callable[[Sequence[PromptRecord], int, int, Sequence[tuple[Sequence[PromptRecord], int]]], list[Sampled]]
+"""records, seed, step, the next steps' (records, seed) -> one `Sampled` per record: where a step's
+rollouts come from (the next steps' may start early: `FleetRollouts`)."""
 
 
 def make_sampler(engine: Engine, judge, exact: ExactCheck | None = None, verdict_weight: float = 0.0,
@@ -72,18 +73,22 @@ def make_sampler(engine: Engine, judge, exact: ExactCheck | None = None, verdict
     sets (`legal`), the mask of tokens the model chose (`env_mask`), the judge's findings (`judged`) and, with a
     `verdict_weight`, each verdict word's own advantage (`token_advantages`, `verdict_advantages`), and
     `metrics` for the trainer's log (`rollout/seconds`, `judge/seconds`, `draw_metrics()`). The rollouts are
-    `engine`'s in this process, or `draw`'s (the fleet's: `FleetRollouts`).
-    `questions`: the final reward from the judge's answers to the prompt's atomic questions
+    `engine`'s in this process, or `draw`'s (the fleet's: `FleetRollouts`, which also starts the
+    `upcoming` steps' rollouts, given with `train.grpo.max_staleness`). `questions`: the final reward from the judge's answers to the prompt's atomic questions
     (`judge.final_reward`). `keep` sees every step's trajectories and findings (`step_keeper`). With a
     `meter`, the step's judge cost and agreement join `metrics` (`JudgeMeter.step`), and a step
     whose missing verdicts exceed `judge.max_unjudged` stops the round
     (`judges.unjudged.require_verdicts`) instead of training on zero advantages."""
     eos = engine.processor.special["<eos>"]
 
-    def sample(prompts: list[str], seed: int, step: int = 0) -> dict:
-        records = [PromptRecord.from_json(json.loads(p)) for p in prompts]
+    def records_of(prompts: list[str]) -> list[PromptRecord]:
+        return [PromptRecord.from_json(json.loads(p)) for p in prompts]
+
+    def sample(prompts: list[str], seed: int, step: int = 0, upcoming: Sequence[tuple[list[str], int]] = ()) -> dict:
+        records = records_of(prompts)
         t0 = time.perf_counter()
-        rolled = draw(records, seed, step) if draw is not None else engine.sample(records, seed)
+        rolled = draw(records, seed, step, [(records_of(p), s) for p, s in upcoming]) if draw is not None \
+            else engine.sample(records, seed)
         t1 = time.perf_counter()
         judged = judge_rollouts([s.trajectory for s in rolled], judge, exact, questions)
         t2 = time.perf_counter()
@@ -221,7 +226,11 @@ def _train(cfg: RunConfig, parent: Path, prompts: list[str], out: Path, judge, k
     sample = make_sampler(engine, judge, exact=exact, verdict_weight=verdict_weight, keep=keep, meter=meter,
                           questions=cfg.judge.asks_questions, draw=draw,
                           draw_metrics=(lambda: draw.stats.metrics()) if draw else None)
-    summary = train_grpo(policy, prompts, cfg.train, out, sample, reward_functions(), engine.legal_sets,
-                         temperature=rollout_cfg.temperature, should_stop=meter.over_budget)
+    try:
+        summary = train_grpo(policy, prompts, cfg.train, out, sample, reward_functions(), engine.legal_sets,
+                             temperature=rollout_cfg.temperature, should_stop=meter.over_budget)
+    finally:
+        if draw is not None:
+            draw.close()  # rollouts sampled ahead of a step that never came: the fleet evaluates next
     summary["judge"] = {**meter.totals(), "counters": judge_stats(judge)}
     return summary, policy

@@ -129,3 +129,10 @@ def test_with_ray_train_the_grpo_round_runs_on_the_workers_and_the_actors_only_e
     assert "32 of 64 trajectories/step sampled by each" in grpo["work"]
     assert "GRPO step rollouts" not in stages["eval, validate"]["stage"]
     assert "each Ray Train worker" in stages["judge"]["where"]
+
+
+def test_the_plan_says_when_the_fleet_samples_ahead_of_training(capsys):
+    code, plan, _, _ = dry_run(capsys, "configs/cluster-grpo.yaml", "--set", "train.grpo.max_staleness=1")
+    assert code == 0
+    grpo = {p["stage"]: p for p in plan["placement"]}["checkpoint (GRPO)"]
+    assert grpo["work"].endswith("sampled by the actors, up to 1 step ahead of training")

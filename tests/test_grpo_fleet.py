@@ -6,6 +6,7 @@ The cluster is the test session's one `ray_cluster` (tests/conftest.py).
 
 from __future__ import annotations
 
+import gzip
 import json
 from dataclasses import replace
 from pathlib import Path
@@ -21,6 +22,7 @@ from rollout.steps import FleetRollouts, step_shards
 from rollout.sync import WeightPublisher
 from rollout.worker import sample_shard
 from selfplay.cli import main
+from selfplay.config import load_config
 from strokes.model.policy import Policy
 from strokes.shapeworld import make_suite
 
@@ -133,6 +135,35 @@ def test_an_actor_killed_mid_step_costs_no_trajectory(fleet, checkpoint):
 
 
 
+def test_a_step_sampled_ahead_is_the_one_its_weights_would_sample_and_a_wrong_guess_is_sampled_again(fleet,
+                                                                                                     checkpoint):
+    """`max_staleness`: step 0's call also sends step 1's prompts; the trainer then updates its
+    weights, and step 1 takes the rollouts sent ahead: drawn from step 0's weights (each records
+    it), token for token what this process samples from those weights. A step whose prompts are not
+    the ones sent ahead waits for that work, drops it and samples from the live weights."""
+    torch.set_num_threads(1)
+    policy, _ = trained(checkpoint, lora=False)
+    engine = Engine(policy, CFG)
+    records = make_suite("train", 1, 0)
+    first, second = records[:3], records[3:]
+    draw = FleetRollouts(fleet, replace(CFG, actors=0), checkpoint, WeightPublisher(policy.model), engine)
+    draw(first, SEED, 0, [(second, SEED + 1)])
+    assert set(draw.ahead) == {1} and draw.stats.staleness == 0
+    expected = [s for shard in step_shards(second, SEED + 1, CFG.actors, CFG.shard_size)
+                for s in sample_shard(engine, shard, 0)]  # step 0's weights, before the update below
+    with torch.no_grad():  # the trainer's update of step 0
+        for p in policy.model.parameters():
+            p.add_(0.05 * torch.randn_like(p))
+    rolled = draw(second, SEED + 1, 1, [(first, SEED + 2)])
+    assert draw.stats.staleness == 1 and draw.stats.ahead_misses == 0 and same(rolled, expected)
+    again = draw(second, SEED + 2, 2)  # not what was sent ahead for step 2
+    assert draw.stats.ahead_misses == 1 and draw.stats.staleness == 0 and not draw.ahead
+    assert {s.trajectory.meta["weights_step"] for s in again} == {2}
+    draw(first, SEED, 3, [(second, SEED + 4)])
+    draw.close()  # a round that ends with a step in flight: the fleet is free afterwards
+    assert not draw.ahead
+
+
 def two_actor_grpo_round(tmp_path: Path, base_checkpoint: Path, **grpo) -> tuple[Path, list[dict]]:
     """A one-round GRPO run (2 steps) with `rollout.actors: 2` and `train.grpo` overrides `grpo`: its
     folder, after checking the round's stages ran, and its steps' log lines."""
@@ -170,6 +201,38 @@ def test_sample_on_trainer_keeps_the_steps_here_and_the_actors_for_evaluation(ra
     eval still runs on them."""
     _, steps = two_actor_grpo_round(tmp_path, base_checkpoint, sample_on="trainer")
     assert not any(k.startswith(("time/weight_sync", "rollout/in_process_shards")) for e in steps for k in e)
+
+
+@pytest.mark.slow
+def test_a_grpo_round_with_rollouts_one_step_ahead_of_training(ray_cluster, tmp_path, base_checkpoint,
+                                                               monkeypatch):  # noqa: F811
+    """`max_staleness: 1` in a run: step 2's rollouts were sampled on the fleet from step 1's
+    weights while step 1 trained (the trainer's prompt order predicted, nothing sampled twice), and
+    both steps' losses take the PPO ratio against the log-probs the rollouts were sampled with."""
+    from trl import GRPOTrainer
+
+    olds = []
+    compute = GRPOTrainer._compute_loss
+
+    def spy(self, model, inputs):
+        olds.append(inputs.get("old_per_token_logps"))
+        return compute(self, model, inputs)
+
+    monkeypatch.setattr(GRPOTrainer, "_compute_loss", spy)
+    run, steps = two_actor_grpo_round(tmp_path, base_checkpoint, max_staleness=1)
+    assert [e["rollout/staleness"] for e in steps] == [0, 1] and all(e["rollout/ahead_misses"] == 0 for e in steps)
+    assert len(olds) == 2 and all(o is not None for o in olds)
+    kept = [json.loads(line) for line in gzip.open(run / "round_001" / "checkpoint" / "trajectories" /
+                                                   "step_00002.jsonl.gz", "rt")]
+    assert {json.loads(row["meta"])["weights_step"] for row in kept} == {0}
+
+
+def test_rollouts_ahead_need_the_fleet(tmp_path, base_checkpoint):  # noqa: F811
+    from strokes.errors import InputError
+
+    path = tiny_config(tmp_path, base_checkpoint, train={"method": "grpo", "grpo": {"max_staleness": 1}})
+    with pytest.raises(InputError, match="train.grpo.max_staleness: rollouts sampled ahead of training need the fleet"):
+        load_config(path)
 
 
 def test_the_cluster_grpo_layout_keeps_gpu_0_for_the_trainer(tmp_path):

@@ -91,6 +91,14 @@ class GrpoConfig:
     (docs/rollout.md): there one process samples a step's batch as fast as two actors sample its
     shards and evaluation runs 1.6x faster on the actors, but idle actors cost each step a few
     percent, so the main job keeps no actors at all."""
+    max_staleness: int = 0
+    """With each step's rollouts on the fleet (`sample_on: fleet`, `rollout.actors` > 0): how many
+    optimizer steps older than the step that trains on them a step's rollouts may be. 0: every step
+    samples from its own weights and waits for them (on-policy). k > 0: while step t trains, the
+    actors already sample steps t+1..t+k from the weights of the step that sent them (each
+    trajectory records it, `weights_step`), and the loss's PPO ratio is taken against the log-probs
+    the rollouts were sampled with (the engine records them) instead of the current ones, which
+    corrects the update for the older policy that drew them (decoupled, off-policy PPO as in AReaL)."""
     prompts: int = 600
     """Training-split prompts per round to draw the steps' prompts from."""
     tasks: list[str] = field(default_factory=lambda: list(TASKS))
@@ -114,6 +122,7 @@ class GrpoConfig:
                 f"is not a reward ({', '.join(REWARDS)})")
         require(self, "verdict_credit", self.verdict_credit in ("token", "sequence"), "must be token or sequence")
         require(self, "sample_on", self.sample_on in ("fleet", "trainer"), "must be fleet or trainer")
+        require(self, "max_staleness", self.max_staleness >= 0, "must be >= 0")
         require(self, "advantages", self.advantages in ADVANTAGES, f"must be {', '.join(ADVANTAGES)}")
         bad = [t for t in self.tasks if t not in TASKS]
         require(self, "tasks", self.tasks and not bad, f"must be a non-empty list of {', '.join(TASKS)}")

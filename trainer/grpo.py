@@ -26,6 +26,14 @@ ratio compares the distributions the tokens were actually drawn from and starts 
 engine's numbers against a teacher-forced masked forward). Tokens the model did not choose carry
 `env_mask` 0 and no loss.
 
+**Rollouts ahead of training** (`train.grpo.max_staleness` k > 0): the rollout function also
+hands `sample` the next k steps' prompts and seeds, replayed from TRL's own sampler (a fresh copy
+with the same seed draws the same order; a sampler that checks them samples afresh where the
+prediction was wrong), so their rollouts can start while this step trains. Such rollouts come from
+older weights, so the loss's PPO ratio is taken against the log-probabilities they were sampled with
+(the `logprobs` the engine recorded: TRL's `old_per_token_logps`) instead of the current policy's,
+and clipping bounds how far a stale trajectory moves the update.
+
 Every TRL log line (loss, each reward's mean and std, KL, clip ratios, lengths) goes to
 `metrics.jsonl` and wandb through the same callbacks as SFT.
 """
@@ -43,10 +51,11 @@ from strokes.errors import InputError
 from .config import REWARDS, TrainConfig
 from .trl_common import peft_config, run_and_save, setup_wandb, train_callbacks, trainer_args
 
-SampleFn = Callable[[list[str], int, int], dict]
-"""prompts, seed, step -> {"prompt_ids", "completion_ids", "logprobs", "env_mask", "legal", **extra
-fields}, one entry per prompt, plus "metrics": {name: number} for the step's log line; the extra
-fields (lists, one item per prompt) reach the reward functions."""
+SampleFn = Callable[..., dict]
+"""(prompts, seed, step[, upcoming]) -> {"prompt_ids", "completion_ids", "logprobs", "env_mask",
+"legal", **extra fields}, one entry per prompt, plus "metrics": {name: number} for the step's log
+line; the extra fields (lists, one item per prompt) reach the reward functions. `upcoming`, given
+only with `max_staleness` > 0: the next steps' (prompts, seed), which the function may start early."""
 RewardFn = Callable[..., list]
 """TRL's reward signature: (prompts, completions, **fields) -> one float or None per completion."""
 
@@ -105,18 +114,31 @@ def train_grpo(policy, prompts: list[str], cfg: TrainConfig, out: str | Path, sa
     torch.manual_seed(cfg.seed)
     os.environ.setdefault("TRL_EXPERIMENTAL_SILENCE", "1")  # rollout_func is experimental: pinned in pyproject
 
+    ahead = cfg.grpo.max_staleness
+
+    def seed_of(step: int, trainer) -> int:  # ranks (distributed: ray) sample their shares with seeds of their own
+        return cfg.seed * 1_000_003 + step + 7_919 * trainer.accelerator.process_index
+
     def rollout_func(batch: list[str], trainer) -> dict:
         model = trainer.model
         was_training = model.training
         model.eval()
         try:
-            step = trainer.state.global_step  # ranks (distributed: ray) sample their shares with seeds of their own
-            out = sample(batch, cfg.seed * 1_000_003 + step + 7_919 * trainer.accelerator.process_index, step)
+            step = trainer.state.global_step
+            if ahead:
+                later_steps = range(step + 1, min(step + ahead, cfg.grpo.steps - 1) + 1)
+                upcoming = [(later, seed_of(s, trainer)) for s in later_steps
+                            if (later := trainer.planned_batch(s)) is not None]
+                out = sample(batch, seed_of(step, trainer), step, upcoming)
+            else:
+                out = sample(batch, seed_of(step, trainer), step)
         finally:
             model.train(was_training)
         for name, value in out.pop("metrics", {}).items():
             trainer._log_metric(name, value)
         trainer._legal_ids = trainer.legal_ids([ids or [trainer._legal_sets.shape[0] - 1] for ids in out.pop("legal")])
+        if ahead:
+            trainer._behaviour = list(zip(out["logprobs"], out["env_mask"]))
         return out
 
     stop = _stop_when(should_stop)
@@ -131,6 +153,7 @@ def train_grpo(policy, prompts: list[str], cfg: TrainConfig, out: str | Path, sa
         rollout_func=rollout_func,
         legal_sets=legal_sets,
         advantages=cfg.grpo.advantages,
+        behaviour_ratio=ahead > 0,
     )
     from transformers.trainer_callback import PrinterCallback
 
@@ -178,21 +201,44 @@ def _trainer_class():
           trajectory, (completion position, advantage) pairs, added to the group-relative one);
         - `train.grpo.advantages`: "positive" sets negative advantages to zero; "accepted" replaces
           them by 1 where the `final` reward is 1 and 0 elsewhere (the SFT loss on the step's
-          accepted rollouts, no verdict credit).
+          accepted rollouts, no verdict credit);
+        - with `behaviour_ratio` (`max_staleness` > 0) the PPO ratio against the log-probs the
+          rollouts were sampled with, which may be older weights' (`old_per_token_logps`).
         """
 
         chunk_rows = 16
         """Trajectories per forward when computing log-probabilities (each chunk cut to its own span)."""
         _logp_seconds = 0.0
         """Time in forwards without gradient during this step's generation and scoring."""
+        behaviour_ratio = False
+        """The PPO ratio against the log-probs the rollouts were sampled with (`max_staleness` > 0)."""
 
-        def __init__(self, *args, legal_sets: torch.Tensor, advantages: str = "signed", **kwargs) -> None:
+        def __init__(self, *args, legal_sets: torch.Tensor, advantages: str = "signed", behaviour_ratio: bool = False,
+                     **kwargs) -> None:
             super().__init__(*args, **kwargs)
             self.advantages = advantages  # train.grpo.advantages
+            self.behaviour_ratio = behaviour_ratio
+            self._behaviour: list[tuple[list[float], list[int]]] = []  # per row: sampled log-probs, env_mask
+            self._planned: list[int] = []  # dataset rows in the order TRL's sampler hands them out
+            self._planner = None
             self._rewards: torch.Tensor | None = None  # (all ranks' batch, reward functions) of the step
             everything = torch.ones((1, legal_sets.shape[1]), dtype=torch.bool, device=legal_sets.device)
             self._legal_sets = torch.cat([legal_sets.bool(), everything])  # last row: padding
             self._legal_ids: torch.Tensor | None = None  # (batch, completion length) of the batch in hand
+
+        def planned_batch(self, step: int) -> list[str] | None:
+            """The prompts TRL's sampler will hand step `step`'s generation (None past its end): a
+            second sampler built as TRL builds its own, with the same seed, draws the same order."""
+            rows = self.args.per_device_train_batch_size * self.args.steps_per_generation
+            if self._planner is None:
+                self._planner = self._get_train_sampler(self.train_dataset)
+            while len(self._planned) < (step + 1) * rows:
+                before = len(self._planned)
+                self._planned.extend(self._planner)  # one more epoch
+                if len(self._planned) == before:
+                    return None
+            prompts = self.train_dataset["prompt"]
+            return [prompts[i] for i in self._planned[step * rows:(step + 1) * rows]]
 
         def legal_ids(self, rows: list[list[int]]) -> torch.Tensor:
             """Per-token legal-set ids, right-padded like TRL pads completions."""
@@ -210,6 +256,9 @@ def _trainer_class():
             self._metrics["train"]["time/generate"].append(time.perf_counter() - t0)
             self._metrics["train"]["time/logprobs"].append(self._logp_seconds)
             out["legal_ids"] = self._legal_ids.to(out["completion_ids"].device)  # shuffled with the batch
+            if self.behaviour_ratio:
+                out["old_per_token_logps"] = self._sampled_logps(out["completion_ids"].shape[1]).to(
+                    out["completion_ids"].device)
             if self.advantages == "accepted":  # the SFT loss: no group baseline, no verdict credit
                 out["advantages"] = self._accepted(len(inputs)).to(out["advantages"].device)
                 return out
@@ -224,6 +273,12 @@ def _trainer_class():
             if self.advantages == "positive":
                 out["advantages"] = out["advantages"].clamp(min=0)
             return out
+
+        def _sampled_logps(self, width: int) -> torch.Tensor:
+            """The log-probabilities the rollouts were sampled with, right-padded to `width`; 0 where
+            the model did not choose the token (no loss there, and a ratio that cannot overflow)."""
+            rows = [[lp if chosen else 0.0 for lp, chosen in zip(logps, mask)] for logps, mask in self._behaviour]
+            return torch.tensor([r + [0.0] * (width - len(r)) for r in rows], dtype=torch.float32)
 
         def _calculate_rewards(self, *args, **kwargs):
             self._rewards = super()._calculate_rewards(*args, **kwargs)  # gathered over the ranks
