@@ -218,9 +218,3 @@ class PolicySlot:
                                           is_trainable=False)
         self.policy.model = model.eval()
 
-
-def load_policy(folder: str | Path):
-    """A policy from a full checkpoint or an adapter folder (its base plus the adapter)."""
-    slot = PolicySlot()
-    slot.load(folder)
-    return slot.policy

@@ -359,14 +359,6 @@ def scores_at(run_dir: Path, mode: str, source: str = "eval", rnd: int = -1) -> 
     return None
 
 
-def final_scores(run_dir: Path, mode: str) -> dict:
-    """The last evaluated round's scores in `mode` (task accuracies and overall)."""
-    s = scores_at(run_dir, mode)
-    if s is None:
-        raise InputError(f"{run_dir}: no evaluated round")
-    return s
-
-
 def _origin(cfg: AblationConfig, name: str) -> str:
     arm = cfg.arms[name]
     mode = arm.mode or cfg.mode
