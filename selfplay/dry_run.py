@@ -201,8 +201,8 @@ def rollout_actors(cfg: RunConfig, m: Shape) -> Placement:
     if r.actors:
         gpu = r.num_gpus_per_actor > 0
         ids = sorted({g for a in grpo_placement(cfg, 0)["actors"] for g in a})
-        where = f"{r.actors} Ray actors x " + (f"{r.num_gpus_per_actor:g} GPU (GPUs {_ids(ids)})" if gpu
-                                               else f"{r.actor_cpus:g} CPU")
+        each = f"{r.num_gpus_per_actor:g} GPU (GPUs {_ids(ids)})" if gpu else f"{r.actor_cpus:g} CPU"
+        where = f"{r.actors} Ray actor{'s' if r.actors != 1 else ''} x {each}"
         # an engine runs on one device: a fraction of a GPU holds that fraction of its memory
         budget = m.gpu_memory_gb * min(r.num_gpus_per_actor, 1.0) if gpu else m.ram_gb
         return Placement(", ".join(stages), f"rollouts, batch {r.batch_size}", where, gpus=float(len(ids)),
