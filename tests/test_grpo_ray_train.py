@@ -77,10 +77,12 @@ def test_two_workers_train_a_grpo_round_and_resume_after_one_is_killed(ray_clust
 
 
 @pytest.mark.slow
-def test_a_run_with_distributed_ray_trains_its_grpo_round_on_the_workers(ray_cluster, tmp_path, base_checkpoint):  # noqa: F811
+def test_a_run_with_distributed_ray_trains_its_grpo_round_on_the_workers(ray_cluster, tmp_path, base_checkpoint,  # noqa: F811
+                                                                        capsys):
     """`selfplay run` with `train.distributed: ray` hands the GRPO round to Ray Train (a merge once
     dropped that branch and the round trained in the loop's process without a word): two ranks, the
-    replicas in sync, the step trajectories kept and the round's judge cost in metrics.jsonl."""
+    replicas in sync, the step trajectories kept, the round's judge cost in metrics.jsonl, and the
+    console shows each step's line as in-process training does."""
     from selfplay.cli import main
 
     path = tiny_config(tmp_path, base_checkpoint, loop={"rounds": 1, "control": False},
@@ -95,6 +97,8 @@ def test_a_run_with_distributed_ray_trains_its_grpo_round_on_the_workers(ray_clu
     assert [e["round"] for e in events if e["event"] == "judge"] == [1]
     kept = sorted(p.name for p in (stage / TRAJECTORIES).glob("step_*.jsonl.gz"))
     assert kept == ["step_00001.jsonl.gz", "step_00002.jsonl.gz"]  # the first rank's share of each step
+    out = capsys.readouterr().out
+    assert "step 1/2 loss" in out and "step 2/2 loss" in out
 
 
 def test_many_workers_refuse_a_judge_budget(tmp_path, base_checkpoint):  # noqa: F811

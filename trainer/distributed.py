@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import json
 import tempfile
+import threading
 from pathlib import Path
 from typing import Callable
 
@@ -39,6 +40,7 @@ from strokes.model.policy import Policy
 
 from .config import TrainConfig
 from .sft import train
+from .sft_trainer import step_line
 
 
 def _worker(config: dict) -> None:
@@ -134,10 +136,50 @@ def run_workers(worker: Callable[[dict], None], config: dict, cfg: TrainConfig, 
         run_config=RunConfig(name=name, storage_path=str(out / "ray"),
                              failure_config=FailureConfig(max_failures=cfg.worker_restarts)),
     )
-    result = trainer.fit()
+    with MetricsEcho(out / "metrics.jsonl", cfg.grpo.steps if name == "grpo" else cfg.max_steps):
+        result = trainer.fit()
     if not (out / "checkpoint" / "config.json").is_file():
         raise RuntimeError(f"Ray Train finished but wrote no checkpoint under {out}")
     return dict(result.metrics or {})
+
+
+class MetricsEcho:
+    """While Ray Train runs, the console's step lines (`step 20/60 loss ...`, as in-process training
+    prints them) from the log lines the first worker appends to `path`: the workers' own output does
+    not reach the driver (`log_to_driver=False`, or it would bring every worker's and Ray's too)."""
+
+    def __init__(self, path: Path, max_steps: int, every_s: float = 2.0) -> None:
+        self.path, self.max_steps, self.every_s = path, max_steps, every_s
+        self.seen = 0  # bytes of `path` already read
+        self.stop = threading.Event()
+        self.thread = threading.Thread(target=self._follow, daemon=True)
+
+    def __enter__(self) -> "MetricsEcho":
+        self.seen = self.path.stat().st_size if self.path.is_file() else 0  # a resumed round's old lines
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.stop.set()
+        self.thread.join()
+        self._echo()  # the last lines
+
+    def _follow(self) -> None:
+        while not self.stop.wait(self.every_s):
+            self._echo()
+
+    def _echo(self) -> None:
+        if not self.path.is_file():
+            return
+        with self.path.open("rb") as f:
+            f.seek(self.seen)
+            chunk = f.read()
+        complete = chunk[: chunk.rfind(b"\n") + 1]  # a line still being written waits for the next look
+        self.seen += len(complete)
+        for raw in complete.splitlines():
+            logs = json.loads(raw)
+            if "loss" in logs and "step" in logs:
+                print(step_line(int(logs["step"]), self.max_steps, logs), flush=True)
 
 
 def fit(parent: str | Path, dataset: str | Path, cfg: TrainConfig, out: str | Path, address: str = "") -> dict:

@@ -145,7 +145,7 @@ class ConsoleProgress(TrainerCallback):
 def step_line(step: int, max_steps: int, logs: dict) -> str:
     """One logging step as a short line: `step 20/43 loss 0.086 3.0k tok/s` (GRPO: `... reward 0.84
     kl 0.0012 judge 32 req 9.1k tok judge 0.4s / rollout 3.2s`)."""
-    line = f"step {step}/{max_steps} loss {float(logs['loss']):.3f}"
+    line = (f"step {step}/{max_steps}" if max_steps > 0 else f"step {step}") + f" loss {float(logs['loss']):.3f}"
     if "reward" in logs:
         line += f" reward {float(logs['reward']):.3f}"
     if "kl" in logs:
