@@ -75,9 +75,10 @@ def make_sampler(engine: Engine, judge, exact: ExactCheck | None = None, verdict
     `metrics` for the trainer's log (`rollout/seconds`, `judge/seconds`, `draw_metrics()`). The rollouts are
     `engine`'s in this process, or `draw`'s (the fleet's: `FleetRollouts`, which also starts the
     `upcoming` steps' rollouts, given with `train.grpo.max_staleness`). `questions`: the final
-    reward from the judge's answers to the prompt's atomic questions (`judge.final_reward`). `keep` sees every step's trajectories and findings (`step_keeper`). With a
-    `meter`, the step's judge cost and agreement join `metrics` (`JudgeMeter.step`), and a step
-    whose missing verdicts exceed `judge.max_unjudged` stops the round
+    reward from the judge's answers to the prompt's atomic questions (`judge.final_reward`). `keep`
+    sees every step's trajectories and findings (`step_keeper`). With a `meter`, the step's judge
+    cost and agreement join `metrics` (`JudgeMeter.step`), and a step whose missing verdicts exceed
+    `judge.max_unjudged` stops the round
     (`judges.unjudged.require_verdicts`) instead of training on zero advantages."""
     eos = engine.processor.special["<eos>"]
 
