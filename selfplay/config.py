@@ -152,8 +152,9 @@ class RunConfig:
     def __post_init__(self) -> None:
         if self.world.kind == "open":
             self._check_open_world()
-        g = self.train.grpo
-        if g.max_staleness and not (self.rollout.actors and g.sample_on == "fleet" and self.train.distributed == "none"):
+        from .placement import samples_on_fleet  # placement reads this module's RunConfig
+
+        if self.train.grpo.max_staleness and not samples_on_fleet(self):
             raise InputError("train.grpo.max_staleness: rollouts sampled ahead of training need the fleet "
                              "(rollout.actors > 0, train.grpo.sample_on: fleet, train.distributed: none); set it to 0")
         head_file = Path(self.loop.base_checkpoint) / "inspect_head.json"

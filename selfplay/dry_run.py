@@ -226,8 +226,6 @@ def grpo_training(cfg: RunConfig, m: Shape) -> Placement | None:
     trainer = grpo_placement(cfg, 0)["trainer"] if gpu else []
     # a reference copy for the KL unless LoRA (TRL then disables the adapters), and, sampling here, the KV cache
     reference = m.parameters * _train_weight_bytes(cfg, gpu) if g.beta > 0 and not t.lora.enabled else 0
-    kv = 0 if on_fleet else _kv_bytes(cfg, m, gpu)
-    memory = (_training_bytes(cfg, m, gpu, rows, _grpo_tokens(cfg, m)) + reference + kv) / 1e9
     if t.distributed == "ray":  # every worker a rank with its own policy, reference, engine and judge
         share = rows // t.workers
         memory = (_training_bytes(cfg, m, gpu, share, _grpo_tokens(cfg, m)) + reference + _kv_bytes(cfg, m, gpu)) / 1e9
@@ -235,6 +233,8 @@ def grpo_training(cfg: RunConfig, m: Shape) -> Placement | None:
                          f"{t.workers} Ray Train workers x 1 {'GPU' if gpu else 'CPU'}",
                          gpus=float(t.workers) if gpu else 0.0, memory_gb=memory, per="worker",
                          budget_gb=_budget(m, gpu), during_grpo=True)
+    kv = 0 if on_fleet else _kv_bytes(cfg, m, gpu)
+    memory = (_training_bytes(cfg, m, gpu, rows, _grpo_tokens(cfg, m)) + reference + kv) / 1e9
     work = f"GRPOTrainer, {rows} trajectories/step" + (" sampled by the actors" if on_fleet else " sampled here")
     if g.max_staleness:
         work += f", up to {g.max_staleness} step{'s' if g.max_staleness > 1 else ''} ahead of training"

@@ -219,7 +219,7 @@ def _trainer_class():
             self.advantages = advantages  # train.grpo.advantages
             self.behaviour_ratio = behaviour_ratio
             self._behaviour: list[tuple[list[float], list[int]]] = []  # per row: sampled log-probs, env_mask
-            self._planned: list[int] = []  # dataset rows in the order TRL's sampler hands them out
+            self._planned: list[str] = []  # prompts in the order TRL's sampler hands them out
             self._planner = None
             self._rewards: torch.Tensor | None = None  # (all ranks' batch, reward functions) of the step
             everything = torch.ones((1, legal_sets.shape[1]), dtype=torch.bool, device=legal_sets.device)
@@ -231,14 +231,14 @@ def _trainer_class():
             second sampler built as TRL builds its own, with the same seed, draws the same order."""
             rows = self.args.per_device_train_batch_size * self.args.steps_per_generation
             if self._planner is None:
-                self._planner = self._get_train_sampler(self.train_dataset)
+                self._planner = self._get_train_sampler(self.train_dataset), self.train_dataset["prompt"]
+            sampler, prompts = self._planner
             while len(self._planned) < (step + 1) * rows:
                 before = len(self._planned)
-                self._planned.extend(self._planner)  # one more epoch
+                self._planned.extend(prompts[i] for i in sampler)  # one more epoch
                 if len(self._planned) == before:
                     return None
-            prompts = self.train_dataset["prompt"]
-            return [prompts[i] for i in self._planned[step * rows:(step + 1) * rows]]
+            return self._planned[step * rows:(step + 1) * rows]
 
         def legal_ids(self, rows: list[list[int]]) -> torch.Tensor:
             """Per-token legal-set ids, right-padded like TRL pads completions."""
