@@ -78,18 +78,17 @@ def step_arm(args) -> dict:
     from rollout import RolloutFleet
     from selfplay.grpo import grpo_prompts, grpo_stage
     from selfplay.judging import policy_judge
-    from selfplay.placement import samples_on_fleet
 
     torch.set_num_threads(args.threads)
     cfg = load(args)
     parent = Path(cfg.loop.base_checkpoint).resolve()
     fleet = RolloutFleet(cfg.rollout) if args.actors else None
-    if fleet and not samples_on_fleet(cfg):  # train.grpo.sample_on: trainer: the actors are up, idle
+    if fleet and not cfg.samples_on_fleet:  # train.grpo.sample_on: trainer: the actors are up, idle
         fleet.hold(parent)
     with tempfile.TemporaryDirectory() as out:
         t0 = time.perf_counter()
         grpo_stage(cfg, parent, grpo_prompts(cfg, 1), Path(out), policy_judge(cfg.judge, parent, cfg.rollout),
-                   fleet=fleet if samples_on_fleet(cfg) else None)
+                   fleet=fleet if cfg.samples_on_fleet else None)
         wall = time.perf_counter() - t0
         lines = [json.loads(x) for x in (Path(out) / "metrics.jsonl").read_text().splitlines()]
     steps = [x for x in lines if "step_time" in x][1:]

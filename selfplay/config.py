@@ -152,9 +152,7 @@ class RunConfig:
     def __post_init__(self) -> None:
         if self.world.kind == "open":
             self._check_open_world()
-        from .placement import samples_on_fleet  # placement reads this module's RunConfig
-
-        if self.train.grpo.max_staleness and not samples_on_fleet(self):
+        if self.train.grpo.max_staleness and not self.samples_on_fleet:
             raise InputError("train.grpo.max_staleness: rollouts sampled ahead of training need the fleet "
                              "(rollout.actors > 0, train.grpo.sample_on: fleet, train.distributed: none); set it to 0")
         head_file = Path(self.loop.base_checkpoint) / "inspect_head.json"
@@ -162,6 +160,12 @@ class RunConfig:
             raise InputError("rollout.inspect: 'head' needs inspect_head.enabled: true (or a base checkpoint "
                              "with an Inspect head)")
 
+
+    @property
+    def samples_on_fleet(self) -> bool:
+        """Whether a GRPO round samples its steps on the run's rollout actors (else in the trainer's
+        process, or with `train.distributed: ray` in each Ray Train worker for its share)."""
+        return self.rollout.actors > 0 and self.train.grpo.sample_on == "fleet" and self.train.distributed != "ray"
 
     def _check_open_world(self) -> None:
         """What an open world cannot do (no exact judge, renderer or base-data pipelines), one line each."""

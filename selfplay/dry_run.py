@@ -29,7 +29,7 @@ from strokes.model.tiny import ModelConfig
 from strokes.records import TASKS
 
 from .config import RunConfig, load_config
-from .placement import grpo_placement, samples_on_fleet
+from .placement import grpo_placement
 from .side_process import uses_side_process
 
 GPU_MEMORY_GB = 80.0
@@ -195,7 +195,7 @@ def rollout_actors(cfg: RunConfig, m: Shape) -> Placement:
     """Evaluation, validation, Inspect-head and SFT rounds' rollouts, and with actors GRPO's step
     rollouts: on the Ray fleet or in the loop's process."""
     r = cfg.rollout
-    grpo_steps = _grpo_rounds(cfg) and samples_on_fleet(cfg)
+    grpo_steps = _grpo_rounds(cfg) and cfg.samples_on_fleet
     stages = ["eval", "validate"] + (["rollouts (SFT rounds)"] if _sft_rounds(cfg) else []) \
         + (["GRPO step rollouts"] if grpo_steps else []) + (["inspect_head"] if cfg.inspect_head.enabled else [])
     if r.actors:
@@ -222,7 +222,7 @@ def grpo_training(cfg: RunConfig, m: Shape) -> Placement | None:
     t, g = cfg.train, cfg.train.grpo
     gpu = _on_gpu(t.device, _cluster(cfg))
     rows = g.prompts_per_step * g.generations
-    on_fleet = samples_on_fleet(cfg)
+    on_fleet = cfg.samples_on_fleet
     trainer = grpo_placement(cfg, 0)["trainer"] if gpu else []
     # a reference copy for the KL unless LoRA (TRL then disables the adapters), and, sampling here, the KV cache
     reference = m.parameters * _train_weight_bytes(cfg, gpu) if g.beta > 0 and not t.lora.enabled else 0

@@ -44,7 +44,6 @@ from strokes.trajectory import read_jsonl
 from .config import RunConfig
 from .evaluation import evaluate, validate
 from .judging import cost_line, served_judge
-from .placement import samples_on_fleet
 from .report import write_report
 from .side_process import SideProcess, uses_side_process
 from .run_dir import (CHECKPOINT, CONTROL, CONTROL_EVAL, CONTROL_INSPECT_HEAD, CONTROL_VALIDATE, DATA, EVAL,
@@ -205,7 +204,7 @@ class Loop:
         if self.fleet is not None and cfg.train.distributed == "ray":
             self.fleet.close()  # Ray holds a live actor's GPUs: free them for training; the next rollout restarts it
         # GRPO samples each step's rollouts on the fleet (its actors get the step's weights) or here
-        on_fleet = grpo and samples_on_fleet(cfg)
+        on_fleet = grpo and cfg.samples_on_fleet
         trained = self.stage(rnd, CHECKPOINT, lambda tmp: train_stage(cfg, parent, data / "dataset", tmp, rnd, "policy",
                                                                         fleet=self.fleet if on_fleet else None))
         summary = json.loads((trained / "train_summary.json").read_text())

@@ -1,7 +1,7 @@
 """Where a GRPO round's work lands on a GPU machine: the trainer's GPUs and each rollout actor's.
 
 A GRPO round trains in the loop's process and, with `rollout.actors` > 0 (and `train.grpo.sample_on:
-fleet`), samples every step on the run's Ray fleet (`samples_on_fleet`). The trainer keeps the first
+fleet`), samples every step on the run's Ray fleet (`RunConfig.samples_on_fleet`). The trainer keeps the first
 `rollout.reserved_gpus` GPUs (a local Ray cluster is started without them, `rollout/cluster.py`);
 Ray hands the actors the others, `num_gpus_per_actor` each (fractions pack several actors on one
 GPU). `grpo_placement` works that out for a machine of `gpus` GPUs without starting anything, so a
@@ -13,12 +13,6 @@ from __future__ import annotations
 import math
 
 from .config import RunConfig
-
-
-def samples_on_fleet(cfg: RunConfig) -> bool:
-    """Whether a GRPO round samples its steps on the run's rollout actors (else in the trainer's
-    process, or with `train.distributed: ray` in each Ray Train worker for its share)."""
-    return cfg.rollout.actors > 0 and cfg.train.grpo.sample_on == "fleet" and cfg.train.distributed != "ray"
 
 
 def grpo_placement(cfg: RunConfig, gpus: int) -> dict:
@@ -47,7 +41,7 @@ def grpo_placement(cfg: RunConfig, gpus: int) -> dict:
                         "and train their share of every GRPO step" + (", the actors serve evaluation" if r.actors else ""))
     elif not r.actors:
         warnings.append("note: rollout.actors is 0: GRPO samples in the trainer's process, on its device")
-    elif not samples_on_fleet(cfg):
+    elif not cfg.samples_on_fleet:
         warnings.append("note: train.grpo.sample_on is trainer: GRPO samples in the trainer's process, "
                         "the actors serve evaluation")
     elif cuda and not r.reserved_gpus and per > 0:
