@@ -160,7 +160,6 @@ class RunConfig:
             raise InputError("rollout.inspect: 'head' needs inspect_head.enabled: true (or a base checkpoint "
                              "with an Inspect head)")
 
-
     @property
     def samples_on_fleet(self) -> bool:
         """Whether a GRPO round samples its steps on the run's rollout actors (else in the trainer's
