@@ -321,6 +321,23 @@ def test_the_side_process_changes_when_stages_run_not_what_they_produce(tmp_path
     assert "round 2: process policy" in console  # each round closes with its control beside it
 
 
+def test_a_finished_run_given_more_rounds_goes_on_as_if_asked_at_the_start(tmp_path, base_checkpoint, capsys):
+    """`--resume --allow-change loop.rounds --set loop.rounds=2` on a finished one-round run trains
+    round 2 only, from the promoted policy, and ends where a two-round run from the start ends."""
+    cfg = _grpo_config(tmp_path, base_checkpoint, overlap=False)
+    assert main(["run", str(cfg), "--runs", str(tmp_path), "--name", "whole"]) == 0
+    assert main(["run", str(cfg), "--runs", str(tmp_path), "--name", "grown", "--set", "loop.rounds=1"]) == 0
+    assert "2:checkpoint" not in stages(tmp_path / "grown")
+    capsys.readouterr()
+    assert main(["run", str(cfg), "--runs", str(tmp_path), "--name", "grown", "--resume"]) == 2
+    assert "loop.rounds (1 -> 2)" in capsys.readouterr().err
+    assert main(["run", str(cfg), "--runs", str(tmp_path), "--name", "grown", "--resume",
+                 "--allow-change", "loop.rounds"]) == 0
+    console = capsys.readouterr().out
+    assert "round 1: checkpoint ..." not in console and "round 2: checkpoint ..." in console
+    assert _outcome(tmp_path / "grown") == _outcome(tmp_path / "whole")
+
+
 def test_the_side_process_exits_when_the_loop_process_is_killed(tmp_path):
     """A run killed with -9 leaves no side process writing into the folder a resume will redo."""
     script = ("import os, sys\nfrom selfplay.side_process import SideProcess\n"

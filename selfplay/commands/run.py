@@ -16,7 +16,7 @@ if TYPE_CHECKING:
 # config.yaml, or a round would mix two settings (and the saved config would describe neither).
 RESUME_SAFE = ("tracking.*", "rollout.actors", "rollout.actor_cpus", "rollout.ray_address", "rollout.ray_cpus",
                "rollout.object_store_mb", "rollout.batch_size", "rollout.shard_size", "train.num_threads",
-               "train.tokenize_workers", "data.workers", "loop.overlap")
+               "train.tokenize_workers", "data.workers", "loop.overlap", "loop.rounds")
 
 
 def register(sub: argparse._SubParsersAction) -> None:
