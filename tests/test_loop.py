@@ -322,8 +322,8 @@ def test_the_side_process_changes_when_stages_run_not_what_they_produce(tmp_path
 
 
 def test_a_finished_run_given_more_rounds_goes_on_as_if_asked_at_the_start(tmp_path, base_checkpoint, capsys):
-    """`--resume --allow-change loop.rounds --set loop.rounds=2` on a finished one-round run trains
-    round 2 only, from the promoted policy, and ends where a two-round run from the start ends."""
+    """A run that finished one round, resumed with its config's two rounds and `--allow-change
+    loop.rounds`, trains round 2 only and ends where a two-round run from the start ends."""
     cfg = _grpo_config(tmp_path, base_checkpoint, overlap=False)
     assert main(["run", str(cfg), "--runs", str(tmp_path), "--name", "whole"]) == 0
     assert main(["run", str(cfg), "--runs", str(tmp_path), "--name", "grown", "--set", "loop.rounds=1"]) == 0

@@ -12,8 +12,10 @@ if TYPE_CHECKING:
 
 # Fields a resumed run may change with `--allow-change`: they decide where and how fast the work
 # runs, not what is sampled, judged or trained (batch and shard sizes regroup the rollouts, which
-# changes their random draws but not their distribution). Everything else must match the run's own
-# config.yaml, or a round would mix two settings (and the saved config would describe neither).
+# changes their random draws but not their distribution), and `loop.rounds`, which no round reads
+# (a finished run given more rounds goes on as if it had asked for them at the start). Everything
+# else must match the run's own config.yaml, or a round would mix two settings (and the saved config
+# would describe neither).
 RESUME_SAFE = ("tracking.*", "rollout.actors", "rollout.actor_cpus", "rollout.ray_address", "rollout.ray_cpus",
                "rollout.object_store_mb", "rollout.batch_size", "rollout.shard_size", "train.num_threads",
                "train.tokenize_workers", "data.workers", "loop.overlap", "loop.rounds")
