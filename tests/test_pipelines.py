@@ -313,6 +313,7 @@ def test_strip_shows_every_state_scaled_with_wrong_ones_framed_red():
     ("data:\n  pipelines: {detour_prob: high}\n", ["data.pipelines.detour_prob"]),
     ("data:\n  tasks: {counting: -1}\n", ["data.tasks"]),
     ("data:\n  pipelines: {swapped_colors: 1.5}\n", ["data.pipelines.swapped_colors", "between 0 and 1"]),
+    ("data:\n  pipelines: {plan_order: alphabetical}\n", ["data.pipelines.plan_order", "random, prompt"]),
     ("data: [1, 2\n", ["c.yaml:", "malformed YAML"]),
 ])
 def test_bad_config_exits_2_with_one_line(tmp_path, capsys, yaml_text, names):
@@ -419,3 +420,23 @@ def test_swapped_colours_give_an_object_the_other_objects_colour_and_the_check_l
         assert not split_checklist(wrong.inspection)[0][-1].planned
         assert parse_inspection(wrong.inspection).conflicts[0].kind.value == "wrong_color"
         assert parse_instruction(wrong.refinements[0].instruction).kind == "recolor"
+
+
+def test_prompt_plan_order_draws_a_prompts_phrases_in_its_word_order():
+    """`data.pipelines.plan_order: prompt`: without a stated relation the plan draws the prompt's
+    objects in the prompt's word order ("a red circle and a blue square" opens with "add a red
+    circle"), where the default draws them in any order; position prompts keep their reference first."""
+    first_is_first = {}
+    for order in ("random", "prompt"):
+        maker, rng, hits = TrajectoryMaker(PipelineConfig(plan_order=order), 64), random.Random(0), []
+        for _ in range(40):
+            rec = sample_record("color_attr", rng)
+            t = maker.make("scene_graph", rec, rng)
+            items = [parse_description(s.description)[-1] for s in t.steps if s.instruction.startswith("add")]
+            hits.append([(i.shape, i.color) for i in items] == [(r.shape, r.color) for r in rec.include])
+        first_is_first[order] = sum(hits)
+    assert first_is_first["prompt"] == 40 and 8 < first_is_first["random"] < 32
+    rng = random.Random(1)
+    rec = sample_record("position", rng)
+    t = TrajectoryMaker(PipelineConfig(plan_order="prompt"), 64).make("scene_graph", rec, rng)
+    assert parse_description(t.steps[0].description)[0].shape == rec.include[0].shape

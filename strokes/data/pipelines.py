@@ -34,6 +34,7 @@ from ..trajectory import Refinement, Step, Trajectory, single_pass_trajectory
 from ..verdict import Conflict, Verdict
 
 SOURCES = ("scene_graph", "conflict", "alignment", "single_pass")
+PLAN_ORDERS = ("random", "prompt")
 
 
 @dataclass
@@ -59,8 +60,14 @@ class PipelineConfig:
     """Open every step's inspection with a check list of the step's described objects, each against
     the prompt and the sketch ('red circle planned drawn. blue square not planned drawn.'), before
     the verdict: inspection by enumeration (`language.checklist_text`)."""
+    plan_order: str = "prompt"
+    """Drawing order of a prompt's objects when the prompt states no relation: 'prompt' (its word
+    order: the first instruction copies the prompt's first phrase, so which colour goes with which
+    shape is read from where a phrase sits) or 'random' (any order: the shape bound to a colour must
+    be looked up by colour, which the tiny model never learnt; the base before 2026-12-05)."""
 
     def __post_init__(self) -> None:
+        require(self, "plan_order", self.plan_order in PLAN_ORDERS, f"must be one of {', '.join(PLAN_ORDERS)}")
         for name in ("detour_prob", "conflict_negative", "alignment_negative", "swapped_colors"):
             value = getattr(self, name)
             require(self, name, isinstance(value, (int, float)) and 0 <= value <= 1, "must be a share between 0 and 1")
@@ -148,7 +155,7 @@ class TrajectoryMaker:
         prompt_rel = {starts[g] + k: (r.position[0], starts[r.position[1]])
                       for g, r in enumerate(rec.include) if r.position for k in range(r.count)}
         order = list(range(len(objs)))
-        if not prompt_rel:  # include order keeps references first; otherwise any order will do
+        if not prompt_rel and self.cfg.plan_order == "random":  # a relation keeps its reference first
             rng.shuffle(order)
         pos = {o: n for n, o in enumerate(order)}
         ordered = [objs[o] for o in order]
