@@ -425,8 +425,8 @@ def test_swapped_colours_give_an_object_the_other_objects_colour_and_the_check_l
 def test_prompt_plan_order_draws_a_prompts_phrases_in_its_word_order():
     """`data.pipelines.plan_order: prompt`: without a stated relation the plan draws the prompt's
     objects in the prompt's word order ("a red circle and a blue square" opens with "add a red
-    circle"), where the default draws them in any order; position prompts keep their reference first."""
-    first_is_first = {}
+    circle"), where `random` draws them in any order; position prompts keep their reference first."""
+    in_word_order = {}
     for order in ("random", "prompt"):
         maker, rng, hits = TrajectoryMaker(PipelineConfig(plan_order=order), 64), random.Random(0), []
         for _ in range(40):
@@ -434,8 +434,8 @@ def test_prompt_plan_order_draws_a_prompts_phrases_in_its_word_order():
             t = maker.make("scene_graph", rec, rng)
             items = [parse_description(s.description)[-1] for s in t.steps if s.instruction.startswith("add")]
             hits.append([(i.shape, i.color) for i in items] == [(r.shape, r.color) for r in rec.include])
-        first_is_first[order] = sum(hits)
-    assert first_is_first["prompt"] == 40 and 8 < first_is_first["random"] < 32
+        in_word_order[order] = sum(hits)
+    assert in_word_order["prompt"] == 40 and 8 < in_word_order["random"] < 32
     rng = random.Random(1)
     rec = sample_record("position", rng)
     t = TrajectoryMaker(PipelineConfig(plan_order="prompt"), 64).make("scene_graph", rec, rng)
