@@ -12,7 +12,8 @@ image is asked), and from atomic questions (selfplay/questions.py). What GRPO us
 over the pairs of a group whose exact rewards differ, the share the judge's reward orders the same
 way (a tie counts half), and the correlation of group-centred rewards (the advantages) with the
 exact ones. "recovered" is the share of what the holistic reward loses against the exact judge
-that the questions win back.
+that the questions win back. A second table does the same for GRPO's whole reward under each stand-in
+judge (questions final): each component alone and weighted sums, against the exact final reward.
 """
 
 from __future__ import annotations
@@ -70,7 +71,7 @@ def main() -> None:
     from selfplay.config import load_config
     from selfplay.evaluation import sampled_verdicts
     from selfplay.grpo import grpo_prompts
-    from selfplay.rewards import judge_rollouts
+    from selfplay.rewards import judge_rollouts, reward_functions
     from selfplay.world import make_world
     from strokes.model.policy import Policy
     from strokes.records import PromptRecord
@@ -142,6 +143,25 @@ def main() -> None:
         rec = "" if row is holistic or lost <= 0 else f"{100 * (row['pair order'] - holistic['pair order']) / lost:.0f}%"
         print(f"{row['judge']:8} {row['final reward']:13} {row['pair order']:10.3f} ± {row['pair order sd']:.3f} "
               f"{row['advantage r']:12.3f} {rec:>10} " + " ".join(f"{row['per task'][t]:11.3f}" for t in names))
+    # the whole GRPO reward: its components under each stand-in judge, alone and summed with weights
+    prompts_of = [t.prompt for t in trajectories]
+    weightings = {"final alone": {"final": 1.0}, "inspection alone": {"inspection": 1.0},
+                  "refine alone": {"refine": 1.0}, "shipped weights": dict(cfg.train.grpo.reward_weights),
+                  "no inspection": {**cfg.train.grpo.reward_weights, "inspection": 0.0},
+                  "refine x2": {**cfg.train.grpo.reward_weights, "refine": 2 * cfg.train.grpo.reward_weights.get("refine", 0)}}
+
+    def summed(judged, weights: dict) -> list[float]:
+        parts = {k: f(prompts=prompts_of, completions=None, judged=judged) for k, f in reward_functions().items()}
+        return [sum(w * (parts[k][i] or 0.0) for k, w in weights.items() if k in parts) for i in range(len(trajectories))]
+
+    print("\nGRPO's whole reward (questions final) against the exact final reward: advantage r, mean ± sd over seeds")
+    for profile in ("strong", "typical"):
+        judged = [judge_rollouts(trajectories, VLMJudge(load_profile(profile), seed), None, True) for seed in range(args.seeds)]
+        cells = []
+        for name, weights in weightings.items():
+            rs = [advantage_correlation(grouped(summed(j, weights)), exact) for j in judged]
+            cells.append(f"{name} {statistics.fmean(rs):.3f} ± {statistics.pstdev(rs):.3f}")
+        print(f"{profile:8} " + "; ".join(cells))
     if args.json:
         Path(args.json).write_text(json.dumps({"rows": rows, "trajectories": len(trajectories),
                                                "rollout_s": rollout_s}, indent=2))

@@ -65,6 +65,10 @@ class JudgeConfig:
     """With kind "gpt": start this judge of ours ("oracle", "vlm", or "self" = the base checkpoint's Inspect)
     behind the OpenAI-compatible judge server on 127.0.0.1 for the run and judge through it, as a
     remote endpoint is judged (`base_url` and `model` are then the server's); "" uses `base_url`."""
+    inspector: str = ""
+    """With kind "self": a fitted attention Inspect head (`selfplay fit-inspector`'s folder) judges the
+    rounds instead of the parent's verdict word: a frozen copy of the checkpoint it was fitted on
+    reads each trajectory, and the head's threshold decides (selfplay/inspector.py)."""
 
     def __post_init__(self) -> None:
         self.validate()
@@ -86,6 +90,8 @@ class JudgeConfig:
         require(self, "final_reward", self.final_reward in FINAL_REWARDS, f"must be one of {', '.join(FINAL_REWARDS)}")
         require(self, "final_reward", self.final_reward != "likelihood" or self.kind == "self",
                 "'likelihood' needs kind: self (the policy's own P(conflict))")
+        require(self, "inspector", not self.inspector or self.kind == "self",
+                "needs kind: self (the head is the model's own inspection)")
         require(self, "max_unjudged", 0.0 <= self.max_unjudged <= 1.0, "must be a fraction between 0 and 1")
         require(self, "serve", self.serve in SERVABLE, f"must be one of {', '.join(map(repr, SERVABLE))}")
         require(self, "serve", not self.serve or self.kind == "gpt",

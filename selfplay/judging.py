@@ -19,6 +19,7 @@ from strokes.model.policy import Policy, checkpoint_image_side
 from strokes.trajectory import Trajectory
 from trainer.trl_common import use_cuda
 
+from .inspector import Inspector
 from .rewards import ExactCheck, Judged, judge_rollouts
 from .self_reading import TrajectoryReader
 
@@ -37,13 +38,17 @@ def policy_judge(cfg: JudgeConfig, checkpoint: str | Path, rollout_cfg: RolloutC
 def grpo_judge(cfg: RunConfig, parent: str | Path):
     """The judge of a GRPO round over `parent`. The self judge is a frozen copy of the parent that
     reads each rolled-out trajectory whole (`TrajectoryReader`: labels from one forward, no text
-    written), on the trainer's device; any other judge is the one `policy_judge` gives."""
+    written), on the trainer's device; with `judge.inspector`, a frozen copy of the checkpoint that
+    head was fitted on, the head deciding at its own threshold. Any other judge is the one
+    `policy_judge` gives."""
     if cfg.judge.kind != "self":
         return policy_judge(cfg.judge, parent, cfg.rollout)
-    policy = Policy.from_pretrained(parent)
+    inspector = Inspector.load(cfg.judge.inspector) if cfg.judge.inspector else None
+    policy = Policy.from_pretrained(inspector.checkpoint if inspector else parent)
     if use_cuda(cfg.train):
         policy.model.to("cuda")
-    return TrajectoryReader(policy, cfg.rollout.inspect_threshold, graded=cfg.judge.final_reward == "likelihood")
+    threshold = inspector.threshold if inspector else cfg.rollout.inspect_threshold
+    return TrajectoryReader(policy, threshold, graded=cfg.judge.final_reward == "likelihood", inspector=inspector)
 
 
 @contextmanager

@@ -38,6 +38,7 @@ from strokes.trajectory import Trajectory
 
 from .inspect_eval import LabelledState, visual_states
 from .inspect_head import verdict_logits
+from .inspector import Inspector
 
 
 def folded(t: Trajectory) -> Trajectory:
@@ -68,9 +69,10 @@ class TrajectoryReader:
 
     name = "self"
 
-    def __init__(self, policy: Policy, threshold: float, graded: bool = False) -> None:
+    def __init__(self, policy: Policy, threshold: float, graded: bool = False, inspector: Inspector | None = None) -> None:
         self.policy, self.threshold = policy, threshold
         self.graded = graded  # the final reward is 1 - P(conflict) at the last state, not its label
+        self.inspector = inspector  # an attention head on `policy`'s hidden states decides instead of its verdict word
         policy.model.eval()
         words = [policy.processor.text_ids_of(w) for w in ("conflict", "aligned")]
         self.rule = InspectRule(words[0][0], words[1][0])  # P(conflict) as the decoder computes it
@@ -104,6 +106,8 @@ class TrajectoryReader:
 
     def _p_conflict(self, trajectories: list[Trajectory]) -> list[np.ndarray]:
         """P(conflict) at each inspection's verdict position, per trajectory."""
+        if self.inspector is not None:
+            return self.inspector.p_conflict(self.policy, trajectories)
         return [self.rule.p_conflict(torch.from_numpy(rows)).numpy() for rows in verdict_logits(self.policy, trajectories)]
 
     def label(self, trajectories: list[Trajectory]) -> tuple[list[LabelledState], list[Reading | None]]:

@@ -357,15 +357,29 @@ def test_a_grpo_round_rewarded_by_the_served_stand_in_vlm_judge(tmp_path, base_c
     assert "The training judge against the exact judge on the round's own rollouts" in report
 
 
+@pytest.mark.parametrize("inspector", [False, True], ids=["verdict word", "attention inspector"])
 def test_a_self_judged_grpo_round_calls_the_exact_judge_only_to_measure_its_agreement(tmp_path, base_checkpoint,
-                                                                                     monkeypatch):  # noqa: F811
+                                                                                     monkeypatch, inspector):  # noqa: F811
     """judge.kind: self (configs/shapeworld-self.yaml): the round's rewards, verdict credit and labels
-    come from the parent's own Inspect. Every call of the exact judge inside the GRPO stage comes from
-    the meter that measures the training judge's agreement after the step's verdicts are in, none
-    from the rewards; the agreement reaches the round's summary."""
+    come from the parent's own Inspect, or from an attention inspector fitted before the run on the
+    base's labelled states (configs/shapeworld-self-inspector.yaml). Every call of the exact judge
+    inside the GRPO stage comes from the meter that measures the training judge's agreement after
+    the step's verdicts are in, none from the rewards; the agreement reaches the round's summary."""
     import inspect as stack_inspect
 
+    from selfplay.inspect_eval import label_states, visual_states
+    from selfplay.inspector import fit_inspector
     from selfplay.world.shapeworld import ShapeWorld
+
+    judge = {"kind": "self"}
+    if inspector:  # fitted before the run, on base-data trajectories the exact judge labels
+        trajectories = hand_labelled()
+        for t in trajectories:
+            t.meta["inspect_scores"] = [0.5] * visual_states(t)
+        states, _ = label_states(trajectories, OracleJudge())
+        fit_inspector(Policy.from_pretrained(base_checkpoint), str(base_checkpoint), trajectories, states,
+                      max_epochs=2, log=lambda _: None).save(tmp_path / "inspector")
+        judge["inspector"] = str(tmp_path / "inspector")
 
     callers: list[set[str]] = []
 
@@ -379,7 +393,7 @@ def test_a_self_judged_grpo_round_calls_the_exact_judge_only_to_measure_its_agre
     monkeypatch.setattr(OracleJudge, "judge", spied(OracleJudge.judge))
     monkeypatch.setattr(ShapeWorld, "is_correct", staticmethod(spied(is_correct)))
     cfg = tiny_config(tmp_path, base_checkpoint, loop={"rounds": 1, "control": False},
-                      judge={"kind": "self"}, rollout={"inspect_threshold": 0.04},
+                      judge=judge, rollout={"inspect_threshold": 0.04},
                       train={"method": "grpo", "lr": 1e-3,
                              "grpo": {"steps": 2, "prompts_per_step": 2, "generations": 2, "prompts": 6}})
     assert main(["run", str(cfg), "--runs", str(tmp_path / "runs"), "--name", "s"]) == 0
