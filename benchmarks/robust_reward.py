@@ -150,16 +150,19 @@ def main() -> None:
                   "no inspection": {**cfg.train.grpo.reward_weights, "inspection": 0.0},
                   "refine x2": {**cfg.train.grpo.reward_weights, "refine": 2 * cfg.train.grpo.reward_weights.get("refine", 0)}}
 
-    def summed(judged, weights: dict) -> list[float]:
-        parts = {k: f(prompts=prompts_of, completions=None, judged=judged) for k, f in reward_functions().items()}
+    def components(judged) -> dict[str, list]:
+        return {k: f(prompts=prompts_of, completions=None, judged=judged) for k, f in reward_functions().items()}
+
+    def summed(parts: dict[str, list], weights: dict) -> list[float]:
         return [sum(w * (parts[k][i] or 0.0) for k, w in weights.items() if k in parts) for i in range(len(trajectories))]
 
     print("\nGRPO's whole reward (questions final) against the exact final reward: advantage r, mean ± sd over seeds")
     for profile in ("strong", "typical"):
-        judged = [judge_rollouts(trajectories, VLMJudge(load_profile(profile), seed), None, True) for seed in range(args.seeds)]
+        parts = [components(judge_rollouts(trajectories, VLMJudge(load_profile(profile), seed), None, True))
+                 for seed in range(args.seeds)]
         cells = []
         for name, weights in weightings.items():
-            rs = [advantage_correlation(grouped(summed(j, weights)), exact) for j in judged]
+            rs = [advantage_correlation(grouped(summed(p, weights)), exact) for p in parts]
             cells.append(f"{name} {statistics.fmean(rs):.3f} ± {statistics.pstdev(rs):.3f}")
         print(f"{profile:8} " + "; ".join(cells))
     if args.json:

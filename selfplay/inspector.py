@@ -180,7 +180,8 @@ def fit_inspector(policy, checkpoint: str, trajectories: list[Trajectory], state
         with torch.no_grad():
             return np.concatenate([torch.sigmoid(head(r.hidden, r.queries, r.allowed, r.grid)).numpy() for r, _ in some])
 
-    def fit(train: list, epochs: int, held: list = ()) -> tuple[AttentionHead, list[float]]:
+    def fit(train: list, epochs: int, held: list = ()) -> tuple[AttentionHead, list[tuple[float, np.ndarray]]]:
+        """The head after `epochs` epochs, and after each epoch its AUC on `held` and its scores of it."""
         torch.manual_seed(seed)
         order = random.Random(seed)
         head = AttentionHead(items[0][0].hidden.shape[1])
@@ -197,20 +198,20 @@ def fit_inspector(policy, checkpoint: str, trajectories: list[Trajectory], state
                 loss.backward()
                 opt.step()
             if held:
-                curve.append(float(roc_auc_score(torch.cat([y for _, y in held]).numpy(), scores(head, held))))
-                log(f"inspector: epoch {epoch + 1}/{epochs}, held-out AUC {curve[-1]:.3f}")
+                held_scores = scores(head, held)
+                curve.append((float(roc_auc_score(torch.cat([y for _, y in held]).numpy(), held_scores)), held_scores))
+                log(f"inspector: epoch {epoch + 1}/{epochs}, held-out AUC {curve[-1][0]:.3f}")
         return head, curve
 
     shuffled = random.Random(seed).sample(items, len(items))
     held = shuffled[: max(2, len(items) // 5)]
-    probe, curve = fit(shuffled[len(held):], max_epochs, held)
-    epochs = int(np.argmax(curve)) + 1
-    # the threshold from the held-out fifth, scored by the head fitted without it at its best epoch
-    probe, _ = fit(shuffled[len(held):], epochs)
+    _, curve = fit(shuffled[len(held):], max_epochs, held)
+    # the epoch count and the threshold from the held-out fifth, as scored at its best epoch
+    epochs = int(np.argmax([auc for auc, _ in curve])) + 1
+    auc, held_scores = curve[epochs - 1]
     wrong = torch.cat([y for _, y in held]).numpy().astype(bool)
-    held_scores = scores(probe, held)
     recall, threshold = recall_at(wrong, held_scores, false_alarm)
-    measured = {"states": int(len(wrong)), "wrong": int(wrong.sum()), "auc": float(roc_auc_score(wrong, held_scores)),
+    measured = {"states": int(len(wrong)), "wrong": int(wrong.sum()), "auc": auc,
                 "recall": recall, "false_alarm": float((held_scores[~wrong] >= threshold).mean()),
                 "fitted_states": int(len(labels)), "epochs": epochs}
     log(f"inspector: {epochs} epochs; held-out AUC {measured['auc']:.3f}, recall {recall:.0%} at threshold "

@@ -225,27 +225,31 @@ def test_the_inspect_head_reads_the_position_before_the_verdict_word(policy):
     assert ids[second + len(listed) + 1] == p.text_ids_of("conflict")[0]
 
 
-def test_an_attention_inspector_fits_reloads_and_is_what_a_self_judge_reads(policy, tmp_path):
+def test_an_attention_inspector_fits_reloads_and_is_what_a_self_judge_reads(policy, tmp_path, tmp_path_factory):
     from judges import JudgeConfig
+    from selfplay.config import load_config
     from selfplay.inspector import Inspector, fit_inspector
-    from selfplay.self_reading import TrajectoryReader
+    from selfplay.judging import grpo_judge
     from strokes.errors import InputError
 
     trajectories = hand_labelled()
     for t in trajectories:
         t.meta["inspect_scores"] = [0.5] * visual_states(t)
     states, _ = label_states(trajectories, OracleJudge())
-    inspector = fit_inspector(policy, "the-checkpoint", trajectories, states, max_epochs=3, log=lambda _: None)
+    checkpoint = str(tiny_checkpoint(tmp_path_factory))  # the policy's own folder
+    inspector = fit_inspector(policy, checkpoint, trajectories, states, max_epochs=3, log=lambda _: None)
     assert 0 <= inspector.threshold <= 1 and inspector.held_out["states"] > 0
     assert inspector.held_out["fitted_states"] == len(states)
     inspector.save(tmp_path / "inspector")
     reloaded = Inspector.load(tmp_path / "inspector")
-    assert reloaded.checkpoint == "the-checkpoint" and reloaded.threshold == inspector.threshold
+    assert reloaded.checkpoint == checkpoint and reloaded.threshold == inspector.threshold
     scores = inspector.p_conflict(policy, trajectories)
     for t, a, b in zip(trajectories, scores, reloaded.p_conflict(policy, trajectories)):
         assert len(a) == visual_states(t) and np.allclose(a, b, atol=1e-6)  # one P(conflict) per visual state
-    # the self judge reads the head's P(conflict) and labels at the head's threshold
-    reader = TrajectoryReader(policy, reloaded.threshold, inspector=reloaded)
+    # a GRPO round's self judge with judge.inspector: the head's checkpoint read by the head, at its threshold
+    cfg = load_config(None, ["judge.kind=self", f"judge.inspector={tmp_path / 'inspector'}"])
+    reader = grpo_judge(cfg, "a parent it does not read")
+    assert reader.inspector is not None and reader.threshold == reloaded.threshold
     plain = [k for k, t in enumerate(trajectories) if not any(s.refinements for s in t.steps)]
     readings = reader.read([trajectories[k] for k in plain])
     assert plain and all(np.allclose(r.p_conflict, scores[k], atol=1e-6) for k, r in zip(plain, readings))
