@@ -61,6 +61,8 @@ def main() -> None:
     parser.add_argument("--generations", type=int, default=8)
     parser.add_argument("--seeds", type=int, default=3, help="stand-in judge seeds per profile")
     parser.add_argument("--json", default="", help="also write the table's numbers here")
+    parser.add_argument("--inspector", action="append", default=[], metavar="DIR",
+                        help="a fitted attention head to add to the second table (repeatable)")
     args = parser.parse_args()
 
     import torch
@@ -71,7 +73,9 @@ def main() -> None:
     from selfplay.config import load_config
     from selfplay.evaluation import sampled_verdicts
     from selfplay.grpo import grpo_prompts
+    from selfplay.inspector import Inspector
     from selfplay.rewards import judge_rollouts, reward_functions
+    from selfplay.self_reading import TrajectoryReader
     from selfplay.world import make_world
     from strokes.model.policy import Policy
     from strokes.records import PromptRecord
@@ -156,14 +160,29 @@ def main() -> None:
     def summed(parts: dict[str, list], weights: dict) -> list[float]:
         return [sum(w * (parts[k][i] or 0.0) for k, w in weights.items() if k in parts) for i in range(len(trajectories))]
 
+    def cell(name: str, parts: list[dict], weights: dict) -> str:
+        """One weighting's advantage r against the exact final reward, mean ± sd over judge seeds."""
+        rs = [advantage_correlation(grouped(summed(p, weights)), exact) for p in parts]
+        return f"{name} {statistics.fmean(rs):.3f} ± {statistics.pstdev(rs):.3f}"
+
+    heads = {}  # each head's graded final reward: 1 - its P(conflict) of the finished picture
+    for folder in args.inspector:
+        inspector = Inspector.load(folder)
+        reader = TrajectoryReader(Policy.from_pretrained(inspector.checkpoint), inspector.threshold, graded=True,
+                                  inspector=inspector)
+        heads[Path(folder).name] = finals(judge_rollouts(trajectories, reader))
+        print(f"head {Path(folder).name}: final reward alone, advantage r "
+              f"{advantage_correlation(grouped(heads[Path(folder).name]), exact):.3f}")
+
     print("\nGRPO's whole reward (questions final) against the exact final reward: advantage r, mean ± sd over seeds")
     for profile in ("strong", "typical"):
         parts = [components(judge_rollouts(trajectories, VLMJudge(load_profile(profile), seed), None, True))
                  for seed in range(args.seeds)]
-        cells = []
-        for name, weights in weightings.items():
-            rs = [advantage_correlation(grouped(summed(p, weights)), exact) for p in parts]
-            cells.append(f"{name} {statistics.fmean(rs):.3f} ± {statistics.pstdev(rs):.3f}")
+        cells = [cell(name, parts, weights) for name, weights in weightings.items()]
+        for name, head in heads.items():  # the final reward: the judge's questions averaged with the head's
+            mixed = [{**p, "final": [0.5 * ((q or 0.0) + h) for q, h in zip(p["final"], head)]} for p in parts]
+            cells += [cell(f"questions+{name}", mixed, {"final": 1.0}),
+                      cell(f"shipped, final questions+{name}", mixed, dict(cfg.train.grpo.reward_weights))]
         print(f"{profile:8} " + "; ".join(cells))
     if args.json:
         Path(args.json).write_text(json.dumps({"rows": rows, "trajectories": len(trajectories),

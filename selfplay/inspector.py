@@ -23,6 +23,7 @@ it reads, its layers, its threshold and what it was measured on).
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import random
 from dataclasses import asdict, dataclass, field
@@ -129,6 +130,16 @@ class Inspector:
                 out.append(np.zeros(0) if r is None else
                            torch.sigmoid(self.head(r.hidden, r.queries, r.allowed, r.grid)).numpy())
         return out
+
+    def scored(self, trajectories: list[Trajectory]) -> list[Trajectory]:
+        """`trajectories` with the head's P(conflict) as each visual state's score
+        (`meta["inspect_scores"]`, what the inspection table reads), the checkpoint it was fitted on
+        reading them: how `selfplay inspect-eval --inspector` scores a head with the project's table."""
+        from strokes.model.policy import Policy
+
+        policy = Policy.from_pretrained(self.checkpoint)
+        return [dataclasses.replace(t, meta={**t.meta, "inspect_scores": [float(x) for x in p]})
+                for t, p in zip(trajectories, self.p_conflict(policy, trajectories))]
 
     def save(self, folder: str | Path) -> Path:
         from safetensors.torch import save_file

@@ -227,6 +227,7 @@ def test_the_inspect_head_reads_the_position_before_the_verdict_word(policy):
 
 def test_an_attention_inspector_fits_reloads_and_is_what_a_self_judge_reads(policy, tmp_path, tmp_path_factory):
     from judges import JudgeConfig
+    from selfplay.cli import main
     from selfplay.config import load_config
     from selfplay.inspector import Inspector, fit_inspector
     from selfplay.judging import grpo_judge
@@ -246,6 +247,10 @@ def test_an_attention_inspector_fits_reloads_and_is_what_a_self_judge_reads(poli
     scores = inspector.p_conflict(policy, trajectories)
     for t, a, b in zip(trajectories, scores, reloaded.p_conflict(policy, trajectories)):
         assert len(a) == visual_states(t) and np.allclose(a, b, atol=1e-6)  # one P(conflict) per visual state
+    # inspect-eval --inspector: the table scores the head's P(conflict) of the same states
+    rescored, _ = label_states(reloaded.scored(trajectories), OracleJudge())
+    assert [(s.source, s.index, s.kind) for s in rescored] == [(s.source, s.index, s.kind) for s in states]
+    assert np.allclose([s.score for s in rescored], [scores[s.source][s.index] for s in states], atol=1e-6)
     # a GRPO round's self judge with judge.inspector: the head's checkpoint read by the head, at its threshold
     cfg = load_config(None, ["judge.kind=self", f"judge.inspector={tmp_path / 'inspector'}"])
     reader = grpo_judge(cfg, "a parent it does not read")
@@ -258,3 +263,6 @@ def test_an_attention_inspector_fits_reloads_and_is_what_a_self_judge_reads(poli
         JudgeConfig(kind="oracle", inspector=str(tmp_path / "inspector"))
     with pytest.raises(InputError, match="not a fitted inspector"):
         Inspector.load(tmp_path)
+    # inspect-eval names a folder without a head in one line, writing nothing
+    assert main(["inspect-eval", checkpoint, "--inspector", str(tmp_path), "--out", str(tmp_path / "ie")]) == 2
+    assert not (tmp_path / "ie").exists()

@@ -3,7 +3,9 @@
 Rolls the policy out in process mode on the validation split (training-split prompts, never the test
 suite), labels every visual state it drew with the exact judge and prints the table of
 `selfplay/inspect_eval.py`: ROC AUC of the model's P(conflict), recall at 5% and 10% false alarms
-and the thresholds that give them (for `rollout.inspect: threshold`), by error kind and task.
+and the thresholds that give them (for `rollout.inspect: threshold`), by error kind and task. With
+`--inspector DIR` the same rollouts' states are scored by that attention head (`selfplay
+fit-inspector`) instead of the verdict the model wrote.
 
     <out>/process/          the trajectories and their GenEval layout
     <out>/scores.json       the validation score
@@ -25,6 +27,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a config field")
     p.add_argument("--per-task", type=int, default=None, help="validation records per task (loop.validation_per_task)")
     p.add_argument("--out", default=None, help="output folder (default: inspect-eval-<checkpoint folder name>)")
+    p.add_argument("--inspector", default=None, help="score an attention head's P(conflict) (selfplay fit-inspector's "
+                                                     "folder) instead of the model's verdict word")
     p.set_defaults(func=run)
 
 
@@ -38,6 +42,7 @@ def run(args: argparse.Namespace) -> None:
     from ..config import load_config
     from ..evaluation import validate
     from ..inspect_eval import format_table
+    from ..inspector import Inspector
     from ..judging import served_judge
     from ..run_dir import read_scores
     from .sample import quiet_loading
@@ -49,12 +54,16 @@ def run(args: argparse.Namespace) -> None:
         if args.per_task < 1:
             raise InputError(f"--per-task must be at least 1, got {args.per_task}")
         cfg = dataclasses.replace(cfg, loop=dataclasses.replace(cfg.loop, validation_per_task=args.per_task))
+    inspector = Inspector.load(args.inspector) if args.inspector else None
     quiet_loading()
     out = Path(args.out or f"inspect-eval-{checkpoint.resolve().name}")
     with atomic_path(out, folder=True) as tmp, served_judge(cfg, log=lambda _: None) as judged:
-        table = validate(judged, checkpoint, tmp, 0, log=lambda _: None)
+        table = validate(judged, checkpoint, tmp, 0, log=lambda _: None, inspector=inspector)
     score = read_scores(out)["process"]
     skipped = json.loads((out / "inspection.json").read_text())["skipped"]
+    if inspector is not None:
+        print(f"inspection by the attention head in {args.inspector} (reading {inspector.checkpoint}; "
+              f"its threshold {inspector.threshold:.3f})")
     print(format_table(table))
     print(f"validation process {100 * score['overall']:.1f} ± {100 * score['overall_se']:.1f}; "
           f"{skipped} trajectories not scored; written to {out}")
