@@ -35,16 +35,11 @@ def main() -> None:
     from selfplay.inspector import Inspector
     from selfplay.run_dir import read_step_trajectories
     from selfplay.self_reading import TrajectoryReader
-    from strokes.model.policy import Policy
     from strokes.records import PromptRecord
     from strokes.shapeworld import is_correct
     from strokes.trajectory import from_row
 
-    readers = {}
-    for folder in args.heads:
-        inspector = Inspector.load(folder)
-        readers[Path(folder).name] = TrajectoryReader(Policy.from_pretrained(inspector.checkpoint),
-                                                      inspector.threshold, inspector=inspector)
+    readers = {Path(folder).name: TrajectoryReader.with_inspector(Inspector.load(folder)) for folder in args.heads}
     run = Path(args.run)
     rounds = sorted(run.glob("round_*/checkpoint/trajectories"))
     if not rounds:

@@ -167,9 +167,7 @@ def main() -> None:
 
     heads = {}  # each head's graded final reward: 1 - its P(conflict) of the finished picture
     for folder in args.inspector:
-        inspector = Inspector.load(folder)
-        reader = TrajectoryReader(Policy.from_pretrained(inspector.checkpoint), inspector.threshold, graded=True,
-                                  inspector=inspector)
+        reader = TrajectoryReader.with_inspector(Inspector.load(folder), graded=True)
         heads[Path(folder).name] = finals(judge_rollouts(trajectories, reader))
         print(f"head {Path(folder).name}: final reward alone, advantage r "
               f"{advantage_correlation(grouped(heads[Path(folder).name]), exact):.3f}")

@@ -8,8 +8,9 @@ the hidden states of the token embeddings, a middle layer and the last, restrict
 the current step (its instruction, description and sketches: no telling the current sketch from
 earlier ones), with a learnt embedding of each image code's place on the 8x8 grid (the policy's
 hidden states carry no absolute position: RoPE acts inside its attention). On the base's own
-validation states it reaches a within-task ROC AUC of 0.93 (0.87 on the held-out test suite) where
-the LM verdict gives 0.65 (docs/loop.md, "An attention Inspect head").
+validation states it reaches a within-task ROC AUC of 0.89 (`selfplay inspect-eval --inspector`;
+0.87 on the held-out test suite) where the LM verdict gives 0.65; within one prompt's rollouts,
+which is what GRPO compares, far less (docs/loop.md, "An attention Inspect head").
 
 It judges self-judged rounds (`judge.kind: self` with `judge.inspector`): a frozen copy of the
 checkpoint it was fitted on reads the live policy's trajectories, and the head's P(conflict) labels

@@ -43,12 +43,14 @@ def grpo_judge(cfg: RunConfig, parent: str | Path):
     `policy_judge` gives."""
     if cfg.judge.kind != "self":
         return policy_judge(cfg.judge, parent, cfg.rollout)
-    inspector = Inspector.load(cfg.judge.inspector) if cfg.judge.inspector else None
-    policy = Policy.from_pretrained(inspector.checkpoint if inspector else parent)
+    graded = cfg.judge.final_reward == "likelihood"
+    if cfg.judge.inspector:
+        reader = TrajectoryReader.with_inspector(Inspector.load(cfg.judge.inspector), graded)
+    else:
+        reader = TrajectoryReader(Policy.from_pretrained(parent), cfg.rollout.inspect_threshold, graded)
     if use_cuda(cfg.train):
-        policy.model.to("cuda")
-    threshold = inspector.threshold if inspector else cfg.rollout.inspect_threshold
-    return TrajectoryReader(policy, threshold, graded=cfg.judge.final_reward == "likelihood", inspector=inspector)
+        reader.policy.model.to("cuda")
+    return reader
 
 
 @contextmanager

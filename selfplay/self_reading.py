@@ -78,6 +78,12 @@ class TrajectoryReader:
         self.rule = InspectRule(words[0][0], words[1][0])  # P(conflict) as the decoder computes it
         self.stats: Counter = Counter()
 
+    @classmethod
+    def with_inspector(cls, inspector: Inspector, graded: bool = False) -> TrajectoryReader:
+        """The reader an attention head judges with: a frozen copy of the checkpoint it was fitted
+        on, the head deciding at its own threshold."""
+        return cls(Policy.from_pretrained(inspector.checkpoint), inspector.threshold, graded, inspector)
+
     def read(self, trajectories: list[Trajectory]) -> list[Reading | None]:
         """One `Reading` per trajectory; None for one it cannot read whole (no steps, failed, or not
         one verdict position per visual state). Each step's last state is read as if it had been
