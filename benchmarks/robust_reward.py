@@ -14,6 +14,9 @@ way (a tie counts half), and the correlation of group-centred rewards (the advan
 exact ones. "recovered" is the share of what the holistic reward loses against the exact judge
 that the questions win back. A second table does the same for GRPO's whole reward under each stand-in
 judge (questions final): each component alone and weighted sums, against the exact final reward.
+A third gives GRPO's advantages as `train.grpo.scale_rewards` makes them (each group's std, or the
+batch's), with the shipped weights and without the inspection component, against the exact
+centred final reward: how much a group whose spread is only the judge's mistakes weighs.
 """
 
 from __future__ import annotations
@@ -52,6 +55,18 @@ def advantage_correlation(groups: list[list[float]], exact: list[list[float]]) -
         xs += [g - mg for g in got]
         ys += [r - mr for r in ref]
     return statistics.correlation(xs, ys)
+
+
+def scaled_advantages(groups: list[list[float]], scale: str) -> list[list[float]]:
+    """GRPO's advantages as TRL computes them: group-centred rewards divided by the group's std
+    (`scale_rewards: group`), by the whole batch's (`batch`), or left as they are (`none`)."""
+    centred = [[g - statistics.fmean(got) for g in got] for got in groups]
+    if scale == "none":
+        return centred
+    if scale == "batch":
+        sd = statistics.stdev([x for got in groups for x in got]) + 1e-4
+        return [[c / sd for c in got] for got in centred]
+    return [[c / (statistics.stdev(got) + 1e-4) for c in cs] for got, cs in zip(groups, centred)]
 
 
 def main() -> None:
@@ -182,6 +197,21 @@ def main() -> None:
             cells += [cell(f"questions+{name}", mixed, {"final": 1.0}),
                       cell(f"shipped, final questions+{name}", mixed, dict(cfg.train.grpo.reward_weights))]
         print(f"{profile:8} " + "; ".join(cells))
+    # how GRPO scales the advantages decides how much a group whose spread is only the judge's
+    # mistakes weighs: correlation of each scaling's advantages with the exact centred final reward
+    print("\nGRPO's advantages against the exact centred final reward, by train.grpo.scale_rewards")
+    truth = [x for got in exact for x in [g - statistics.fmean(got) for g in got]]
+    for profile in ("exact", "strong", "typical"):
+        judges = [OracleJudge()] if profile == "exact" else [VLMJudge(load_profile(profile), s) for s in range(args.seeds)]
+        parts = [components(judge_rollouts(trajectories, j, world.is_correct if profile == "exact" else None,
+                                           profile != "exact")) for j in judges]
+        row = []
+        for name in ("shipped weights", "no inspection"):
+            for scale in ("group", "batch"):
+                rs = [statistics.correlation([x for got in scaled_advantages(grouped(summed(p, weightings[name])), scale)
+                                              for x in got], truth) for p in parts]
+                row.append(f"{name}, {scale} {statistics.fmean(rs):.3f} ± {statistics.pstdev(rs):.3f}")
+        print(f"{profile:8} " + "; ".join(row))
     if args.json:
         Path(args.json).write_text(json.dumps({"rows": rows, "trajectories": len(trajectories),
                                                "rollout_s": rollout_s}, indent=2))

@@ -5,16 +5,21 @@ a judge the run serves itself (`served_judge`); and what a GRPO round's judge co
 from __future__ import annotations
 
 import dataclasses
+import json
+import os
+import pickle
+import select
+import subprocess
+import sys
 from collections import Counter
 from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Callable, Iterator
 
 from judges import JudgeConfig, make_judge
-from judges.messages import load_prompts
-from judges.server import JudgeServer
 from judges.unjudged import judge_stats
 from rollout import Engine, RolloutConfig
+from strokes.errors import InputError
 from strokes.model.policy import Policy, checkpoint_image_side
 from strokes.trajectory import Trajectory
 from trainer.trl_common import use_cuda
@@ -56,23 +61,69 @@ def grpo_judge(cfg: RunConfig, parent: str | Path):
 @contextmanager
 def served_judge(cfg: RunConfig, log: Callable[[str], None] = print) -> Iterator[RunConfig]:
     """`cfg` with its judge reachable. When `judge.serve` names one of our judges, that judge runs
-    behind the judge server on a free loopback port for the block, and the GPT judge of the config
-    yielded points at it: every verdict crosses the OpenAI API as a remote endpoint's would. A served
-    self judge is `loop.base_checkpoint`'s Inspect, its verdict word decided by its P(conflict) at
+    behind the judge server on a free loopback port for the block, in a process of its own
+    (`selfplay/judge_process.py`, as `selfplay judge-serve` would run beside a trainer), and the GPT
+    judge of the config yielded points at it: every verdict crosses the OpenAI API as a remote
+    endpoint's would, and the server's work (reading each request's images, judging) runs beside the
+    client's instead of sharing its interpreter (a GRPO step's judge time a quarter lower than with
+    the server on a thread of the run; docs/judges.md). A served self judge is
+    `loop.base_checkpoint`'s Inspect, its verdict word decided by its P(conflict) at
     `rollout.inspect_threshold` rather than sampled: asked twice, a judge answers the same."""
     j = cfg.judge
     if not j.serve:
         yield cfg
         return
+    inner = dataclasses.replace(j, kind=j.serve, serve="")
     decided = dataclasses.replace(cfg.rollout, inspect="threshold")
-    inner = policy_judge(dataclasses.replace(j, kind=j.serve, serve=""), cfg.loop.base_checkpoint, decided)
-    with JudgeServer(inner, port=0, prompts=load_prompts(j.prompts_file), max_batch=j.concurrency) as server:
+    # the child imports this very copy of the project, installed or not
+    paths = [str(Path(__file__).resolve().parents[1])] + [p for p in [os.environ.get("PYTHONPATH")] if p]
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(paths)}
+    proc = subprocess.Popen([sys.executable, "-m", "selfplay.judge_process"], stdin=subprocess.PIPE,
+                            stdout=subprocess.PIPE, env=env)
+    try:
+        proc.stdin.write(pickle.dumps((inner, str(cfg.loop.base_checkpoint), decided)))
+        proc.stdin.flush()
+        reply = _message(proc, SERVER_START_S)
+        if "base_url" not in reply:
+            raise InputError(f"judge.serve: the {j.serve} judge server did not start ({reply['error']})")
         what = f"{j.serve} judge (profile {j.profile}, seed {j.profile_seed})" if j.serve == "vlm" else f"{j.serve} judge"
-        log(f"judge: the {what} behind the judge server on {server.base_url}")
+        log(f"judge: the {what} behind the judge server on {reply['base_url']} (process {proc.pid})")
         try:
-            yield dataclasses.replace(cfg, judge=dataclasses.replace(j, base_url=server.base_url, model=server.model))
+            yield dataclasses.replace(cfg, judge=dataclasses.replace(j, base_url=reply["base_url"], model=reply["model"]))
         finally:
-            log(f"judge server on {server.base_url} answered {server.served} requests")
+            try:
+                proc.stdin.write(b"stop\n")
+                proc.stdin.flush()
+                served = _message(proc, 30.0).get("served", "?")
+            except OSError:
+                served = "? (its process had exited)"
+            log(f"judge server on {reply['base_url']} answered {served} requests")
+    finally:
+        try:
+            proc.stdin.close()
+        except OSError:
+            pass
+        proc.stdout.close()
+        try:
+            proc.wait(30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
+SERVER_START_S = 300.0
+"""How long a served judge may take to listen (a self judge loads its checkpoint first)."""
+
+
+def _message(proc: subprocess.Popen, timeout_s: float) -> dict:
+    """The served judge's next line on stdout; an "error" when none comes in time or it has exited."""
+    ready, _, _ = select.select([proc.stdout], [], [], timeout_s)
+    line = proc.stdout.readline() if ready else None
+    if line:
+        return json.loads(line)
+    if line is None:
+        return {"error": f"nothing said after {timeout_s:.0f} s"}
+    return {"error": f"its process exited with code {proc.wait()}"}
 
 
 class JudgeMeter:

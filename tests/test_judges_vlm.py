@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import json
 import math
+import os
+import re
 
 import pytest
 import yaml
@@ -149,6 +151,27 @@ def test_served_and_judged_through_the_openai_client(contexts):
                                       api_key_env="NO_KEY"))
         assert srv.model == "strokes-vlm"
         assert client.judge(contexts[:40]) == judge.judge(contexts[:40])
+
+
+def test_a_run_serves_its_judge_from_a_process_of_its_own(contexts, tmp_path):
+    """`judge.serve` starts the judge server in a child process, as `selfplay judge-serve` runs beside
+    a trainer: it answers as the judge itself would, says how many requests it answered and is gone
+    after the block; a judge that cannot start fails in one line naming the field."""
+    from selfplay.config import load_config
+    from selfplay.judging import served_judge
+
+    lines: list[str] = []
+    cfg = load_config(None, ["judge.kind=gpt", "judge.serve=vlm", "judge.profile_seed=1", "judge.concurrency=4"])
+    with served_judge(cfg, log=lines.append) as served:
+        assert GPTJudge(served.judge).judge(contexts[:40]) == VLMJudge(load_profile("typical"), seed=1).judge(contexts[:40])
+    pid = int(re.search(r"\(process (\d+)\)", lines[0]).group(1))
+    assert pid != os.getpid() and lines[-1].endswith("answered 40 requests")
+    with pytest.raises(ProcessLookupError):
+        os.kill(pid, 0)
+    broken = load_config(None, ["judge.kind=gpt", "judge.serve=self", f"loop.base_checkpoint={tmp_path / 'none'}"])
+    with pytest.raises(InputError, match=r"^judge.serve: the self judge server did not start \(.*none"):
+        with served_judge(broken, log=lines.append):
+            pass
 
 
 def test_judge_eval_and_judge_serve_name_the_vlm_judge(capsys):

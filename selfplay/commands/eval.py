@@ -21,6 +21,7 @@ import dataclasses
 import hashlib
 import json
 import shutil
+from contextlib import nullcontext
 from pathlib import Path
 
 from strokes.io import write_atomic
@@ -147,7 +148,8 @@ def run(args: argparse.Namespace) -> None:
     out = Path(args.out or f"eval-{Path(args.suite).stem}-{args.mode}")
     claim_output(out, fingerprint(Path(args.checkpoint), Path(args.suite), cfg, samples), args.fresh)
     summary = rollout(records, out / "rollout", cfg, checkpoint=args.checkpoint, samples=samples)
-    with served_judge(run_cfg) as run_cfg:  # an open world's scores come from its judge
+    # an open world's scores come from its judge; ShapeWorld's are decided exactly, no judge asked
+    with served_judge(run_cfg) if not shapeworld else nullcontext(run_cfg) as run_cfg:
         score = score_rollouts(run_cfg, RolloutDir(out / "rollout").trajectories(), records, out)
     result = {"checkpoint": str(args.checkpoint), "suite": str(args.suite), "mode": cfg.mode,
               "samples": samples, "score": score.to_json(), "rollout": summary.to_json()}
