@@ -69,8 +69,8 @@ def detect(image: np.ndarray, min_pixels: int = 12) -> list[Detection]:
     from scipy import ndimage  # scipy ships with scikit-learn; imported here to keep import light
 
     img = np.asarray(image, dtype=np.int32)[..., :3]
-    # Snap each distinct colour once, not each pixel: a canvas holds a handful of colours (a drawn
-    # one a few hundred at most), so this is 3-4x faster than the per-pixel distances, same labels.
+    # Snap each distinct colour once, not each pixel: same labels, 3.4x faster on a rendered canvas
+    # (a handful of colours) and still faster on one noisy in every pixel (0.6 against 0.8 ms).
     packed = (img[..., 0] << 16) | (img[..., 1] << 8) | img[..., 2]
     colours, where = np.unique(packed, return_inverse=True)
     rgb = np.stack([colours >> 16, (colours >> 8) & 255, colours & 255], axis=-1)
