@@ -116,7 +116,9 @@ SERVER_START_S = 300.0
 
 
 def _message(proc: subprocess.Popen, timeout_s: float) -> dict:
-    """The served judge's next line on stdout; an "error" when none comes in time or it has exited."""
+    """The served judge's next line on stdout; an "error" when none comes in time or it has exited.
+    Waiting on the pipe (not the reader's buffer) is sound because the child writes one line and
+    then waits to be asked: nothing is ever left buffered."""
     ready, _, _ = select.select([proc.stdout], [], [], timeout_s)
     line = proc.stdout.readline() if ready else None
     if line:

@@ -149,7 +149,7 @@ def run(args: argparse.Namespace) -> None:
     claim_output(out, fingerprint(Path(args.checkpoint), Path(args.suite), cfg, samples), args.fresh)
     summary = rollout(records, out / "rollout", cfg, checkpoint=args.checkpoint, samples=samples)
     # an open world's scores come from its judge; ShapeWorld's are decided exactly, no judge asked
-    with served_judge(run_cfg) if not shapeworld else nullcontext(run_cfg) as run_cfg:
+    with nullcontext(run_cfg) if shapeworld else served_judge(run_cfg) as run_cfg:
         score = score_rollouts(run_cfg, RolloutDir(out / "rollout").trajectories(), records, out)
     result = {"checkpoint": str(args.checkpoint), "suite": str(args.suite), "mode": cfg.mode,
               "samples": samples, "score": score.to_json(), "rollout": summary.to_json()}
