@@ -8,12 +8,13 @@ rollout settings) on training prompts; the final reward of every trajectory is t
 the exact judge (GenEval's rule: the reference) and with the exact judge asked as any other judge
 is and the stand-in VLM judge (`strong`, `typical`, several seeds), once holistic (one verdict on
 the last step), as one question about the finished picture against the whole prompt (as an eval
-image is asked), and from atomic questions (selfplay/questions.py). What GRPO uses is the order within a group, so the table gives,
+image is asked), from atomic questions (selfplay/questions.py) answered yes or no, and from the
+same questions graded by the judge's P(yes) (its token log-probabilities, `judge.logprobs`). What GRPO uses is the order within a group, so the table gives,
 over the pairs of a group whose exact rewards differ, the share the judge's reward orders the same
 way (a tie counts half), and the correlation of group-centred rewards (the advantages) with the
 exact ones. "recovered" is the share of what the holistic reward loses against the exact judge
 that the questions win back. A second table does the same for GRPO's whole reward under each stand-in
-judge (questions final): each component alone and weighted sums, against the exact final reward.
+judge (questions final, yes/no and graded): each component alone and weighted sums, against the exact final reward.
 A third gives GRPO's advantages as `train.grpo.scale_rewards` makes them (each group's std, or the
 batch's), with the shipped weights and without the inspection component, against the exact
 centred final reward: how much a group whose spread is only the judge's mistakes weighs.
@@ -128,16 +129,16 @@ def main() -> None:
             return picture(judge)
         if kind == "both":  # the questions' share, counted only when the whole-picture question agrees
             return [q * w for q, w in zip(rewards(judge, "questions"), picture(judge))]
-        return finals(judge_rollouts(trajectories, judge, None, kind == "questions"))
+        return finals(judge_rollouts(trajectories, judge, None, kind in ("questions", "graded")))
 
     exact = grouped(finals(judge_rollouts(trajectories, OracleJudge(), world.is_correct)))
     rows = []
     tasks = [PromptRecord.from_json(t.record).tag for t in trajectories][:: args.generations]
     for profile in ("exact", "strong", "typical"):
-        for kind in ("holistic", "picture", "questions", "both"):
+        for kind in ("holistic", "picture", "questions", "graded", "both"):
             orders, corrs, secs, per_task = [], [], [], {}
             for seed in range(1 if profile == "exact" else args.seeds):
-                judge = OracleJudge() if profile == "exact" else VLMJudge(load_profile(profile), seed)
+                judge = OracleJudge() if profile == "exact" else VLMJudge(load_profile(profile), seed, kind == "graded")
                 t1 = time.perf_counter()
                 got = grouped(rewards(judge, kind))
                 secs.append(time.perf_counter() - t1)
@@ -188,21 +189,21 @@ def main() -> None:
               f"{advantage_correlation(grouped(heads[Path(folder).name]), exact):.3f}")
 
     print("\nGRPO's whole reward (questions final) against the exact final reward: advantage r, mean ± sd over seeds")
-    for profile in ("strong", "typical"):
-        parts = [components(judge_rollouts(trajectories, VLMJudge(load_profile(profile), seed), None, True))
+    for profile, graded in (("strong", False), ("strong", True), ("typical", False), ("typical", True)):
+        parts = [components(judge_rollouts(trajectories, VLMJudge(load_profile(profile), seed, graded), None, True))
                  for seed in range(args.seeds)]
         cells = [cell(name, parts, weights) for name, weights in weightings.items()]
         for name, head in heads.items():  # the final reward: the judge's questions averaged with the head's
             mixed = [{**p, "final": [0.5 * ((q or 0.0) + h) for q, h in zip(p["final"], head)]} for p in parts]
             cells += [cell(f"questions+{name}", mixed, {"final": 1.0}),
                       cell(f"shipped, final questions+{name}", mixed, dict(cfg.train.grpo.reward_weights))]
-        print(f"{profile:8} " + "; ".join(cells))
+        print(f"{profile + (', graded' if graded else ''):17} " + "; ".join(cells))
     # how GRPO scales the advantages decides how much a group whose spread is only the judge's
     # mistakes weighs: correlation of each scaling's advantages with the exact centred final reward
     print("\nGRPO's advantages against the exact centred final reward, by train.grpo.scale_rewards")
     truth = [x for got in exact for x in [g - statistics.fmean(got) for g in got]]
     for profile in ("exact", "strong", "typical"):
-        judges = [OracleJudge()] if profile == "exact" else [VLMJudge(load_profile(profile), s) for s in range(args.seeds)]
+        judges = [OracleJudge()] if profile == "exact" else [VLMJudge(load_profile(profile), s, False) for s in range(args.seeds)]
         parts = [components(judge_rollouts(trajectories, j, world.is_correct if profile == "exact" else None,
                                            profile != "exact")) for j in judges]
         row = []

@@ -35,7 +35,7 @@ def make_judge(cfg: JudgeConfig, inspect_fn: InspectFn | None = None, image_side
     if cfg.kind == "vlm":
         from .vlm import VLMJudge, load_profile
 
-        return VLMJudge(load_profile(cfg.profile), cfg.profile_seed)
+        return VLMJudge(load_profile(cfg.profile), cfg.profile_seed, graded=cfg.logprobs)
     if inspect_fn is None:
         raise InputError("judge.kind 'self' needs a policy to inspect with (a checkpoint)")
     return SelfJudge(inspect_fn, image_side)

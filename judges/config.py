@@ -54,6 +54,12 @@ class JudgeConfig:
     answered yes: robust to a judge's mistakes, selfplay/questions.py) or "auto" (questions for kinds
     gpt and vlm, holistic for self; the exact judge always scores by GenEval's exact rule); with kind
     self, "likelihood": 1 - the judge's P(conflict) at the last state (graded, selfplay/self_reading.py)."""
+    logprobs: bool = True
+    """Ask the endpoint for the answer's token log-probabilities (`logprobs`, `top_logprobs`) and
+    use its P(yes) as each atomic question's graded answer in GRPO's final reward, where it returns
+    them (an endpoint that does not, or a holistic reward, keeps the yes/no answers). Kind vlm in
+    process: its own P(conflict) the same way. Off for an endpoint that refuses them (OpenAI's
+    reasoning models)."""
     max_unjudged: float = 0.05
     """The share of a GRPO step's or a critique stage's verdicts that may be missing (a dead or
     failing judge) before the round stops with one line naming the causes (judges/unjudged.py)."""

@@ -10,7 +10,8 @@ their I/O and their batching; every decision about a request is made here, in th
 2. `Endpoint.step(raw)`: the body's JSON, the model name, streaming, `response_format` and the step's
    messages (images checked from their header, `parse_messages`) -> a `Step` to judge, or a refusal.
 3. `Endpoint.answer(step, outcome)`: the chat completion of a verdict (or of a refusal, or a 500
-   naming the judge's exception).
+   naming the judge's exception); with `logprobs` asked and a judge that says how sure it is, the
+   verdict word's log-probabilities as OpenAI returns them (`verdict_logprobs`).
 
 `judge_alone_on_failure` is the batching rule both backends share: a batch mixes steps of several
 clients, so a failed batch is judged again one step at a time and only the step that breaks the
@@ -22,13 +23,14 @@ from __future__ import annotations
 import hmac
 import json
 import logging
+import math
 import re
 import threading
 import time
 import uuid
 from dataclasses import dataclass
 
-from strokes.verdict import Judge, StepContext, Verdict
+from strokes.verdict import Graded, Judge, StepContext, graded_verdicts
 
 from .messages import Prompts, load_prompts, parse_messages
 
@@ -59,11 +61,14 @@ class Step:
 
     context: StepContext
     prompt_tokens: int
+    top_logprobs: int | None = None
+    """With `logprobs: true`: how many alternatives each answer token lists (`top_logprobs`, 0-20)."""
 
 
-Outcome = Verdict | None | BaseException
-"""What judging one step gave: a verdict, None (the judge could not judge it), or the exception
-that broke the judge on that step alone."""
+Outcome = Graded | BaseException
+"""What judging one step gave: the verdict (None: the judge could not judge it) with the judge's
+P(conflict) where it can say, or the exception that broke the judge on that step alone."""
+MIN_LOGPROB = -9999.0  # what OpenAI reports for a token of no probability (JSON has no -inf)
 
 
 class Endpoint:
@@ -151,11 +156,16 @@ class Endpoint:
         rf = body.get("response_format")
         if rf is not None and (not isinstance(rf, dict) or rf.get("type") not in ("json_schema", "json_object", "text")):
             return Reply(400, error("response_format must be of type json_schema, json_object or text", "response_format"))
+        logprobs, top = body.get("logprobs"), body.get("top_logprobs")
+        if logprobs is not None and not isinstance(logprobs, bool):
+            return Reply(400, error("logprobs must be a boolean", "logprobs"))
+        if top is not None and (not logprobs or type(top) is not int or not 0 <= top <= 20):
+            return Reply(400, error("top_logprobs must be an integer from 0 to 20, with logprobs: true", "top_logprobs"))
         try:
             context = parse_messages(body.get("messages"), self.prompts, self.image_side)
         except ValueError as e:
             return Reply(400, error(str(e), "messages"))
-        return Step(context, estimate_tokens(body.get("messages")))
+        return Step(context, estimate_tokens(body.get("messages")), (top or 0) if logprobs else None)
 
     # ---- 3. the answer ----------------------------------------------------------------------------------
 
@@ -164,27 +174,52 @@ class Endpoint:
         content for a step the judge could not judge, a 500 for one that broke the judge."""
         if isinstance(outcome, BaseException):
             return Reply(500, error(f"the judge failed: {type(outcome).__name__}: {outcome}", None, "server_error"))
-        if outcome is None:
+        verdict, p_conflict = outcome
+        logprobs = None
+        if verdict is None:
             message = {"role": "assistant", "content": None, "refusal": "the judge could not judge this step"}
             content = ""
         else:
-            content = outcome.model_dump_json()
+            content = verdict.model_dump_json()
             message = {"role": "assistant", "content": content, "refusal": None}
+            if step.top_logprobs is not None and p_conflict is not None:
+                logprobs = verdict_logprobs(content, p_conflict, step.top_logprobs)
         completion_tokens = max(1, len(content) // 4)
         return Reply(200, {
             "id": f"chatcmpl-{uuid.uuid4().hex[:24]}", "object": "chat.completion", "created": int(time.time()),
             "model": self.model,
-            "choices": [{"index": 0, "message": message, "finish_reason": "stop", "logprobs": None}],
+            "choices": [{"index": 0, "message": message, "finish_reason": "stop", "logprobs": logprobs}],
             "usage": {"prompt_tokens": step.prompt_tokens, "completion_tokens": completion_tokens,
                       "total_tokens": step.prompt_tokens + completion_tokens},
         })
+
+
+def verdict_logprobs(content: str, p_conflict: float, top: int) -> dict:
+    """A choice's `logprobs` for a verdict's JSON, as an OpenAI endpoint gives them: the content as
+    tokens (the text before the verdict word, the word `true` or `false`, the rest), each with its
+    log-probability and up to `top` alternatives. Only the verdict word is uncertain: P(aligned) =
+    1 - `p_conflict` for `true`, `p_conflict` for `false`; the text around it is certain (0)."""
+    head, sep, tail = content.partition('"aligned":')
+    word = "true" if tail.startswith("true") else "false"
+    prob = {"true": 1.0 - p_conflict, "false": p_conflict}
+    lp = {w: max(math.log(p), MIN_LOGPROB) if p > 0 else MIN_LOGPROB for w, p in prob.items()}
+
+    def token(text: str, logprob: float, alternatives: list[tuple[str, float]]) -> dict:
+        return {"token": text, "logprob": logprob, "bytes": list(text.encode()),
+                "top_logprobs": [{"token": t, "logprob": v, "bytes": list(t.encode())} for t, v in alternatives[:top]]}
+
+    words = sorted(lp.items(), key=lambda kv: -kv[1])
+    tokens = [token(head + sep, 0.0, [(head + sep, 0.0)]), token(word, lp[word], words)]
+    if tail[len(word):]:
+        tokens.append(token(tail[len(word):], 0.0, [(tail[len(word):], 0.0)]))
+    return {"content": tokens, "refusal": None}
 
 
 def judge_alone_on_failure(judge: Judge, contexts: list[StepContext]) -> list[Outcome]:
     """Judge `contexts` in one call; if that call fails, judge each step alone, so only a step that
     breaks the judge by itself gets its exception and every other step its verdict."""
     try:
-        verdicts = judge.judge(contexts)
+        verdicts = graded_verdicts(judge, contexts)
         if len(verdicts) != len(contexts):
             raise RuntimeError(f"judge returned {len(verdicts)} verdicts for {len(contexts)} steps")
         return list(verdicts)

@@ -10,7 +10,10 @@ same steps are the reference; a judge is scored on:
 - per source (image, instruction) and per conflict kind: conflicts counted with multiplicity, a hit
   being a conflict of that kind the oracle also reports on that step;
 - how often its corrective instruction equals the oracle's (flagged steps) and how often its
-  "still missing" list does (aligned steps).
+  "still missing" list does (aligned steps);
+- where the judge says how sure it is (an endpoint's token log-probabilities, the stand-in VLM's
+  P(conflict)), how well that ranks the wrong steps above the right ones (ROC AUC) against its
+  yes/no verdict's: what a graded reward gains from your endpoint (`judge.logprobs`).
 
 A step the judge could not judge (None) counts as judged "no conflict" for recall and is reported.
 """
@@ -25,7 +28,7 @@ from dataclasses import dataclass, field
 from strokes.data.pipelines import PipelineConfig, TrajectoryMaker
 from strokes.records import TASKS
 from strokes.shapeworld.suites import sample_record
-from strokes.verdict import ConflictKind, Judge, StepContext, Verdict
+from strokes.verdict import ConflictKind, Judge, StepContext, Verdict, graded_verdicts
 
 from .oracle import OracleJudge
 from .unjudged import judge_stats
@@ -92,6 +95,8 @@ class EvalReport:
     missing_match: float | None  # share of steps both pass where the "still missing" lists are equal
     seconds: float
     stats: dict = field(default_factory=dict)
+    auc_verdict: float | None = None  # ROC AUC of its verdict (conflict: 1) against the oracle's, judged steps
+    auc_graded: float | None = None  # the same for its P(conflict), where it gave one for every judged step
 
     def row(self, name: str) -> Row:
         return next(r for r in self.rows if r.name == name)
@@ -107,29 +112,35 @@ class EvalReport:
             lines.append(f"{r.name:22} {r.reference:7d} {r.judged:7d} {r.hits:7d} {pct(r.precision):>7} {pct(r.recall):>9}")
         lines.append(f"corrections equal to the oracle's: {pct(self.correction_match).strip()} %;  "
                      f"'still missing' equal: {pct(self.missing_match).strip()} %")
+        if self.auc_verdict is not None:
+            lines.append(f"ranking wrong steps first (ROC AUC): its verdict {pct(self.auc_verdict).strip()}, its "
+                         + (f"P(conflict) {pct(self.auc_graded).strip()}" if self.auc_graded is not None
+                            else "P(conflict) n/a (no log-probabilities)"))
         return "\n".join(lines)
 
     def to_json(self) -> dict:
         return {"judge": self.judge, "steps": self.steps, "negatives": self.negatives, "unjudged": self.unjudged,
                 "rows": [r.to_json() for r in self.rows], "correction_match": self.correction_match,
-                "missing_match": self.missing_match, "seconds": self.seconds, "stats": self.stats}
+                "missing_match": self.missing_match, "seconds": self.seconds, "stats": self.stats,
+                "auc_verdict": self.auc_verdict, "auc_graded": self.auc_graded}
 
 
 def evaluate(judge: Judge, contexts: list[StepContext], name: str = "", batch_size: int = 64) -> EvalReport:
     """Score `judge` against the oracle on `contexts` (judged in batches of `batch_size`)."""
     reference = OracleJudge().judge(contexts)
     t0 = time.perf_counter()
-    verdicts: list[Verdict | None] = []
+    graded = []
     for i in range(0, len(contexts), batch_size):
-        verdicts.extend(judge.judge(contexts[i: i + batch_size]))
+        graded.extend(graded_verdicts(judge, contexts[i: i + batch_size]))
     seconds = time.perf_counter() - t0
-    return score(reference, verdicts, name or getattr(judge, "name", type(judge).__name__), seconds,
-                 judge_stats(judge))
+    return score(reference, [v for v, _ in graded], name or getattr(judge, "name", type(judge).__name__), seconds,
+                 judge_stats(judge), [p for _, p in graded])
 
 
 def score(reference: list[Verdict], verdicts: list[Verdict | None], name: str, seconds: float = 0.0,
-          stats: dict | None = None) -> EvalReport:
-    """The report for verdicts against reference verdicts of the same steps."""
+          stats: dict | None = None, p_conflict: list[float | None] | None = None) -> EvalReport:
+    """The report for verdicts (with the judge's P(conflict) where it gave them) against reference
+    verdicts of the same steps."""
     any_row = Row("conflict (any)")
     sources = {s: Row(f"source: {s}") for s in ("instruction", "image")}
     kinds = {k.value: Row(f"kind: {k.value}") for k in ConflictKind}
@@ -157,4 +168,20 @@ def score(reference: list[Verdict], verdicts: list[Verdict | None], name: str, s
         unjudged=sum(v is None for v in verdicts), rows=[any_row, *sources.values(), *kinds.values()],
         correction_match=fixes["correction"] / fixes["flagged"] if fixes["flagged"] else None,
         missing_match=fixes["missing"] / fixes["passed"] if fixes["passed"] else None,
-        seconds=seconds, stats=stats or {})
+        seconds=seconds, stats=stats or {}, **_aucs(reference, verdicts, p_conflict))
+
+
+def _aucs(reference: list[Verdict], verdicts: list[Verdict | None], p_conflict: list[float | None] | None) -> dict:
+    """ROC AUC of the verdict and of P(conflict) against the oracle's, over the judged steps (None
+    where the oracle's steps are all one label, or for P when any judged step lacks one)."""
+    from sklearn.metrics import roc_auc_score
+
+    judged = [k for k, v in enumerate(verdicts) if v is not None]
+    wrong = [not reference[k].aligned for k in judged]
+    if len(set(wrong)) < 2:
+        return {}
+    out = {"auc_verdict": float(roc_auc_score(wrong, [not verdicts[k].aligned for k in judged]))}
+    sure = [p_conflict[k] for k in judged] if p_conflict is not None else [None]
+    if None not in sure:
+        out["auc_graded"] = float(roc_auc_score(wrong, sure))
+    return out

@@ -13,6 +13,10 @@ own retries are switched off so the policy here is the only one:
   (verdict None), never retried and never fatal;
 - a per-round budget of requests and tokens: when it is spent no request is sent and the remaining
   steps stay unjudged (None, counted in `stats.over_budget`);
+- with `logprobs` (the default) the request asks for the answer's token log-probabilities, and the
+  verdict word's (`"aligned": true` or `false`) give the judge's P(conflict) beside its verdict
+  (`judge_graded`); an endpoint that returns none leaves it None, one that refuses the parameter
+  stops the batch with a one-line InputError naming `judge.logprobs`;
 - an on-disk cache keyed by the full request, so a resumed round pays nothing twice for a verdict
   (unreadable answers are not kept: the next run asks again);
 - a rejected API key (401/403) or an unknown model or path (404) stops the batch with a one-line
@@ -26,8 +30,10 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import os
 import random
+import re
 import socket
 import ssl
 import threading
@@ -38,7 +44,7 @@ from dataclasses import asdict, dataclass, field
 from pydantic import ValidationError
 
 from strokes.errors import InputError
-from strokes.verdict import StepContext, Verdict
+from strokes.verdict import Graded, StepContext, Verdict
 
 from .cache import AnswerCache, request_key
 from .config import JudgeConfig
@@ -47,6 +53,8 @@ from .messages import build_messages, load_prompts, response_format
 log = logging.getLogger(__name__)
 RETRY_STATUSES = frozenset({408, 409, 429})
 MAX_RETRY_AFTER_S = 60.0
+TOP_LOGPROBS = 5  # alternatives per answer token: the verdict word's other value is among them
+_BEFORE_VERDICT = re.compile(r'"aligned"\s*:\s*$')
 
 
 @dataclass
@@ -104,11 +112,19 @@ class GPTJudge:
 
     def request_body(self, ctx: StepContext) -> dict:
         """The full request for one step; its hash is the cache key."""
-        return {"model": self.cfg.model, "messages": build_messages(ctx, self.prompts),
+        body = {"model": self.cfg.model, "messages": build_messages(ctx, self.prompts),
                 "response_format": self._response_format}
+        if self.cfg.logprobs:
+            body |= {"logprobs": True, "top_logprobs": TOP_LOGPROBS}
+        return body
 
     def judge(self, contexts: list[StepContext]) -> list[Verdict | None]:
-        out: list[Verdict | None] = [None] * len(contexts)
+        return [v for v, _ in self.judge_graded(contexts)]
+
+    def judge_graded(self, contexts: list[StepContext]) -> list[Graded]:
+        """Each verdict (None: unjudged) with the endpoint's P(conflict) from the verdict word's
+        log-probabilities (None where it returned none)."""
+        out: list[Graded] = [(None, None)] * len(contexts)
         with self._lock:
             self.stats.steps += len(contexts)
         ex = ThreadPoolExecutor(max_workers=self.cfg.concurrency, thread_name_prefix="gpt-judge")
@@ -124,7 +140,7 @@ class GPTJudge:
 
     # ---- one step ---------------------------------------------------------------------------------
 
-    def _judge_one(self, ctx: StepContext) -> Verdict | None:
+    def _judge_one(self, ctx: StepContext) -> Graded:
         body = self.request_body(ctx)
         key = request_key(body)
         answer = self.cache.get(key) if self.cache is not None else None
@@ -134,14 +150,16 @@ class GPTJudge:
         else:
             answer = self._ask(body)
             if answer is None:
-                return None
+                return None, None
             verdict = self._read(answer["content"])
             # Only answers that gave a verdict are kept: an unreadable one is asked again next time.
             if self.cache is not None and verdict is not None:
                 self.cache.put(key, answer)
-        if verdict is not None:
-            self._count(verdicts=1)
-        return verdict
+        if verdict is None:
+            return None, None
+        self._count(verdicts=1)
+        p_aligned = answer.get("p_aligned")
+        return verdict, None if p_aligned is None else 1.0 - p_aligned
 
     def _read(self, content: str | None) -> Verdict | None:
         if not content:
@@ -179,6 +197,9 @@ class GPTJudge:
                 if status == 404:
                     raise InputError(f"judge: {self.client.base_url} answered 404 for model {self.cfg.model!r}; "
                                      "check judge.base_url and judge.model") from None
+                if status == 400 and "logprobs" in body and "logprobs" in str(e):
+                    raise InputError(f"judge.logprobs: {self.client.base_url} refused log-probabilities "
+                                     f"(HTTP 400: {str(e)[:120]}); set judge.logprobs: false") from None
                 if status not in RETRY_STATUSES and status < 500:
                     self._count(failed=1)
                     self._failed_attempt(f"HTTP {status}", attempt, str(e)[:200])
@@ -271,7 +292,35 @@ def _answer_of(resp: object) -> dict | None:
     message = getattr(choices[0], "message", None)
     if not isinstance(message, ChatCompletionMessage) or not isinstance(message.content, (str, type(None))):
         return None
-    return {"content": message.content, "tokens": tokens}
+    return {"content": message.content, "tokens": tokens, "p_aligned": p_aligned(getattr(choices[0], "logprobs", None))}
+
+
+def p_aligned(logprobs: object) -> float | None:
+    """P("aligned": true) from a choice's `logprobs`: the token that follows `"aligned":` in the
+    content, its probability and its alternatives', renormalised over `true` and `false` (whatever
+    else the endpoint lists, the verdict is one of the two). None when the endpoint returned no
+    log-probabilities or they cannot be read (a judge without them, an answer of another form)."""
+    content = getattr(logprobs, "content", None)
+    if not isinstance(content, list):
+        return None
+    text = ""
+    for tok in content:
+        word = getattr(tok, "token", None)
+        if not isinstance(word, str):
+            return None
+        if _BEFORE_VERDICT.search(text) and word.strip():
+            seen = {word.strip(): getattr(tok, "logprob", None)}
+            for alt in getattr(tok, "top_logprobs", None) or []:
+                seen.setdefault(str(getattr(alt, "token", "")).strip(), getattr(alt, "logprob", None))
+            prob = {w: math.exp(v) for w, v in seen.items() if w in ("true", "false") and isinstance(v, (int, float))}
+            if word.strip() not in prob:
+                return None
+            if len(prob) == 1:  # the other value was not listed: all the rest of the mass is its
+                return prob["true"] if "true" in prob else 1.0 - prob["false"]
+            total = prob["true"] + prob["false"]
+            return prob["true"] / total if total > 0 else None
+        text += word
+    return None
 
 
 def _retry_after(value: str | None) -> float | None:

@@ -17,7 +17,12 @@ wrong 5-20 % of the time in those ways (`selfplay judge-serve --judge vlm --prof
   image difficulty, inventing the conflict a VLM would (a count off by one, a flipped relation, a
   misread colour of the smallest object, a misread shape);
 - every draw is a hash of (seed, image, prompt, plan, the question asked), not a random stream:
-  asked again, it answers the same, with the same mistakes.
+  asked again, it answers the same, with the same mistakes;
+- it says how sure it is, as a VLM's token probabilities do (`graded_verdict`, the served judge's
+  `logprobs`): each draw is read as the judge's evidence of a conflict on a signal-detection scale,
+  the answer is that evidence's sign (so the verdicts are exactly the draws' above) and the
+  probability it gives a conflict is what an observer who knows the task's rates would infer from
+  that evidence. A miss is then mostly an unsure "aligned", as a near-miss count is for a VLM.
 
 Profiles are YAML (`judges/profiles/strong.yaml`, `typical.yaml`, or a user's file; `load_profile`).
 """
@@ -25,9 +30,11 @@ Profiles are YAML (`judges/profiles/strong.yaml`, `typical.yaml`, or a user's fi
 from __future__ import annotations
 
 import hashlib
+import math
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
+from statistics import NormalDist
 
 import numpy as np
 import yaml
@@ -47,6 +54,7 @@ PROFILES = Path(__file__).with_name("profiles")
 _DIFFICULTY = ("count_off_by", "relation_margin", "relation_near", "relation_far", "small_fill", "color_small",
                "color_large", "plan")
 MAX_CHANCE = 0.95  # no mistake is certain: a judge sees what is plainly there at least sometimes
+_NORMAL = NormalDist()
 
 
 @dataclass(frozen=True)
@@ -147,37 +155,60 @@ def relation_margin(dets: list[Detection]) -> float:
 
 class VLMJudge:
     """The exact judge with a profile's mistakes, deterministic per (seed, image, question).
-    `stats` counts steps, conflicts missed and false alarms raised."""
+    `stats` counts steps, conflicts missed and false alarms raised. `graded`: whether
+    `judge_graded` says how sure each verdict is (served, it always can: the client asks)."""
 
     name = "vlm"
     image_side = CANVAS
     """It reads ShapeWorld's canvas, as the exact judge does."""
 
-    def __init__(self, profile: Profile, seed: int = 0) -> None:
-        self.profile, self.seed = profile, seed
+    def __init__(self, profile: Profile, seed: int = 0, graded: bool = True) -> None:
+        self.profile, self.seed, self.graded = profile, seed, graded
         self.exact = OracleJudge()
         self.stats: Counter = Counter()
 
     def judge(self, contexts: list[StepContext]) -> list[Verdict]:
         return [self.verdict(c) for c in contexts]
 
+    def judge_graded(self, contexts: list[StepContext]) -> list[tuple[Verdict, float | None]]:
+        """Each verdict with its P(conflict) (`graded_verdict`), or None with `graded` off (a judge
+        configured not to say how sure it is: `judge.logprobs: false`)."""
+        out = [self.graded_verdict(c) for c in contexts]
+        return out if self.graded else [(v, None) for v, _ in out]
+
     def verdict(self, ctx: StepContext) -> Verdict:
+        return self.graded_verdict(ctx)[0]
+
+    def graded_verdict(self, ctx: StepContext) -> tuple[Verdict, float]:
+        """The verdict and the judge's P(conflict). Signal detection (Green & Swets): a conflict
+        missed with chance p is seen as evidence e ~ N(z(1 - p), 1), an aligned step flagged with
+        chance f as e ~ N(z(f), 1), z the normal quantile; each draw u gives e (z(u) - z(p) for a
+        conflict, z(f) - z(u) for an aligned step) and the verdict says conflict when e > 0, so
+        the verdicts are those of the draws alone. P(conflict) is sigmoid((z(recall) - z(false_alarm)) * e),
+        the posterior of an observer who knows the task's rates and calls e = 0 even: a confident
+        answer far from the boundary, an unsure one near it, where this judge's mistakes are."""
         exact, misses, false_alarm = self.chances(ctx)
+        rates = self.profile.rates((ctx.record or {}).get("tag", ""))
+        slope = _z(rates.recall) - _z(rates.false_alarm)
         self.stats["steps"] += 1
         if not exact.aligned:
-            kept = [c for i, (c, p) in enumerate(zip(exact.conflicts, misses))
-                    if self._draw(ctx, f"miss {i} {c.kind.value} {c.subject}") >= p]
+            evidence = [_z(self._draw(ctx, f"miss {i} {c.kind.value} {c.subject}")) - _z(p)
+                        for i, (c, p) in enumerate(zip(exact.conflicts, misses))]
+            p_conflict = _sigmoid(slope * max(evidence, default=math.inf))
+            kept = [c for c, e in zip(exact.conflicts, evidence) if e >= 0]
             self.stats["missed"] += len(exact.conflicts) - len(kept)
             if exact.conflicts and not kept:
-                return Verdict(aligned=True, conflicts=[], correction="", missing=[])
+                return Verdict(aligned=True, conflicts=[], correction="", missing=[]), p_conflict
             if len(kept) == len(exact.conflicts):
-                return exact
-            return Verdict(aligned=False, conflicts=kept, correction=self._correction(ctx, kept))
-        if self._draw(ctx, "false alarm") >= false_alarm:
-            return exact
+                return exact, p_conflict
+            return Verdict(aligned=False, conflicts=kept, correction=self._correction(ctx, kept)), p_conflict
+        evidence = _z(false_alarm) - _z(self._draw(ctx, "false alarm"))
+        p_conflict = _sigmoid(slope * evidence)
+        if evidence <= 0:
+            return exact, p_conflict
         self.stats["false_alarms"] += 1
         invented = self._invent(ctx)
-        return Verdict(aligned=False, conflicts=[invented], correction=self._correction(ctx, [invented]))
+        return Verdict(aligned=False, conflicts=[invented], correction=self._correction(ctx, [invented])), p_conflict
 
     def chances(self, ctx: StepContext) -> tuple[Verdict, list[float], float]:
         """(the exact verdict, the chance each of its conflicts is missed, the chance of a false
@@ -278,3 +309,12 @@ class VLMJudge:
         except (ValueError, IndexError, KeyError):
             return ""
         return instruction_text(fix) if fix else ""
+
+
+def _z(p: float) -> float:
+    """The standard normal quantile, kept finite (a chance of 0 or 1 is 7 sd out)."""
+    return _NORMAL.inv_cdf(min(max(p, 1e-12), 1.0 - 1e-12))
+
+
+def _sigmoid(x: float) -> float:
+    return 0.5 * (1.0 + math.tanh(0.5 * x))

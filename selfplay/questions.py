@@ -8,7 +8,9 @@ left of the circle?"), with a relation asked only after the two objects it relat
 yes only when both are (DSG's dependencies), the reward is the share of yes answers: one mistake
 moves it by one question's share, a picture that gets more of the prompt right scores more even
 when the judge misses something, and each question is of the simplest task it can be (presence,
-colour, count, relation), the kind a VLM answers best. `docs/judges.md` has the measurement that
+colour, count, relation), the kind a VLM answers best. Where the judge says how sure it is (an
+endpoint's token log-probabilities, `judge.logprobs`), each answer is its P(yes) (as VQAScore
+scores a picture): a mistake is mostly an unsure answer, and an unsure yes earns less than a sure one. `docs/judges.md` has the measurement that
 chose it (`benchmarks/robust_reward.py`).
 
 A question is put to the judge the way an eval image is: a context with no instruction whose
@@ -17,6 +19,8 @@ by GenEval's rule for that record).
 """
 
 from __future__ import annotations
+
+import math
 
 from strokes.records import PromptRecord, Requirement
 from strokes.trajectory import Trajectory
@@ -50,11 +54,13 @@ def question_contexts(t: Trajectory) -> list[StepContext]:
     return [StepContext(q.text, "", q.text, t.final_image, q.to_json()) for q, _ in atomic_questions(rec)]
 
 
-def question_score(rec: PromptRecord, answers: list[bool | None]) -> float | None:
+def question_score(rec: PromptRecord, answers: list[bool | float | None]) -> float | None:
     """The share of questions answered yes, a relation counting yes only when both objects it
-    relates are; None when any answer is missing (the judge could not say)."""
+    relates are; None when any answer is missing (the judge could not say). An answer may be the
+    judge's P(yes) (its token log-probabilities): the question then scores P(yes) times its
+    parents', the chance that all of them are yes, and the share is graded."""
     if any(a is None for a in answers):
         return None
     questions = atomic_questions(rec)
-    yes = [bool(a) and all(answers[p] for p in parents) for a, (_, parents) in zip(answers, questions)]
+    yes = [float(a) * math.prod(float(answers[p]) for p in parents) for a, (_, parents) in zip(answers, questions)]
     return sum(yes) / len(yes)

@@ -38,7 +38,7 @@ import numpy as np
 from strokes.language import says_conflict
 from strokes.records import PromptRecord
 from strokes.trajectory import Trajectory
-from strokes.verdict import StepContext
+from strokes.verdict import StepContext, graded_verdicts
 
 from .inspect_eval import label_states, visual_states
 from .questions import question_contexts, question_score
@@ -149,15 +149,20 @@ def _finals(trajectories: list[Trajectory], judge, exact: ExactCheck | None,
         previous = t.steps[-2].final_image if len(t.steps) > 1 else None
         contexts.append(StepContext(t.prompt, last.instruction, last.description, t.final_image, t.record,
                                     t.steps[:-1], previous))
-    verdicts = iter(judge.judge(contexts) if contexts else [])
+    verdicts = iter(graded_verdicts(judge, contexts) if contexts else [])
     for k in usable:
         if per[k]:
-            answers = [None if v is None else v.aligned for v in itertools.islice(verdicts, len(per[k]))]
+            got = list(itertools.islice(verdicts, len(per[k])))
+            answers = [None if v is None else v.aligned for v, _ in got]
             asked[k] = (len(answers), sum(a is None for a in answers))
-            scores[k] = question_score(PromptRecord.from_json(trajectories[k].record), answers)
-            finals[k] = None if scores[k] is None else scores[k] == 1.0
+            record = PromptRecord.from_json(trajectories[k].record)
+            yes = question_score(record, answers)
+            finals[k] = None if yes is None else yes == 1.0
+            # graded where the judge says how sure it is of every answer: its P(yes) per question
+            sure = [None if v is None or p is None else 1.0 - p for v, p in got]
+            scores[k] = yes if None in sure else question_score(record, sure)
         else:
-            v = next(verdicts)
+            v, _ = next(verdicts)
             asked[k] = (1, int(v is None))
             finals[k] = None if v is None else bool(v.aligned and not v.missing)
     return finals, scores, asked

@@ -82,3 +82,18 @@ class Judge(Protocol):
     """Anything that turns a batch of step contexts into verdicts (oracle, GPT, self, a server)."""
 
     def judge(self, contexts: list[StepContext]) -> list[Verdict]: ...
+
+
+Graded = tuple[Verdict | None, float | None]
+"""A verdict (None: the judge could not judge the step) with the judge's P(conflict), None where it
+cannot say how sure it is."""
+
+
+def graded_verdicts(judge: Judge, contexts: list[StepContext]) -> list[Graded]:
+    """Each verdict with the judge's P(conflict). A judge that can say how sure it is has
+    `judge_graded` (the stand-in VLM judge; a GPT endpoint that returns token log-probabilities);
+    for any other the probability is None and the verdict stands alone."""
+    if hasattr(judge, "judge_graded"):
+        return list(judge.judge_graded(contexts))
+    return [(v, None) for v in judge.judge(contexts)]
+

@@ -223,6 +223,9 @@ class FaultServer:
                 if what == "hang":
                     outer.release.wait(outer.hang_s)
                     what = "ok"
+                if what == "nologprobs":  # as OpenAI answers a reasoning model asked for logprobs
+                    err = {"error": {"message": "logprobs is not supported with this model", "param": "logprobs"}}
+                    return self.send(400, json.dumps(err).encode())
                 if what.isdigit():
                     err = json.dumps({"error": {"message": f"scripted {what}", "type": "scripted"}}).encode()
                     return self.send(int(what), err, {"Retry-After": "0"} if what == "429" else None)
@@ -291,6 +294,38 @@ def test_scripted_faults_are_retried_or_counted_and_the_batch_completes(contexts
     assert s.verdicts == 5 and s.unparsable == 4 and s.failed == 2 and s.timeouts == 1
     assert s.retries == 1 + 2 + 1 + 1 + 3 and s.requests == sum(a.values())
     assert elapsed < 3.0  # the hang cost one timeout (0.5 s), not the server's 3 s
+
+
+def test_an_endpoint_that_refuses_logprobs_stops_in_one_line_naming_the_field(contexts):
+    fault = FaultServer({"refuses": ["nologprobs"]})
+    try:
+        ctx = dataclasses.replace(contexts[0], record={**contexts[0].record, "case": "refuses"})
+        with pytest.raises(InputError, match=r"^judge.logprobs: .* refused log-probabilities .*set judge.logprobs: false"):
+            gpt(fault.base_url).judge([ctx])
+        assert gpt(fault.base_url, logprobs=False).request_body(ctx).keys() == {"model", "messages", "response_format"}
+    finally:
+        fault.close()
+
+
+def test_the_verdict_words_log_probabilities_give_its_p_aligned():
+    """However the endpoint splits the JSON into tokens, the token after `"aligned":` is the verdict
+    word; its probability and its alternative's, renormalised over true and false, are P(aligned)."""
+    from openai.types.chat.chat_completion import ChoiceLogprobs
+    from openai.types.chat.chat_completion_token_logprob import ChatCompletionTokenLogprob, TopLogprob
+
+    from judges.gpt import p_aligned
+
+    def tokens(*parts: tuple[str, float, dict]) -> ChoiceLogprobs:
+        return ChoiceLogprobs(content=[ChatCompletionTokenLogprob(
+            token=t, logprob=lp, top_logprobs=[TopLogprob(token=k, logprob=v) for k, v in alt.items()]) for t, lp, alt in parts])
+
+    vllm_like = tokens(('{"', 0.0, {}), ("aligned", 0.0, {}), ('":', 0.0, {}),
+                       (" true", np.log(0.6), {" true": np.log(0.6), " false": np.log(0.2), " tr": np.log(0.2)}),
+                       (', "conflicts": []}', 0.0, {}))
+    assert p_aligned(vllm_like) == pytest.approx(0.75)  # 0.6 / (0.6 + 0.2)
+    alone = tokens(('{"aligned":', 0.0, {}), ("false", np.log(0.9), {}), (',"conflicts":[]}', 0.0, {}))
+    assert p_aligned(alone) == pytest.approx(0.1)  # the rest of the mass is the word not listed
+    assert p_aligned(None) is None and p_aligned(tokens(('{"conflicts":[]}', 0.0, {}))) is None
 
 
 def test_missing_key_for_the_default_endpoint_is_a_one_line_error(monkeypatch):

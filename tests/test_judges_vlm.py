@@ -145,12 +145,37 @@ def test_a_user_profile_in_yaml_and_bad_ones(tmp_path):
 
 
 def test_served_and_judged_through_the_openai_client(contexts):
+    """The verdicts and, from the verdict word's log-probabilities, the judge's P(conflict) cross
+    the API as they left it; without `logprobs` the verdicts come alone."""
     judge = VLMJudge(load_profile("typical"), seed=1)
     with JudgeServer(VLMJudge(load_profile("typical"), seed=1), port=0) as srv:
         client = GPTJudge(JudgeConfig(kind="gpt", base_url=srv.base_url, model=srv.model, concurrency=4,
                                       api_key_env="NO_KEY"))
         assert srv.model == "strokes-vlm"
-        assert client.judge(contexts[:40]) == judge.judge(contexts[:40])
+        served, local = client.judge_graded(contexts[:40]), judge.judge_graded(contexts[:40])
+        assert [v for v, _ in served] == [v for v, _ in local]
+        assert [p for _, p in served] == pytest.approx([p for _, p in local], abs=1e-9)
+        plain = GPTJudge(JudgeConfig(kind="gpt", base_url=srv.base_url, model=srv.model, logprobs=False,
+                                     api_key_env="NO_KEY"))
+        assert plain.judge_graded(contexts[:5]) == [(v, None) for v, _ in local[:5]]
+
+
+def test_it_is_unsure_where_it_errs(contexts):
+    """The verdict is its P(conflict)'s side of one half (the draws alone decide it, as before), and
+    its mistakes are unsure ones: P(conflict) ranks the truly wrong steps above the right ones
+    better than the yes/no verdict does, so a graded reward knows more than the answer."""
+    from sklearn.metrics import roc_auc_score
+
+    graded = VLMJudge(load_profile("typical"), seed=2).judge_graded(contexts)
+    assert [v for v, _ in graded] == VLMJudge(load_profile("typical"), seed=2).judge(contexts)
+    assert all((p > 0.5) == (not v.aligned) for v, p in graded)
+    wrong = [not OracleJudge().verdict(c).aligned for c in contexts]
+    said = roc_auc_score(wrong, [not v.aligned for v, _ in graded])
+    sure = roc_auc_score(wrong, [p for _, p in graded])
+    missed = [p for (v, p), w in zip(graded, wrong) if w and v.aligned]
+    right = [p for (v, p), w in zip(graded, wrong) if not w and v.aligned]
+    assert sure > said + 0.03, (sure, said)
+    assert sum(missed) / len(missed) > 2 * sum(right) / len(right)  # a miss is an unsure "aligned"
 
 
 def test_a_run_serves_its_judge_from_a_process_of_its_own(contexts, tmp_path):

@@ -82,6 +82,29 @@ def test_with_the_exact_judge_all_yes_is_genevals_rule():
     assert outcomes == {True, False}
 
 
+def test_a_judge_that_says_how_sure_it_is_grades_each_question():
+    """With the judge's P(yes) per question a relation scores its own P(yes) times its objects':
+    an unsure yes earns less than a sure one, a sure yes/no answer scores as before."""
+    assert question_score(POSITION, [0.9, 0.8, 0.5]) == pytest.approx((0.9 + 0.8 + 0.5 * 0.9 * 0.8) / 3)
+    assert question_score(POSITION, [1.0, 1.0, 0.0]) == question_score(POSITION, [True, True, False])
+    assert question_score(POSITION, [0.9, None, 0.5]) is None
+
+
+def test_the_final_reward_grades_each_answer_by_the_judges_p_yes():
+    """A judge that says how sure it is (the stand-in VLM here, an endpoint's logprobs in a run)
+    grades the final reward; whether the picture is right stays its yes/no answers' call."""
+    from judges.vlm import VLMJudge, load_profile
+
+    trajectories = hand_labelled()
+    sure = judge_rollouts(trajectories, VLMJudge(load_profile("typical"), graded=True), questions=True)
+    plain = judge_rollouts(trajectories, VLMJudge(load_profile("typical"), graded=False), questions=True)
+    assert [j.final for j in sure] == [j.final for j in plain]
+    for t, j in zip(trajectories, sure):
+        graded = VLMJudge(load_profile("typical")).judge_graded(question_contexts(t))
+        expected = question_score(PromptRecord.from_json(t.record), [1.0 - p for _, p in graded])
+        assert j.final_score == pytest.approx(expected) and 0.0 < j.final_score < 1.0
+
+
 def test_the_final_reward_is_the_share_and_counts_its_questions():
     trajectories = hand_labelled()
     judged = judge_rollouts(trajectories, OracleJudge(), questions=True)
