@@ -172,7 +172,7 @@ class GPTJudge:
             return None
 
     def _ask(self, body: dict) -> dict | None:
-        """One answer {"content", "tokens"} for a request, retried as the rules say; None when the
+        """One answer {"content", "tokens", "p_aligned"} for a request, retried as the rules say; None when the
         step stays unjudged (budget spent, retries exhausted, or a status that retrying cannot fix)."""
         import openai
 
@@ -269,7 +269,7 @@ def connection_failure(exc: BaseException) -> str:
 
 
 def _answer_of(resp: object) -> dict | None:
-    """{"content", "tokens"} of a well-formed chat completion, None for anything else. The client
+    """{"content", "tokens", "p_aligned"} of a well-formed chat completion, None for anything else. The client
     builds its response models without validating them, so a 200 body of any shape arrives here as
     it was sent (a string for HTML, `choices` as a string, `total_tokens` as null): check each part
     that is read. No `usage` at all is well-formed (some endpoints leave it out): 0 tokens."""

@@ -2,8 +2,10 @@
 
 `POST /v1/chat/completions` takes one step in the message format of judges/prompts.yaml (text
 parts plus base64 image_url parts; `response_format` of type json_schema, json_object or text is
-accepted) and answers a chat completion whose message content is the `Verdict` JSON. A step the
-judge cannot judge (the self judge's unparsable inspection) comes back as a refusal with no content.
+accepted) and answers a chat completion whose message content is the `Verdict` JSON; asked for
+`logprobs`, a judge that says how sure it is (the stand-in VLM) gives the verdict word's
+log-probabilities, any other `logprobs: null`. A step the judge cannot judge (the self judge's
+unparsable inspection) comes back as a refusal with no content.
 `GET /v1/models` lists the one model. With an API key, every request must carry
 `Authorization: Bearer <key>` or gets 401.
 

@@ -8,7 +8,9 @@ the verdict the model wrote for it (the first word of its inspection). From that
                 eval scores with; another judge: its verdict on the last state, aligned with nothing
                 missing), else 0; or, with `questions` (a judge that makes mistakes: on by default
                 for a GPT or stand-in VLM judge, `judge.final_reward`), the share of the prompt's
-                atomic questions the judge answers yes about the last image (selfplay/questions.py)
+                atomic questions the judge answers yes about the last image (selfplay/questions.py),
+                each graded by the judge's P(yes) where it says how sure it is of every answer
+                (an endpoint's token log-probabilities, `judge.logprobs`)
     inspection  (right verdicts - wrong verdicts) / labelled states: a caught mistake earns, a
                 false alarm or a missed mistake costs, and a right state called right earns as much
                 as a wrong one caught
