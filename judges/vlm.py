@@ -107,6 +107,8 @@ def load_profile(name: str | Path) -> Profile:
         for k, v in value.items():
             if not isinstance(v, (int, float)) or not 0.0 <= v <= 1.0:
                 raise InputError(f"{path}: {where}.{k} must be a fraction between 0 and 1, got {v!r}")
+        if value["recall"] <= value["false_alarm"]:  # a judge no better than chance has no evidence to grade
+            raise InputError(f"{path}: {where}.recall must exceed {where}.false_alarm")
         return Rates(float(value["recall"]), float(value["false_alarm"]))
 
     tasks = data.get("tasks")
@@ -194,7 +196,7 @@ class VLMJudge:
         if not exact.aligned:
             evidence = [_z(self._draw(ctx, f"miss {i} {c.kind.value} {c.subject}")) - _z(p)
                         for i, (c, p) in enumerate(zip(exact.conflicts, misses))]
-            p_conflict = _sigmoid(slope * max(evidence, default=math.inf))
+            p_conflict = _sigmoid(slope * max(evidence)) if evidence else 1.0
             kept = [c for c, e in zip(exact.conflicts, evidence) if e >= 0]
             self.stats["missed"] += len(exact.conflicts) - len(kept)
             if exact.conflicts and not kept:

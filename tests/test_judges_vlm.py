@@ -140,6 +140,9 @@ def test_a_user_profile_in_yaml_and_bad_ones(tmp_path):
     bad.write_text(yaml.safe_dump({**shipped, "tasks": {**shipped["tasks"], "counting": {**exact, "recall": 1.7}}}))
     with pytest.raises(InputError, match=r"bad.yaml: tasks.counting.recall must be a fraction"):
         load_profile(bad)
+    bad.write_text(yaml.safe_dump({**shipped, "tasks": {**shipped["tasks"], "counting": {"recall": 0.1, "false_alarm": 0.2}}}))
+    with pytest.raises(InputError, match=r"bad.yaml: tasks.counting.recall must exceed tasks.counting.false_alarm"):
+        load_profile(bad)
     with pytest.raises(InputError, match="judge.profile: .*no such VLM judge profile"):
         JudgeConfig(kind="vlm", profile=str(tmp_path / "missing.yaml"))
 
