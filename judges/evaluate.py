@@ -181,7 +181,6 @@ def _aucs(reference: list[Verdict], verdicts: list[Verdict | None], p_conflict: 
     if len(set(wrong)) < 2:
         return {}
     out = {"auc_verdict": float(roc_auc_score(wrong, [not verdicts[k].aligned for k in judged]))}
-    sure = [p_conflict[k] for k in judged] if p_conflict is not None else [None]
-    if None not in sure:
-        out["auc_graded"] = float(roc_auc_score(wrong, sure))
+    if p_conflict is not None and all(p_conflict[k] is not None for k in judged):
+        out["auc_graded"] = float(roc_auc_score(wrong, [p_conflict[k] for k in judged]))
     return out

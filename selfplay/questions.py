@@ -10,8 +10,8 @@ moves it by one question's share, a picture that gets more of the prompt right s
 when the judge misses something, and each question is of the simplest task it can be (presence,
 colour, count, relation), the kind a VLM answers best. Where the judge says how sure it is (an
 endpoint's token log-probabilities, `judge.logprobs`), each answer is its P(yes) (as VQAScore
-scores a picture): a mistake is mostly an unsure answer, and an unsure yes earns less than a sure one. `docs/judges.md` has the measurement that
-chose it (`benchmarks/robust_reward.py`).
+scores a picture): a mistake is mostly an unsure answer, and an unsure yes earns less than a sure
+one. `docs/judges.md` has the measurement that chose it (`benchmarks/robust_reward.py`).
 
 A question is put to the judge the way an eval image is: a context with no instruction whose
 description is the question's prompt, with the question's own record (an exact judge answers it

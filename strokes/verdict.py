@@ -96,4 +96,3 @@ def graded_verdicts(judge: Judge, contexts: list[StepContext]) -> list[Graded]:
     if hasattr(judge, "judge_graded"):
         return list(judge.judge_graded(contexts))
     return [(v, None) for v in judge.judge(contexts)]
-

@@ -166,7 +166,9 @@ def test_server_rejects_malformed_requests_and_keeps_serving(server, contexts):
     remote["messages"][1]["content"][2]["image_url"]["url"] = "https://example.com/x.png"
     cases = [b"not json", json.dumps(no_image).encode(), json.dumps({**good, "stream": True}).encode(),
              json.dumps({**good, "response_format": {"type": "xml"}}).encode(), json.dumps(remote).encode(),
-             json.dumps({"model": "strokes-oracle", "messages": []}).encode(), json.dumps({**good, "model": None}).encode()]
+             json.dumps({"model": "strokes-oracle", "messages": []}).encode(), json.dumps({**good, "model": None}).encode(),
+             json.dumps({**good, "logprobs": "yes"}).encode(), json.dumps({**good, "logprobs": True, "top_logprobs": 21}).encode(),
+             json.dumps({**good, "top_logprobs": 2}).encode()]
     for body in cases:
         status, answer = post(url, body)
         assert status == 400 and answer["error"]["message"], body[:60]
@@ -174,6 +176,7 @@ def test_server_rejects_malformed_requests_and_keeps_serving(server, contexts):
     status, answer = post(url, json.dumps(good).encode())
     assert status == 200
     assert Verdict.model_validate_json(answer["choices"][0]["message"]["content"]) == OracleJudge().verdict(contexts[0])
+    assert answer["choices"][0]["logprobs"] is None  # the exact judge has no P(conflict) to give
 
 
 def test_image_urls_are_png_data_urls(contexts):
