@@ -13,10 +13,11 @@ same questions graded by the judge's P(yes) (its token log-probabilities, `judge
 GRPO uses is the order within a group, so the table gives, over the pairs of a group whose exact rewards differ, the share the judge's reward orders the same
 way (a tie counts half), and the correlation of group-centred rewards (the advantages) with the
 exact ones. "recovered" is the share of what the holistic reward loses against the exact judge
-that the questions win back. A second table does the same for GRPO's whole reward under each stand-in
-judge (questions final, yes/no and graded): each component alone and weighted sums, against the
-exact final reward.
-A third gives GRPO's advantages as `train.grpo.scale_rewards` makes them (each group's std, or the
+that the questions win back. With `--question-judge DIR` a judge copy of the model (`selfplay
+fit-judge`) answers the same questions, graded by its P(yes): the model's own understanding set
+against the stand-in VLM judges on the same groups (issue 27). A second table does the same for
+GRPO's whole reward under each stand-in judge (questions final, yes/no and graded): each component
+alone and weighted sums, against the exact final reward. A third gives GRPO's advantages as `train.grpo.scale_rewards` makes them (each group's std, or the
 batch's), with the shipped weights and without the inspection component, against the exact
 centred final reward: how much a group whose spread is only the judge's mistakes weighs.
 """
@@ -80,6 +81,9 @@ def main() -> None:
     parser.add_argument("--json", default="", help="also write the table's numbers here")
     parser.add_argument("--inspector", action="append", default=[], metavar="DIR",
                         help="a fitted attention head to add to the second table (repeatable)")
+    parser.add_argument("--question-judge", action="append", default=[], metavar="DIR",
+                        help="a judge copy (`selfplay fit-judge`) to add to the first table, its answers graded "
+                             "(repeatable)")
     args = parser.parse_args()
 
     import torch
@@ -91,6 +95,7 @@ def main() -> None:
     from selfplay.evaluation import sampled_verdicts
     from selfplay.grpo import grpo_prompts
     from selfplay.inspector import Inspector
+    from selfplay.question_judge import QuestionJudge
     from selfplay.rewards import judge_rollouts, reward_functions
     from selfplay.self_reading import TrajectoryReader
     from selfplay.world import make_world
@@ -135,11 +140,13 @@ def main() -> None:
     exact = grouped(finals(judge_rollouts(trajectories, OracleJudge(), world.is_correct)))
     rows = []
     tasks = [PromptRecord.from_json(t.record).tag for t in trajectories][:: args.generations]
-    for profile in ("exact", "strong", "typical"):
-        for kind in ("holistic", "picture", "questions", "graded", "both"):
+    own = {f"own:{Path(folder).name}": QuestionJudge.load(folder) for folder in args.question_judge}
+    for profile in ("exact", "strong", "typical", *own):
+        for kind in ("graded",) if profile in own else ("holistic", "picture", "questions", "graded", "both"):
             orders, corrs, secs, per_task = [], [], [], {}
-            for seed in range(1 if profile == "exact" else args.seeds):
-                judge = OracleJudge() if profile == "exact" else VLMJudge(load_profile(profile), seed, kind == "graded")
+            for seed in range(1 if profile == "exact" or profile in own else args.seeds):
+                judge = (OracleJudge() if profile == "exact" else own[profile] if profile in own
+                         else VLMJudge(load_profile(profile), seed, kind == "graded"))
                 t1 = time.perf_counter()
                 got = grouped(rewards(judge, kind))
                 secs.append(time.perf_counter() - t1)
@@ -159,7 +166,7 @@ def main() -> None:
     print(f"{'judge':8} {'final reward':13} {'pair order':>16} {'advantage r':>12} {'recovered':>10} "
           + " ".join(f"{t:>11}" for t in names))
     for row in rows:
-        holistic = next(r for r in rows if r["judge"] == row["judge"] and r["final reward"] == "holistic")
+        holistic = next((r for r in rows if r["judge"] == row["judge"] and r["final reward"] == "holistic"), row)
         lost = 1.0 - holistic["pair order"]
         rec = "" if row is holistic or lost <= 0 else f"{100 * (row['pair order'] - holistic['pair order']) / lost:.0f}%"
         print(f"{row['judge']:8} {row['final reward']:13} {row['pair order']:10.3f} ± {row['pair order sd']:.3f} "

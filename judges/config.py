@@ -52,8 +52,9 @@ class JudgeConfig:
     """How GRPO's final reward asks the judge about a finished picture: "holistic" (one verdict on
     the last step: 1 or 0), "questions" (one question per part of the prompt, the reward the share
     answered yes: robust to a judge's mistakes, selfplay/questions.py) or "auto" (questions for kinds
-    gpt and vlm, holistic for self; the exact judge always scores by GenEval's exact rule); with kind
-    self, "likelihood": 1 - the judge's P(conflict) at the last state (graded, selfplay/self_reading.py)."""
+    gpt and vlm and for a self judge with a `question_judge`, holistic for self without one; the exact
+    judge always scores by GenEval's exact rule); with kind self, "likelihood": 1 - the judge's
+    P(conflict) at the last state (graded, selfplay/self_reading.py)."""
     logprobs: bool = True
     """Ask the endpoint for the answer's token log-probabilities (`logprobs`, `top_logprobs`) and
     use its P(yes) as each atomic question's graded answer in GRPO's final reward, where it returns
@@ -75,6 +76,10 @@ class JudgeConfig:
     """With kind "self": a fitted attention Inspect head (`selfplay fit-inspector`'s folder) judges the
     rounds instead of the parent's verdict word: a frozen copy of the checkpoint it was fitted on
     reads each trajectory, and the head's threshold decides (selfplay/inspector.py)."""
+    question_judge: str = ""
+    """With kind self: a judge copy of the model trained to answer atomic questions (`selfplay
+    fit-judge`'s folder) answers the finished picture's questions, each graded by its P(yes), for
+    GRPO's final reward (selfplay/question_judge.py); the step labels stay the reader's."""
 
     def __post_init__(self) -> None:
         self.validate()
@@ -82,7 +87,8 @@ class JudgeConfig:
     @property
     def asks_questions(self) -> bool:
         """Whether GRPO's final reward asks atomic questions (`final_reward`)."""
-        return self.final_reward == "questions" or (self.final_reward == "auto" and self.kind in ("gpt", "vlm"))
+        return self.final_reward == "questions" or (
+            self.final_reward == "auto" and (self.kind in ("gpt", "vlm") or bool(self.question_judge)))
 
     def validate(self) -> "JudgeConfig":
         """Check every field (a one-line InputError naming the first bad one); returns self."""
@@ -98,6 +104,14 @@ class JudgeConfig:
                 "'likelihood' needs kind: self (the policy's own P(conflict))")
         require(self, "inspector", not self.inspector or self.kind == "self",
                 "needs kind: self (the head is the model's own inspection)")
+        require(self, "question_judge", not self.question_judge or self.kind == "self",
+                "needs kind: self (the judge copy is the model's own understanding)")
+        require(self, "question_judge", not self.question_judge or self.final_reward in ("auto", "questions"),
+                f"answers atomic questions: final_reward must be questions or auto, not {self.final_reward}")
+        require(self, "final_reward",
+                self.final_reward != "questions" or self.kind != "self" or bool(self.question_judge),
+                "questions with kind self needs judge.question_judge (`selfplay fit-judge`): the policy's own "
+                "Inspect has never been asked one")
         require(self, "max_unjudged", 0.0 <= self.max_unjudged <= 1.0, "must be a fraction between 0 and 1")
         require(self, "serve", self.serve in SERVABLE, f"must be one of {', '.join(map(repr, SERVABLE))}")
         require(self, "serve", not self.serve or self.kind == "gpt",

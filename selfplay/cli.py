@@ -14,7 +14,7 @@ import sys
 
 from strokes.errors import InputError
 
-COMMANDS = ("suite", "render", "score", "data", "train", "sample", "eval", "judge_serve", "judge_eval", "inspect_eval", "fit_inspector", "run", "report", "ablate")
+COMMANDS = ("suite", "render", "score", "data", "train", "sample", "eval", "judge_serve", "judge_eval", "inspect_eval", "fit_inspector", "fit_judge", "run", "report", "ablate")
 
 
 def has_default(action: argparse.Action) -> bool:

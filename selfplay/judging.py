@@ -25,6 +25,7 @@ from strokes.trajectory import Trajectory
 from trainer.trl_common import use_cuda
 
 from .inspector import Inspector
+from .question_judge import QuestionJudge
 from .rewards import ExactCheck, Judged, judge_rollouts
 from .self_reading import TrajectoryReader
 
@@ -44,8 +45,9 @@ def grpo_judge(cfg: RunConfig, parent: str | Path):
     """The judge of a GRPO round over `parent`. The self judge is a frozen copy of the parent that
     reads each rolled-out trajectory whole (`TrajectoryReader`: labels from one forward, no text
     written), on the trainer's device; with `judge.inspector`, a frozen copy of the checkpoint that
-    head was fitted on, the head deciding at its own threshold. Any other judge is the one
-    `policy_judge` gives."""
+    head was fitted on, the head deciding at its own threshold; with `judge.question_judge`, a judge
+    copy (`selfplay fit-judge`) answers the finished picture's atomic questions for the final reward.
+    Any other judge is the one `policy_judge` gives."""
     if cfg.judge.kind != "self":
         return policy_judge(cfg.judge, parent, cfg.rollout)
     graded = cfg.judge.final_reward == "likelihood"
@@ -53,8 +55,12 @@ def grpo_judge(cfg: RunConfig, parent: str | Path):
         reader = TrajectoryReader.with_inspector(Inspector.load(cfg.judge.inspector), graded)
     else:
         reader = TrajectoryReader(Policy.from_pretrained(parent), cfg.rollout.inspect_threshold, graded)
+    if cfg.judge.question_judge:
+        reader.questions = QuestionJudge.load(cfg.judge.question_judge)
     if use_cuda(cfg.train):
         reader.policy.model.to("cuda")
+        if reader.questions is not None:
+            reader.questions.policy.model.to("cuda")
     return reader
 
 

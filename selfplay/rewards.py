@@ -100,7 +100,10 @@ def judge_rollouts(trajectories: list[Trajectory], judge, exact: ExactCheck | No
     said = [replace(t, meta={**t.meta, "inspect_scores": [float(f) for f in flagged(t)]}) for t in trajectories]
     if isinstance(judge, TrajectoryReader):  # the frozen parent reads each trajectory whole
         states, readings = judge.label(said)
-        finals, scores, asked = _read_finals(readings, judge.graded)
+        if judge.questions is not None:  # a judge copy answers the atomic questions about the picture
+            finals, scores, asked = _finals(trajectories, judge.questions, None, True)
+        else:
+            finals, scores, asked = _read_finals(readings, judge.graded)
     else:
         states, _ = label_states(said, judge)
         finals, scores, asked = _finals(trajectories, judge, exact, questions)

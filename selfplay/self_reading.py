@@ -39,6 +39,7 @@ from strokes.trajectory import Trajectory
 from .inspect_eval import LabelledState, visual_states
 from .inspect_head import verdict_logits
 from .inspector import Inspector
+from .question_judge import QuestionJudge
 
 
 def folded(t: Trajectory) -> Trajectory:
@@ -69,10 +70,12 @@ class TrajectoryReader:
 
     name = "self"
 
-    def __init__(self, policy: Policy, threshold: float, graded: bool = False, inspector: Inspector | None = None) -> None:
+    def __init__(self, policy: Policy, threshold: float, graded: bool = False, inspector: Inspector | None = None,
+                 questions: QuestionJudge | None = None) -> None:
         self.policy, self.threshold = policy, threshold
         self.graded = graded  # the final reward is 1 - P(conflict) at the last state, not its label
         self.inspector = inspector  # an attention head on `policy`'s hidden states decides instead of its verdict word
+        self.questions = questions  # a judge copy answers the final picture's atomic questions instead
         policy.model.eval()
         words = [policy.processor.text_ids_of(w) for w in ("conflict", "aligned")]
         self.rule = InspectRule(words[0][0], words[1][0])  # P(conflict) as the decoder computes it

@@ -16,53 +16,37 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from .fitting import add_arguments
+
 
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("fit-inspector", help="fit an attention Inspect head on a checkpoint's own labelled sketches")
-    p.add_argument("checkpoint", help="policy folder (save_pretrained)")
-    p.add_argument("--out", required=True, help="folder for the fitted head")
-    p.add_argument("--config", default=None, help="run config whose judge labels the states and whose rollout "
-                                                  "settings to use; default: the built-in defaults (exact judge)")
-    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a config field")
-    p.add_argument("--prompts", type=int, default=1800, help="training-split prompts to roll out")
+    add_arguments(p, "folder for the fitted head", "the states", prompts=1800, seed=7)
     p.add_argument("--false-alarm", type=float, default=0.10, help="false-alarm rate the threshold is chosen for")
-    p.add_argument("--seed", type=int, default=7)
     p.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> None:
-    import dataclasses
-
     import torch
 
-    from rollout import Engine
     from strokes.errors import InputError
     from strokes.io import atomic_path
-    from strokes.model.checkpoint_check import check_checkpoint
     from strokes.model.policy import Policy
 
-    from ..config import load_config
-    from ..evaluation import sampled_verdicts, training_suite
     from ..inspect_eval import label_states
     from ..inspector import fit_inspector
     from ..judging import policy_judge, served_judge
+    from .fitting import labelling_config, own_rollouts
     from .sample import quiet_loading
 
     checkpoint = Path(args.checkpoint)
-    check_checkpoint(checkpoint)
-    if args.prompts < 30:
-        raise InputError(f"--prompts must be at least 30, got {args.prompts}")
     if not 0 < args.false_alarm < 1:
         raise InputError(f"--false-alarm must be in (0, 1), got {args.false_alarm}")
-    cfg = load_config(args.config, args.set)
-    if cfg.judge.kind == "self":
-        raise InputError("judge.kind: self cannot label the states an inspector learns from; use the exact or a GPT judge")
+    cfg = labelling_config(args, "an inspector")
     quiet_loading()
     torch.manual_seed(args.seed)
     policy = Policy.from_pretrained(checkpoint)
-    policy.model.eval()
-    engine = Engine(policy, dataclasses.replace(sampled_verdicts(cfg.rollout), mode="process", actors=0, seed=args.seed))
-    trajectories = engine.run(training_suite(cfg, args.prompts, args.seed)[: args.prompts])
+    trajectories = own_rollouts(cfg, policy, args.prompts, args.seed)
     print(f"rolled out {len(trajectories)} trajectories on training-split prompts")
     with served_judge(cfg, log=lambda _: None) as judged:
         states, skipped = label_states(trajectories, policy_judge(judged.judge, checkpoint, judged.rollout))

@@ -8,6 +8,7 @@
     score(folder)                      a GenEval-layout eval folder -> `strokes.geneval.Score`
     final_conflicts(trajectory)        the exact verdict on a strip's final image, or None
     corrected_state                    an exact renderer of a judge's correction, or None (re-sketch)
+    near_miss(image, rng)              the picture with one object edited, exactly, or None (no editor)
     exact                              whether GenEval rules are decided exactly (an oracle judge exists)
     base_rows(size, seed)              base-data trajectories for replay and the control arm
 

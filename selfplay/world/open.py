@@ -116,6 +116,9 @@ class OpenWorld:
     is_correct = None
     """No exact GenEval check: the judge decides every image."""
 
+    near_miss = None
+    """No exact editor of a picture: a judge copy learns from the model's own pictures only."""
+
     def base_rows(self, size: int, seed: int) -> list[Trajectory]:
         """`size` rows of `world.control_data`, drawn with `seed` (with replacement past its end)."""
         import datasets

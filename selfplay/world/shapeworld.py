@@ -6,13 +6,19 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import random
 from pathlib import Path
+
+import numpy as np
 
 from judges import OracleJudge, corrected_scene
 from strokes.data.build import DataConfig, make_rows
 from strokes.geneval import Score
 from strokes.records import TASKS, PromptRecord
-from strokes.shapeworld import CANVAS, check, drawable, is_correct, make_suite, record_from_text, score_folder
+from strokes.shapeworld import (CANVAS, check, detect, drawable, is_correct, make_suite, record_from_text, render,
+                                score_folder)
+from strokes.shapeworld.render import detections_to_scene
+from strokes.shapeworld.scene import near_miss
 from strokes.trajectory import Trajectory, from_row
 
 
@@ -59,6 +65,14 @@ class ShapeWorld:
 
     corrected_state = staticmethod(corrected_scene)
     """The exact scene a judge's correction leads to (the critique builder renders it)."""
+
+    @staticmethod
+    def near_miss(image: np.ndarray, rng: random.Random) -> np.ndarray | None:
+        """The picture with one object dropped, copied, moved, recoloured or reshaped, re-rendered
+        exactly (`strokes.shapeworld.scene.near_miss`); None when nothing can be edited. What a judge
+        learns a count off by one or a flipped relation from (`selfplay fit-judge`)."""
+        edited = near_miss(detections_to_scene(detect(image), image.shape[0]), rng)
+        return None if edited is None else render(edited)
 
     def base_rows(self, size: int, seed: int) -> list[Trajectory]:
         """`size` base-data trajectories (the base pipelines' mixture): replay and the control arm."""

@@ -125,3 +125,29 @@ def free_slots(scene: Scene) -> list[tuple[int, int]]:
         for x in pos
         if all(boxes_apart(Obj("square", "red", x, y), o) for o in scene.objects)
     ]
+
+
+NEAR_MISSES = ("drop", "copy", "move", "recolor", "reshape")
+
+
+def near_miss(scene: Scene, rng) -> Scene | None:
+    """`scene` with one object dropped, copied to a free slot, moved to one, recoloured or reshaped
+    (one edit, `NEAR_MISSES`, chosen by `rng`, a `random.Random`); None when the scene is empty or
+    the edit needs a free slot there is none of. What a judge learns to tell apart from a picture:
+    a count off by one, a relation flipped by one move, a colour or class misdrawn."""
+    if not scene.objects:
+        return None
+    k = rng.randrange(len(scene.objects))
+    obj = scene.objects[k]
+    edit = rng.choice(NEAR_MISSES)
+    if edit == "drop":
+        return scene.without(k)
+    if edit == "recolor":
+        return scene.replaced(k, replace(obj, color=rng.choice([c for c in COLORS if c != obj.color])))
+    if edit == "reshape":
+        return scene.replaced(k, replace(obj, shape=rng.choice([s for s in SHAPES if s != obj.shape])))
+    slots = free_slots(scene.without(k) if edit == "move" else scene)
+    if not slots:
+        return None
+    x, y = rng.choice(slots)
+    return scene.with_object(obj.moved(x, y)) if edit == "copy" else scene.replaced(k, obj.moved(x, y))

@@ -1,0 +1,129 @@
+"""`selfplay fit-judge`: train a judge copy of a checkpoint to answer atomic questions about its own
+pictures (selfplay/question_judge.py).
+
+Rolls the checkpoint out in process mode on training-split prompts of the run's GRPO tasks, asks of
+every finished picture its prompt's atomic questions, the same questions of a near miss of it (one
+object dropped, copied, moved, recoloured or reshaped, where the world can edit a picture exactly)
+and another prompt's questions, labels every answer with the run config's judge (the exact judge for
+ShapeWorld; a VLM endpoint with `--config` of a GPT-judge run), and trains a copy of the checkpoint
+on the answers (SFT, loss on the verdict only). A fifth of the prompts is held out: their questions
+measure the copy (ROC AUC, recall and false alarms at its threshold) and the base it started from.
+Self-judged rounds then use it with `judge.question_judge: <out>` (docs/loop.md, "Self-judged rounds on
+atomic questions", has the command line).
+
+    <out>/questions/     the labelled training questions (kept: a killed fit resumes from them)
+    <out>/held_out/      the held-out prompts' labelled questions
+    <out>/checkpoint/    the judge copy (save_pretrained), <out>/trainer/ its resumable trainer state
+    <out>/judge.json     the checkpoint it was trained from, its threshold, its held-out figures
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from .fitting import add_arguments
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("fit-judge",
+                       help="train a judge copy of a checkpoint to answer atomic questions about its pictures")
+    add_arguments(p, "folder for the judge (its checkpoint, questions and judge.json)",
+                  "the answers (its GRPO tasks: the prompts)", prompts=1200, seed=4321)
+    p.add_argument("--generations", type=int, default=2, help="pictures per prompt")
+    p.add_argument("--epochs", type=float, default=2.0, help="passes over the questions")
+    p.add_argument("--lr", type=float, default=3e-4, help="peak learning rate (cosine, 20 warmup steps)")
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> None:
+    import dataclasses
+    import random
+
+    from strokes.data.external import load_trajectories
+    from strokes.errors import InputError
+    from strokes.language import says_conflict
+    from strokes.model.policy import Policy
+    from strokes.trajectory import read_jsonl, write_jsonl
+    from trainer.config import TrainConfig
+    from trainer.sft import train
+
+    from ..judging import policy_judge, served_judge
+    from ..question_judge import QuestionJudge, question_rows
+    from ..questions import question_contexts
+    from ..world import make_world
+    from .fitting import labelling_config, own_rollouts
+    from .sample import quiet_loading
+
+    checkpoint = Path(args.checkpoint)
+    for name in ("generations", "epochs", "lr"):
+        if getattr(args, name) <= 0:
+            raise InputError(f"--{name} must be positive, got {getattr(args, name)}")
+    cfg = labelling_config(args, "a judge copy")
+    quiet_loading()
+    out = Path(args.out)
+    questions, held_out = out / "questions", out / "held_out"
+    if not (held_out / "trajectories.jsonl").is_file():
+        world = make_world(cfg)
+        rng = random.Random(args.seed)
+        rolled = own_rollouts(cfg, Policy.from_pretrained(checkpoint), args.prompts, args.seed,
+                              tuple(cfg.train.grpo.tasks), args.generations)
+        finished = [n for n, t in enumerate(rolled) if t.steps and t.record is not None and "failed" not in t.meta]
+        print(f"rolled out {len(rolled)} trajectories on {args.prompts} training-split prompts "
+              f"({len(finished)} finished)")
+        contexts, split = [], []
+        cut = args.prompts - args.prompts // 5  # the last fifth of the prompts is held out
+        for n in finished:
+            t = rolled[n]
+            asked = question_contexts(t)
+            if world.near_miss is not None and (edited := world.near_miss(t.final_image, rng)) is not None:
+                last = dataclasses.replace(t.steps[-1], image=edited, refinements=[])
+                asked += question_contexts(dataclasses.replace(t, steps=[*t.steps[:-1], last]))
+            asked += question_contexts(dataclasses.replace(t, record=rolled[rng.choice(finished)].record))
+            contexts += asked
+            split += [n // args.generations >= cut] * len(asked)
+        with served_judge(cfg, log=lambda _: None) as judged:
+            verdicts = policy_judge(judged.judge, checkpoint, judged.rollout).judge(contexts)
+        rows = question_rows(contexts, verdicts)
+        kept = [h for h, v in zip(split, verdicts) if v is not None]
+        train_rows = [r for r, h in zip(rows, kept) if not h]
+        rng.shuffle(train_rows)
+        write_jsonl(train_rows, questions)
+        write_jsonl([r for r, h in zip(rows, kept) if h], held_out)
+        conflicts = sum(says_conflict(r.steps[0].inspection) for r in rows)
+        print(f"labelled {len(rows)} questions ({conflicts} answered no, {len(contexts) - len(rows)} unanswered); "
+              f"{len(train_rows)} to train on")
+    train_cfg = TrainConfig(lr=args.lr, warmup_steps=20, batch_size=6, max_length=768, epochs=args.epochs,
+                            seed=args.seed, num_threads=cfg.train.num_threads, logging_steps=20, save_steps=100)
+    copy = Policy.from_pretrained(checkpoint)
+    summary = train(copy, load_trajectories(questions, getattr(copy.processor, "fixed_side", None)), train_cfg, out)
+    judge = QuestionJudge(copy, meta={"checkpoint": str(checkpoint), "labelled_by": cfg.judge.kind,
+                                      "train": {k: summary.get(k) for k in ("steps", "complete", "seconds")}})
+    rows = read_jsonl(held_out)
+    judge.meta["held_out"] = held_out_figures(judge, rows)
+    judge.meta["held_out_base"] = held_out_figures(QuestionJudge(Policy.from_pretrained(checkpoint)), rows)
+    judge.save_meta(out)
+    h, b = judge.meta["held_out"], judge.meta["held_out_base"]
+    print(f"held out {h['questions']} questions ({h['wrong']} answered no): AUC {h['auc']:.3f} (the checkpoint it "
+          f"was trained from: {b['auc']:.3f}), recall {h['recall']:.0%} at {h['false_alarm']:.0%} false alarms "
+          f"(threshold {judge.threshold}); written to {out}")
+
+
+def held_out_figures(judge, rows) -> dict:
+    """How a judge copy answers labelled questions: ROC AUC of its P(conflict), and its recall and
+    false alarms at its threshold."""
+    import numpy as np
+    from sklearn.metrics import roc_auc_score
+
+    from strokes.language import says_conflict
+    from strokes.verdict import StepContext
+
+    contexts = [StepContext(r.prompt, r.steps[0].instruction, r.steps[0].description, r.steps[0].image, r.record)
+                for r in rows]
+    wrong = np.array([says_conflict(r.steps[0].inspection) for r in rows])
+    p = judge.p_conflict(contexts)
+    flagged = p >= judge.threshold
+    return {"questions": len(rows), "wrong": int(wrong.sum()),
+            "auc": float(roc_auc_score(wrong, p)) if 0 < wrong.sum() < len(rows) else float("nan"),
+            "recall": float(flagged[wrong].mean()) if wrong.any() else float("nan"),
+            "false_alarm": float(flagged[~wrong].mean()) if (~wrong).any() else float("nan")}

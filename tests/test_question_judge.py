@@ -1,0 +1,140 @@
+"""The model's own understanding answering atomic questions (selfplay/question_judge.py, `selfplay
+fit-judge`): near misses, the judge copy's rows and answers, its config, and the command end to end."""
+
+from __future__ import annotations
+
+import json
+import random
+
+import numpy as np
+import pytest
+import torch
+
+from judges import JudgeConfig, OracleJudge
+from selfplay.cli import main
+from selfplay.question_judge import QuestionJudge, asked, question_rows
+from selfplay.questions import question_contexts
+from selfplay.world.shapeworld import ShapeWorld
+from strokes.errors import InputError
+from strokes.model.policy import Policy
+from strokes.records import PromptRecord
+from strokes.shapeworld import Obj, Scene, detect, make_suite, render, target_scene
+from strokes.shapeworld.scene import near_miss
+from strokes.trajectory import Step, Trajectory
+from test_rollout_support import tiny_checkpoint
+
+
+@pytest.fixture(scope="module")
+def policy(tmp_path_factory):
+    torch.set_num_threads(1)
+    return Policy.from_pretrained(tiny_checkpoint(tmp_path_factory))
+
+
+def drawn(rec: PromptRecord, seed: int = 0) -> Trajectory:
+    """A one-step trajectory whose picture is the record's target scene: every question answered yes."""
+    image = render(target_scene(rec, random.Random(seed)))
+    return Trajectory(rec.text, [Step("", rec.text, image, "aligned")], rec.to_json(), "scene_graph")
+
+
+def test_a_near_miss_edits_exactly_one_object():
+    """Each near miss drops, copies, moves, recolours or reshapes one object of the scene and leaves
+    the others where they were."""
+    scene = Scene((Obj("circle", "red", 0, 0), Obj("square", "blue", 24, 24), Obj("triangle", "green", 48, 0)))
+    rng = random.Random(0)
+    edits = [near_miss(scene, rng) for _ in range(60)]
+    for edited in edits:
+        before, after = set(scene.objects), set(edited.objects)
+        assert len(before - after) <= 1 and len(after - before) <= 1
+        assert len(before & after) >= len(scene.objects) - 1
+    counts = {len(e.objects) for e in edits}
+    assert counts == {2, 3, 4}  # a drop, the edits in place, a copy
+    assert near_miss(Scene(()), rng) is None
+
+
+def test_a_near_miss_of_a_right_picture_turns_some_answers_to_no():
+    """Asked of a right picture's near misses, a prompt's questions are sometimes answered no by the
+    exact judge: the negatives a judge copy learns a count off by one or a flipped relation from."""
+    rng = random.Random(1)
+    answers = []
+    for rec in make_suite("train", 4, 0, ("counting", "position")):
+        t = drawn(rec)
+        assert all(v.aligned for v in OracleJudge().judge(question_contexts(t)))
+        edited = ShapeWorld.near_miss(t.final_image, rng)
+        assert edited is not None and edited.shape == t.final_image.shape and len(detect(edited)) > 0
+        miss = Trajectory(t.prompt, [Step("", rec.text, edited, "aligned")], t.record)
+        answers += [v.aligned for v in OracleJudge().judge(question_contexts(miss))]
+    assert 0 < answers.count(False) < len(answers)
+
+
+def test_question_rows_train_only_the_verdict(policy):
+    """A judge copy learns the answer, never to draw: in a question row only the inspection (and the
+    end of the sequence) carries loss; the question and the picture are context."""
+    t = drawn(make_suite("train", 1, 0, ("position",))[0])
+    contexts = question_contexts(t)
+    rows = question_rows(contexts, OracleJudge().judge(contexts))
+    assert len(rows) == len(contexts) == 3  # two objects and their relation
+    p = policy.processor
+    for row in rows:
+        enc = p.encode(row)
+        trained = [i for i, m in zip(enc.input_ids, enc.completion_mask) if m]
+        inspect_at = enc.input_ids.index(p.special["<inspect>"])
+        assert trained == enc.input_ids[inspect_at:]
+        assert row.steps[0].inspection.startswith("aligned")
+    assert question_rows(contexts, [None] * len(contexts)) == []
+
+
+def test_answers_in_a_batch_are_each_questions_own(policy):
+    """Right-padded batches give every question the P(conflict) it gets alone (a causal model: no
+    padding after the verdict can reach it), and the verdict is that P's side of the threshold."""
+    contexts = []
+    for rec in make_suite("train", 2, 3):
+        contexts += question_contexts(drawn(rec))
+    judge = QuestionJudge(policy, threshold=0.5)
+    together = judge.p_conflict(contexts)
+    alone = np.array([judge.p_conflict([c])[0] for c in contexts])
+    assert len({len(policy.processor.encode(asked(c)).input_ids) for c in contexts}) > 1  # they do pad
+    np.testing.assert_allclose(together, alone, atol=1e-6)
+    assert all((p >= 0.5) == (not v.aligned) and q == p
+               for (v, q), p in zip(judge.judge_graded(contexts), together))
+
+
+def test_the_config_names_what_a_question_judge_needs(tmp_path):
+    """One line each: a question judge is the model's own (kind self), answers questions, a self judge
+    asked questions needs one, and its folder must hold a fitted judge."""
+    with pytest.raises(InputError, match="'judge.question_judge' needs kind: self"):
+        JudgeConfig(kind="gpt", question_judge="x")
+    with pytest.raises(InputError, match="'judge.question_judge' answers atomic questions"):
+        JudgeConfig(kind="self", question_judge="x", final_reward="likelihood")
+    with pytest.raises(InputError, match="'judge.final_reward' questions with kind self needs judge.question_judge"):
+        JudgeConfig(kind="self", final_reward="questions")
+    assert JudgeConfig(kind="self", question_judge="x").asks_questions
+    from selfplay.config import load_config
+
+    with pytest.raises(InputError, match=f"judge.question_judge: {tmp_path} has no judge.json"):
+        load_config(None, ["judge.kind=self", f"judge.question_judge={tmp_path}"])
+    with pytest.raises(InputError, match="not a judge folder"):
+        QuestionJudge.load(tmp_path)
+
+
+def test_fit_judge_trains_a_copy_on_labelled_questions_and_measures_it(tmp_path, tmp_path_factory, capsys):
+    """`selfplay fit-judge` end to end on a tiny checkpoint: labelled questions (its own pictures',
+    their near misses', another prompt's), a held-out fifth of the prompts, a trained copy that
+    `QuestionJudge.load` reads back with its held-out figures; a rerun resumes from the questions."""
+    checkpoint = tiny_checkpoint(tmp_path_factory)
+    out = tmp_path / "judge"
+    args = ["fit-judge", str(checkpoint), "--out", str(out), "--prompts", "30", "--generations", "1",
+            "--epochs", "1", "--set", "rollout.max_steps=2", "--set", "rollout.max_text_tokens=12"]
+    assert main(args) == 0
+    meta = json.loads((out / "judge.json").read_text())
+    assert meta["checkpoint"] == str(checkpoint) and meta["labelled_by"] == "oracle"
+    for figures in (meta["held_out"], meta["held_out_base"]):
+        assert figures["questions"] > 0 and 0 <= figures["wrong"] <= figures["questions"]
+    judge = QuestionJudge.load(out)
+    assert judge.threshold == 0.5 and judge.meta["train"]["steps"] >= 1
+    rows = (out / "questions" / "trajectories.jsonl").read_text().splitlines()
+    assert len(rows) > 30 and all(json.loads(r)["source"] == "questions" for r in rows)
+    assert main(args) == 0  # resumes: the same questions, nothing rolled out again
+    assert (out / "questions" / "trajectories.jsonl").read_text().splitlines() == rows
+    capsys.readouterr()
+    assert main(["fit-judge", str(checkpoint), "--out", str(tmp_path / "x"), "--epochs", "0"]) == 2
+    assert "--epochs must be positive" in capsys.readouterr().err and not (tmp_path / "x").exists()
