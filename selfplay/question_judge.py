@@ -10,9 +10,8 @@ model asked the same way: a question is a one-step trajectory, the question as i
 description and the picture as its sketch, and the answer is the model's P(conflict) at
 `<inspect>`, read as its Inspect is read everywhere else. The base has never seen a question (its
 AUC on them is 0.37, below chance), so `selfplay fit-judge` trains a copy on them first: the
-base's own pictures of training-split prompts, each picture's near misses (one object dropped,
-copied, moved, recoloured or reshaped: what a count off by one or a flipped relation looks like),
-and other prompts' questions about it, every answer labelled by the run's judge (ShapeWorld's exact
+base's own pictures of training-split prompts and other prompts' questions about them (optionally
+each picture's near misses: one object dropped, copied, moved, recoloured or reshaped), every answer labelled by the run's judge (ShapeWorld's exact
 one; a team's VLM endpoint). Only the judge copy changes: the policy GRPO trains never is, so it
 cannot learn to please itself by moving its judge, only by finding what the copy misreads, which
 the agreement table shows. Measured on ShapeWorld it does: the copy ranks the base's groups about as

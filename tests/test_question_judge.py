@@ -123,7 +123,7 @@ def test_fit_judge_trains_a_copy_on_labelled_questions_and_measures_it(tmp_path,
     checkpoint = tiny_checkpoint(tmp_path_factory)
     out = tmp_path / "judge"
     args = ["fit-judge", str(checkpoint), "--out", str(out), "--prompts", "30", "--generations", "1",
-            "--epochs", "1", "--set", "rollout.max_steps=2", "--set", "rollout.max_text_tokens=12"]
+            "--epochs", "1", "--near-misses", "--set", "rollout.max_steps=2", "--set", "rollout.max_text_tokens=12"]
     assert main(args) == 0
     meta = json.loads((out / "judge.json").read_text())
     assert meta["checkpoint"] == str(checkpoint) and meta["labelled_by"] == "oracle"
