@@ -5,21 +5,22 @@
 
 The base policy rolls out GRPO's groups (process mode, its own sampled verdicts, the main job's
 rollout settings) on training prompts; the final reward of every trajectory is then computed with
-the exact judge (GenEval's rule: the reference) and with the exact judge asked as any other judge
-is and the stand-in VLM judge (`strong`, `typical`, several seeds), once holistic (one verdict on
-the last step), as one question about the finished picture against the whole prompt (as an eval
-image is asked), from atomic questions (selfplay/questions.py) answered yes or no, and from the
-same questions graded by the judge's P(yes) (its token log-probabilities, `judge.logprobs`). What
-GRPO uses is the order within a group, so the table gives, over the pairs of a group whose exact rewards differ, the share the judge's reward orders the same
-way (a tie counts half), and the correlation of group-centred rewards (the advantages) with the
-exact ones. "recovered" is the share of what the holistic reward loses against the exact judge
-that the questions win back. With `--question-judge DIR` a judge copy of the model (`selfplay
-fit-judge`) answers the same questions, graded by its P(yes): the model's own understanding set
-against the stand-in VLM judges on the same groups (issue 27). A second table does the same for
-GRPO's whole reward under each stand-in judge (questions final, yes/no and graded): each component
-alone and weighted sums, against the exact final reward. A third gives GRPO's advantages as `train.grpo.scale_rewards` makes them (each group's std, or the
-batch's), with the shipped weights and without the inspection component, against the exact
-centred final reward: how much a group whose spread is only the judge's mistakes weighs.
+the exact judge (GenEval's rule: the reference) and with the exact judge asked as any other judge is
+and the stand-in VLM judge (`strong`, `typical`, several seeds), once holistic (one verdict on the
+last step), as one question about the finished picture against the whole prompt (as an eval image is
+asked), from atomic questions (selfplay/questions.py) answered yes or no, and from the same
+questions graded by the judge's P(yes) (its token log-probabilities, `judge.logprobs`). What GRPO
+uses is the order within a group, so the table gives, over the pairs of a group whose exact rewards
+differ, the share the judge's reward orders the same way (a tie counts half), and the correlation of
+group-centred rewards (the advantages) with the exact ones. "recovered" is the share of what the
+holistic reward loses against the exact judge that the questions win back. With `--question-judge
+DIR` a judge copy of the model (`selfplay fit-judge`) answers the same questions, graded by its
+P(yes): the model's own understanding set against the stand-in VLM judges on the same groups (issue
+27). A second table does the same for GRPO's whole reward under each stand-in judge (questions
+final, yes/no and graded): each component alone and weighted sums, against the exact final reward. A
+third gives GRPO's advantages as `train.grpo.scale_rewards` makes them (each group's std, or the
+batch's), with the shipped weights and without the inspection component, against the exact centred
+final reward: how much a group whose spread is only the judge's mistakes weighs.
 """
 
 from __future__ import annotations

@@ -155,11 +155,11 @@ class RunConfig:
         if self.train.grpo.max_staleness and not self.samples_on_fleet:
             raise InputError("train.grpo.max_staleness: rollouts sampled ahead of training need the fleet "
                              "(rollout.actors > 0, train.grpo.sample_on: fleet, train.distributed: none); set it to 0")
-        for field_name, meta in (("inspector", "inspector.json"), ("question_judge", "judge.json")):
-            folder = getattr(self.judge, field_name)
+        for name, meta, command in (("inspector", "inspector.json", "fit-inspector"),
+                                    ("question_judge", "judge.json", "fit-judge")):
+            folder = getattr(self.judge, name)
             if folder and not (Path(folder) / meta).is_file():  # before round 0, not when its GRPO stage starts
-                raise InputError(f"judge.{field_name}: {folder} has no {meta} (make one with `selfplay "
-                                 f"{'fit-inspector' if field_name == 'inspector' else 'fit-judge'}`)")
+                raise InputError(f"judge.{name}: {folder} has no {meta} (make one with `selfplay {command}`)")
         head_file = Path(self.loop.base_checkpoint) / "inspect_head.json"
         if self.rollout.inspect == "head" and not self.inspect_head.enabled and not head_file.is_file():
             raise InputError("rollout.inspect: 'head' needs inspect_head.enabled: true (or a base checkpoint "

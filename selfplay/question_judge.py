@@ -11,8 +11,8 @@ description and the picture as its sketch, and the answer is the model's P(confl
 `<inspect>`, read as its Inspect is read everywhere else. The base has never seen a question (its
 AUC on them is 0.37, below chance), so `selfplay fit-judge` trains a copy on them first: the
 base's own pictures of training-split prompts and other prompts' questions about them (optionally
-each picture's near misses: one object dropped, copied, moved, recoloured or reshaped), every answer labelled by the run's judge (ShapeWorld's exact
-one; a team's VLM endpoint). Only the judge copy changes: the policy GRPO trains never is, so it
+each picture's near misses: one object dropped, copied, moved, recoloured or reshaped), every
+answer labelled by the run's judge (ShapeWorld's exact one; a team's VLM endpoint). Only the judge copy changes: the policy GRPO trains never is, so it
 cannot learn to please itself by moving its judge, only by finding what the copy misreads, which
 the agreement table shows. Measured on ShapeWorld it does: the copy ranks the base's groups about as
 the typical stand-in VLM does, yet a round drifts into what it passes and ends below its control
@@ -49,6 +49,12 @@ def asked(context: StepContext, inspection: str = "aligned") -> Trajectory:
     plan and picture, then `inspection` (its verdict is what the copy predicts)."""
     return Trajectory(context.prompt, [Step(context.instruction, context.description, context.image, inspection,
                                             context=True)], context.record, "questions")
+
+
+def question_of(row: Trajectory) -> StepContext:
+    """The question a row made by `asked` puts (its inverse: the labelled verdict is the row's inspection)."""
+    s = row.steps[0]
+    return StepContext(row.prompt, s.instruction, s.description, s.image, row.record)
 
 
 def question_rows(contexts: list[StepContext], verdicts: list[Verdict | None]) -> list[Trajectory]:

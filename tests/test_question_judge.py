@@ -12,7 +12,7 @@ import torch
 
 from judges import JudgeConfig, OracleJudge
 from selfplay.cli import main
-from selfplay.question_judge import QuestionJudge, asked, question_rows
+from selfplay.question_judge import QuestionJudge, asked, question_of, question_rows
 from selfplay.questions import question_contexts
 from selfplay.world.shapeworld import ShapeWorld
 from strokes.errors import InputError
@@ -80,6 +80,10 @@ def test_question_rows_train_only_the_verdict(policy):
         inspect_at = enc.input_ids.index(p.special["<inspect>"])
         assert trained == enc.input_ids[inspect_at:]
         assert row.steps[0].inspection.startswith("aligned")
+    for c, row in zip(contexts, rows):  # a row puts back the question it was made from
+        q = question_of(row)
+        assert (q.prompt, q.instruction, q.description, q.record) == (c.prompt, c.instruction, c.description, c.record)
+        assert (q.image == c.image).all()
     assert question_rows(contexts, [None] * len(contexts)) == []
 
 

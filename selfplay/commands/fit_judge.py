@@ -4,12 +4,12 @@ pictures (selfplay/question_judge.py).
 Rolls the checkpoint out in process mode on training-split prompts of the run's GRPO tasks, asks of
 every finished picture its prompt's atomic questions and another prompt's questions (with
 `--near-misses`, also the same questions of a near miss of it: one object dropped, copied, moved,
-recoloured or reshaped, where the world can edit a picture exactly), labels every answer with the run config's judge (the exact judge for
-ShapeWorld; a VLM endpoint with `--config` of a GPT-judge run), and trains a copy of the checkpoint
-on the answers (SFT, loss on the verdict only). A fifth of the prompts is held out: their questions
-measure the copy (ROC AUC, recall and false alarms at its threshold) and the base it started from.
-Self-judged rounds then use it with `judge.question_judge: <out>` (docs/loop.md, "Self-judged rounds on
-atomic questions", has the command line).
+recoloured or reshaped, where the world can edit a picture exactly), labels every answer with the
+run config's judge (the exact judge for ShapeWorld; a VLM endpoint with `--config` of a GPT-judge
+run), and trains a copy of the checkpoint on the answers (SFT, loss on the verdict only). A fifth of
+the prompts is held out: their questions measure the copy (ROC AUC, recall and false alarms at its
+threshold) and the base it started from. Self-judged rounds then use it with `judge.question_judge:
+<out>` (docs/loop.md, "Self-judged rounds on atomic questions", has the command line).
 
     <out>/questions/     the labelled training questions (kept: a killed fit resumes from them)
     <out>/held_out/      the held-out prompts' labelled questions
@@ -79,7 +79,8 @@ def run(args: argparse.Namespace) -> None:
         for n in finished:
             t = rolled[n]
             asked = question_contexts(t)
-            if args.near_misses and world.near_miss is not None and (edited := world.near_miss(t.final_image, rng)) is not None:
+            edited = world.near_miss(t.final_image, rng) if args.near_misses and world.near_miss else None
+            if edited is not None:
                 last = dataclasses.replace(t.steps[-1], image=edited, refinements=[])
                 asked += question_contexts(dataclasses.replace(t, steps=[*t.steps[:-1], last]))
             asked += question_contexts(dataclasses.replace(t, record=rolled[rng.choice(finished)].record))
@@ -119,12 +120,11 @@ def held_out_figures(judge, rows) -> dict:
     from sklearn.metrics import roc_auc_score
 
     from strokes.language import says_conflict
-    from strokes.verdict import StepContext
 
-    contexts = [StepContext(r.prompt, r.steps[0].instruction, r.steps[0].description, r.steps[0].image, r.record)
-                for r in rows]
+    from ..question_judge import question_of
+
     wrong = np.array([says_conflict(r.steps[0].inspection) for r in rows])
-    p = judge.p_conflict(contexts)
+    p = judge.p_conflict([question_of(r) for r in rows])
     flagged = p >= judge.threshold
     return {"questions": len(rows), "wrong": int(wrong.sum()),
             "auc": float(roc_auc_score(wrong, p)) if 0 < wrong.sum() < len(rows) else float("nan"),
