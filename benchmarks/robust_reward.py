@@ -20,7 +20,11 @@ P(yes): the model's own understanding set against the stand-in VLM judges on the
 final, yes/no and graded): each component alone and weighted sums, against the exact final reward. A
 third gives GRPO's advantages as `train.grpo.scale_rewards` makes them (each group's std, or the
 batch's), with the shipped weights and without the inspection component, against the exact centred
-final reward: how much a group whose spread is only the judge's mistakes weighs.
+final reward: how much a group whose spread is only the judge's mistakes weighs. A fourth sets the
+step credit (refine's steps left wrong, within groups; each verdict word's credit, over states)
+against the exact judge's, with the stand-in's verdicts as labels and with its P(conflict)
+(`judge.graded_steps`). With `--votes`, a table of k rephrasings of each question averaged, under a
+stand-in whose rephrasings repeat the original question's mistake with chance rho.
 """
 
 from __future__ import annotations
@@ -73,6 +77,58 @@ def scaled_advantages(groups: list[list[float]], scale: str) -> list[list[float]
     return [[c / (statistics.stdev(got) + 1e-4) for c in cs] for got, cs in zip(groups, centred)]
 
 
+REPHRASINGS = ("{}", "Does the picture show {}?", "Is this an image of {}?", "Look at the image: {}?",
+               "True or false: the picture is {}.")
+"""How a question is asked again: the prompt line reworded, its record (what is asked) unchanged."""
+
+
+def votes_table(trajectories: list, exact: list[list[float]], grouped, rows: list[dict], seeds: int) -> None:
+    """Each atomic question asked k ways, its graded answer the mean of the k P(yes). A VLM's
+    mistakes correlate across rephrasings (the same picture is hard whichever way it is asked);
+    the stand-in's draws are a hash of the question's text, so here a rephrasing repeats the
+    original question's draw with chance rho and draws afresh otherwise (rho 0: independent asks,
+    the best votes can do)."""
+    from judges.vlm import VLMJudge, load_profile
+    from selfplay.questions import question_contexts, question_score
+    from strokes.records import PromptRecord
+
+    class Rephrased(VLMJudge):
+        def __init__(self, profile, seed: int, rho: float) -> None:
+            super().__init__(profile, seed, graded=True)
+            self.rho = rho
+
+        def _draw(self, ctx, question: str) -> float:
+            original = PromptRecord.from_json(ctx.record).text
+            if ctx.prompt != original and super()._draw(ctx, "repeats " + question) < self.rho:
+                return super()._draw(dataclasses.replace(ctx, prompt=original), question)
+            return super()._draw(ctx, question)
+
+    usable = [k for k, t in enumerate(trajectories) if t.steps and t.record is not None and "failed" not in t.meta]
+    asked = {k: question_contexts(trajectories[k]) for k in usable}
+
+    def voted(judge, k: int) -> list[float]:
+        contexts = [dataclasses.replace(c, prompt=REPHRASINGS[r].format(c.prompt))
+                    for i in usable for c in asked[i] for r in range(k)]
+        p_yes = iter(1.0 - p for _, p in judge.judge_graded(contexts))
+        out = [0.0] * len(trajectories)
+        for i in usable:
+            answers = [statistics.fmean(next(p_yes) for _ in range(k)) for _ in asked[i]]
+            out[i] = question_score(PromptRecord.from_json(trajectories[i].record), answers)
+        return out
+
+    print("\nk rephrasings of each question, P(yes) averaged: pair order / advantage r / recovered (vs holistic)")
+    for profile in ("strong", "typical"):
+        holistic = next(r["pair order"] for r in rows if r["judge"] == profile and r["final reward"] == "holistic")
+        for rho in (0.0, 0.5, 0.8):
+            cells = []
+            for k in (1, 3, 5):
+                got = [grouped(voted(Rephrased(load_profile(profile), seed, rho), k)) for seed in range(seeds)]
+                order = statistics.fmean(pair_order(g, exact) for g in got)
+                r = statistics.fmean(advantage_correlation(g, exact) for g in got)
+                cells.append(f"k={k} {order:.3f} / {r:.3f} / {100 * (order - holistic) / (1 - holistic):.0f}%")
+            print(f"{profile:8} rho {rho:.1f}  " + "; ".join(cells))
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--config", default="configs/shapeworld.yaml")
@@ -82,6 +138,9 @@ def main() -> None:
     parser.add_argument("--json", default="", help="also write the table's numbers here")
     parser.add_argument("--inspector", action="append", default=[], metavar="DIR",
                         help="a fitted attention head to add to the second table (repeatable)")
+    parser.add_argument("--votes", action="store_true",
+                        help="add a table of k rephrasings of each question, their P(yes) averaged, under a "
+                             "stand-in whose rephrasings repeat the original's mistake with chance rho")
     parser.add_argument("--question-judge", action="append", default=[], metavar="DIR",
                         help="a judge copy (`selfplay fit-judge`) to add to the first table, its answers graded "
                              "(repeatable)")
@@ -222,6 +281,31 @@ def main() -> None:
                                               for x in got], truth) for p in parts]
                 row.append(f"{name}, {scale} {statistics.fmean(rs):.3f} ± {statistics.pstdev(rs):.3f}")
         print(f"{profile:8} " + "; ".join(row))
+    if args.votes:
+        votes_table(trajectories, exact, grouped, rows, args.seeds)
+    # the step credit itself (refine's steps left wrong, each verdict word's credit) against the exact
+    # judge's, from the stand-in's verdicts or from its P(conflict) per state (`judge.graded_steps`)
+    print("\nGRPO's step credit against the exact judge's: refine's advantage r; verdict credit r over states")
+    exact_steps = judge_rollouts(trajectories, OracleJudge(), world.is_correct)
+
+    def credit(judged) -> dict[tuple[int, int], float]:
+        return {(k, n): (2 * p - 1) * (1 if said else -1) for k, j in enumerate(judged)
+                for (n, _, said), p in zip(j.verdicts, j.labels)}
+
+    truth_credit = credit(exact_steps)
+    for profile in ("strong", "typical"):
+        for graded_steps in (False, True):
+            refine_r, credit_r = [], []
+            for seed in range(args.seeds):
+                judged = judge_rollouts(trajectories, VLMJudge(load_profile(profile), seed), None, True, graded_steps)
+                refine_r.append(advantage_correlation(grouped([-j.left_wrong for j in judged]),
+                                                      grouped([-j.left_wrong for j in exact_steps])))
+                mine = credit(judged)
+                both = sorted(set(mine) & set(truth_credit))
+                credit_r.append(statistics.correlation([mine[k] for k in both], [truth_credit[k] for k in both]))
+            print(f"{profile:8} {'graded steps' if graded_steps else 'verdict steps':13} refine "
+                  f"{statistics.fmean(refine_r):.3f} ± {statistics.pstdev(refine_r):.3f}; verdict credit "
+                  f"{statistics.fmean(credit_r):.3f} ± {statistics.pstdev(credit_r):.3f}")
     if args.json:
         Path(args.json).write_text(json.dumps({"rows": rows, "trajectories": len(trajectories),
                                                "rollout_s": rollout_s}, indent=2))

@@ -61,6 +61,12 @@ class JudgeConfig:
     them (an endpoint that does not, or a holistic reward, keeps the yes/no answers). Kind vlm in
     process: its own P(conflict) the same way. Off for an endpoint that refuses them (OpenAI's
     reasoning models)."""
+    graded_steps: bool = True
+    """GRPO's step credit (the verdict words' credit and refine's steps left wrong) reads each visual
+    state's label as the judge's P(conflict) instead of its verdict, where it says how sure it is
+    (kind vlm; kind gpt with `logprobs`): an unsure label, where a VLM's mistakes are, moves the
+    advantages less (selfplay/rewards.py). A judge that cannot say (the exact one, an endpoint
+    without log-probabilities) keeps its verdicts; kind self reads its states its own way."""
     max_unjudged: float = 0.05
     """The share of a GRPO step's or a critique stage's verdicts that may be missing (a dead or
     failing judge) before the round stops with one line naming the causes (judges/unjudged.py)."""

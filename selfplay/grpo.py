@@ -68,14 +68,16 @@ rollouts come from (the next steps' may start early: `FleetRollouts`)."""
 
 def make_sampler(engine: Engine, judge, exact: ExactCheck | None = None, verdict_weight: float = 0.0,
                  keep: Keep | None = None, meter: JudgeMeter | None = None, questions: bool = False,
-                 draw: Draw | None = None, draw_metrics: Callable[[], dict] | None = None) -> SampleFn:
+                 draw: Draw | None = None, draw_metrics: Callable[[], dict] | None = None,
+                 graded_steps: bool = False) -> SampleFn:
     """The rollout function TRL calls: trajectories for the prompts, their tokens, log-probs and legal
     sets (`legal`), the mask of tokens the model chose (`env_mask`), the judge's findings (`judged`) and, with a
     `verdict_weight`, each verdict word's own advantage (`token_advantages`, `verdict_advantages`), and
     `metrics` for the trainer's log (`rollout/seconds`, `judge/seconds`, `draw_metrics()`). The rollouts are
     `engine`'s in this process, or `draw`'s (the fleet's: `FleetRollouts`, which also starts the
     `upcoming` steps' rollouts, given with `train.grpo.max_staleness`). `questions`: the final
-    reward from the judge's answers to the prompt's atomic questions (`judge.final_reward`). `keep`
+    reward from the judge's answers to the prompt's atomic questions (`judge.final_reward`);
+    `graded_steps`: the step credit from the judge's P(conflict) per state (`judge.graded_steps`). `keep`
     sees every step's trajectories and findings (`step_keeper`). With a `meter`, the step's judge
     cost and agreement join `metrics` (`JudgeMeter.step`), and a step whose missing verdicts exceed
     `judge.max_unjudged` stops the round
@@ -91,7 +93,7 @@ def make_sampler(engine: Engine, judge, exact: ExactCheck | None = None, verdict
         rolled = draw(records, seed, step, [(records_of(p), s) for p, s in upcoming]) if draw is not None \
             else engine.sample(records, seed)
         t1 = time.perf_counter()
-        judged = judge_rollouts([s.trajectory for s in rolled], judge, exact, questions)
+        judged = judge_rollouts([s.trajectory for s in rolled], judge, exact, questions, graded_steps)
         t2 = time.perf_counter()
         if keep is not None:
             keep([s.trajectory for s in rolled], judged)
@@ -225,7 +227,7 @@ def _train(cfg: RunConfig, parent: Path, prompts: list[str], out: Path, judge, k
         draw = FleetRollouts(fleet, rollout_cfg, parent, WeightPublisher(policy.model, peft_config(cfg.train)), engine,
                              on_dispatch)
     sample = make_sampler(engine, judge, exact=exact, verdict_weight=verdict_weight, keep=keep, meter=meter,
-                          questions=cfg.judge.asks_questions, draw=draw,
+                          questions=cfg.judge.asks_questions, graded_steps=cfg.judge.graded_steps, draw=draw,
                           draw_metrics=(lambda: draw.stats.metrics()) if draw else None)
     try:
         summary = train_grpo(policy, prompts, cfg.train, out, sample, reward_functions(), engine.legal_sets,

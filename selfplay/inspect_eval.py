@@ -23,7 +23,7 @@ from judges.oracle import edit_items
 from strokes.language import description_text, parse_description, parse_instruction
 from strokes.records import PromptRecord
 from strokes.trajectory import Refinement, Trajectory
-from strokes.verdict import StepContext, Verdict
+from strokes.verdict import StepContext, Verdict, graded_verdicts
 
 from .critique import step_contexts
 
@@ -47,6 +47,8 @@ class LabelledState:
     """The index of its trajectory in the list it was labelled from."""
     index: int = 0
     """Its place among the trajectory's visual states, in drawing order."""
+    p_conflict: float | None = None
+    """The judge's P(conflict) for it, where the judge said how sure it is (`label_states(graded=True)`)."""
 
     @property
     def wrong(self) -> bool:
@@ -74,11 +76,13 @@ def _refined_context(before: StepContext, verdict: Verdict, r: Refinement) -> St
                        before.image)
 
 
-def label_states(trajectories: list[Trajectory], judge) -> tuple[list[LabelledState], int]:
+def label_states(trajectories: list[Trajectory], judge,
+                 graded: bool = False) -> tuple[list[LabelledState], int]:
     """The labelled states of every process-mode trajectory whose scores cover its states, and how
     many trajectories were left out (failed, single-pass, or retried: a redrawn step's inspections
     are not in the trajectory). States are judged level by level (every first sketch in one judge
-    call, then every first refinement, ...), each refinement against the plan before it."""
+    call, then every first refinement, ...), each refinement against the plan before it. `graded`:
+    ask for each verdict's P(conflict) too (`graded_verdicts`; None from a judge that cannot say)."""
     usable, skipped = [], 0
     for k, t in enumerate(trajectories):
         ok = t.steps and t.record is not None and not t.single_pass and "failed" not in t.meta
@@ -88,9 +92,13 @@ def label_states(trajectories: list[Trajectory], judge) -> tuple[list[LabelledSt
         usable.append((k, t))
     contexts = {(i, j, 0): c for i, (_, t) in enumerate(usable) for j, c in enumerate(step_contexts(t))}
     verdicts: dict[tuple[int, int, int], Verdict | None] = {}
+    sure: dict[tuple[int, int, int], float | None] = {}
     level = list(contexts)
     while level:
-        verdicts.update(zip(level, judge.judge([contexts[k] for k in level])))
+        asked = [contexts[k] for k in level]
+        got = graded_verdicts(judge, asked) if graded else [(v, None) for v in judge.judge(asked)]
+        verdicts.update((k, v) for k, (v, _) in zip(level, got))
+        sure.update((k, p) for k, (_, p) in zip(level, got))
         deeper = []
         for i, j, d in level:
             refinements, v = usable[i][1].steps[j].refinements, verdicts[(i, j, d)]
@@ -106,7 +114,7 @@ def label_states(trajectories: list[Trajectory], judge) -> tuple[list[LabelledSt
                 score, v = next(scores), verdicts.get((i, j, d))
                 if v is not None:
                     kind = "right" if v.aligned else "plan" if _plan_error(v) else "image"
-                    out.append(LabelledState(float(score), kind, task, d > 0, k, n))
+                    out.append(LabelledState(float(score), kind, task, d > 0, k, n, sure[(i, j, d)]))
                 n += 1
     return out, skipped
 

@@ -18,6 +18,11 @@ the verdict the model wrote for it (the first word of its inspection). From that
                 refinement) is wrong. A repair earns back what the mistake cost, against leaving it
     steps       minus the steps beyond the scene's object count
 
+With `graded_steps` (a judge that says how sure it is: `judge.graded_steps`) each state's label is
+the judge's P(conflict) instead of its verdict: a verdict's credit is its expectation under that
+label (+1 right, -1 wrong) and refine counts the steps left wrong in expectation, so an unsure label,
+where a VLM's mistakes are, moves the advantages less than a sure one.
+
 No component pays for making a mistake: a step drawn right scores at least as much on each as a
 wrong one caught and repaired. (An earlier version paid +1 per repair and counted only caught
 mistakes; under it round 2 drew more wrong first sketches than round 1, 377 against 228, and
@@ -59,8 +64,9 @@ class Judged:
     """The prompt's task (its record's tag)."""
     broken: bool = False
     """The model broke the trajectory (no steps, out of budget): nothing in it was judged."""
-    left_wrong: int = 0
-    """Steps whose last visual state is wrong (a wrong sketch that no refinement repaired)."""
+    left_wrong: float = 0
+    """Steps whose last visual state is wrong (a wrong sketch that no refinement repaired); with
+    graded step labels, in expectation (the sum of the judge's P(conflict) over those states)."""
     extra_steps: int = 0
     """Steps beyond the scene's object count."""
     unjudged: int = 0
@@ -69,11 +75,20 @@ class Judged:
     """Verdicts asked of the judge: every visual state, and the final one unless the exact check gave it."""
     verdicts: list[tuple[int, bool, bool]] = field(default_factory=list)
     """Per labelled state: (its index among the visual states, judged wrong, the model said conflict)."""
+    p_wrong: list[float] = field(default_factory=list)
+    """With graded step labels, per labelled state: the judge's P(conflict) (its verdict, 1.0 or
+    0.0, where it gave none); empty with verdict labels (`labels`)."""
 
     @property
     def states(self) -> int:
         """Visual states the judge labelled."""
         return len(self.verdicts)
+
+    @property
+    def labels(self) -> list[float]:
+        """Per labelled state, its label as the step credit reads it: P(wrong) (`p_wrong`), or 1.0
+        for judged wrong and 0.0 for right."""
+        return self.p_wrong or [float(wrong) for _, wrong, _ in self.verdicts]
 
     @property
     def right_verdicts(self) -> int:
@@ -92,10 +107,11 @@ ExactCheck = Callable[[PromptRecord, np.ndarray], bool]
 
 
 def judge_rollouts(trajectories: list[Trajectory], judge, exact: ExactCheck | None = None,
-                   questions: bool = False) -> list[Judged]:
+                   questions: bool = False, graded_steps: bool = False) -> list[Judged]:
     """One `Judged` per trajectory. `exact`: the world's exact GenEval check, used for the final image
     when the judge is the exact one (else the judge's verdict on the last state decides, or with
-    `questions` its answers to the prompt's atomic questions about the last image)."""
+    `questions` its answers to the prompt's atomic questions about the last image). `graded_steps`:
+    each state's label for the step credit is the judge's P(conflict) where it gives one."""
     # labelled with the verdict the model wrote as each state's score (1: it said conflict)
     said = [replace(t, meta={**t.meta, "inspect_scores": [float(f) for f in flagged(t)]}) for t in trajectories]
     if isinstance(judge, TrajectoryReader):  # the frozen parent reads each trajectory whole
@@ -105,7 +121,7 @@ def judge_rollouts(trajectories: list[Trajectory], judge, exact: ExactCheck | No
         else:
             finals, scores, asked = _read_finals(readings, judge.graded)
     else:
-        states, _ = label_states(said, judge)
+        states, _ = label_states(said, judge, graded_steps)
         finals, scores, asked = _finals(trajectories, judge, exact, questions)
     by_source: dict[int, list] = {}
     for s in states:
@@ -120,12 +136,13 @@ def judge_rollouts(trajectories: list[Trajectory], judge, exact: ExactCheck | No
             continue
         mine = by_source.get(k, [])
         last = {n - 1 for n in itertools.accumulate(1 + len(s.refinements) for s in t.steps)}  # each step's last state
-        left_wrong = sum(s.wrong for s in mine if s.index in last)
+        p_wrong = [float(s.wrong) if s.p_conflict is None else s.p_conflict for s in mine] if graded_steps else []
+        left_wrong = sum(p for s, p in zip(mine, p_wrong or [float(s.wrong) for s in mine]) if s.index in last)
         out.append(Judged(final=finals[k], final_score=scores[k], task=task, left_wrong=left_wrong,
                           extra_steps=max(0, len(t.steps) - sum(r.count for r in record.include)),
                           unjudged=visual_states(t) - len(mine) + asked[k][1],
                           asked=visual_states(t) + asked[k][0],
-                          verdicts=[(s.index, s.wrong, bool(s.score)) for s in mine]))
+                          verdicts=[(s.index, s.wrong, bool(s.score)) for s in mine], p_wrong=p_wrong))
     return out
 
 
@@ -185,16 +202,20 @@ def _read_finals(readings: list[Reading | None],
 
 def verdict_advantages(judged: list[Judged], weight: float) -> list[list[tuple[int, float]]]:
     """Per trajectory, (visual-state index, advantage) of each verdict the model wrote: `weight` times
-    (+1 for a right verdict, -1 for a wrong one) minus the batch's mean of that over the states of the
+    (+1 for a right verdict, -1 for a wrong one; with a graded label p = P(wrong), the expectation:
+    2p - 1 for saying conflict, 1 - 2p for not) minus the batch's mean of that over the states of the
     same label. A per-label baseline, because right states outnumber wrong ones several times: a
     caught mistake earns much more than a routine "aligned", a false alarm costs much more than a
     miss's share, and each label's advantages sum to zero."""
+    def score(said: bool, p_wrong: float) -> float:
+        return (2.0 * p_wrong - 1.0) * (1.0 if said else -1.0)
+
     scores: dict[bool, list[float]] = {True: [], False: []}
     for j in judged:
-        for _, wrong, said in j.verdicts:
-            scores[wrong].append(1.0 if said == wrong else -1.0)
+        for (_, wrong, said), p in zip(j.verdicts, j.labels):
+            scores[wrong].append(score(said, p))
     mean = {label: sum(v) / len(v) if v else 0.0 for label, v in scores.items()}
-    return [[(index, weight * ((1.0 if said == wrong else -1.0) - mean[wrong])) for index, wrong, said in j.verdicts]
+    return [[(index, weight * (score(said, p) - mean[wrong])) for (index, wrong, said), p in zip(j.verdicts, j.labels)]
             for j in judged]
 
 

@@ -191,6 +191,44 @@ def test_each_verdict_word_gets_its_own_advantage_against_its_labels_baseline():
     assert abs(a[1][1] + b[1][1] + b[2][1]) < 1e-12  # each label's advantages sum to zero
 
 
+def test_a_graded_label_gives_a_verdict_its_expected_credit():
+    """With the judge's P(wrong) as each state's label, a verdict earns its expectation (2p - 1 for
+    saying conflict): a sure label gives the verdict's full credit, as a yes/no label does, an
+    unsure one (p = 0.5) none, before the per-label baseline."""
+    hard = [Judged(final=True, verdicts=[(0, False, False), (1, True, True)]),
+            Judged(final=False, verdicts=[(0, False, True), (1, True, False)])]
+    sure = [Judged(final=j.final, verdicts=j.verdicts, p_wrong=[float(w) for _, w, _ in j.verdicts]) for j in hard]
+    assert verdict_advantages(sure, 0.5) == verdict_advantages(hard, 0.5)
+    unsure = [Judged(final=True, verdicts=[(0, False, False), (1, True, True)], p_wrong=[0.4, 0.5]),
+              Judged(final=False, verdicts=[(0, False, True), (1, True, False)], p_wrong=[0.0, 0.9])]
+    (a, b) = verdict_advantages(unsure, 1.0)
+    # right states: 1 - 2 * 0.4 = 0.2 (said aligned), 2 * 0 - 1 = -1 (said conflict): mean -0.4
+    # wrong states: 2 * 0.5 - 1 = 0 (said conflict), 1 - 2 * 0.9 = -0.8 (said aligned): mean -0.4
+    assert a == [(0, pytest.approx(0.6)), (1, pytest.approx(0.4))]
+    assert b == [(0, pytest.approx(-0.6)), (1, pytest.approx(-0.4))]
+
+
+def test_graded_step_labels_are_the_judges_p_conflict():
+    """`judge.graded_steps` (the default): each state's label is the stand-in VLM's P(conflict), on
+    the same side of 0.5 as its verdict, and refine counts the steps left wrong in expectation."""
+    trajectories = hand_labelled()
+    graded = judge_rollouts(trajectories, VLMJudge(load_profile("typical")), graded_steps=True)
+    plain = judge_rollouts(trajectories, VLMJudge(load_profile("typical")))
+    assert any(0.0 < p < 1.0 for j in graded for p in j.p_wrong)
+    for t, g, j in zip(trajectories, graded, plain):
+        assert g.verdicts == j.verdicts and not j.p_wrong and len(g.p_wrong) == g.states
+        assert all((p > 0.5) == wrong for (_, wrong, _), p in zip(g.verdicts, g.p_wrong))
+        last = set(np.cumsum([1 + len(s.refinements) for s in t.steps]) - 1)  # each step's last state
+        assert g.left_wrong == pytest.approx(sum(p for (n, _, _), p in zip(g.verdicts, g.p_wrong) if n in last))
+        assert j.left_wrong == sum(wrong for n, wrong, _ in j.verdicts if n in last)
+    # a judge that cannot say how sure it is (the exact one) keeps its verdicts: the credit is unchanged
+    exact = judge_rollouts(trajectories, OracleJudge(), exact=is_correct, graded_steps=True)
+    for g, j in zip(exact, judge_rollouts(trajectories, OracleJudge(), exact=is_correct)):
+        assert g.labels == j.labels and g.left_wrong == j.left_wrong
+    assert verdict_advantages(exact, 0.5) == verdict_advantages(
+        judge_rollouts(trajectories, OracleJudge(), exact=is_correct), 0.5)
+
+
 def test_the_sampler_puts_verdict_credit_on_the_word_after_each_inspect(policy):
     engine = Engine(policy, RolloutConfig(batch_size=8, max_steps=2, max_refines=1, max_text_tokens=12))
     prompts = [json.dumps(r.to_json()) for r in make_suite("train", 1, 0)]

@@ -218,12 +218,12 @@ def with_image(ctx: StepContext, data: bytes) -> list[dict]:
 
 def test_only_images_of_the_canvas_are_judged_and_others_refused_from_the_header(server, contexts):
     assert post(server, with_image(contexts[0], png(64, 64)))[0] == 200
-    t0 = time.perf_counter()
+    # the header-only PNG holds no pixels: had the server decoded it, its error would name a truncated
+    # file, not the size, so the size is refused from the header (no timing needed to show it)
     for data, size in [(png(1, 1), "1x1"), (png(32, 32), "32x32"), (png(64, 32), "64x32"), (png(65, 64), "65x64"),
                        (png(4000, 4000), "4000x4000"), (png_header(4000, 4000), "4000x4000")]:
         status, body = post(server, with_image(contexts[0], data))
         assert status == 400 and body["error"]["message"].endswith(f"a {size} image; this judge reads 64x64 images"), size
-    assert time.perf_counter() - t0 < 2  # nothing was decoded
     # 20000 x 20000 trips PIL's decompression-bomb guard while the header is read: a 400 all the same.
     status, body = post(server, with_image(contexts[0], png_header(20000, 20000)))
     assert status == 400 and "readable image" in body["error"]["message"]
