@@ -156,7 +156,7 @@ def main() -> None:
     from selfplay.grpo import grpo_prompts
     from selfplay.inspector import Inspector
     from selfplay.question_judge import QuestionJudge
-    from selfplay.rewards import judge_rollouts, reward_functions
+    from selfplay.rewards import judge_rollouts, reward_functions, verdict_credit
     from selfplay.self_reading import TrajectoryReader
     from selfplay.world import make_world
     from strokes.model.policy import Policy
@@ -289,7 +289,7 @@ def main() -> None:
     exact_steps = judge_rollouts(trajectories, OracleJudge(), world.is_correct)
 
     def credit(judged) -> dict[tuple[int, int], float]:
-        return {(k, n): (2 * p - 1) * (1 if said else -1) for k, j in enumerate(judged)
+        return {(k, n): verdict_credit(said, p) for k, j in enumerate(judged)
                 for (n, _, said), p in zip(j.verdicts, j.labels)}
 
     truth_credit = credit(exact_steps)

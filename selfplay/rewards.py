@@ -136,13 +136,14 @@ def judge_rollouts(trajectories: list[Trajectory], judge, exact: ExactCheck | No
             continue
         mine = by_source.get(k, [])
         last = {n - 1 for n in itertools.accumulate(1 + len(s.refinements) for s in t.steps)}  # each step's last state
-        p_wrong = [float(s.wrong) if s.p_conflict is None else s.p_conflict for s in mine] if graded_steps else []
-        left_wrong = sum(p for s, p in zip(mine, p_wrong or [float(s.wrong) for s in mine]) if s.index in last)
+        labels = [float(s.wrong) if s.p_conflict is None else s.p_conflict for s in mine]  # hard unless graded
+        left_wrong = sum(p for s, p in zip(mine, labels) if s.index in last)
         out.append(Judged(final=finals[k], final_score=scores[k], task=task, left_wrong=left_wrong,
                           extra_steps=max(0, len(t.steps) - sum(r.count for r in record.include)),
                           unjudged=visual_states(t) - len(mine) + asked[k][1],
                           asked=visual_states(t) + asked[k][0],
-                          verdicts=[(s.index, s.wrong, bool(s.score)) for s in mine], p_wrong=p_wrong))
+                          verdicts=[(s.index, s.wrong, bool(s.score)) for s in mine],
+                          p_wrong=labels if graded_steps else []))
     return out
 
 
@@ -200,6 +201,12 @@ def _read_finals(readings: list[Reading | None],
     return finals, scores, [(0, 0)] * len(readings)
 
 
+def verdict_credit(said_conflict: bool, p_wrong: float) -> float:
+    """A verdict's credit against a label p = P(wrong): its expectation of +1 right, -1 wrong (2p - 1
+    for saying conflict, 1 - 2p for not); ±1 against a yes/no label."""
+    return (2.0 * p_wrong - 1.0) * (1.0 if said_conflict else -1.0)
+
+
 def verdict_advantages(judged: list[Judged], weight: float) -> list[list[tuple[int, float]]]:
     """Per trajectory, (visual-state index, advantage) of each verdict the model wrote: `weight` times
     (+1 for a right verdict, -1 for a wrong one; with a graded label p = P(wrong), the expectation:
@@ -207,15 +214,12 @@ def verdict_advantages(judged: list[Judged], weight: float) -> list[list[tuple[i
     same label. A per-label baseline, because right states outnumber wrong ones several times: a
     caught mistake earns much more than a routine "aligned", a false alarm costs much more than a
     miss's share, and each label's advantages sum to zero."""
-    def score(said: bool, p_wrong: float) -> float:
-        return (2.0 * p_wrong - 1.0) * (1.0 if said else -1.0)
-
     scores: dict[bool, list[float]] = {True: [], False: []}
     for j in judged:
         for (_, wrong, said), p in zip(j.verdicts, j.labels):
-            scores[wrong].append(score(said, p))
+            scores[wrong].append(verdict_credit(said, p))
     mean = {label: sum(v) / len(v) if v else 0.0 for label, v in scores.items()}
-    return [[(index, weight * (score(said, p) - mean[wrong])) for (index, wrong, said), p in zip(j.verdicts, j.labels)]
+    return [[(index, weight * (verdict_credit(said, p) - mean[wrong])) for (index, wrong, said), p in zip(j.verdicts, j.labels)]
             for j in judged]
 
 
