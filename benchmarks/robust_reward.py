@@ -77,20 +77,18 @@ def scaled_advantages(groups: list[list[float]], scale: str) -> list[list[float]
     return [[c / (statistics.stdev(got) + 1e-4) for c in cs] for got, cs in zip(groups, centred)]
 
 
-REPHRASINGS = ("{}", "Does the picture show {}?", "Is this an image of {}?", "Look at the image: {}?",
-               "True or false: the picture is {}.")
-"""How a question is asked again: the prompt line reworded, its record (what is asked) unchanged."""
-
-
 def votes_table(trajectories: list, exact: list[list[float]], grouped, rows: list[dict], seeds: int) -> None:
     """Each atomic question asked k ways, its graded answer the mean of the k P(yes). A VLM's
     mistakes correlate across rephrasings (the same picture is hard whichever way it is asked);
     the stand-in's draws are a hash of the question's text, so here a rephrasing repeats the
     original question's draw with chance rho and draws afresh otherwise (rho 0: independent asks,
     the best votes can do)."""
+    from judges.evaluate import REWORDINGS
     from judges.vlm import VLMJudge, load_profile
     from selfplay.questions import question_contexts, question_score
     from strokes.records import PromptRecord
+
+    asked_as = ("{}", *REWORDINGS)  # as written, then reworded (`selfplay judge-eval --rephrase`)
 
     class Rephrased(VLMJudge):
         def __init__(self, profile, seed: int, rho: float) -> None:
@@ -107,7 +105,7 @@ def votes_table(trajectories: list, exact: list[list[float]], grouped, rows: lis
     asked = {k: question_contexts(trajectories[k]) for k in usable}
 
     def voted(judge, k: int) -> list[float]:
-        contexts = [dataclasses.replace(c, prompt=REPHRASINGS[r].format(c.prompt))
+        contexts = [dataclasses.replace(c, prompt=asked_as[r].format(c.prompt))
                     for i in usable for c in asked[i] for r in range(k)]
         p_yes = iter(1.0 - p for _, p in judge.judge_graded(contexts))
         out = [0.0] * len(trajectories)

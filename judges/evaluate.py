@@ -16,10 +16,16 @@ same steps are the reference; a judge is scored on:
   yes/no verdict's: what a graded reward gains from your endpoint (`judge.logprobs`).
 
 A step the judge could not judge (None) counts as judged "no conflict" for recall and is reported.
+
+`rephrase_consistency` asks the same steps again with the prompt reworded: how often a mistake
+repeats decides whether asking each question several ways can average a judge's mistakes out (a
+VLM at temperature 0 repeats a mistake when asked the same words; docs/judges.md, "Votes over
+rephrasings").
 """
 
 from __future__ import annotations
 
+import dataclasses
 import random
 import time
 from collections import Counter
@@ -184,3 +190,73 @@ def _aucs(reference: list[Verdict], verdicts: list[Verdict | None], p_conflict: 
     if p_conflict is not None and all(p_conflict[k] is not None for k in judged):
         out["auc_graded"] = float(roc_auc_score(wrong, [p_conflict[k] for k in judged]))
     return out
+
+
+REWORDINGS = ("Does the picture show {}?", "Is this an image of {}?", "Look at the image: {}?",
+              "True or false: the picture is {}.")
+"""How a step is asked again: its prompt line reworded (`{}` the prompt), what is asked unchanged."""
+
+
+@dataclass
+class Consistency:
+    """One rewording against the prompt as written, on the same steps: the judge's mistakes as
+    written, its error rate reworded, and how many of the first are mistakes again reworded."""
+
+    rewording: str
+    steps: int  # steps judged both ways
+    wrong: int  # of them, those whose verdict as written differs from the oracle's
+    wrong_reworded: int  # those whose verdict reworded differs from the oracle's
+    repeated: int  # those wrong both ways
+
+    @property
+    def error_rate(self) -> float:
+        """The reworded asks' error rate: how often a fresh ask errs."""
+        return self.wrong_reworded / self.steps if self.steps else float("nan")
+
+    @property
+    def repeat_rate(self) -> float | None:
+        """Of the mistakes as written, the share made again reworded (None: no mistake)."""
+        return self.repeated / self.wrong if self.wrong else None
+
+    @property
+    def rho(self) -> float | None:
+        """The chance a reworded ask repeats the mistake rather than erring afresh with the error
+        rate e: (repeat rate - e) / (1 - e), the rho of `benchmarks/robust_reward.py --votes`."""
+        w, e = self.repeat_rate, self.error_rate
+        return None if w is None or e >= 1 else (w - e) / (1 - e)
+
+
+def rephrase_consistency(judge: Judge, contexts: list[StepContext], rewordings: tuple[str, ...] = REWORDINGS,
+                         batch_size: int = 64) -> list[Consistency]:
+    """Each step asked as written and once per rewording; a verdict is a mistake when its
+    aligned-or-not differs from the oracle's. A step left unjudged either way is left out."""
+    truth = [v.aligned for v in OracleJudge().judge(contexts)]
+
+    def wrong_each(asked: list[StepContext]) -> list[bool | None]:
+        verdicts: list[Verdict | None] = []
+        for i in range(0, len(asked), batch_size):
+            verdicts.extend(judge.judge(asked[i: i + batch_size]))
+        return [None if v is None else v.aligned != t for v, t in zip(verdicts, truth)]
+
+    written = wrong_each(contexts)
+    out = []
+    for wording in rewordings:
+        again = wrong_each([dataclasses.replace(c, prompt=wording.format(c.prompt)) for c in contexts])
+        both = [(a, b) for a, b in zip(written, again) if a is not None and b is not None]
+        out.append(Consistency(wording, len(both), sum(a for a, _ in both), sum(b for _, b in both),
+                               sum(a and b for a, b in both)))
+    return out
+
+
+def consistency_table(rows: list[Consistency]) -> str:
+    """The rewordings' table as `selfplay judge-eval --rephrase` prints it."""
+    def pct(x: float | None) -> str:
+        return "n/a" if x is None else f"{100 * x:.1f} %"
+
+    lines = [f"{'asked again as':36} {'steps':>6} {'wrong as written':>17} {'wrong reworded':>15} "
+             f"{'repeated':>15} {'rho':>6}"]
+    for r in rows:
+        rho = "n/a" if r.rho is None else f"{r.rho:.2f}"
+        lines.append(f"{r.rewording!r:36} {r.steps:6d} {r.wrong:>17d} {pct(r.error_rate):>15} "
+                     f"{f'{r.repeated} ({pct(r.repeat_rate)})':>15} {rho:>6}")
+    return "\n".join(lines)

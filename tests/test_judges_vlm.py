@@ -13,7 +13,7 @@ import pytest
 import yaml
 
 from judges import JudgeConfig, OracleJudge
-from judges.evaluate import labelled_contexts
+from judges.evaluate import REWORDINGS, labelled_contexts, rephrase_consistency
 from judges.gpt import GPTJudge
 from judges.server import JudgeServer
 from judges.vlm import PROFILES, VLMJudge, load_profile
@@ -125,6 +125,24 @@ def test_the_same_question_gets_the_same_answer(contexts):
     assert b.judge(list(reversed(contexts))) == list(reversed(first))  # another process, another order
     other = VLMJudge(load_profile("typical"), seed=6).judge(contexts)
     assert other != first  # the seed decides which steps it gets wrong
+
+
+def test_how_often_a_mistake_repeats_when_the_prompt_is_reworded(contexts, capsys):
+    """Asked in the same words the stand-in repeats every mistake (rho 1); reworded, its draws are
+    fresh, so a mistake repeats about as often as any ask errs (rho near 0). `judge-eval
+    --rephrase` measures this of a real endpoint, which decides whether votes are worth it."""
+    judge = VLMJudge(load_profile("typical"), seed=0)
+    same, *reworded = rephrase_consistency(judge, contexts[:200], ("{}", *REWORDINGS))
+    assert same.steps == 200 and same.wrong >= 15
+    assert same.repeated == same.wrong and same.rho == 1.0
+    for r in reworded:
+        assert r.wrong == same.wrong  # the same asks as written
+        assert r.repeated < r.wrong and r.rho < 0.4
+    assert rephrase_consistency(OracleJudge(), contexts[:20], REWORDINGS[:1])[0].rho is None  # it makes none
+    assert main(["judge-eval", "--judge", "vlm", "--profile", "typical", "--n", "40", "--rephrase"]) == 0
+    table = capsys.readouterr().out.splitlines()
+    header = next(k for k, line in enumerate(table) if line.startswith("asked again as"))
+    assert [line.split("'")[1] for line in table[header + 1:]] == list(REWORDINGS)
 
 
 def test_a_user_profile_in_yaml_and_bad_ones(tmp_path):

@@ -2,12 +2,15 @@
 
 The steps come from the base pipelines (half deliberately wrong, half aligned, over all six tasks);
 the table has one row for flagged steps, one per conflict source and one per conflict kind, and
-under it why the unjudged steps went unjudged and what was retried.
+under it why the unjudged steps went unjudged and what was retried. With `--rephrase` the same
+steps are asked again, the prompt reworded four ways: how often the judge's mistakes repeat (rho),
+which decides whether votes over rephrasings would average them out (docs/judges.md).
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import sys
 
@@ -31,13 +34,16 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--prompts-file", default="")
     add_self_judge_args(p)
     p.add_argument("--batch-size", type=int, default=64, help="steps per judge() call")
+    p.add_argument("--rephrase", action="store_true",
+                   help="also ask every step again as written and with its prompt reworded four ways (5 x --n "
+                        "more requests) and print how often the judge's mistakes repeat")
     p.add_argument("--json", action="store_true", help="print JSON instead of a table")
     p.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
     from judges import JudgeConfig
-    from judges.evaluate import evaluate, labelled_contexts
+    from judges.evaluate import consistency_table, evaluate, labelled_contexts, rephrase_consistency
     from judges.unjudged import failure_breakdown
     from strokes.errors import InputError
 
@@ -61,11 +67,17 @@ def run(args: argparse.Namespace) -> int:
         name = f"vlm ({args.profile}, seed {args.profile_seed})"
     contexts = labelled_contexts(args.n, args.seed, args.split)
     report = evaluate(judge, contexts, name, args.batch_size)
+    reworded = rephrase_consistency(judge, contexts, batch_size=args.batch_size) if args.rephrase else []
     if args.json:
-        print(json.dumps(report.to_json(), indent=2))
+        out = report.to_json()
+        if reworded:
+            out["rephrase"] = [{**dataclasses.asdict(r), "rho": r.rho} for r in reworded]
+        print(json.dumps(out, indent=2))
     else:
         print(report.table())
         print(failure_breakdown(report.stats))
+        if reworded:
+            print(consistency_table(reworded))
     if report.unjudged == report.steps:
         print(f"selfplay judge-eval: no step was judged ({failure_breakdown(report.stats)})", file=sys.stderr)
         return 1
