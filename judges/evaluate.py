@@ -135,12 +135,17 @@ def evaluate(judge: Judge, contexts: list[StepContext], name: str = "", batch_si
     """Score `judge` against the oracle on `contexts` (judged in batches of `batch_size`)."""
     reference = OracleJudge().judge(contexts)
     t0 = time.perf_counter()
-    graded = []
-    for i in range(0, len(contexts), batch_size):
-        graded.extend(graded_verdicts(judge, contexts[i: i + batch_size]))
+    graded = _in_batches(judge, contexts, batch_size)
     seconds = time.perf_counter() - t0
     return score(reference, [v for v, _ in graded], name or getattr(judge, "name", type(judge).__name__), seconds,
                  judge_stats(judge), [p for _, p in graded])
+
+
+def _in_batches(judge: Judge, contexts: list[StepContext],
+                batch_size: int) -> list[tuple[Verdict | None, float | None]]:
+    """The judge's verdicts (with its P(conflict) where it gives one), `batch_size` steps a call."""
+    return [got for i in range(0, len(contexts), batch_size)
+            for got in graded_verdicts(judge, contexts[i: i + batch_size])]
 
 
 def score(reference: list[Verdict], verdicts: list[Verdict | None], name: str, seconds: float = 0.0,
@@ -233,10 +238,8 @@ def rephrase_consistency(judge: Judge, contexts: list[StepContext], rewordings: 
     truth = [v.aligned for v in OracleJudge().judge(contexts)]
 
     def wrong_each(asked: list[StepContext]) -> list[bool | None]:
-        verdicts: list[Verdict | None] = []
-        for i in range(0, len(asked), batch_size):
-            verdicts.extend(judge.judge(asked[i: i + batch_size]))
-        return [None if v is None else v.aligned != t for v, t in zip(verdicts, truth)]
+        got = _in_batches(judge, asked, batch_size)
+        return [None if v is None else v.aligned != t for (v, _), t in zip(got, truth)]
 
     written = wrong_each(contexts)
     out = []
