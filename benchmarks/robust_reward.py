@@ -153,7 +153,7 @@ def main() -> None:
     from selfplay.evaluation import sampled_verdicts
     from selfplay.grpo import grpo_prompts
     from selfplay.inspector import Inspector
-    from selfplay.question_judge import QuestionJudge
+    from selfplay.question_judge import load_judge_copy
     from selfplay.rewards import judge_rollouts, reward_functions, verdict_credit
     from selfplay.self_reading import TrajectoryReader
     from selfplay.world import make_world
@@ -198,7 +198,7 @@ def main() -> None:
     exact = grouped(finals(judge_rollouts(trajectories, OracleJudge(), world.is_correct)))
     rows = []
     tasks = [PromptRecord.from_json(t.record).tag for t in trajectories][:: args.generations]
-    own = {f"own:{Path(folder).name}": QuestionJudge.load(folder) for folder in args.question_judge}
+    own = {f"own:{Path(folder).name}": load_judge_copy(folder, world) for folder in args.question_judge}
     for profile in ("exact", "strong", "typical", *own):
         for kind in ("graded",) if profile in own else ("holistic", "picture", "questions", "graded", "both"):
             orders, corrs, secs, per_task = [], [], [], {}

@@ -85,7 +85,9 @@ class JudgeConfig:
     question_judge: str = ""
     """With kind self: a judge copy of the model trained to answer atomic questions (`selfplay
     fit-judge`'s folder) answers the finished picture's questions, each graded by its P(yes), for
-    GRPO's final reward (selfplay/question_judge.py); the step labels stay the reader's."""
+    GRPO's final reward (selfplay/question_judge.py); the step labels stay the reader's. A
+    transcriber copy's folder (`selfplay fit-judge --transcribe`) reads the picture instead, and the
+    world's rule answers the questions over what it read."""
 
     def __post_init__(self) -> None:
         self.validate()

@@ -201,7 +201,7 @@ def _grpo_worker(config: dict) -> None:
     first = ray.train.get_context().get_world_rank() == 0
     keep_in = Path(config["keep_in"]) if config["keep_in"] and first else None
     summary, policy = _train(cfg, parent, config["prompts"], Path(config["out"]),
-                             grpo_judge(cfg, parent), keep_in)
+                             grpo_judge(cfg, parent, make_world(cfg)), keep_in)
     report_summary(summary, policy.model)
 
 

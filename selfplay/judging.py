@@ -25,7 +25,7 @@ from strokes.trajectory import Trajectory
 from trainer.trl_common import use_cuda
 
 from .inspector import Inspector
-from .question_judge import QuestionJudge
+from .question_judge import load_judge_copy
 from .rewards import ExactCheck, Judged, judge_rollouts
 from .self_reading import TrajectoryReader
 
@@ -41,12 +41,13 @@ def policy_judge(cfg: JudgeConfig, checkpoint: str | Path, rollout_cfg: RolloutC
     return make_judge(cfg, inspect_fn, checkpoint_image_side(checkpoint))
 
 
-def grpo_judge(cfg: RunConfig, parent: str | Path):
+def grpo_judge(cfg: RunConfig, parent: str | Path, world):
     """The judge of a GRPO round over `parent`. The self judge is a frozen copy of the parent that
     reads each rolled-out trajectory whole (`TrajectoryReader`: labels from one forward, no text
     written), on the trainer's device; with `judge.inspector`, a frozen copy of the checkpoint that
     head was fitted on, the head deciding at its own threshold; with `judge.question_judge`, a judge
-    copy (`selfplay fit-judge`) answers the finished picture's atomic questions for the final reward.
+    copy (`selfplay fit-judge`) answers the finished picture's atomic questions for the final reward,
+    or a transcriber copy reads the picture and `world`'s rule answers them.
     Any other judge is the one `policy_judge` gives."""
     if cfg.judge.kind != "self":
         return policy_judge(cfg.judge, parent, cfg.rollout)
@@ -56,7 +57,7 @@ def grpo_judge(cfg: RunConfig, parent: str | Path):
     else:
         reader = TrajectoryReader(Policy.from_pretrained(parent), cfg.rollout.inspect_threshold, graded)
     if cfg.judge.question_judge:
-        reader.questions = QuestionJudge.load(cfg.judge.question_judge)
+        reader.questions = load_judge_copy(cfg.judge.question_judge, world)
     if use_cuda(cfg.train):
         reader.policy.model.to("cuda")
         if reader.questions is not None:

@@ -18,14 +18,24 @@ the agreement table shows. Measured on ShapeWorld it does: the copy ranks the ba
 the typical stand-in VLM does, yet a round drifts into what it passes and ends below its control
 (docs/loop.md, "Self-judged rounds on atomic questions").
 
+The second copy, `Transcriber`, reads instead of answering: it writes what a picture holds (each
+object's colour, class and place, `strokes/shapeworld/transcript.py`) and every question is then
+decided by GenEval's rule over what it wrote (`world.transcript_holds`). It learns from the world's
+own rendered pictures, labelled as they are rendered (`selfplay fit-judge --transcribe`), as a
+unified model's understanding branch learns from captioned images: no judge labels anything, and
+nothing the policy drew is ever labelled. Asked about the base's GRPO groups it ranks a prompt's
+pictures better than the typical stand-in VLM (docs/loop.md, "A transcriber").
+
 A judge folder (`selfplay fit-judge --out DIR`) is a `selfplay train` output folder whose
 `checkpoint/` is the judge copy, plus `judge.json`: the checkpoint it was trained from, its
-threshold and its held-out figures.
+threshold (a transcriber's: its kind) and its held-out figures.
 """
 
 from __future__ import annotations
 
 import json
+import random
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -35,6 +45,7 @@ from strokes.errors import InputError
 from strokes.io import write_atomic
 from strokes.language import inspection_text
 from strokes.model.policy import Policy
+from strokes.records import PromptRecord
 from strokes.trajectory import Step, Trajectory
 from strokes.verdict import Graded, StepContext, Verdict
 
@@ -113,3 +124,119 @@ class QuestionJudge:
 
     def judge(self, contexts: list[StepContext]) -> list[Verdict | None]:
         return [v for v, _ in self.judge_graded(contexts)]
+
+
+# ---- the transcriber: a copy that writes what a picture holds ---------------------------------------
+
+TRANSCRIBER = "transcriber"  # judge.json's kind for a transcriber folder
+MAX_WORDS = 120  # a transcript's longest: 16 objects of up to seven words
+
+
+def transcription_row(image: np.ndarray, text: str = "") -> Trajectory:
+    """A picture and its transcript as the one-step trajectory a transcriber reads and writes: an
+    empty prompt and plan, the picture as its sketch, the transcript where an inspection goes (the
+    only text with loss, as a judge copy's verdict is)."""
+    return Trajectory("nothing", [Step("", "nothing", image, text, context=True)], None, "transcribe")
+
+
+def code_noise(policy: Policy) -> Callable[[np.ndarray, random.Random], np.ndarray] | None:
+    """A picture with one or two of its image codes replaced at random, re-decoded: the stray
+    fragments a policy's codes leave, for a transcriber to learn to read too. None for a processor
+    without a decodable codebook."""
+    codebook = getattr(policy.processor, "image_tokenizer", None)
+    if codebook is None:
+        return None
+
+    def perturb(image: np.ndarray, rng: random.Random) -> np.ndarray:
+        codes = codebook.encode(image)
+        for _ in range(rng.choice((1, 1, 2))):
+            codes[rng.randrange(len(codes))] = rng.randrange(codebook.num_codes)
+        return codebook.decode(codes)
+    return perturb
+
+
+class Transcriber:
+    """A frozen copy that writes each picture's transcript, greedily and held to the world's grammar
+    (`world.transcript_words`: it writes nothing else), and answers a question by the world's rule
+    over it (`world.transcript_holds`): a hard answer, P(conflict) 0 or 1. Questions about one
+    picture share one reading."""
+
+    name = "self"
+
+    def __init__(self, policy: Policy, world, meta: dict | None = None) -> None:
+        if world.transcript_holds is None or world.transcript_words is None:
+            raise InputError(f"a transcriber needs a world with a grammar and a rule for transcripts "
+                             f"(ShapeWorld), not the {world.name} world")
+        self.policy, self.world, self.meta = policy, world, {**(meta or {}), "kind": TRANSCRIBER}
+        policy.model.eval()
+        self.start, self.end = policy.processor.special["<inspect>"], policy.processor.special["</inspect>"]
+
+    @classmethod
+    def load(cls, folder: str | Path, world) -> Transcriber:
+        meta = json.loads((Path(folder) / META).read_text())
+        return cls(Policy.from_pretrained(Path(folder) / "checkpoint"), world, meta)
+
+    def save_meta(self, folder: str | Path) -> Path:
+        return write_atomic(Path(folder) / META, json.dumps(self.meta, indent=2))
+
+    def _grammar(self, width: int) -> Callable[[int, torch.Tensor], list[int]]:
+        """`generate`'s `prefix_allowed_tokens_fn` for rows whose reading starts after `width` tokens."""
+        tokens = self.policy.processor.tokenizer
+
+        def allowed(_: int, ids: torch.Tensor) -> list[int]:
+            written = ids[width:].tolist()
+            if self.end in written:
+                return [self.end]
+            words, may_end = self.world.transcript_words(tokens.convert_ids_to_tokens(written))
+            return [*tokens.convert_tokens_to_ids(words), *([self.end] if may_end or not words else [])]
+        return allowed
+
+    def read(self, images: list[np.ndarray]) -> list[str]:
+        """Each picture's transcript, in left-padded batches (the attention mask gives every row the
+        positions it has alone); one cut off by the length limit keeps its whole objects."""
+        p, model = self.policy.processor, self.policy.model
+        out = []
+        for start in range(0, len(images), BATCH):
+            prefixes = []
+            for image in images[start: start + BATCH]:
+                ids = p.encode(transcription_row(image), with_eos=False).input_ids
+                prefixes.append(ids[: ids.index(self.start) + 1])
+            width = max(map(len, prefixes))
+            ids = torch.tensor([[0] * (width - len(r)) + r for r in prefixes], device=model.device)
+            mask = torch.tensor([[0] * (width - len(r)) + [1] * len(r) for r in prefixes], device=model.device)
+            with torch.no_grad():
+                written = model.generate(input_ids=ids, attention_mask=mask, max_new_tokens=MAX_WORDS,
+                                         do_sample=False, eos_token_id=self.end, pad_token_id=0,
+                                         prefix_allowed_tokens_fn=self._grammar(width))
+            for row in written[:, width:].tolist():
+                out.append(p.words(row[: row.index(self.end)] if self.end in row else self._whole_objects(row)))
+        return out
+
+    def _whole_objects(self, row: list[int]) -> list[int]:
+        """A reading cut off by `MAX_WORDS`, up to its last whole object (its last ".")."""
+        stop = self.policy.processor.text_ids_of(".")[0]
+        return row[: len(row) - row[::-1].index(stop)] if stop in row else []
+
+    def judge_graded(self, contexts: list[StepContext]) -> list[Graded]:
+        pictures = {c.image.tobytes(): c.image for c in contexts}
+        read = dict(zip(pictures, self.read(list(pictures.values()))))
+        out: list[Graded] = []
+        for c in contexts:
+            holds = self.world.transcript_holds(PromptRecord.from_json(c.record), read[c.image.tobytes()])
+            out.append((None, None) if holds is None else
+                       (Verdict(aligned=holds, conflicts=[], correction=""), 0.0 if holds else 1.0))
+        return out
+
+    def judge(self, contexts: list[StepContext]) -> list[Verdict | None]:
+        return [v for v, _ in self.judge_graded(contexts)]
+
+
+def load_judge_copy(folder: str | Path, world) -> QuestionJudge | Transcriber:
+    """The judge copy `selfplay fit-judge` wrote to `folder`: a transcriber (reading by `world`'s
+    grammar, answering by its rule) or a question-answering copy."""
+    folder = Path(folder)
+    if not (folder / META).is_file():
+        raise InputError(f"{folder}: not a judge folder (no {META}; make one with `selfplay fit-judge`)")
+    if json.loads((folder / META).read_text()).get("kind") != TRANSCRIBER:
+        return QuestionJudge.load(folder)
+    return Transcriber.load(folder, world)

@@ -154,7 +154,7 @@ def train_stage(cfg: RunConfig, parent: Path, dataset_dir: Path, out: Path, rnd:
         if cfg.train.distributed == "ray":
             summary = grpo_on_ray(cfg, parent, prompts, out / "train", keep_in=out)
         else:
-            summary = grpo_stage(cfg, parent, prompts, out / "train", grpo_judge(cfg, parent),
+            summary = grpo_stage(cfg, parent, prompts, out / "train", grpo_judge(cfg, parent, make_world(cfg)),
                                  keep_in=out, fleet=fleet)
         write_event(out, {"event": "judge", "round": rnd, "arm": arm, **summary["judge"]})  # the round's judge cost
         return _keep_training(out, summary, rnd, arm)

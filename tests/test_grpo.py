@@ -395,13 +395,14 @@ def test_a_grpo_round_rewarded_by_the_served_stand_in_vlm_judge(tmp_path, base_c
     assert "The training judge against the exact judge on the round's own rollouts" in report
 
 
-@pytest.mark.parametrize("reader", ["verdict word", "attention inspector", "question judge"])
+@pytest.mark.parametrize("reader", ["verdict word", "attention inspector", "question judge", "transcriber"])
 def test_a_self_judged_grpo_round_calls_the_exact_judge_only_to_measure_its_agreement(tmp_path, base_checkpoint,
                                                                                      monkeypatch, reader):  # noqa: F811
     """judge.kind: self (configs/shapeworld-self.yaml): the round's rewards, verdict credit and labels
     come from the parent's own Inspect, or from an attention inspector fitted before the run on the
     base's labelled states (configs/shapeworld-self-inspector.yaml), and the final reward may come
-    from a judge copy answering atomic questions (`judge.question_judge`). Every call
+    from a judge copy answering atomic questions (`judge.question_judge`) or from a transcriber copy
+    whose reading of the picture the world's rule answers them over. Every call
     of the exact judge inside the GRPO stage comes from the meter that measures the training judge's
     agreement after the step's verdicts are in, none from the rewards; the agreement reaches the
     round's summary."""
@@ -409,7 +410,7 @@ def test_a_self_judged_grpo_round_calls_the_exact_judge_only_to_measure_its_agre
 
     from selfplay.inspect_eval import label_states, visual_states
     from selfplay.inspector import fit_inspector
-    from selfplay.question_judge import QuestionJudge
+    from selfplay.question_judge import QuestionJudge, Transcriber
     from selfplay.world.shapeworld import ShapeWorld
 
     judge = {"kind": "self"}
@@ -421,6 +422,14 @@ def test_a_self_judged_grpo_round_calls_the_exact_judge_only_to_measure_its_agre
         judge["question_judge"] = str(tmp_path / "question_judge")
         answer = QuestionJudge.p_conflict
         monkeypatch.setattr(QuestionJudge, "p_conflict", lambda self, c: answered.append(len(c)) or answer(self, c))
+    if reader == "transcriber":  # a transcriber copy (here the untrained base) reads the pictures
+        copy = Policy.from_pretrained(base_checkpoint)
+        copy.save_pretrained(tmp_path / "transcriber" / "checkpoint")
+        Transcriber(copy, ShapeWorld(None), {"checkpoint": str(base_checkpoint)}).save_meta(
+            tmp_path / "transcriber")
+        judge["question_judge"] = str(tmp_path / "transcriber")
+        read = Transcriber.read
+        monkeypatch.setattr(Transcriber, "read", lambda self, images: answered.append(len(images)) or read(self, images))
     if reader == "attention inspector":  # fitted before the run, on base-data trajectories the exact judge labels
         trajectories = hand_labelled()
         for t in trajectories:
@@ -459,7 +468,7 @@ def test_a_self_judged_grpo_round_calls_the_exact_judge_only_to_measure_its_agre
              if e["event"] == "train" and "reward" in e]
     assert all("agreement/final_judge_right" in e and "agreement/final_exact_right" in e for e in steps)
     assert "final right: training judge (%)" in (run / "report.html").read_text()
-    assert (sum(answered) > 0) == (reader == "question judge")  # the judge copy answered the final pictures' questions
+    assert (sum(answered) > 0) == (reader in ("question judge", "transcriber"))  # the copy answered the questions
 
 
 def test_the_self_judge_reads_each_trajectory_as_its_own_inspection_scored_it(policy):

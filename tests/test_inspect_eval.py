@@ -253,7 +253,7 @@ def test_an_attention_inspector_fits_reloads_and_is_what_a_self_judge_reads(poli
     assert np.allclose([s.score for s in rescored], [scores[s.source][s.index] for s in states], atol=1e-6)
     # a GRPO round's self judge with judge.inspector: the head's checkpoint read by the head, at its threshold
     cfg = load_config(None, ["judge.kind=self", f"judge.inspector={tmp_path / 'inspector'}"])
-    reader = grpo_judge(cfg, "a parent it does not read")
+    reader = grpo_judge(cfg, "a parent it does not read", None)  # no judge copy: no world needed
     assert reader.inspector is not None and reader.threshold == reloaded.threshold
     plain = [k for k, t in enumerate(trajectories) if not any(s.refinements for s in t.steps)]
     readings = reader.read([trajectories[k] for k in plain])

@@ -1,5 +1,6 @@
 """The model's own understanding answering atomic questions (selfplay/question_judge.py, `selfplay
-fit-judge`): near misses, the judge copy's rows and answers, its config, and the command end to end."""
+fit-judge`): near misses, the judge copy's rows and answers, its config, and the command end to end;
+the transcriber copy's transcripts, its answers and `fit-judge --transcribe`."""
 
 from __future__ import annotations
 
@@ -12,14 +13,16 @@ import torch
 
 from judges import JudgeConfig, OracleJudge
 from selfplay.cli import main
-from selfplay.question_judge import QuestionJudge, asked, question_of, question_rows
+from selfplay.question_judge import QuestionJudge, Transcriber, asked, load_judge_copy, question_of, question_rows
 from selfplay.questions import question_contexts
+from selfplay.world.open import OpenWorld
 from selfplay.world.shapeworld import ShapeWorld
 from strokes.errors import InputError
 from strokes.model.policy import Policy
 from strokes.records import PromptRecord
 from strokes.shapeworld import Obj, Scene, detect, make_suite, render, target_scene
 from strokes.shapeworld.scene import near_miss
+from strokes.shapeworld.transcript import read_transcript, transcript, understanding_pictures
 from strokes.trajectory import Step, Trajectory
 from test_rollout_support import tiny_checkpoint
 
@@ -142,3 +145,68 @@ def test_fit_judge_trains_a_copy_on_labelled_questions_and_measures_it(tmp_path,
     capsys.readouterr()
     assert main(["fit-judge", str(checkpoint), "--out", str(tmp_path / "x"), "--epochs", "0"]) == 2
     assert "--epochs must be positive" in capsys.readouterr().err and not (tmp_path / "x").exists()
+
+
+def test_a_transcript_reads_back_as_the_objects_it_was_written_from():
+    """A transcript names each detected object's colour, class and grid corner, in reading order, and
+    reads back as those objects; the world's rule over a right reading is the exact judge's verdict,
+    so whatever a transcriber gets wrong is in what it read."""
+    pictures = understanding_pictures(60, 0)
+    for image, text in pictures:
+        corners = {(d.shape, d.color, d.box[0] // 4, d.box[1] // 4) for d in detect(image)}
+        assert {(d.shape, d.color, d.box[0] // 4, d.box[1] // 4) for d in read_transcript(text)} == corners
+    assert transcript([]) == "nothing" and read_transcript("nothing") == []
+    assert transcript(detect(render(Scene((Obj("square", "blue", 40, 4), Obj("circle", "red", 8, 16)))))) == \
+        "blue square ten one, two. red circle three, five."
+    for broken in ("red circle three five.", "red blob one, two.", "red circle eleven, two.", ""):
+        assert read_transcript(broken) is None
+    rng = random.Random(2)
+    for rec in make_suite("train", 6, 1, ("counting", "position", "color_attr")):
+        image = render(target_scene(rec, rng))
+        edited = ShapeWorld.near_miss(image, rng)
+        for picture in (image, edited if edited is not None else image):
+            assert ShapeWorld.transcript_holds(rec, transcript(detect(picture))) == ShapeWorld.is_correct(rec, picture)
+    assert ShapeWorld.transcript_holds(rec, "a red circle") is None
+
+
+def test_a_transcriber_reads_each_picture_once_and_answers_by_the_worlds_rule(policy, monkeypatch):
+    """Even untrained, a transcriber writes only transcripts (the world's grammar holds it); questions
+    about one picture share one reading, each answered by the rule over it (hard: P(conflict) 0 or 1),
+    and a left-padded batch reads every picture as it is read alone."""
+    contexts = []
+    for rec in make_suite("train", 2, 3, ("position", "counting")):
+        contexts += question_contexts(drawn(rec))
+    judge = Transcriber(policy, ShapeWorld(None))
+    images = [c.image for c in contexts]
+    together = judge.read(images)
+    assert together == [judge.read([image])[0] for image in images]
+    assert all(read_transcript(text) is not None for text in together)
+    reads = []
+    real = Transcriber.read
+    monkeypatch.setattr(Transcriber, "read", lambda self, images: reads.append(len(images)) or real(self, images))
+    graded = judge.judge_graded(contexts)
+    assert reads == [len({c.image.tobytes() for c in contexts})] and reads[0] < len(contexts)
+    for c, (verdict, p), text in zip(contexts, graded, together):
+        holds = ShapeWorld.transcript_holds(PromptRecord.from_json(c.record), text)
+        assert (verdict.aligned, p) == (holds, float(not holds))
+
+
+def test_fit_judge_transcribe_trains_a_reader_on_rendered_pictures(tmp_path, tmp_path_factory, capsys):
+    """`selfplay fit-judge --transcribe` end to end on a tiny checkpoint: rendered pictures with their
+    transcripts (no judge asked, nothing the checkpoint drew), a held-out tenth, a trained copy that
+    `load_judge_copy` reads back as a transcriber; a world without transcripts is refused."""
+    checkpoint = tiny_checkpoint(tmp_path_factory)
+    out = tmp_path / "reader"
+    assert main(["fit-judge", str(checkpoint), "--out", str(out), "--transcribe", "--rows", "60"]) == 0
+    meta = json.loads((out / "judge.json").read_text())
+    assert meta["kind"] == "transcriber" and meta["checkpoint"] == str(checkpoint)
+    assert meta["held_out"]["pictures"] == 6 and 0 <= meta["held_out"]["exact"] <= 1
+    rows = (out / "questions" / "trajectories.jsonl").read_text().splitlines()
+    assert len(rows) == 54 and all(json.loads(r)["source"] == "transcribe" for r in rows)
+    judge = load_judge_copy(out, ShapeWorld(None))
+    assert isinstance(judge, Transcriber) and judge.meta["train"]["steps"] >= 1
+    with pytest.raises(InputError, match="a transcriber needs a world with a grammar and a rule for transcripts"):
+        Transcriber(judge.policy, OpenWorld)  # an open world has neither
+    capsys.readouterr()
+    assert main(["fit-judge", str(checkpoint), "--out", str(tmp_path / "x"), "--transcribe", "--rows", "5"]) == 2
+    assert "--rows must be at least 20" in capsys.readouterr().err and not (tmp_path / "x").exists()

@@ -11,7 +11,13 @@ the prompts is held out: their questions measure the copy (ROC AUC, recall and f
 threshold) and the base it started from. Self-judged rounds then use it with `judge.question_judge:
 <out>` (docs/loop.md, "Self-judged rounds on atomic questions", has the command line).
 
-    <out>/questions/     the labelled training questions (kept: a killed fit resumes from them)
+With `--transcribe` the copy learns to read instead (selfplay/question_judge.py, `Transcriber`):
+`--rows` pictures the world renders, a share with stray fragments of the checkpoint's image codes,
+each with its transcript; no judge is asked and nothing the checkpoint drew is used. Held out: the
+last 500 pictures (a tenth of fewer), the share it transcribes exactly.
+
+    <out>/questions/     the labelled training questions (--transcribe: the pictures; kept: a killed fit
+                         resumes from them)
     <out>/held_out/      the held-out prompts' labelled questions
     <out>/checkpoint/    the judge copy (save_pretrained), <out>/trainer/ its resumable trainer state
     <out>/judge.json     the checkpoint it was trained from, its threshold, its held-out figures
@@ -31,11 +37,16 @@ def register(sub: argparse._SubParsersAction) -> None:
     add_arguments(p, "folder for the judge (its checkpoint, questions and judge.json)",
                   "the answers (its GRPO tasks: the prompts)", prompts=1200, seed=4321)
     p.add_argument("--generations", type=int, default=2, help="pictures per prompt")
-    p.add_argument("--epochs", type=float, default=2.0, help="passes over the questions")
-    p.add_argument("--lr", type=float, default=3e-4, help="peak learning rate (cosine, 20 warmup steps)")
+    p.add_argument("--epochs", type=float, default=None, help="passes over the questions (default 2; --transcribe: 1)")
+    p.add_argument("--lr", type=float, default=None,
+                   help="peak learning rate (cosine, 20 warmup steps; default 3e-4, --transcribe: 1e-3)")
     p.add_argument("--near-misses", action="store_true",
                    help="also ask each picture's near miss (one object edited, where the world can edit exactly); "
                         "measured: it raised the held-out AUC and lowered the ranking of a prompt's own pictures")
+    p.add_argument("--transcribe", action="store_true",
+                   help="train a transcriber instead: it writes what a picture holds, learnt from the world's "
+                        "rendered pictures, and the world's rule answers the questions")
+    p.add_argument("--rows", type=int, default=80000, help="--transcribe: rendered pictures to learn from")
     p.set_defaults(func=run)
 
 
@@ -43,13 +54,10 @@ def run(args: argparse.Namespace) -> None:
     import dataclasses
     import random
 
-    from strokes.data.external import load_trajectories
     from strokes.errors import InputError
     from strokes.language import says_conflict
     from strokes.model.policy import Policy
     from strokes.trajectory import read_jsonl, write_jsonl
-    from trainer.config import TrainConfig
-    from trainer.sft import train
 
     from ..judging import policy_judge, served_judge
     from ..question_judge import QuestionJudge, question_rows
@@ -59,9 +67,13 @@ def run(args: argparse.Namespace) -> None:
     from .sample import quiet_loading
 
     checkpoint = Path(args.checkpoint)
-    for name in ("generations", "epochs", "lr"):
+    args.epochs = args.epochs if args.epochs is not None else 1.0 if args.transcribe else 2.0
+    args.lr = args.lr if args.lr is not None else 1e-3 if args.transcribe else 3e-4
+    for name in ("generations", "epochs", "lr", "rows"):
         if getattr(args, name) <= 0:
             raise InputError(f"--{name} must be positive, got {getattr(args, name)}")
+    if args.transcribe:
+        return fit_transcriber(args)
     cfg = labelling_config(args, "a judge copy")
     quiet_loading()
     out = Path(args.out)
@@ -97,12 +109,8 @@ def run(args: argparse.Namespace) -> None:
         conflicts = sum(says_conflict(r.steps[0].inspection) for r in rows)
         print(f"labelled {len(rows)} questions ({conflicts} answered no, {len(contexts) - len(rows)} unanswered); "
               f"{len(train_rows)} to train on")
-    train_cfg = TrainConfig(lr=args.lr, warmup_steps=20, batch_size=6, max_length=768, epochs=args.epochs,
-                            seed=args.seed, num_threads=cfg.train.num_threads, logging_steps=20, save_steps=100)
-    copy = Policy.from_pretrained(checkpoint)
-    summary = train(copy, load_trajectories(questions, getattr(copy.processor, "fixed_side", None)), train_cfg, out)
-    judge = QuestionJudge(copy, meta={"checkpoint": str(checkpoint), "labelled_by": cfg.judge.kind,
-                                      "train": {k: summary.get(k) for k in ("steps", "complete", "seconds")}})
+    copy, summary = train_copy(args, cfg, questions)
+    judge = QuestionJudge(copy, meta={"checkpoint": str(checkpoint), "labelled_by": cfg.judge.kind, "train": summary})
     rows = read_jsonl(held_out)
     judge.meta["held_out"] = held_out_figures(judge, rows)
     judge.meta["held_out_base"] = held_out_figures(QuestionJudge(Policy.from_pretrained(checkpoint)), rows)
@@ -111,6 +119,64 @@ def run(args: argparse.Namespace) -> None:
     print(f"held out {h['questions']} questions ({h['wrong']} answered no): AUC {h['auc']:.3f} (the checkpoint it "
           f"was trained from: {b['auc']:.3f}), recall {h['recall']:.0%} at {h['false_alarm']:.0%} false alarms "
           f"(threshold {judge.threshold}); written to {out}")
+
+
+def train_copy(args: argparse.Namespace, cfg, rows: Path):
+    """A copy of the checkpoint trained on the rows in `rows` (SFT, loss on the inspection slot only:
+    a verdict or a transcript), resumable from `--out`'s trainer state; the copy and its summary."""
+    from strokes.data.external import load_trajectories
+    from strokes.model.policy import Policy
+    from trainer.config import TrainConfig
+    from trainer.sft import train
+
+    train_cfg = TrainConfig(lr=args.lr, warmup_steps=20, batch_size=6, max_length=768, epochs=args.epochs,
+                            seed=args.seed, num_threads=cfg.train.num_threads, logging_steps=20, save_steps=100)
+    copy = Policy.from_pretrained(args.checkpoint)
+    summary = train(copy, load_trajectories(rows, getattr(copy.processor, "fixed_side", None)), train_cfg, args.out)
+    return copy, {k: summary.get(k) for k in ("steps", "complete", "seconds")}
+
+
+def fit_transcriber(args: argparse.Namespace) -> None:
+    """`--transcribe`: the copy learns to write what the world's rendered pictures hold (module docstring)."""
+    from strokes.errors import InputError
+    from strokes.model.checkpoint_check import check_checkpoint
+    from strokes.model.policy import Policy
+    from strokes.trajectory import read_jsonl, write_jsonl
+
+    from ..config import load_config
+    from ..question_judge import Transcriber, code_noise, transcription_row
+    from ..world import make_world
+    from .sample import quiet_loading
+
+    check_checkpoint(Path(args.checkpoint))
+    cfg = load_config(args.config, args.set)
+    world = make_world(cfg)
+    if world.understanding_pictures is None:
+        raise InputError(f"--transcribe: the {world.name} world has no pictures with transcripts to learn from "
+                         "(ShapeWorld has)")
+    if args.rows < 20:
+        raise InputError(f"--rows must be at least 20 with --transcribe, got {args.rows}")
+    quiet_loading()
+    out = Path(args.out)
+    pictures, held_out = out / "questions", out / "held_out"
+    if not (held_out / "trajectories.jsonl").is_file():
+        made = world.understanding_pictures(args.rows, args.seed, code_noise(Policy.from_pretrained(args.checkpoint)))
+        rows = [transcription_row(image, text) for image, text in made]
+        cut = len(rows) - min(HELD_OUT, len(rows) // 10)
+        write_jsonl(rows[:cut], pictures)
+        write_jsonl(rows[cut:], held_out)
+        print(f"rendered {len(rows)} pictures with their transcripts; {cut} to train on")
+    copy, summary = train_copy(args, cfg, pictures)
+    judge = Transcriber(copy, world, {"checkpoint": str(args.checkpoint), "train": summary})
+    rows = read_jsonl(held_out)
+    read = judge.read([r.steps[0].image for r in rows])
+    judge.meta["held_out"] = {"pictures": len(rows),
+                              "exact": sum(a == r.steps[0].inspection for a, r in zip(read, rows)) / len(rows)}
+    judge.save_meta(out)
+    print(f"held out {len(rows)} pictures: {judge.meta['held_out']['exact']:.1%} transcribed exactly; written to {out}")
+
+
+HELD_OUT = 500  # pictures a transcriber is measured on (at most a tenth of them)
 
 
 def held_out_figures(judge, rows) -> dict:

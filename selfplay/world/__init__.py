@@ -9,6 +9,9 @@
     final_conflicts(trajectory)        the exact verdict on a strip's final image, or None
     corrected_state                    an exact renderer of a judge's correction, or None (re-sketch)
     near_miss(image, rng)              the picture with one object edited, exactly, or None (no editor)
+    understanding_pictures(n, seed, perturb)  pictures with what they hold in the world's words, or None
+    transcript_words(words)            a transcript's grammar: the words that may come next, whether it may end
+    transcript_holds(record, text)     whether a record holds of a picture read as `text`, or None (no rule)
     exact                              whether GenEval rules are decided exactly (an oracle judge exists)
     base_rows(size, seed)              base-data trajectories for replay and the control arm
 

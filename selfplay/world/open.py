@@ -119,6 +119,12 @@ class OpenWorld:
     near_miss = None
     """No exact editor of a picture: a judge copy learns from the model's own pictures only."""
 
+    understanding_pictures = None
+    transcript_words = None
+    transcript_holds = None
+    """No pictures with what they hold written in the world's words, no grammar or rule for such a text: a
+    transcriber judge (`selfplay fit-judge --transcribe`) needs a world that has both."""
+
     def base_rows(self, size: int, seed: int) -> list[Trajectory]:
         """`size` rows of `world.control_data`, drawn with `seed` (with replacement past its end)."""
         import datasets

@@ -15,10 +15,11 @@ from judges import OracleJudge, corrected_scene
 from strokes.data.build import DataConfig, make_rows
 from strokes.geneval import Score
 from strokes.records import TASKS, PromptRecord
-from strokes.shapeworld import (CANVAS, check, detect, drawable, is_correct, make_suite, record_from_text, render,
+from strokes.shapeworld import (CANVAS, check, check_detections, detect, drawable, is_correct, make_suite, record_from_text, render,
                                 score_folder)
 from strokes.shapeworld.render import detections_to_scene
 from strokes.shapeworld.scene import near_miss
+from strokes.shapeworld.transcript import next_words, read_transcript, understanding_pictures
 from strokes.trajectory import Trajectory, from_row
 
 
@@ -73,6 +74,20 @@ class ShapeWorld:
         learns a count off by one or a flipped relation from (`selfplay fit-judge`)."""
         edited = near_miss(detections_to_scene(detect(image), image.shape[0]), rng)
         return None if edited is None else render(edited)
+
+    understanding_pictures = staticmethod(understanding_pictures)
+    """Rendered pictures with what they hold in ShapeWorld's words (`strokes.shapeworld.transcript`):
+    what a transcriber judge learns to read pictures from (`selfplay fit-judge --transcribe`)."""
+
+    transcript_words = staticmethod(next_words)
+    """A transcript's grammar: the words that may follow a beginning, and whether it may end there."""
+
+    @staticmethod
+    def transcript_holds(record: PromptRecord, text: str) -> bool | None:
+        """Whether `record` holds of a picture a reader transcribed as `text`, by GenEval's rule over the
+        objects it names; None when `text` is not a transcript."""
+        detections = read_transcript(text)
+        return None if detections is None else not check_detections(record, detections)
 
     def base_rows(self, size: int, seed: int) -> list[Trajectory]:
         """`size` base-data trajectories (the base pipelines' mixture): replay and the control arm."""
