@@ -24,7 +24,8 @@ decided by GenEval's rule over what it wrote (`world.transcript_holds`). It lear
 own rendered pictures, labelled as they are rendered (`selfplay fit-judge --transcribe`), as a
 unified model's understanding branch learns from captioned images: no judge labels anything, and
 nothing the policy drew is ever labelled. Asked about the base's GRPO groups it ranks a prompt's
-pictures better than the typical stand-in VLM (docs/loop.md, "A transcriber").
+pictures as the strong stand-in VLM does, and as the only judge of GRPO rounds it is not gamed
+(docs/loop.md, "A transcriber").
 
 A judge folder (`selfplay fit-judge --out DIR`) is a `selfplay train` output folder whose
 `checkpoint/` is the judge copy, plus `judge.json`: the checkpoint it was trained from, its
