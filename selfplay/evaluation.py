@@ -21,8 +21,7 @@ from strokes.records import TASKS, PromptRecord
 from strokes.trajectory import Trajectory, write_jsonl
 
 from .config import RunConfig
-from .inspect_eval import inspection_table, label_states, summary_event
-from .inspector import Inspector
+from .inspect_eval import StateScorer, inspection_table, label_states, summary_event
 from .judging import policy_judge
 from .oracle_planner import planner_rollout
 from .run_dir import write_event, write_scores
@@ -127,13 +126,13 @@ def evaluate(cfg: RunConfig, checkpoint: Path, out: Path, rnd: int, arm: str = "
 
 
 def validate(cfg: RunConfig, checkpoint: Path, out: Path, rnd: int, arm: str = "policy",
-             fleet: RolloutFleet | None = None, log: Log = print, inspector: Inspector | None = None) -> dict:
+             fleet: RolloutFleet | None = None, log: Log = print, inspector: StateScorer | None = None) -> dict:
     """Process-mode rollouts on the validation split: their GenEval score, which promotion compares,
     and the table of how well the model's own inspection separates its wrong visual states from its
     right ones (every state labelled by the exact judge; `selfplay/inspect_eval.py`). With
     `rollout.retries` the table comes from a second rollout without retries, since a redrawn step's
-    inspections leave the trajectory. With an `inspector`, the table scores that attention head's
-    P(conflict) of each state instead of the verdict the model wrote."""
+    inspections leave the trajectory. With an `inspector` (an attention head or a transcriber), the
+    table scores its P(conflict) of each state instead of the verdict the model wrote."""
     suite, seed = validation_suite(cfg), cfg.loop.validation_seed
     trajectories = rollout_stage(cfg, checkpoint, suite, "process", seed, out / "process", fleet=fleet)
     score = score_rollouts(cfg, trajectories, suite, out / "process")

@@ -9,12 +9,15 @@ trajectory (first sketches and refined states; a failed repair is a wrong state)
 judge, and the table gives the ROC AUC (threshold-free), the recall at 5% and 10% false alarms with
 the thresholds that give them (`rollout.inspect: threshold`), split by plan errors (the step's
 `<ins>`/`<des>` already contradict the prompt) and image errors (the sketch misdraws a right plan)
-and by task, each with a bootstrap standard error.
+and by task, each with a bootstrap standard error. A `StateScorer` (an attention head, a transcriber)
+rewrites the scores before the table is made (`selfplay inspect-eval --inspector`).
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Protocol
 
 import numpy as np
 from sklearn.metrics import auc, roc_curve
@@ -55,6 +58,19 @@ class LabelledState:
         return self.kind != "right"
 
 
+class StateScorer(Protocol):
+    """What scores every visual state of a policy's trajectories in place of the verdict word it wrote:
+    an attention head on its hidden states (`selfplay/inspector.py`) or a transcriber reading each
+    sketch (`selfplay/question_judge.py`)."""
+
+    threshold: float
+    """The P(conflict) at or above which it flags a state."""
+
+    def scored(self, trajectories: list[Trajectory]) -> list[Trajectory]:
+        """`trajectories` with its P(conflict) of each visual state as `meta["inspect_scores"]`."""
+        ...
+
+
 def visual_states(t: Trajectory) -> int:
     """How many visual states a trajectory holds: each step's sketch and its refinements."""
     return sum(1 + len(s.refinements) for s in t.steps)
@@ -76,13 +92,37 @@ def _refined_context(before: StepContext, verdict: Verdict, r: Refinement) -> St
                        before.image)
 
 
+Ask = Callable[[list[StepContext]], list[tuple[Verdict | None, float | None]]]
+"""A judge asked about many step contexts at once: per context its verdict (None: it cannot say) and
+its P(conflict) where it gives one."""
+
+
+def judged_states(trajectories: list[Trajectory], ask: Ask) -> list[list[tuple[Verdict | None, float | None]]]:
+    """Every visual state of each trajectory judged, in drawing order: level by level (every first
+    sketch in one call of `ask`, then every first refinement, ...), each refinement against the plan
+    before it. A state after one the judge could not say about is (None, None)."""
+    contexts = {(i, j, 0): c for i, t in enumerate(trajectories) for j, c in enumerate(step_contexts(t))}
+    judged: dict[tuple[int, int, int], tuple[Verdict | None, float | None]] = {}
+    level = list(contexts)
+    while level:
+        judged.update(zip(level, ask([contexts[k] for k in level])))
+        deeper = []
+        for i, j, d in level:
+            refinements, v = trajectories[i].steps[j].refinements, judged[(i, j, d)][0]
+            if v is not None and d < len(refinements):
+                contexts[(i, j, d + 1)] = _refined_context(contexts[(i, j, d)], v, refinements[d])
+                deeper.append((i, j, d + 1))
+        level = deeper
+    return [[judged.get((i, j, d), (None, None)) for j, s in enumerate(t.steps) for d in range(1 + len(s.refinements))]
+            for i, t in enumerate(trajectories)]
+
+
 def label_states(trajectories: list[Trajectory], judge,
                  graded: bool = False) -> tuple[list[LabelledState], int]:
     """The labelled states of every process-mode trajectory whose scores cover its states, and how
     many trajectories were left out (failed, single-pass, or retried: a redrawn step's inspections
-    are not in the trajectory). States are judged level by level (every first sketch in one judge
-    call, then every first refinement, ...), each refinement against the plan before it. `graded`:
-    ask for each verdict's P(conflict) too (`graded_verdicts`; None from a judge that cannot say)."""
+    are not in the trajectory). `graded`: ask for each verdict's P(conflict) too (`graded_verdicts`;
+    None from a judge that cannot say)."""
     usable, skipped = [], 0
     for k, t in enumerate(trajectories):
         ok = t.steps and t.record is not None and not t.single_pass and "failed" not in t.meta
@@ -90,32 +130,17 @@ def label_states(trajectories: list[Trajectory], judge,
             skipped += 1
             continue
         usable.append((k, t))
-    contexts = {(i, j, 0): c for i, (_, t) in enumerate(usable) for j, c in enumerate(step_contexts(t))}
-    verdicts: dict[tuple[int, int, int], Verdict | None] = {}
-    sure: dict[tuple[int, int, int], float | None] = {}
-    level = list(contexts)
-    while level:
-        asked = [contexts[k] for k in level]
-        got = graded_verdicts(judge, asked) if graded else [(v, None) for v in judge.judge(asked)]
-        verdicts.update((k, v) for k, (v, _) in zip(level, got))
-        sure.update((k, p) for k, (_, p) in zip(level, got))
-        deeper = []
-        for i, j, d in level:
-            refinements, v = usable[i][1].steps[j].refinements, verdicts[(i, j, d)]
-            if v is not None and d < len(refinements):
-                contexts[(i, j, d + 1)] = _refined_context(contexts[(i, j, d)], v, refinements[d])
-                deeper.append((i, j, d + 1))
-        level = deeper
+
+    def ask(contexts: list[StepContext]) -> list[tuple[Verdict | None, float | None]]:
+        return graded_verdicts(judge, contexts) if graded else [(v, None) for v in judge.judge(contexts)]
     out = []
-    for i, (k, t) in enumerate(usable):
-        task, scores, n = PromptRecord.from_json(t.record).tag, iter(t.meta["inspect_scores"]), 0
-        for j, s in enumerate(t.steps):
-            for d in range(1 + len(s.refinements)):
-                score, v = next(scores), verdicts.get((i, j, d))
-                if v is not None:
-                    kind = "right" if v.aligned else "plan" if _plan_error(v) else "image"
-                    out.append(LabelledState(float(score), kind, task, d > 0, k, n, sure[(i, j, d)]))
-                n += 1
+    for (k, t), states in zip(usable, judged_states([t for _, t in usable], ask)):
+        task = PromptRecord.from_json(t.record).tag
+        refined = [d > 0 for s in t.steps for d in range(1 + len(s.refinements))]
+        for n, ((v, sure), score) in enumerate(zip(states, t.meta["inspect_scores"])):
+            if v is not None:
+                kind = "right" if v.aligned else "plan" if _plan_error(v) else "image"
+                out.append(LabelledState(float(score), kind, task, refined[n], k, n, sure))
     return out, skipped
 
 

@@ -47,7 +47,8 @@ def grpo_judge(cfg: RunConfig, parent: str | Path, world):
     written), on the trainer's device; with `judge.inspector`, a frozen copy of the checkpoint that
     head was fitted on, the head deciding at its own threshold; with `judge.question_judge`, a judge
     copy (`selfplay fit-judge`) answers the finished picture's atomic questions for the final reward,
-    or a transcriber copy reads the picture and `world`'s rule answers them.
+    or a transcriber copy reads the picture and `world`'s rule answers them (and, reading every
+    sketch against its step and prompt, labels the states for the step credit too).
     Any other judge is the one `policy_judge` gives."""
     if cfg.judge.kind != "self":
         return policy_judge(cfg.judge, parent, cfg.rollout)

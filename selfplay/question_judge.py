@@ -25,7 +25,9 @@ own rendered pictures, labelled as they are rendered (`selfplay fit-judge --tran
 unified model's understanding branch learns from captioned images: no judge labels anything, and
 nothing the policy drew is ever labelled. Asked about the base's GRPO groups it ranks a prompt's
 pictures as the strong stand-in VLM does, and as the only judge of GRPO rounds it is not gamed
-(docs/loop.md, "A transcriber").
+(docs/loop.md, "A transcriber"). Read against each step's description and the prompt instead
+(`state_verdicts`, `scored`: `selfplay inspect-eval --inspector`), the same reading is the model's
+own Inspect of every sketch it draws.
 
 A judge folder (`selfplay fit-judge --out DIR`) is a `selfplay train` output folder whose
 `checkpoint/` is the judge copy, plus `judge.json`: the checkpoint it was trained from, its
@@ -34,6 +36,7 @@ threshold (a transcriber's: its kind) and its held-out figures.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import random
 from collections.abc import Callable
@@ -50,6 +53,7 @@ from strokes.records import PromptRecord
 from strokes.trajectory import Step, Trajectory
 from strokes.verdict import Graded, StepContext, Verdict
 
+from .inspect_eval import judged_states
 from .inspect_head import verdict_positions
 
 META = "judge.json"
@@ -163,6 +167,8 @@ class Transcriber:
     picture share one reading."""
 
     name = "self"
+    threshold = 0.5
+    """Its P(conflict) is 0 or 1, so any threshold between flags exactly the states it calls wrong."""
 
     def __init__(self, policy: Policy, world, meta: dict | None = None) -> None:
         if world.transcript_holds is None or world.transcript_words is None:
@@ -171,6 +177,7 @@ class Transcriber:
         self.policy, self.world, self.meta = policy, world, {**(meta or {}), "kind": TRANSCRIBER}
         policy.model.eval()
         self.start, self.end = policy.processor.special["<inspect>"], policy.processor.special["</inspect>"]
+        self._last: dict[bytes, str] = {}  # the pictures the last call read (`_readings`)
 
     @classmethod
     def load(cls, folder: str | Path, world) -> Transcriber:
@@ -218,18 +225,54 @@ class Transcriber:
         stop = self.policy.processor.text_ids_of(".")[0]
         return row[: len(row) - row[::-1].index(stop)] if stop in row else []
 
-    def judge_graded(self, contexts: list[StepContext]) -> list[Graded]:
+    def _readings(self, contexts: list[StepContext]) -> list[str]:
+        """Each context's picture read, every distinct picture once, and none read by the call before
+        again (a GRPO step labels every state, then asks about the finished pictures among them)."""
         pictures = {c.image.tobytes(): c.image for c in contexts}
-        read = dict(zip(pictures, self.read(list(pictures.values()))))
-        out: list[Graded] = []
-        for c in contexts:
-            holds = self.world.transcript_holds(PromptRecord.from_json(c.record), read[c.image.tobytes()])
-            out.append((None, None) if holds is None else
-                       (Verdict(aligned=holds, conflicts=[], correction=""), 0.0 if holds else 1.0))
-        return out
+        new = [k for k in pictures if k not in self._last]
+        read = {k: self._last[k] for k in pictures if k in self._last}
+        if new:
+            read.update(zip(new, self.read([pictures[k] for k in new])))
+        self._last = read
+        return [read[c.image.tobytes()] for c in contexts]
+
+    def judge_graded(self, contexts: list[StepContext]) -> list[Graded]:
+        """Each question (a context whose record is the question's) decided by the world's rule over
+        its picture's reading."""
+        return [_hard(self.world.transcript_holds(PromptRecord.from_json(c.record), text))
+                for c, text in zip(contexts, self._readings(contexts))]
 
     def judge(self, contexts: list[StepContext]) -> list[Verdict | None]:
         return [v for v, _ in self.judge_graded(contexts)]
+
+    def state_verdicts(self, contexts: list[StepContext]) -> list[Graded]:
+        """Each visual state (a step's context: the prompt's record, the step's description, its
+        sketch) read and held against its description and its prompt (`world.transcript_state_verdict`:
+        a refinement of a state it found drawn as planned but wrong is held to the plan its edit makes):
+        the model's own Inspect of a sketch, its understanding reading and the world's rule comparing."""
+        verdicts = [self.world.transcript_state_verdict(PromptRecord.from_json(c.record), c.description, text)
+                    for c, text in zip(contexts, self._readings(contexts))]
+        return [(None, None) if v is None else (v, float(not v.aligned)) for v in verdicts]
+
+    def scored(self, trajectories: list[Trajectory]) -> list[Trajectory]:
+        """`trajectories` with each visual state's P(conflict) by `state_verdicts` as its score
+        (`meta["inspect_scores"]`, what the inspection table reads; 0.5 where it cannot say): how
+        `selfplay inspect-eval --inspector` scores a transcriber. Single-pass trajectories and those
+        without a record are left as they are."""
+        keep = [k for k, t in enumerate(trajectories) if t.steps and t.record is not None and not t.single_pass]
+        judged = judged_states([trajectories[k] for k in keep], self.state_verdicts)
+        out = list(trajectories)
+        for k, states in zip(keep, judged):
+            scores = [0.5 if p is None else p for _, p in states]
+            out[k] = dataclasses.replace(out[k], meta={**out[k].meta, "inspect_scores": scores})
+        return out
+
+
+def _hard(holds: bool | None) -> Graded:
+    """A rule's yes/no as a graded verdict: P(conflict) 0 or 1; (None, None) where it cannot say."""
+    if holds is None:
+        return None, None
+    return Verdict(aligned=holds, conflicts=[], correction=""), 0.0 if holds else 1.0
 
 
 def load_judge_copy(folder: str | Path, world) -> QuestionJudge | Transcriber:

@@ -39,7 +39,7 @@ from strokes.trajectory import Trajectory
 from .inspect_eval import LabelledState, visual_states
 from .inspect_head import verdict_logits
 from .inspector import Inspector
-from .question_judge import QuestionJudge
+from .question_judge import QuestionJudge, Transcriber
 
 
 def folded(t: Trajectory) -> Trajectory:
@@ -71,11 +71,12 @@ class TrajectoryReader:
     name = "self"
 
     def __init__(self, policy: Policy, threshold: float, graded: bool = False, inspector: Inspector | None = None,
-                 questions: QuestionJudge | None = None) -> None:
+                 questions: QuestionJudge | Transcriber | None = None) -> None:
         self.policy, self.threshold = policy, threshold
         self.graded = graded  # the final reward is 1 - P(conflict) at the last state, not its label
         self.inspector = inspector  # an attention head on `policy`'s hidden states decides instead of its verdict word
         self.questions = questions  # a judge copy answers the final picture's atomic questions instead
+        # (a transcriber labels every state too: its reading of each sketch against its step and prompt)
         policy.model.eval()
         words = [policy.processor.text_ids_of(w) for w in ("conflict", "aligned")]
         self.rule = InspectRule(words[0][0], words[1][0])  # P(conflict) as the decoder computes it
@@ -91,9 +92,17 @@ class TrajectoryReader:
         """One `Reading` per trajectory; None for one it cannot read whole (no steps, failed, or not
         one verdict position per visual state). Each step's last state is read as if it had been
         drawn at once (`folded`): a refined state right after the earlier steps, without the
-        conflict and corrective instruction before it."""
+        conflict and corrective instruction before it. With a transcriber as `questions`, its reading
+        of each state decides instead (`Transcriber.scored`: a picture is read as it is, so nothing
+        needs folding)."""
         usable = [k for k, t in enumerate(trajectories)
                   if t.steps and t.record is not None and not t.single_pass and "failed" not in t.meta]
+        if isinstance(self.questions, Transcriber):
+            read = dict(zip(usable, self.questions.scored([trajectories[k] for k in usable])))
+            self.stats["unreadable"] += len(trajectories) - len(usable)
+            self.stats["steps"] += sum(visual_states(t) for t in read.values())
+            return [Reading(read[k].meta["inspect_scores"], self.questions.threshold) if k in read else None
+                    for k in range(len(trajectories))]
         refined = [k for k in usable if any(s.refinements for s in trajectories[k].steps)]
         p = dict(zip(usable, self._p_conflict([trajectories[k] for k in usable])))
         p_folded = dict(zip(refined, self._p_conflict([folded(trajectories[k]) for k in refined])))

@@ -398,7 +398,7 @@ def test_a_grpo_round_rewarded_by_the_served_stand_in_vlm_judge(tmp_path, base_c
 @pytest.mark.parametrize("reader", ["verdict word", "attention inspector", "question judge", "transcriber"])
 def test_a_self_judged_grpo_round_calls_the_exact_judge_only_to_measure_its_agreement(tmp_path, base_checkpoint,
                                                                                      monkeypatch, reader):  # noqa: F811
-    """judge.kind: self (configs/shapeworld-self.yaml): the round's rewards, verdict credit and labels
+    """judge.kind: self (configs/shapeworld-self-verdict.yaml): the round's rewards, verdict credit and labels
     come from the parent's own Inspect, or from an attention inspector fitted before the run on the
     base's labelled states (configs/shapeworld-self-inspector.yaml), and the final reward may come
     from a judge copy answering atomic questions (`judge.question_judge`) or from a transcriber copy

@@ -15,15 +15,20 @@ from judges import JudgeConfig, OracleJudge
 from selfplay.cli import main
 from selfplay.question_judge import QuestionJudge, Transcriber, asked, load_judge_copy, question_of, question_rows
 from selfplay.questions import question_contexts
+from selfplay.self_reading import TrajectoryReader
 from selfplay.world.open import OpenWorld
 from selfplay.world.shapeworld import ShapeWorld
 from strokes.errors import InputError
 from strokes.model.policy import Policy
 from strokes.records import PromptRecord
+from strokes.language import description_text
 from strokes.shapeworld import Obj, Scene, detect, make_suite, render, target_scene
+from strokes.shapeworld.check import Item
 from strokes.shapeworld.scene import near_miss
-from strokes.shapeworld.transcript import read_transcript, transcript, understanding_pictures
-from strokes.trajectory import Step, Trajectory
+from strokes.shapeworld.transcript import _paint_wrapped, read_transcript, transcript, understanding_pictures
+from selfplay.inspect_eval import visual_states
+from strokes.trajectory import Step, Trajectory, single_pass_trajectory
+from test_inspect_eval import construction_labels, hand_labelled
 from test_rollout_support import tiny_checkpoint
 
 
@@ -145,6 +150,9 @@ def test_fit_judge_trains_a_copy_on_labelled_questions_and_measures_it(tmp_path,
     capsys.readouterr()
     assert main(["fit-judge", str(checkpoint), "--out", str(tmp_path / "x"), "--epochs", "0"]) == 2
     assert "--epochs must be positive" in capsys.readouterr().err and not (tmp_path / "x").exists()
+    # it answers questions about finished pictures, so it is no inspector of a policy's states
+    assert main(["inspect-eval", str(checkpoint), "--inspector", str(out), "--out", str(tmp_path / "ie")]) == 2
+    assert "answers questions about finished pictures" in capsys.readouterr().err
 
 
 def test_a_transcript_reads_back_as_the_objects_it_was_written_from():
@@ -156,6 +164,9 @@ def test_a_transcript_reads_back_as_the_objects_it_was_written_from():
         corners = {(d.shape, d.color, d.box[0] // 4, d.box[1] // 4) for d in detect(image)}
         assert {(d.shape, d.color, d.box[0] // 4, d.box[1] // 4) for d in read_transcript(text)} == corners
     assert transcript([]) == "nothing" and read_transcript("nothing") == []
+    # a shape past the right edge, wrapped as row-major image codes draw it: two pieces, the second a row lower
+    wrapped = _paint_wrapped(render(Scene(())), Obj("square", "red", 60, 8))
+    assert transcript(detect(wrapped)) == "red square ten six, three. red square one, five."
     assert transcript(detect(render(Scene((Obj("square", "blue", 40, 4), Obj("circle", "red", 8, 16)))))) == \
         "blue square ten one, two. red circle three, five."
     for broken in ("red circle three five.", "red blob one, two.", "red circle eleven, two.", ""):
@@ -186,9 +197,65 @@ def test_a_transcriber_reads_each_picture_once_and_answers_by_the_worlds_rule(po
     monkeypatch.setattr(Transcriber, "read", lambda self, images: reads.append(len(images)) or real(self, images))
     graded = judge.judge_graded(contexts)
     assert reads == [len({c.image.tobytes() for c in contexts})] and reads[0] < len(contexts)
+    assert judge.judge_graded(contexts) == graded and len(reads) == 1  # asked again: nothing read again
     for c, (verdict, p), text in zip(contexts, graded, together):
         holds = ShapeWorld.transcript_holds(PromptRecord.from_json(c.record), text)
         assert (verdict.aligned, p) == (holds, float(not holds))
+
+
+class ExactReader(Transcriber):
+    """A transcriber whose reading is the detector's: what a perfectly trained one would write."""
+
+    def read(self, images: list[np.ndarray]) -> list[str]:
+        return [transcript(detect(image)) for image in images]
+
+
+def test_a_transcriber_inspects_every_visual_state_against_its_step_and_its_prompt(policy):
+    """As an inspector (`scored`, what `selfplay inspect-eval --inspector` reads), a transcriber
+    reads each sketch and holds it against the step's description and the prompt: one that reads
+    as the detector does sees every hand-made plan and image error, refinements included, and no
+    right state, and labels them so for a GRPO round's reader; an untrained one still scores every
+    state 0 or 1 and leaves a single-pass trajectory as it was."""
+    trajectories = hand_labelled()
+    for t in trajectories:
+        t.meta["inspect_scores"] = [0.5] * visual_states(t)
+    exact = ExactReader(policy, ShapeWorld(None)).scored(trajectories)
+    assert [t.meta["inspect_scores"] for t in exact] == \
+        [[float(k != "right") for k in construction_labels(t)] for t in trajectories]
+    # as a GRPO round's question judge it labels the states too, in place of the parent's verdict word
+    reader = TrajectoryReader(policy, 0.5, questions=ExactReader(policy, ShapeWorld(None)))
+    assert [r.wrong for r in reader.read(trajectories)] == \
+        [[k != "right" for k in construction_labels(t)] for t in trajectories]
+    single = single_pass_trajectory(trajectories[0].prompt, trajectories[0].final_image, trajectories[0].record)
+    untrained = Transcriber(policy, ShapeWorld(None)).scored(trajectories[:3] + [single])
+    for t, before in zip(untrained, trajectories[:3]):
+        assert len(t.meta["inspect_scores"]) == visual_states(before) and set(t.meta["inspect_scores"]) <= {0.0, 1.0}
+    assert untrained[-1] is single
+
+
+def test_a_picture_still_being_drawn_may_lack_objects_but_never_hold_a_wrong_one():
+    """The rule a transcriber's reading of a state is held to (`world.transcript_state_verdict`): the
+    objects the step's description names, exactly (else an image error), and nothing the prompt rules
+    out (else, drawn as described, a plan error)."""
+    def holds(rec: PromptRecord, described: tuple[Obj, ...], drawn: tuple[Obj, ...], plan_error: bool = False) -> bool:
+        text = description_text([Item(o.shape, o.color) for o in described])
+        verdict = ShapeWorld.transcript_state_verdict(rec, text, transcript(detect(render(Scene(drawn)))))
+        assert any(c.source == "instruction" for c in verdict.conflicts) == plan_error
+        return verdict.aligned
+
+    for task in ("position", "color_attr"):
+        rec = make_suite("train", 1, 0, (task,))[0]
+        first, second = target_scene(rec, random.Random(0)).objects
+        assert holds(rec, (first,), (first,)) and holds(rec, (first, second), (first, second))  # half drawn, whole
+        assert not holds(rec, (first,), (first, second))  # not what its description says
+    swapped = (Obj(first.shape, second.color, first.x, first.y), Obj(second.shape, first.color, second.x, second.y))
+    assert not holds(rec, swapped, swapped, plan_error=True)  # colours bound the other way: planned so, not prompted
+    rec = make_suite("train", 1, 0, ("position",))[0]
+    first, second = target_scene(rec, random.Random(0)).objects
+    moved = (Obj(first.shape, first.color, second.x, second.y), Obj(second.shape, second.color, first.x, first.y))
+    assert not holds(rec, moved, moved, plan_error=True)  # the prompt's relation reversed
+    assert not ShapeWorld.transcript_state_verdict(rec, "not a description", transcript([])).aligned
+    assert ShapeWorld.transcript_state_verdict(rec, "a red circle", "a red circle") is None
 
 
 def test_fit_judge_transcribe_trains_a_reader_on_rendered_pictures(tmp_path, tmp_path_factory, capsys):

@@ -5,7 +5,8 @@ suite), labels every visual state it drew with the exact judge and prints the ta
 `selfplay/inspect_eval.py`: ROC AUC of the model's P(conflict), recall at 5% and 10% false alarms
 and the thresholds that give them (for `rollout.inspect: threshold`), by error kind and task. With
 `--inspector DIR` the same rollouts' states are scored by that attention head (`selfplay
-fit-inspector`) instead of the verdict the model wrote.
+fit-inspector`) or, from a transcriber's folder (`selfplay fit-judge --transcribe`), by its reading of
+each sketch held against the step's description and the prompt, instead of the verdict the model wrote.
 
     <out>/process/          the trajectories and their GenEval layout
     <out>/scores.json       the validation score
@@ -28,8 +29,27 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--per-task", type=int, default=None, help="validation records per task (loop.validation_per_task)")
     p.add_argument("--out", default=None, help="output folder (default: inspect-eval-<checkpoint folder name>)")
     p.add_argument("--inspector", default=None, help="score an attention head's P(conflict) (selfplay fit-inspector's "
-                                                     "folder) instead of the model's verdict word")
+                                                     "folder) or a transcriber's reading (selfplay fit-judge "
+                                                     "--transcribe's folder) instead of the model's verdict word")
     p.set_defaults(func=run)
+
+
+def state_scorer(folder: str, world):
+    """What `--inspector` names: an attention head's folder or a transcriber's; a question-answering
+    judge copy (it answers questions about finished pictures, not states) is refused in one line."""
+    from strokes.errors import InputError
+
+    from ..inspector import Inspector
+    from ..question_judge import META, Transcriber, load_judge_copy
+
+    if not (Path(folder) / META).is_file():
+        return Inspector.load(folder)
+    copy = load_judge_copy(folder, world)
+    if not isinstance(copy, Transcriber):
+        raise InputError(f"{folder}: a question-answering judge copy answers questions about finished pictures; "
+                         f"--inspector takes an attention head (selfplay fit-inspector) or a transcriber "
+                         f"(selfplay fit-judge --transcribe)")
+    return copy
 
 
 def run(args: argparse.Namespace) -> None:
@@ -45,6 +65,7 @@ def run(args: argparse.Namespace) -> None:
     from ..inspector import Inspector
     from ..judging import served_judge
     from ..run_dir import read_scores
+    from ..world import make_world
     from .sample import quiet_loading
 
     checkpoint = Path(args.checkpoint)
@@ -54,16 +75,19 @@ def run(args: argparse.Namespace) -> None:
         if args.per_task < 1:
             raise InputError(f"--per-task must be at least 1, got {args.per_task}")
         cfg = dataclasses.replace(cfg, loop=dataclasses.replace(cfg.loop, validation_per_task=args.per_task))
-    inspector = Inspector.load(args.inspector) if args.inspector else None
+    inspector = state_scorer(args.inspector, make_world(cfg)) if args.inspector else None
     quiet_loading()
     out = Path(args.out or f"inspect-eval-{checkpoint.resolve().name}")
     with atomic_path(out, folder=True) as tmp, served_judge(cfg, log=lambda _: None) as judged:
         table = validate(judged, checkpoint, tmp, 0, log=lambda _: None, inspector=inspector)
     score = read_scores(out)["process"]
     skipped = json.loads((out / "inspection.json").read_text())["skipped"]
-    if inspector is not None:
+    if isinstance(inspector, Inspector):
         print(f"inspection by the attention head in {args.inspector} (reading {inspector.checkpoint}; "
               f"its threshold {inspector.threshold:.3f})")
+    elif inspector is not None:
+        print(f"inspection by the transcriber in {args.inspector}: each sketch read, held against its step's "
+              f"description and the prompt (P(conflict) 0 or 1)")
     print(format_table(table))
     print(f"validation process {100 * score['overall']:.1f} ± {100 * score['overall_se']:.1f}; "
           f"{skipped} trajectories not scored; written to {out}")

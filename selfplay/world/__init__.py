@@ -12,6 +12,8 @@
     understanding_pictures(n, seed, perturb)  pictures with what they hold in the world's words, or None
     transcript_words(words)            a transcript's grammar: the words that may come next, whether it may end
     transcript_holds(record, text)     whether a record holds of a picture read as `text`, or None (no rule)
+    transcript_state_verdict(record, description, text)  a visual state read as `text` held against its
+                                       step's description and its prompt, or None (no rule)
     exact                              whether GenEval rules are decided exactly (an oracle judge exists)
     base_rows(size, seed)              base-data trajectories for replay and the control arm
 

@@ -122,6 +122,7 @@ class OpenWorld:
     understanding_pictures = None
     transcript_words = None
     transcript_holds = None
+    transcript_state_verdict = None
     """No pictures with what they hold written in the world's words, no grammar or rule for such a text: a
     transcriber judge (`selfplay fit-judge --transcribe`) needs a world that has both."""
 

@@ -17,10 +17,13 @@ from strokes.geneval import Score
 from strokes.records import TASKS, PromptRecord
 from strokes.shapeworld import (CANVAS, check, check_detections, detect, drawable, is_correct, make_suite, record_from_text, render,
                                 score_folder)
+from strokes.language import parse_description
+from strokes.shapeworld.check import check_items, drawn_conflicts
 from strokes.shapeworld.render import detections_to_scene
 from strokes.shapeworld.scene import near_miss
 from strokes.shapeworld.transcript import next_words, read_transcript, understanding_pictures
 from strokes.trajectory import Trajectory, from_row
+from strokes.verdict import Verdict
 
 
 def final_conflicts(t: Trajectory) -> list[str] | None:
@@ -88,6 +91,20 @@ class ShapeWorld:
         objects it names; None when `text` is not a transcript."""
         detections = read_transcript(text)
         return None if detections is None else not check_detections(record, detections)
+
+    @staticmethod
+    def transcript_state_verdict(record: PromptRecord, description: str, text: str) -> Verdict | None:
+        """A visual state read as `text`, held against its step and its prompt: the picture must hold
+        exactly what the step's description says (the exact judge's image check over the objects
+        read: an image error) and, so held, nothing the prompt rules out (`drawn_conflicts`: a picture
+        still being drawn may lack objects, never hold a wrong one; drawn as planned, the plan is
+        wrong). A description that does not parse is wrong, as the exact judge has it; None when
+        `text` is not a transcript."""
+        detections, items = read_transcript(text), parse_description(description)
+        if detections is None:
+            return None
+        conflicts = None if items is None else check_items(items, detections) or drawn_conflicts(record, detections)
+        return Verdict(aligned=conflicts == [], conflicts=conflicts or [], correction="")
 
     def base_rows(self, size: int, seed: int) -> list[Trajectory]:
         """`size` base-data trajectories (the base pipelines' mixture): replay and the control arm."""

@@ -294,6 +294,31 @@ def plan_conflicts(rec: PromptRecord, items: list[Item], final: bool = False) ->
     return out
 
 
+def drawn_conflicts(rec: PromptRecord, dets: list[Detection]) -> list[Conflict]:
+    """Conflicts between a picture still being drawn and the prompt, as `plan_conflicts` judges a plan
+    (and of its kind, "instruction": a picture drawn as planned shows its plan): objects may be
+    missing, but none the prompt rules out (class, count, colour), and no relation between drawn
+    objects that the prompt's relation forbids."""
+    out = plan_conflicts(rec, [Item(d.shape, d.color) for d in dets])
+
+    def group(req) -> list[Detection]:
+        return [d for d in dets if d.shape == req.shape and (req.color is None or d.color == req.color)]
+    for req in rec.include:
+        if req.position is None:
+            continue
+        rel, k = req.position
+        for a in group(req):
+            bad = next((b for b in group(rec.include[k]) if rel not in relations(a.box, b.box)), None)
+            if bad is not None:
+                ref = _phrase(bad)
+                held = sorted(relations(a.box, bad.box))
+                out.append(Conflict(kind=ConflictKind.wrong_relation, source="instruction", subject=_phrase(a),
+                                    expected=f"{rel} {ref}",
+                                    found=(" and ".join(held) + f" {ref}") if held else f"level with {ref}"))
+                break
+    return out
+
+
 def _stated(items: list[Item], i: int, j: int) -> str | None:
     """The relation of item i to item j that the description states (directly or inverted)."""
     if items[i].relation and items[i].relation[1] == j:

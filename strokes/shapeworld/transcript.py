@@ -16,8 +16,9 @@ whatever a reader gets wrong is in what it read, not in the rule.
 
 `understanding_pictures` makes the pictures such a reader learns from: rendered scenes of the kinds
 a policy draws (a count of one class, anything, the target scenes of training prompts), some with an
-object cut by the canvas edge, and, through `perturb`, the stray fragments a policy's image codes
-leave; each labelled with `detect` on the picture as it finally is. Nothing a policy drew is labelled.
+object cut by the canvas edge or wrapped round it (`_paint_wrapped`) and, through `perturb`, the stray
+fragments a policy's image codes leave; each labelled with `detect` on the picture as it finally is.
+Nothing a policy drew is labelled.
 """
 
 from __future__ import annotations
@@ -113,22 +114,40 @@ def _random_scene(rng: random.Random, size: int) -> Scene:
     return scene
 
 
+def _paint_wrapped(image: np.ndarray, obj: Obj, patch: int = 8) -> np.ndarray:
+    """`image` with `obj`, placed past the right edge, painted as a policy's row-major image codes
+    draw it: the part past the last column goes on at the first, one row of `patch`-px codes lower.
+    `detect` counts the two pieces, so a reader must too: a reader never shown one reads a wrapped
+    shape as one and misses most wrong counts of a policy's pictures (docs/loop.md, "A transcriber")."""
+    size = image.shape[0]
+    alone = render(Scene((obj,), size + OBJECT_SIZE))
+    out = image.copy()
+    drawn = (alone != 255).any(axis=2)
+    for r, c in zip(*np.nonzero(drawn)):
+        r2, c2 = (r, c) if c < size else (r + patch, c - size)
+        if r2 < size:
+            out[r2, c2] = alone[r, c]
+    return out
+
+
 def understanding_pictures(n: int, seed: int, perturb: Callable[[np.ndarray, random.Random], np.ndarray] | None = None,
                            size: int = 64) -> list[tuple[np.ndarray, str]]:
     """`n` (picture, transcript) pairs (module docstring): a third the target scenes of training-split
-    prompts of every task, the rest `_random_scene`s; 15 % with one more object cut by the canvas
-    edge; 40 % passed through `perturb` (a policy's image codes replaced at random) before labelling."""
+    prompts of every task, the rest `_random_scene`s; 15 % with one more object at the canvas edge
+    (cut by it, or past the right edge and half the time wrapped round it); 40 % passed through
+    `perturb` (a policy's image codes replaced at random) before labelling."""
     rng = random.Random(seed)
     records = list(make_suite("train", max(1, n // 12), seed))
     edge = [v for v in range(0, size, GRID) if v > size - OBJECT_SIZE]
     out = []
     for i in range(n):
         scene = target_scene(rng.choice(records), rng) if i % 3 == 0 else _random_scene(rng, size)
+        image = render(scene)
         if edge and rng.random() < 0.15:
             x, y = rng.choice(edge), rng.randrange(0, size, GRID)
-            x, y = (x, y) if rng.random() < 0.5 else (y, x)
-            scene = Scene(scene.objects + (Obj(rng.choice(SHAPES), rng.choice(list(COLORS)), x, y),), size)
-        image = render(scene)
+            obj = Obj(rng.choice(SHAPES), rng.choice(list(COLORS)), *((x, y) if rng.random() < 0.5 else (y, x)))
+            image = _paint_wrapped(image, obj) if obj.x in edge and rng.random() < 0.5 else \
+                render(Scene(scene.objects + (obj,), size))
         if perturb is not None and rng.random() < 0.4:
             image = perturb(image, rng)
         out.append((image, transcript(detect(image))))
