@@ -13,20 +13,20 @@ import torch
 
 from judges import JudgeConfig, OracleJudge
 from selfplay.cli import main
+from selfplay.inspect_eval import visual_states
 from selfplay.question_judge import QuestionJudge, Transcriber, asked, load_judge_copy, question_of, question_rows
 from selfplay.questions import question_contexts
 from selfplay.self_reading import TrajectoryReader
 from selfplay.world.open import OpenWorld
 from selfplay.world.shapeworld import ShapeWorld
 from strokes.errors import InputError
+from strokes.language import description_text
 from strokes.model.policy import Policy
 from strokes.records import PromptRecord
-from strokes.language import description_text
 from strokes.shapeworld import Obj, Scene, detect, make_suite, render, target_scene
 from strokes.shapeworld.check import Item
 from strokes.shapeworld.scene import near_miss
 from strokes.shapeworld.transcript import _paint_wrapped, read_transcript, transcript, understanding_pictures
-from selfplay.inspect_eval import visual_states
 from strokes.trajectory import Step, Trajectory, single_pass_trajectory
 from test_inspect_eval import construction_labels, hand_labelled
 from test_rollout_support import tiny_checkpoint

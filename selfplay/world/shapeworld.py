@@ -14,10 +14,10 @@ import numpy as np
 from judges import OracleJudge, corrected_scene
 from strokes.data.build import DataConfig, make_rows
 from strokes.geneval import Score
+from strokes.language import parse_description
 from strokes.records import TASKS, PromptRecord
 from strokes.shapeworld import (CANVAS, check, check_detections, detect, drawable, is_correct, make_suite, record_from_text, render,
                                 score_folder)
-from strokes.language import parse_description
 from strokes.shapeworld.check import check_items, drawn_conflicts
 from strokes.shapeworld.render import detections_to_scene
 from strokes.shapeworld.scene import near_miss

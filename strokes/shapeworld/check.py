@@ -28,6 +28,11 @@ def _phrase(d: Detection) -> str:
     return noun_phrase(d.shape, 1, d.color)
 
 
+def _held(held: set[str] | list[str], ref: str) -> str:
+    """What a wrong relation found: the relations that do hold to `ref`, or "level with" it."""
+    return " and ".join(sorted(held)) + f" {ref}" if held else f"level with {ref}"
+
+
 def check_detections(rec: PromptRecord, dets: list[Detection], strict: bool = False) -> list[Conflict]:
     """Conflicts between a record and detected objects; empty iff GenEval scores it correct
     (and, when `strict`, no object is left unaccounted for)."""
@@ -77,11 +82,9 @@ def check_detections(rec: PromptRecord, dets: list[Detection], strict: bool = Fa
                     bad = next((t for t in target if rel not in relations(d.box, t.box)), None)
                     if bad is not None:
                         matched = False
-                        held = sorted(relations(d.box, bad.box))
                         conflicts.append(Conflict(
                             kind=ConflictKind.wrong_relation, source="image", subject=subject,
-                            expected=f"{rel} {ref_phrase}",
-                            found=(" and ".join(held) + f" {ref_phrase}") if held else f"level with {ref_phrase}"))
+                            expected=f"{rel} {ref_phrase}", found=_held(relations(d.box, bad.box), ref_phrase)))
                         break
         groups.append(found if matched else None)
     for exc in rec.exclude:
@@ -190,7 +193,7 @@ def check_items(items: list[Item], dets: list[Detection]) -> list[Conflict]:
             ref = items[k].phrase
             conflicts.append(Conflict(
                 kind=ConflictKind.wrong_relation, source="image", subject=it.phrase, expected=f"{rel} {ref}",
-                found=(" and ".join(sorted(held)) + f" {ref}") if held else f"level with {ref}"))
+                found=_held(held, ref)))
     return conflicts
 
 
@@ -311,10 +314,8 @@ def drawn_conflicts(rec: PromptRecord, dets: list[Detection]) -> list[Conflict]:
             bad = next((b for b in group(rec.include[k]) if rel not in relations(a.box, b.box)), None)
             if bad is not None:
                 ref = _phrase(bad)
-                held = sorted(relations(a.box, bad.box))
                 out.append(Conflict(kind=ConflictKind.wrong_relation, source="instruction", subject=_phrase(a),
-                                    expected=f"{rel} {ref}",
-                                    found=(" and ".join(held) + f" {ref}") if held else f"level with {ref}"))
+                                    expected=f"{rel} {ref}", found=_held(relations(a.box, bad.box), ref)))
                 break
     return out
 
